@@ -1,0 +1,95 @@
+"""Shared test support: the one comparison helper, the simulator's warp shuffles,
+and fixtures for the real model files.
+
+Kernel tests run the very same kernel code on a real GPU or, in CI, in Numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``). The simulator is slow (one Python thread per
+CUDA thread), so simulator runs use small shapes; ``ON_GPU`` lets a test grow them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+if SIMULATOR:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cudasim_support
+
+    cudasim_support.install()
+
+
+def _gpu_available() -> bool:
+    if SIMULATOR:
+        return False
+    try:
+        from numba import cuda
+
+        return cuda.is_available()
+    except Exception:
+        return False
+
+
+ON_GPU = _gpu_available()
+# Kernel tests need either the simulator or a GPU.
+HAVE_CUDA = SIMULATOR or ON_GPU
+requires_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1")
+
+
+def assert_close(actual, expected, atol: float, rtol: float, name: str = "value") -> None:
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise.
+
+    On failure the message names the worst index, the max |diff| and the first
+    few mismatching pairs, which is what you need to debug a kernel.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != expected {expected.shape}"
+    diff = np.abs(actual - expected)
+    bound = atol + rtol * np.abs(expected)
+    bad = ~(diff <= bound)  # also catches NaN
+    if bad.any():
+        worst = np.unravel_index(np.nanargmax(np.where(bad, diff, -1.0)), diff.shape)
+        idx = np.argwhere(bad)[:5]
+        pairs = ", ".join(f"{tuple(int(j) for j in i)}: {actual[tuple(i)]:.6g} vs {expected[tuple(i)]:.6g}" for i in idx)
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.size} elements differ beyond atol={atol} rtol={rtol}; "
+            f"worst at {tuple(int(w) for w in worst)} |diff|={diff[worst]:.3g}; first: {pairs}"
+        )
+
+
+def _registry_path(name: str):
+    from llama_beta import registry
+
+    path = registry.cached_path(name)
+    return path if path is not None and path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def qwen_model_path():
+    """The default model (fetched by `llama-beta models fetch`); skipped when absent locally,
+    required in CI (LLAMA_BETA_REQUIRE_MODELS=1 turns the skip into a failure)."""
+    path = _registry_path("qwen2.5-coder-0.5b-instruct")
+    if path is None:
+        if os.environ.get("LLAMA_BETA_REQUIRE_MODELS") == "1":
+            pytest.fail("default model not cached: run `llama-beta models fetch qwen2.5-coder-0.5b-instruct`")
+        pytest.skip("default model not cached")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phi3_vocab_path():
+    """The Phi-3 vocabulary-only GGUF (registered as `phi-3-vocab`)."""
+    path = _registry_path("phi-3-vocab")
+    if path is None:
+        if os.environ.get("LLAMA_BETA_REQUIRE_MODELS") == "1":
+            pytest.fail("Phi-3 vocabulary not cached: run `llama-beta models fetch phi-3-vocab`")
+        pytest.skip("Phi-3 vocabulary not cached")
+    return path
