@@ -1,2 +1,19 @@
-"""llama-beta: LLM inference on GGUF files, readable from the bytes on disk to the generated text."""
+"""llama-beta: LLM inference on GGUF files, readable from the bytes on disk to the generated text.
+
+>>> import llama_beta
+>>> model = llama_beta.load("qwen2.5-coder-0.5b-instruct", backend="numpy")
+>>> print(model.generate("Write a haiku about a llama.", temperature=0).text)
+"""
 __version__ = "0.1.0"
+
+
+def load(model="qwen2.5-coder-0.5b-instruct", backend: str = "auto", context: int | None = None,
+         progress: bool | None = None):
+    """Load a model by path or registered name on a backend ("auto", "numpy" or "cuda").
+
+    Returns a :class:`llama_beta.model.Model` with ``.config``, ``.tokenizer``,
+    ``.forward(ids) -> logits [T, V]`` and ``.generate(prompt, ...)``.
+    """
+    from llama_beta.model import load as _load
+
+    return _load(model, backend=backend, context=context, progress=progress)

@@ -20,11 +20,12 @@ class CLIError(Exception):
 
 
 def _user_errors() -> tuple[type, ...]:
+    from llama_beta.chat import TemplateError
     from llama_beta.config import ModelError
     from llama_beta.registry import RegistryError
     from ref.gguf import GGUFError
 
-    return (GGUFError, ModelError, RegistryError, CLIError, OSError)
+    return (GGUFError, ModelError, RegistryError, TemplateError, CLIError, OSError, ValueError)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -130,7 +131,8 @@ def _print_inspect(info: dict, tensors: bool) -> None:
         for key in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_size", "ffn_dim", "vocab_size",
                     "context_length", "norm_eps", "rope_base", "rope_dims", "rope_neox", "rope_scaling",
                     "tied_embeddings", "fused_qkv", "fused_gate_up", "qkv_bias"):
-            print(f"  {key:<16}{cfg[key]}")
+            value = cfg[key]
+            print(f"  {key:<16}{value:g}" if isinstance(value, float) else f"  {key:<16}{value}")
     tok = info.get("tokenizer")
     if tok:
         extra = f", pre-tokenizer {tok['pre']}" if tok.get("pre") else ""
@@ -166,6 +168,110 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------- tokenize, detokenize
+
+
+def _load_tokenizer(model):
+    from llama_beta import registry
+    from ref import tokenizer
+
+    return tokenizer.load(registry.resolve(model, fetch=True))
+
+
+def cmd_tokenize(args) -> int:
+    tok = _load_tokenizer(args.model)
+    ids = tok.encode(args.text, add_bos=None, parse_special=not args.no_special)
+    if args.json:
+        pieces = [tok.token_bytes(i).decode("utf-8", "replace") for i in ids]
+        print(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+    else:
+        print(" ".join(str(i) for i in ids))
+    return 0
+
+
+def cmd_detokenize(args) -> int:
+    tok = _load_tokenizer(args.model)
+    bad = [i for i in args.ids if not 0 <= i < tok.vocab_size]
+    if bad:
+        raise CLIError(f"token id {bad[0]} out of range: expected 0 <= id < {tok.vocab_size}")
+    sys.stdout.write(tok.decode(args.ids) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- generate, chat
+
+
+def _load_model(args):
+    import llama_beta
+
+    return llama_beta.load(args.model, backend=args.backend, context=args.context)
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop or ())
+
+
+def _print_stats(result) -> None:
+    t = result.timings
+    rate = f"{t['decode_tok_s']:.1f} tok/s" if t.get("decode_tok_s") else "-"
+    prefill = f"{t['prefill_tok_s']:.1f} tok/s" if t.get("prefill_tok_s") else "-"
+    print(f"[{t['prompt_tokens']} prompt tokens at {prefill}, {t['generated_tokens']} generated at {rate}, "
+          f"{t['backend']} backend, stop: {result.finish_reason}]", file=sys.stderr)
+
+
+def cmd_generate(args) -> int:
+    model = _load_model(args)
+    stream = None if args.json else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    result = model.generate(args.prompt, chat=not args.no_chat, system=args.system, on_text=stream,
+                            **_sampling_kwargs(args))
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write("\n")
+        if not args.quiet:
+            _print_stats(result)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from llama_beta.chat import render
+
+    model = _load_model(args)
+    tok = model.tokenizer
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        text = render(tok.chat_template, messages) if tok.chat_template else line
+        stream = lambda s: (sys.stdout.write(s), sys.stdout.flush())  # noqa: E731
+        result = model.generate("", prompt_ids=list(tok.encode(text)), on_text=stream, **_sampling_kwargs(args))
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": result.text})
+    return 0
+
+
+def _add_sampling_options(p, registry) -> None:
+    p.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
+    p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run (default: auto)")
+    p.add_argument("--context", type=int, default=None, help="context length to allocate (default: 4096)")
+    p.add_argument("--system", default=None, help="system message for the chat template")
+    p.add_argument("--max-tokens", "-n", type=int, default=256, help="tokens to generate at most (default 256)")
+    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalize the last 64 tokens (1.0: off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")
+    p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+
+
 # ------------------------------------------------------------------------ parser
 
 
@@ -188,6 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tensors", action="store_true", help="also print the tensor table")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_inspect)
+
+    t = sub.add_parser("tokenize", help="text -> token ids with a model's tokenizer")
+    t.add_argument("model", help="a .gguf path or a registered name")
+    t.add_argument("text")
+    t.add_argument("--json", action="store_true", help="print ids and pieces as JSON")
+    t.add_argument("--no-special", action="store_true", help="treat special-token text as plain text")
+    t.set_defaults(func=cmd_tokenize)
+
+    d = sub.add_parser("detokenize", help="token ids -> text")
+    d.add_argument("model", help="a .gguf path or a registered name")
+    d.add_argument("ids", nargs="+", type=int)
+    d.set_defaults(func=cmd_detokenize)
+
+    g = sub.add_parser("generate", help="generate text from a prompt (streams to stdout)")
+    g.add_argument("prompt")
+    _add_sampling_options(g, registry)
+    g.add_argument("--no-chat", action="store_true", help="use the prompt as is, without the chat template")
+    g.add_argument("--json", action="store_true", help="print prompt ids, generated ids, text and timings as JSON")
+    g.add_argument("--quiet", "-q", action="store_true", help="no statistics line on stderr")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive chat with the model's template")
+    _add_sampling_options(c, registry)
+    c.set_defaults(func=cmd_chat)
     return p
 
 

@@ -1,0 +1,200 @@
+"""The model: weights mapped from GGUF, and the forward pass written once over a backend.
+
+``forward`` reads top to bottom like llama2.c's ``forward()``: embed the tokens, then for
+every block ``x += Attention(RMSNorm(x))`` and ``x += FFN(RMSNorm(x))``, then a final norm and
+the output projection to logits. Each stage is a backend call, so the same lines run the
+NumPy reference (``backend="numpy"``) and the CUDA kernels (``backend="cuda"``).
+
+.. math::
+
+    h = x + W_o\\,\\mathrm{Attn}(\\mathrm{RoPE}(W_q n),\\ \\mathrm{RoPE}(W_k n),\\ W_v n),\\quad n = \\mathrm{RMSNorm}(x)
+
+    x' = h + W_{down}\\,(\\mathrm{silu}(W_{gate} m) \\odot W_{up} m),\\quad m = \\mathrm{RMSNorm}(h)
+
+Fused tensors (Phi-3's ``attn_qkv`` and ``ffn_up`` holding gate and up) are split by rows
+when the weights are mapped, so the forward pass only ever sees separate projections.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llama_beta.config import ModelConfig, load_config
+from ref.gguf import GGUFFile
+
+
+@dataclass
+class RopeParams:
+    base: float
+    dims: int
+    neox: bool
+    freq_scale: float
+    factors: object | None
+    attn_factor: float
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: object
+    wq: object
+    wk: object
+    wv: object
+    wo: object
+    ffn_norm: object
+    w_gate: object
+    w_up: object
+    w_down: object
+
+
+@dataclass
+class Weights:
+    token_embd: object
+    output_norm: object
+    output: object
+    layers: list = field(default_factory=list)
+
+
+def _rows(raw: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a [N, row_bytes] weight view (zero-copy)."""
+    return raw[start:stop]
+
+
+def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool = False) -> Weights:
+    """Hand every tensor the forward pass needs to the backend, splitting fused projections by rows."""
+    from tqdm import tqdm
+
+    def matrix(name, bias_name=None, rows=None):
+        info = g.tensors[name]
+        raw = g.raw(name)
+        n_rows, n_cols = info.shape
+        if rows is not None:
+            raw, n_rows = _rows(raw, *rows), rows[1] - rows[0]
+        bias = None
+        if bias_name is not None:
+            bias = g.raw(bias_name).view(np.float32).reshape(-1)
+            bias = bias if rows is None else bias[rows[0]:rows[1]]
+        return backend.matrix(raw, info.ggml_type, (n_rows, n_cols), bias)
+
+    def vector(name):
+        return backend.vector(g.raw(name).view(np.float32).reshape(-1))
+
+    q_rows, kv_rows, F = cfg.n_heads * cfg.head_size, cfg.n_kv_heads * cfg.head_size, cfg.ffn_dim
+    layers = []
+    for i in tqdm(range(cfg.n_layers), desc="loading layers", disable=not progress, unit="layer"):
+        t = adapter.layer_tensors(cfg, i)
+        if "wqkv" in t:
+            wq = matrix(t["wqkv"], rows=(0, q_rows))
+            wk = matrix(t["wqkv"], rows=(q_rows, q_rows + kv_rows))
+            wv = matrix(t["wqkv"], rows=(q_rows + kv_rows, q_rows + 2 * kv_rows))
+        else:
+            wq, wk, wv = (matrix(t[w], t.get(b)) for w, b in (("wq", "bq"), ("wk", "bk"), ("wv", "bv")))
+        if "w_gate_up" in t:
+            w_gate, w_up = matrix(t["w_gate_up"], rows=(0, F)), matrix(t["w_gate_up"], rows=(F, 2 * F))
+        else:
+            w_gate, w_up = matrix(t["w_gate"]), matrix(t["w_up"])
+        layers.append(LayerWeights(vector(t["attn_norm"]), wq, wk, wv, matrix(t["wo"]), vector(t["ffn_norm"]),
+                                   w_gate, w_up, matrix(t["w_down"])))
+    embd = g.tensors["token_embd.weight"]
+    token_embd = backend.embedding(g.raw(embd.name), embd.ggml_type, embd.shape)
+    output = matrix("token_embd.weight" if cfg.tied_embeddings else "output.weight")
+    return Weights(token_embd, vector("output_norm.weight"), output, layers)
+
+
+def rope_params(g: GGUFFile, cfg: ModelConfig, backend, context: int) -> RopeParams:
+    """RoPE settings; LongRoPE picks the long factors when the context exceeds the original one."""
+    factors = None
+    names = cfg.extra.get("rope_factors", [])
+    if names:
+        long = cfg.rope_orig_context and context > cfg.rope_orig_context
+        name = "rope_factors_long.weight" if long and "rope_factors_long.weight" in names else names[-1]
+        factors = g.raw(name).view(np.float32).reshape(-1).copy()
+    return RopeParams(cfg.rope_base, cfg.rope_dims, cfg.rope_neox, cfg.rope_freq_scale, factors, cfg.attn_factor)
+
+
+class Model:
+    """A loaded model: ``config``, ``tokenizer``, ``forward(ids)`` and ``generate(...)``."""
+
+    def __init__(self, path, backend: str = "auto", context: int | None = None, progress: bool = False):
+        from llama_beta.backends import get_backend
+        from ref import tokenizer as ref_tokenizer
+
+        self.path = path
+        self.gguf = GGUFFile(path)
+        self.config, self.adapter = load_config(self.gguf)
+        self.tokenizer = ref_tokenizer.load(self.gguf)
+        self.backend = get_backend(backend)
+        self.context = min(context or 4096, self.config.context_length)
+        self.rope = rope_params(self.gguf, self.config, self.backend, self.context)
+        self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, progress)
+
+    # ------------------------------------------------------------ forward pass
+    def new_cache(self, length: int | None = None):
+        c = self.config
+        return self.backend.kv_cache(c.n_layers, length or self.context, c.n_kv_heads, c.head_size)
+
+    def forward(self, ids) -> np.ndarray:
+        """Logits [T, V] (float32) for a fresh sequence of token ids."""
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        cache = self.new_cache(max(len(ids), 1))
+        return self.backend.to_host(self.step(ids, 0, cache, all_logits=True))
+
+    def step(self, ids, start_pos: int, cache, all_logits: bool = False):
+        """Run tokens ``ids`` [T] at positions start_pos.. through the model, extending ``cache``.
+
+        Returns logits [T, V] if ``all_logits`` else [1, V] for the last token (on the backend).
+        """
+        B, c, W = self.backend, self.config, self.weights
+        T = len(ids)
+        if start_pos + T > _cache_len(cache):
+            raise ValueError(f"context full: {start_pos + T} tokens exceed the cache of {_cache_len(cache)}")
+        positions = B.positions(start_pos, T)
+        x = B.embed(W.token_embd, ids)                                   # [T, C]
+        for i, L in enumerate(W.layers):
+            n = B.rmsnorm(x, L.attn_norm, c.norm_eps)                     # [T, C]
+            q = B.matmul(n, L.wq).reshape(T, c.n_heads, c.head_size)      # [T, nh, hs]
+            k = B.matmul(n, L.wk).reshape(T, c.n_kv_heads, c.head_size)   # [T, nkv, hs]
+            v = B.matmul(n, L.wv).reshape(T, c.n_kv_heads, c.head_size)   # [T, nkv, hs]
+            q, k = B.rope(q, positions, self.rope), B.rope(k, positions, self.rope)
+            a = B.attend(q, k, v, cache, i, start_pos)                    # [T, nh, hs]
+            x = B.add(x, B.matmul(a.reshape(T, c.n_heads * c.head_size), L.wo))
+            m = B.rmsnorm(x, L.ffn_norm, c.norm_eps)                      # [T, C]
+            ffn = B.swiglu(B.matmul(m, L.w_gate), B.matmul(m, L.w_up))    # [T, F]
+            x = B.add(x, B.matmul(ffn, L.w_down))                         # [T, C]
+        if not all_logits:
+            x = x[T - 1:]                                                 # [1, C]
+        return B.matmul(B.rmsnorm(x, W.output_norm, c.norm_eps), W.output)  # [T or 1, V]
+
+    # -------------------------------------------------------------- generation
+    def generate(self, prompt, **kwargs):
+        """Generate text; see :func:`llama_beta.generate.generate` for the options."""
+        from llama_beta.generate import generate
+
+        return generate(self, prompt, **kwargs)
+
+    def close(self) -> None:
+        self.backend.close()
+        self.gguf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _cache_len(cache) -> int:
+    return cache[0].shape[1]
+
+
+def load(model="qwen2.5-coder-0.5b-instruct", backend: str = "auto", context: int | None = None,
+         progress: bool | None = None) -> Model:
+    """Load a model by path or registered name (fetched on first use) on a backend (auto, numpy, cuda)."""
+    from llama_beta import registry
+
+    if progress is None:
+        progress = sys.stderr.isatty() and os.environ.get("LLAMA_BETA_QUIET") != "1"
+    path = registry.resolve(model, fetch=True, progress=progress)
+    return Model(path, backend=backend, context=context, progress=progress)

@@ -1,0 +1,75 @@
+"""The ``llama-beta`` command: output people read, and one-line errors with exit status 1."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llama_beta.synth import synth_model
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "llama_beta.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_inspect_real_model(qwen_model_path):
+    r = run_cli("inspect", qwen_model_path)
+    assert r.returncode == 0, r.stderr
+    assert "architecture  qwen2" in r.stdout
+    assert "byte-level BPE (gpt2): 151,936 tokens, 151,387 merges" in r.stdout
+    for t in ("Q5_0", "Q8_0", "Q6_K", "Q4_K", "F32"):
+        assert f"  {t} " in r.stdout
+
+
+def test_inspect_json_and_tensors(tmp_path):
+    path = synth_model(tmp_path / "m.gguf", "micro")
+    info = json.loads(run_cli("inspect", path, "--json", "--tensors").stdout)
+    assert info["config"]["n_layers"] == 2 and info["architecture"] == "qwen2"
+    assert len(info["tensors"]) == info["n_tensors"] and info["parameters"] > 0
+    table = run_cli("inspect", path, "--tensors").stdout
+    row = next(line for line in table.splitlines() if line.startswith("blk.1.ffn_down.weight"))
+    assert row.split()[1:3] == ["64x96", "F32"]  # numpy order: [C, F] rows are outputs
+
+
+@pytest.mark.parametrize("command", ["inspect", "generate"])
+def test_malformed_file_is_one_line(tmp_path, command):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 24)
+    args = ["inspect", bad] if command == "inspect" else ["generate", "--model", bad, "hi", "--backend", "numpy"]
+    assert_one_line_error(run_cli(*args), str(bad))
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    assert_one_line_error(run_cli("inspect", bad), str(bad))
+
+
+def test_missing_file_and_unknown_name():
+    assert_one_line_error(run_cli("inspect", "/nonexistent/model.gguf"), "no such file")
+
+
+def test_unsupported_architecture_exit_code(tmp_path):
+    from llama_beta.gguf_writer import write_gguf
+
+    path = write_gguf(tmp_path / "m.gguf", {"general.architecture": "mamba"},
+                      {"x": (0, __import__("numpy").zeros(4, "float32"), (4,))})
+    assert_one_line_error(run_cli("inspect", path), "unsupported architecture 'mamba'", "qwen2")
+
+
+def test_models_listing():
+    r = run_cli("models")
+    assert r.returncode == 0
+    assert "qwen2.5-coder-0.5b-instruct (default)" in r.stdout and "phi-3-vocab" in r.stdout
