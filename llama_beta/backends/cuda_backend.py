@@ -36,7 +36,7 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, chunk_bytes: int = 64 << 20):
-        self.uploader = Uploader(chunk_bytes=chunk_bytes)
+        self.uploader = Uploader(chunk_bytes=chunk_bytes, progress=False)
         self.stream = 0
         self._workspaces = {}
 
@@ -97,7 +97,7 @@ class CudaBackend:
         return residual.add(a, b)
 
     def to_host(self, x) -> np.ndarray:
-        return x.copy_to_host() if cuda.is_cuda_array(x) else np.asarray(x)
+        return x.copy_to_host() if hasattr(x, "copy_to_host") else np.asarray(x)
 
     def positions(self, start: int, count: int):
         return cuda.to_device(np.arange(start, start + count, dtype=np.int32))
