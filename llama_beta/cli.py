@@ -204,7 +204,10 @@ def cmd_detokenize(args) -> int:
 def _load_model(args):
     import llama_beta
 
-    return llama_beta.load(args.model, backend=args.backend, context=args.context)
+    context = args.context
+    if context is None and hasattr(args, "prompt_tokens"):
+        context = args.prompt_tokens + args.gen_tokens + 8
+    return llama_beta.load(args.model, backend=args.backend, context=context)
 
 
 def _sampling_kwargs(args) -> dict:
@@ -254,6 +257,19 @@ def cmd_chat(args) -> int:
         result = model.generate("", prompt_ids=list(tok.encode(text)), on_text=stream, **_sampling_kwargs(args))
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": result.text})
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from llama_beta import bench
+
+    model = _load_model(args)
+    note = (lambda i, n, run: print(f"  run {i}/{n}: prefill {run['prefill_s']:.3f} s, decode {run['decode_s']:.3f} s",
+                                    file=sys.stderr)) if not args.json else None
+    result = bench.run(model, args.prompt_tokens, args.gen_tokens, args.repeat, progress=note)
+    if args.output:
+        bench.save(result, args.output)
+    print(json.dumps(result, indent=2) if args.json else bench.format_report(result))
     return 0
 
 
@@ -318,6 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat with the model's template")
     _add_sampling_options(c, registry)
     c.set_defaults(func=cmd_chat)
+
+    b = sub.add_parser("bench", help="prefill and decode speed (median and spread over repeated runs)")
+    b.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
+    b.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto")
+    b.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length (default 512)")
+    b.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
+    b.add_argument("-r", "--repeat", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    b.add_argument("--context", type=int, default=None, help=argparse.SUPPRESS)
+    b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

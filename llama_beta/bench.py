@@ -1,0 +1,101 @@
+"""``llama-beta bench``: prefill and decode speed, measured the same way on every backend.
+
+Method: a prompt of ``p`` token ids (a fixed pseudo-random draw from the vocabulary, so
+runs are comparable) is prefilled into a fresh KV cache; then ``n`` tokens are decoded
+greedily one at a time. Each of ``repeat`` runs is timed separately (after one warm-up
+run that also triggers JIT compilation); we report the median and the spread (min..max).
+
+- prefill tok/s = p / prefill time;  time to first token = prefill + first sample;
+- decode tok/s = n / decode time;
+- bytes per decode step = the weight bytes every token must read (each matrix once, one
+  embedding row) plus the KV cache read at the mean position; the fraction of copy
+  bandwidth compares bytes/step x tok/s with ``--bandwidth`` (default 4.3 TB/s, the H200's
+  measured device-to-device copy rate).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+
+H200_COPY_BANDWIDTH = 4.3e12  # bytes/s, measured device-to-device copy on the lent H200
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every matrix of every block, the output, one embedding row."""
+    g, cfg = model.gguf, model.config
+    total = 0
+    for i in range(cfg.n_layers):
+        for role, name in model.adapter.layer_tensors(cfg, i).items():
+            total += g.tensors[name].nbytes
+    out = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
+    total += g.tensors[out].nbytes + g.tensors["output_norm.weight"].nbytes
+    total += g.tensors["token_embd.weight"].row_bytes
+    return total
+
+
+def kv_bytes_per_token(model, position: int) -> int:
+    """Bytes of the float32 KV cache one decode step reads at ``position``."""
+    c = model.config
+    return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * 4
+
+
+def _one_run(model, prompt: np.ndarray, n: int) -> dict:
+    B = model.backend
+    cache = model.new_cache(len(prompt) + n + 1)
+    t0 = time.perf_counter()
+    logits = B.to_host(model.step(prompt, 0, cache))[-1]
+    token = int(np.argmax(logits))
+    t1 = time.perf_counter()
+    for i in range(n):
+        token = int(np.argmax(B.to_host(model.step(np.array([token], np.int32), len(prompt) + i, cache))[-1]))
+    t2 = time.perf_counter()
+    return {"prefill_s": t1 - t0, "decode_s": t2 - t1}
+
+
+def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
+        bandwidth: float = H200_COPY_BANDWIDTH, progress=None) -> dict:
+    """Benchmark ``model``; returns a JSON-ready dict of settings, medians and spreads."""
+    rng = np.random.default_rng(1234)
+    prompt = rng.integers(0, min(model.config.vocab_size, 100_000), prompt_tokens).astype(np.int32)
+    _one_run(model, prompt[: min(prompt_tokens, 8)], 2)  # warm-up: JIT compiles, caches, allocations
+    runs = []
+    for r in range(repeat):
+        runs.append(_one_run(model, prompt, gen_tokens))
+        if progress:
+            progress(r + 1, repeat, runs[-1])
+    prefill = [prompt_tokens / x["prefill_s"] for x in runs]
+    decode = [gen_tokens / x["decode_s"] for x in runs] if gen_tokens else [0.0]
+    bytes_step = weight_bytes_per_token(model) + kv_bytes_per_token(model, prompt_tokens + gen_tokens // 2)
+    med_decode = statistics.median(decode)
+    return {
+        "model": str(model.path), "name": model.config.name, "backend": model.backend.name,
+        "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
+        "prefill_tok_s": {"median": statistics.median(prefill), "min": min(prefill), "max": max(prefill)},
+        "decode_tok_s": {"median": med_decode, "min": min(decode), "max": max(decode)},
+        "ttft_s": statistics.median(x["prefill_s"] for x in runs),
+        "bytes_per_decode_step": bytes_step,
+        "fraction_of_copy_bandwidth": bytes_step * med_decode / bandwidth,
+        "bandwidth_assumed": bandwidth,
+        "runs": runs,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def format_report(r: dict) -> str:
+    p, d = r["prefill_tok_s"], r["decode_tok_s"]
+    return "\n".join([
+        f"model    {r['name'] or r['model']}  ({r['backend']} backend)",
+        f"prefill  {r['prompt_tokens']} tokens: {p['median']:.1f} tok/s (min {p['min']:.1f}, max {p['max']:.1f})",
+        f"decode   {r['gen_tokens']} tokens: {d['median']:.1f} tok/s (min {d['min']:.1f}, max {d['max']:.1f})",
+        f"TTFT     {r['ttft_s'] * 1000:.1f} ms",
+        f"traffic  {r['bytes_per_decode_step'] / 1e6:.1f} MB per decode step = "
+        f"{100 * r['fraction_of_copy_bandwidth']:.1f}% of {r['bandwidth_assumed'] / 1e12:.1f} TB/s",
+    ])
+
+
+def save(r: dict, path) -> None:
+    with open(path, "w") as f:
+        json.dump(r, f, indent=2)
