@@ -1,0 +1,255 @@
+"""Causal GQA attention over a KV cache: reference invariants, then kernels against the reference.
+
+Tolerances (all float32):
+- TOL = atol 2e-5, rtol 1e-4: two float32 computations of the same attention that sum in a different
+  order (einsum vs a loop, tiles, splits). Outputs are convex combinations of O(1) values, so each differs
+  by a few ulps times log2 of the number of keys; 2e-5 leaves room for 32k-key contexts on the GPU.
+- ONES_ATOL 1e-5: with v = 1 the output is sum_s w_s, which is 1 up to float32 rounding of the sum.
+Data: q, k, v standard normal; q is multiplied by a drawn "sharpness" so some cases have near one-hot
+weights (large scores stress the running maximum) and some have nearly flat ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import ON_GPU, SIMULATOR, assert_close, requires_cuda
+from ref import attention as ref
+
+TOL = dict(atol=2e-5, rtol=1e-4)  # different summation order in float32 (see module docstring)
+ONES_ATOL = 1e-5  # sum of softmax weights is 1 up to float32 rounding
+
+HEAD_SIZES = [64, 96, 128]
+KV_MULS = [1, 2, 7]
+# the simulator runs one Python thread per CUDA thread: keep its shapes small, let the GPU grow them
+MAX_T = 9 if not ON_GPU else 300
+MAX_START = 40 if not ON_GPU else 4096
+MAX_CTX = 100 if not ON_GPU else 32768
+KERNEL_EXAMPLES = 4 if not ON_GPU else 25
+
+
+def make_case(seed, T, nkv, kv_mul, hs, start_pos, sharpness=1.0, spare_rows=3):
+    """Random q [T, nh, hs] and caches [S, nkv, hs] whose first start_pos + T rows are meaningful."""
+    rng = np.random.default_rng(seed)
+    S = start_pos + T + spare_rows  # spare rows past the context: they must never be read
+    q = rng.standard_normal((T, nkv * kv_mul, hs), dtype=np.float32) * np.float32(sharpness)
+    k_cache = rng.standard_normal((S, nkv, hs), dtype=np.float32)
+    v_cache = rng.standard_normal((S, nkv, hs), dtype=np.float32)
+    k_cache[start_pos + T:] = np.nan  # poison: a kernel that reads past the context returns NaN
+    v_cache[start_pos + T:] = np.nan
+    return q, k_cache, v_cache
+
+
+shapes = st.fixed_dictionaries(dict(
+    seed=st.integers(0, 2**32 - 1),
+    T=st.integers(1, 9),
+    nkv=st.integers(1, 3),
+    kv_mul=st.sampled_from(KV_MULS),
+    hs=st.sampled_from(HEAD_SIZES),
+    start_pos=st.integers(0, 200),
+    sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+))
+
+
+# ------------------------------------------------------------------------------------------------
+# reference invariants (NumPy only)
+# ------------------------------------------------------------------------------------------------
+@settings(deadline=None, max_examples=40)
+@given(shapes)
+def test_ref_equals_dense_softmax(case):
+    """attention (per-query loop) equals softmax(QK^T/sqrt(hs) + causal mask) V built densely."""
+    q, kc, vc = make_case(**case)
+    assert_close(ref.attention(q, kc, vc, case["start_pos"]), ref.attention_dense(q, kc, vc, case["start_pos"]),
+                 **TOL, name="ref vs dense")
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes)
+def test_ref_weights_sum_to_one(case):
+    """With every value vector all ones, the output is sum_s w_s = 1 for every query and head."""
+    q, kc, vc = make_case(**case)
+    vc[:] = 1.0
+    for fn in (ref.attention, ref.attention_dense):
+        out = fn(q, kc, vc, case["start_pos"])
+        assert_close(out, np.ones_like(out), atol=ONES_ATOL, rtol=0, name=fn.__name__)
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes, st.randoms(use_true_random=False))
+def test_ref_single_query_ignores_key_order(case, rnd):
+    """One query attends to a set of (key, value) pairs: permuting visible cache rows changes nothing."""
+    case["T"] = 1
+    q, kc, vc = make_case(**case)
+    n = case["start_pos"] + 1
+    perm = np.array(rnd.sample(range(n), n))
+    kp, vp = kc.copy(), vc.copy()
+    kp[:n], vp[:n] = kc[perm], vc[perm]
+    assert_close(ref.attention(q, kp, vp, n - 1), ref.attention(q, kc, vc, n - 1), **TOL, name="permuted")
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes, hnp.arrays(np.float32, 128, elements=st.floats(-4, 4, width=32)))
+def test_ref_key_shift_invariance(case, shift):
+    """Adding one vector c to every key adds q.c to every score of a query: the softmax does not change."""
+    q, kc, vc = make_case(**case)
+    kc_shift = kc + shift[: case["hs"]]  # [S, nkv, hs] + [hs]
+    assert_close(ref.attention(q, kc_shift, vc, case["start_pos"]), ref.attention(q, kc, vc, case["start_pos"]),
+                 atol=1e-4, rtol=1e-3, name="shifted keys")  # scores grow to ~|q||c|: larger float32 rounding
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes)
+def test_ref_prefill_equals_incremental_decode(case):
+    """T queries at once equal T single-token steps that append to the cache one row at a time."""
+    q, kc, vc = make_case(**case)
+    T, start = case["T"], case["start_pos"]
+    full = ref.attention(q, kc, vc, start)
+    kc2, vc2 = np.full_like(kc, np.nan), np.full_like(vc, np.nan)
+    ref.kv_append(kc[:start], vc[:start], kc2, vc2, 0)
+    for t in range(T):
+        ref.kv_append(kc[start + t:start + t + 1], vc[start + t:start + t + 1], kc2, vc2, start + t)
+        assert_close(ref.attention(q[t:t + 1], kc2, vc2, start + t), full[t:t + 1], **TOL, name=f"step {t}")
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes)
+def test_ref_kv_append_writes_exactly_its_rows(case):
+    q, kc, vc = make_case(**case)
+    T, start = case["T"], case["start_pos"]
+    k_new, v_new = kc[:T] + 1.0, vc[:T] - 1.0
+    kc2, vc2 = np.full_like(kc, -7.0), np.full_like(vc, -7.0)
+    ref.kv_append(k_new, v_new, kc2, vc2, start)
+    assert np.array_equal(kc2[start:start + T], k_new) and np.array_equal(vc2[start:start + T], v_new)
+    assert (np.delete(kc2, np.s_[start:start + T], axis=0) == -7.0).all()
+    assert (np.delete(vc2, np.s_[start:start + T], axis=0) == -7.0).all()
+    with pytest.raises(ValueError):
+        ref.kv_append(k_new, v_new, kc2, vc2, kc2.shape[0] - T + 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels (CUDA simulator in CI, the GPU for real)
+# ------------------------------------------------------------------------------------------------
+kernel_shapes = st.fixed_dictionaries(dict(
+    seed=st.integers(0, 2**32 - 1),
+    T=st.integers(1, MAX_T),
+    nkv=st.integers(1, 1 if SIMULATOR else 4),
+    kv_mul=st.sampled_from(KV_MULS),
+    hs=st.sampled_from(HEAD_SIZES),
+    start_pos=st.integers(0, MAX_START),
+    sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+))
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=KERNEL_EXAMPLES)
+@given(kernel_shapes)
+def test_prefill_kernel_matches_ref(case):
+    from numba_kernels import attention as ka
+
+    q, kc, vc = make_case(**case)
+    assert_close(ka.attention_prefill(q, kc, vc, case["start_pos"]), ref.attention(q, kc, vc, case["start_pos"]),
+                 **TOL, name="prefill kernel")
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=2 if SIMULATOR else 10)
+@given(kernel_shapes)
+def test_naive_kernel_matches_ref(case):
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    case["T"] = min(case["T"], 4)
+    q, kc, vc = make_case(**case)
+    out = cuda.device_array(q.shape, np.float32)
+    seq_len = cuda.to_device(np.array([case["start_pos"] + case["T"]], np.int32))
+    ka.launch_naive(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), seq_len, out)
+    assert_close(out.copy_to_host(), ref.attention(q, kc, vc, case["start_pos"]), **TOL, name="naive kernel")
+
+
+decode_shapes = st.fixed_dictionaries(dict(
+    seed=st.integers(0, 2**32 - 1),
+    nkv=st.integers(1, 1 if SIMULATOR else 8),
+    kv_mul=st.sampled_from(KV_MULS),
+    hs=st.sampled_from(HEAD_SIZES),
+    seq_len=st.integers(1, MAX_CTX),
+    n_splits=st.sampled_from([None, 1, 2, 3, 5]),
+    sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+))
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=KERNEL_EXAMPLES)
+@given(decode_shapes)
+def test_decode_kernel_matches_ref_and_prefill(case):
+    """Flash decoding (split + combine) equals the reference, and the prefill kernel with T = 1."""
+    from numba_kernels import attention as ka
+
+    n = case.pop("seq_len")
+    n_splits = case.pop("n_splits")
+    q, kc, vc = make_case(T=1, start_pos=n - 1, **case)
+    expected = ref.attention(q, kc, vc, n - 1)
+    got = ka.attention_decode(q[0], kc, vc, np.array([n], np.int32), n_splits=n_splits)  # q as [nh, hs]
+    assert got.shape == q[0].shape
+    assert_close(got, expected[0], **TOL, name="decode kernel")
+    assert_close(got, ka.attention_prefill(q, kc, vc, n - 1)[0], **TOL, name="decode vs prefill T=1")
+
+
+@requires_cuda
+def test_decode_replays_with_new_seq_len_and_weights_sum_to_one():
+    """One workspace and one launch shape serve every step: only the device seq_len changes (as when a
+    captured CUDA graph is replayed); with v = 1 every step returns ones."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    nkv, kv_mul, hs, s_max = 1, 7, 64, (48 if SIMULATOR else 8192)
+    q, kc, vc = make_case(0, 1, nkv, kv_mul, hs, s_max - 1, spare_rows=0)
+    ones = np.ones_like(vc)
+    kc_d, vc_d, ones_d = cuda.to_device(kc), cuda.to_device(vc), cuda.to_device(ones)
+    nh = nkv * kv_mul
+    ws = ka.DecodeWorkspace(nh, hs, ka.default_n_splits(s_max, nkv, kv_mul))
+    q_d, out = cuda.to_device(q), cuda.device_array((1, nh, hs), np.float32)
+    seq_len = cuda.to_device(np.array([1], np.int32))
+    for n in ([2, 33] if SIMULATOR else [1, 2, 33, 1000, 4097, s_max]):  # 33 > SPLIT_ALIGN: 2 chunks
+        seq_len.copy_to_device(np.array([n], np.int32))
+        ka.attention_decode(q_d, kc_d, vc_d, seq_len, out=out, workspace=ws)
+        assert_close(out.copy_to_host(), ref.attention(q, kc, vc, n - 1), **TOL, name=f"seq_len {n}")
+        ka.attention_decode(q_d, kc_d, ones_d, seq_len, out=out, workspace=ws)
+        assert_close(out.copy_to_host(), np.ones((1, nh, hs)), atol=ONES_ATOL, rtol=0, name=f"ones {n}")
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=3 if SIMULATOR else 10)
+@given(kernel_shapes)
+def test_kv_append_kernel_writes_exactly_its_rows(case):
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    T, start = case["T"], case["start_pos"]
+    S, nkv, hs = start + T + 5, case["nkv"], case["hs"]
+    rng = np.random.default_rng(case["seed"])
+    k, v = rng.standard_normal((2, T, nkv, hs), dtype=np.float32)
+    kc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    vc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    ka.kv_append(k, v, kc_d, vc_d, cuda.to_device(np.array([start], np.int32)))
+    kc, vc = kc_d.copy_to_host(), vc_d.copy_to_host()
+    assert np.array_equal(kc[start:start + T], k) and np.array_equal(vc[start:start + T], v)
+    assert (np.delete(kc, np.s_[start:start + T], axis=0) == -7.0).all()
+    assert (np.delete(vc, np.s_[start:start + T], axis=0) == -7.0).all()
+
+
+@requires_cuda
+def test_numpy_convenience_matches_ref():
+    """ka.attention takes and returns NumPy with ref.attention's contract (prefill for T > 1, decode for T = 1)."""
+    from numba_kernels import attention as ka
+
+    for T, start in [(1, 20), (4, 10)]:
+        q, kc, vc = make_case(7, T, 2, 2, 64, start)
+        got = ka.attention(q, kc, vc, start)
+        assert isinstance(got, np.ndarray)
+        assert_close(got, ref.attention(q, kc, vc, start), **TOL, name=f"convenience T={T}")
