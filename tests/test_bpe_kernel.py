@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import ON_GPU, requires_cuda
+from conftest import registry_file, ON_GPU, requires_cuda
 from ref.bpe import BPE, byte_encode, bytes_to_unicode, merge_word
 
 
@@ -61,10 +61,7 @@ def test_long_word_crosses_block_width():
 
 @requires_cuda
 def test_real_qwen2_words():
-    registry = pytest.importorskip("llama_beta.registry")
-    path = registry.cached_path("qwen2-vocab")
-    if path is None:
-        pytest.skip("qwen2-vocab not cached")
+    path = registry_file("qwen2-vocab")
     from numba_kernels.bpe import build_merge_tables, encode_words, pack_words
     from ref.tokenizer import load
     tok = load(path)

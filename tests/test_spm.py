@@ -4,17 +4,15 @@ All comparisons are exact (token ids).
 """
 import numpy as np
 import pytest
+
+from conftest import registry_file
 from hypothesis import given, settings, strategies as st
 
 from ref.spm import SPM, byte_piece
 
 
 def _cached(name):
-    registry = pytest.importorskip("llama_beta.registry")
-    path = registry.cached_path(name)
-    if path is None:
-        pytest.skip(f"{name} not cached")
-    return path
+    return registry_file(name)
 
 
 def toy() -> SPM:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import registry_file
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ref.gguf import GGUFError
@@ -18,11 +20,7 @@ VOCABS = {"qwen2": "qwen2-vocab", "phi3": "phi-3-vocab"}
 
 
 def _cached(name):
-    registry = pytest.importorskip("llama_beta.registry")
-    path = registry.cached_path(name)
-    if path is None:
-        pytest.skip(f"{name} not cached")
-    return path
+    return registry_file(name)
 
 
 @pytest.fixture(scope="module", params=list(VOCABS))

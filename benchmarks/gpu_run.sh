@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
+# and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [real]
+#   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
+set -uo pipefail
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 LLAMA_BETA_CACHE=/tmp/llama-beta-cache
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+
+for step in "$@"; do
+  case "$step" in
+    tests)    # the whole suite, kernels for real (tests needing the 491 MB model skip unless it is cached)
+      timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-gpu.log" | tail -25 ;;
+    kernels)  # every kernel file's __main__: check against ref, then time
+      for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul bpe; do
+        [ -f "numba_kernels/$k.py" ] || continue
+        echo "== numba_kernels.$k"; timeout 120 python3 -m "numba_kernels.$k" 2>&1 | grep -v Warning | tail -30
+      done 2>&1 | tee "$OUT/kernels-gpu.log" ;;
+    bench)    # a Qwen2.5-0.5B-shaped synthetic model, same tensor shapes and type mix as the default model
+      python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --force >/dev/null 2>&1 \
+        || python3 -c "from llama_beta.synth import synth_model; synth_model('/tmp/qwen-synth.gguf', 'qwen2.5-0.5b', overwrite=True)"
+      timeout 300 python3 -m llama_beta.cli bench --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n 64 -r 3 \
+        -o "$OUT/bench-qwen-synth-cuda.json" 2>&1 | tail -8 ;;
+    real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
+      cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
+      mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+      timeout 400 python3 benchmarks/real_model_checks.py "$OUT/real-model-checks.json" 2>&1 | tail -8
+      timeout 200 python3 -m llama_beta.cli bench --backend cuda -p 512 -n 64 -r 3 -o "$OUT/bench-qwen-real-cuda.json" 2>&1 | tail -6 ;;
+  esac
+done
