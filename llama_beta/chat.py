@@ -42,8 +42,13 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
     if not template:
         return prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return render(template, messages, bos_token=_token_text(tokenizer, tokenizer.bos_id),
-                  eos_token=_token_text(tokenizer, tokenizer.eos_id))
+    bos = _token_text(tokenizer, tokenizer.bos_id)
+    text = render(template, messages, bos_token=bos, eos_token=_token_text(tokenizer, tokenizer.eos_id))
+    # The tokenizer adds BOS itself when the file asks for it; a template that also writes it
+    # (Phi-3's does) would give two. llama.cpp strips the template's copy the same way.
+    if tokenizer.add_bos and bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text
 
 
 def _token_text(tokenizer, token_id) -> str:

@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
+
+    from llama_beta.synth import add_synth_parser
+
+    add_synth_parser(sub)
     return p
 
 

@@ -244,7 +244,9 @@ if __name__ == "__main__":  # check every version against ref on real text, and 
     from ref.bpe import byte_encode, merge_word
     from ref.tokenizer import load
 
-    path = sys.argv[1] if len(sys.argv) > 1 else str(Path.home() / ".cache/llama-beta/models/ggml-vocab-qwen2.gguf")
+    from llama_beta import registry
+
+    path = sys.argv[1] if len(sys.argv) > 1 else registry.model_path("qwen2-vocab")
     tok = load(path)
     from numba import config
 
