@@ -155,7 +155,7 @@ def q3_k_get(raw, off, j):
     return mul_rn(dl, float32(q))
 
 
-# --8<-- [start:_k_get]
+# --8<-- [start:k_get]
 @cuda.jit(device=True, inline=True)
 def _k_get(raw, off, j, q):
     """Q4_K/Q5_K: (d * sc) * q - dmin * m for weight j whose quant is q."""
@@ -163,7 +163,7 @@ def _k_get(raw, off, j, q):
     ds = mul_rn(f16_at(raw, off), float32(sc))
     dm = mul_rn(f16_at(raw, off + 2), float32(m))
     return mul_rn(ds, float32(q)) - dm
-# --8<-- [end:_k_get]
+# --8<-- [end:k_get]
 
 
 @cuda.jit(device=True, inline=True)
