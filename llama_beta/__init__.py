@@ -8,12 +8,14 @@ __version__ = "0.1.0"
 
 
 def load(model="qwen2.5-coder-0.5b-instruct", backend: str = "auto", context: int | None = None,
-         progress: bool | None = None):
+         progress: bool | None = None, vram_limit=None):
     """Load a model by path or registered name on a backend ("auto", "numpy" or "cuda").
 
+    ``vram_limit`` (bytes or a size such as ``"8GiB"``) caps the GPU memory the cuda backend may
+    plan for; a model that does not fit is refused before any upload.
     Returns a :class:`llama_beta.model.Model` with ``.config``, ``.tokenizer``,
     ``.forward(ids) -> logits [T, V]`` and ``.generate(prompt, ...)``.
     """
     from llama_beta.model import load as _load
 
-    return _load(model, backend=backend, context=context, progress=progress)
+    return _load(model, backend=backend, context=context, progress=progress, vram_limit=vram_limit)

@@ -207,7 +207,8 @@ def _load_model(args):
     context = args.context
     if context is None and hasattr(args, "prompt_tokens"):
         context = args.prompt_tokens + args.gen_tokens + 8
-    return llama_beta.load(args.model, backend=args.backend, context=context)
+    return llama_beta.load(args.model, backend=args.backend, context=context,
+                           vram_limit=getattr(args, "vram_limit", None))
 
 
 def _sampling_kwargs(args) -> dict:
@@ -277,6 +278,7 @@ def _add_sampling_options(p, registry) -> None:
     p.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run (default: auto)")
     p.add_argument("--context", type=int, default=None, help="context length to allocate (default: 4096)")
+    p.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument("--max-tokens", "-n", type=int, default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 is greedy (default 0.8)")
@@ -342,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
     b.add_argument("-r", "--repeat", type=int, default=3, help="timed runs after one warm-up (default 3)")
     b.add_argument("--context", type=int, default=None, help=argparse.SUPPRESS)
+    b.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB")
     b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)

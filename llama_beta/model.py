@@ -117,7 +117,8 @@ def rope_params(g: GGUFFile, cfg: ModelConfig, backend, context: int) -> RopePar
 class Model:
     """A loaded model: ``config``, ``tokenizer``, ``forward(ids)`` and ``generate(...)``."""
 
-    def __init__(self, path, backend: str = "auto", context: int | None = None, progress: bool = False):
+    def __init__(self, path, backend: str = "auto", context: int | None = None, progress: bool = False,
+                 vram_limit=None):
         from llama_beta.backends import get_backend
         from ref import tokenizer as ref_tokenizer
 
@@ -125,10 +126,24 @@ class Model:
         self.gguf = GGUFFile(path)
         self.config, self.adapter = load_config(self.gguf)
         self.tokenizer = ref_tokenizer.load(self.gguf)
-        self.backend = get_backend(backend)
         self.context = min(context or 4096, self.config.context_length)
+        self.backend = get_backend(backend)
+        if self.backend.name == "cuda":
+            self._check_memory(vram_limit)
         self.rope = rope_params(self.gguf, self.config, self.backend, self.context)
-        self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, progress)
+        try:
+            self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, progress)
+        except BaseException:
+            self.close()  # an error or Ctrl-C mid-upload leaves no device memory behind
+            raise
+
+    def _check_memory(self, vram_limit) -> None:
+        """Refuse, before any upload, a model that does not fit the GPU budget."""
+        from llama_beta import memory
+
+        self.memory_plan = memory.plan(self.gguf, self.config, self.adapter, self.context)
+        available, source = memory.budget(vram_limit)
+        memory.check(self.path, self.memory_plan, available, source)
 
     # ------------------------------------------------------------ forward pass
     def new_cache(self, length: int | None = None):
@@ -175,6 +190,8 @@ class Model:
         return generate(self, prompt, **kwargs)
 
     def close(self) -> None:
+        """Free the weights (device memory included) and unmap the file."""
+        self.weights = None
         self.backend.close()
         self.gguf.close()
 
@@ -190,11 +207,11 @@ def _cache_len(cache) -> int:
 
 
 def load(model="qwen2.5-coder-0.5b-instruct", backend: str = "auto", context: int | None = None,
-         progress: bool | None = None) -> Model:
+         progress: bool | None = None, vram_limit=None) -> Model:
     """Load a model by path or registered name (fetched on first use) on a backend (auto, numpy, cuda)."""
     from llama_beta import registry
 
     if progress is None:
         progress = sys.stderr.isatty() and os.environ.get("LLAMA_BETA_QUIET") != "1"
     path = registry.resolve(model, fetch=True, progress=progress)
-    return Model(path, backend=backend, context=context, progress=progress)
+    return Model(path, backend=backend, context=context, progress=progress, vram_limit=vram_limit)

@@ -103,4 +103,12 @@ class CudaBackend:
         return cuda.to_device(np.arange(start, start + count, dtype=np.int32))
 
     def close(self) -> None:
+        """Release the staging buffer and return freed device memory to the driver now."""
+        import gc
+
         self.uploader.close()
+        self._workspaces.clear()
+        gc.collect()
+        pending = getattr(cuda.current_context(), "deallocations", None)  # the simulator defers nothing
+        if pending is not None:
+            pending.clear()

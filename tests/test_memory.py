@@ -1,0 +1,59 @@
+"""The GPU memory plan and budget: refuse what does not fit, before any upload."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import requires_cuda
+from llama_beta import memory
+from llama_beta.config import load_config
+from llama_beta.synth import synth_model
+from ref.gguf import GGUFFile
+
+
+@pytest.mark.parametrize("text, expected", [("512", 512), ("1KiB", 1024), ("1.5GiB", 3 << 29), ("2gb", 2 * 10**9),
+                                            ("8G", 8 << 30), (4096, 4096)])
+def test_parse_size(text, expected):
+    assert memory.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "5 parsecs", "-1G"])
+def test_parse_size_refuses_nonsense(bad):
+    with pytest.raises(ValueError, match="expected a number"):
+        memory.parse_size(bad)
+
+
+def test_plan_of_the_real_model(qwen_model_path):
+    with GGUFFile(qwen_model_path) as g:
+        cfg, adapter = load_config(g)
+        p = memory.plan(g, cfg, adapter, context=4096)
+        assert p.weights == sum(t.nbytes for t in g.tensors.values())  # every tensor is used
+    assert p.kv_cache == 2 * 24 * 4096 * 2 * 64 * 4                     # K and V, float32
+    assert p.total == p.weights + p.kv_cache + p.activations + p.workspace
+    assert 400 << 20 < p.weights < 500 << 20
+
+
+def test_budget_sources(monkeypatch):
+    assert memory.budget("3GiB") == (3 << 30, "--vram-limit")
+    monkeypatch.setenv("LLAMA_BETA_VRAM_LIMIT", "100MiB")
+    assert memory.budget(None) == (100 << 20, "LLAMA_BETA_VRAM_LIMIT")
+
+
+@requires_cuda
+def test_model_over_budget_is_refused_before_upload(tmp_path, monkeypatch):
+    from llama_beta.backends import cuda_backend
+    from llama_beta.model import Model
+
+    uploads = []
+    real_matrix = cuda_backend.CudaBackend.matrix
+    monkeypatch.setattr(cuda_backend.CudaBackend, "matrix", lambda self, *a, **k: uploads.append(1) or
+                        real_matrix(self, *a, **k))
+    path = synth_model(tmp_path / "m.gguf", "micro")
+    with pytest.raises(memory.MemoryBudgetError) as info:
+        Model(path, backend="cuda", context=64, vram_limit="64KiB")
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "needs" in message and "64.0 KiB" not in message and "available (--vram-limit)" in message
+    assert uploads == []
+    ok = Model(path, backend="cuda", context=64, vram_limit="1GiB")  # the same model fits a real budget
+    assert uploads and ok.memory_plan.total < 1 << 30
+    ok.close()
