@@ -55,6 +55,8 @@ import math
 import numpy as np
 from numba import cuda, float32, int32
 
+from numba_kernels.runtime import is_device as _is_device
+
 NT = 128          # threads per block of the tiled kernels (4 warps)
 MAX_HS = 256      # largest head size the kernels support (v1's per-thread accumulator)
 SPLIT_ALIGN = 32  # decode chunks are whole multiples of this many positions
@@ -443,9 +445,6 @@ class DecodeWorkspace:
         self.acc = cuda.device_array((nh, n_splits, hs), dtype=np.float32)
 
 
-def _is_device(x) -> bool:
-    """True for a Numba device array (also the simulator's) or any CUDA Array Interface object."""
-    return hasattr(x, "__cuda_array_interface__") or hasattr(x, "copy_to_host")
 
 
 def _device(x, dtype=np.float32, stream=0):

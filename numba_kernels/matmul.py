@@ -73,6 +73,8 @@ from numba import config, cuda, float32, int32
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
+from numba_kernels.runtime import is_device as _is_device
+
 WARP = 32
 MV_WARPS = 4              # warps (= rows in flight) per block of the matvec kernels
 MV_THREADS = MV_WARPS * WARP
@@ -383,8 +385,6 @@ def launch_matmul_tiled(x, w_raw, ggml_type, K, bias, out, stream=0):
 # ---------------------------------------------------------------------------------------------
 # public functions: NumPy in -> NumPy out; device arrays in -> device arrays out
 # ---------------------------------------------------------------------------------------------
-def _is_device(a) -> bool:
-    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
 
 
 def _device(a, dtype, stream):

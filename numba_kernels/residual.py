@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from numba_kernels.runtime import is_device as _is_device
+
 BLOCK = 256
 
 
@@ -50,8 +52,6 @@ def launch_v2(a, b, out, stream=0):
     add_kernel2[_fixed_grid(n), BLOCK, stream](a, b, out, n)   # grid-stride loop covers the rest
 
 
-def _is_device(x):
-    return hasattr(x, "copy_to_host")
 
 
 def add(a, b, out=None, stream=0):

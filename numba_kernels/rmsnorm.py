@@ -28,6 +28,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from numba_kernels.runtime import is_device as _is_device
+
 WARP = 32
 MAX_THREADS = 1024
 
@@ -160,8 +162,6 @@ def launch_add_v3(x, residual, w, out, eps, stream=0):
 # ----------------------------------------------------------------------------------------------
 # public functions
 
-def _is_device(a):
-    return hasattr(a, "copy_to_host")
 
 
 def _to_device(a, stream):
@@ -199,15 +199,7 @@ def add_rmsnorm(x, residual, weight, eps, out=None, stream=0):
 if __name__ == "__main__":
     from ref import rmsnorm as ref
 
-    def timed(fn, reps=50):
-        fn()
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return cuda.event_elapsed_time(start, end) * 1000 / reps   # us per call
+    from numba_kernels.runtime import time_us as timed
 
     rng = np.random.default_rng(0)
     eps = 1e-6

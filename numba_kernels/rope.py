@@ -30,6 +30,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from numba_kernels.runtime import is_device as _is_device
+
 MAX_HALF = 256                       # rot_dims up to 512 (shared-memory table of v2)
 
 
@@ -126,8 +128,6 @@ def launch_v2(x, out, args, stream=0):
     rope_kernel2[T, block, stream](x, out, *args)       # one block per token
 
 
-def _is_device(a):
-    return hasattr(a, "copy_to_host")
 
 
 def rope(x, positions, base, rot_dims=None, neox=True, freq_scale=1.0, freq_factors=None,
@@ -152,15 +152,7 @@ def rope(x, positions, base, rot_dims=None, neox=True, freq_scale=1.0, freq_fact
 if __name__ == "__main__":
     from ref import rope as ref
 
-    def timed(fn, reps=50):
-        fn()
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return cuda.event_elapsed_time(start, end) * 1000 / reps
+    from numba_kernels.runtime import time_us as timed
 
     rng = np.random.default_rng(0)
     for T, nh, hs, neox in ((1, 14, 64, True), (512, 14, 64, True), (512, 32, 96, True), (512, 32, 128, False)):

@@ -37,6 +37,8 @@ import math
 import numpy as np
 from numba import cuda, float32, float64, int32, int64, uint64
 
+from numba_kernels.runtime import is_device as _is_device
+
 WARP = 32
 MAX_THREADS = 1024
 SAMPLE_THREADS = 512                 # sample_kernel needs > 64 registers: 1024 threads do not fit
@@ -316,8 +318,6 @@ def threads_for(V, cap=MAX_THREADS):
     return threads
 
 
-def _is_device(a):
-    return hasattr(a, "copy_to_host")
 
 
 def _prepare(logits, out, stream):
@@ -362,15 +362,7 @@ def sample(logits, temperature, top_k, top_p, min_p, seed, step_dev, out=None, s
 if __name__ == "__main__":
     from ref import sampling as ref
 
-    def timed(fn, reps=50):
-        fn()
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return cuda.event_elapsed_time(start, end) * 1000 / reps
+    from numba_kernels.runtime import time_us as timed
 
     rng = np.random.default_rng(0)
     V = 151936

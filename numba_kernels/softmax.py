@@ -23,6 +23,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from numba_kernels.runtime import is_device as _is_device
+
 WARP = 32
 NEG_INF = float32(-np.inf)
 
@@ -158,8 +160,6 @@ def launch_v3(x, out, stream=0):
     softmax_kernel3[R, threads_for(V), stream](x, out, V)           # one block per row
 
 
-def _is_device(a):
-    return hasattr(a, "copy_to_host")
 
 
 def softmax(x, out=None, stream=0):
@@ -175,15 +175,7 @@ def softmax(x, out=None, stream=0):
 if __name__ == "__main__":
     from ref import softmax as ref
 
-    def timed(fn, reps=50):
-        fn()
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return cuda.event_elapsed_time(start, end) * 1000 / reps
+    from numba_kernels.runtime import time_us as timed
 
     rng = np.random.default_rng(0)
     for R, V in ((14 * 512, 512), (1, 151936), (8, 151936)):

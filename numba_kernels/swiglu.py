@@ -15,6 +15,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from numba_kernels.runtime import is_device as _is_device
+
 BLOCK = 256
 
 
@@ -57,8 +59,6 @@ def launch_v2(gate_up, out, stream=0):
     swiglu_fused_kernel2[grid, BLOCK, stream](_rows(gate_up), _rows(out))
 
 
-def _is_device(x):
-    return hasattr(x, "copy_to_host")
 
 
 def _to_device(x, stream):

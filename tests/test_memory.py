@@ -57,3 +57,19 @@ def test_model_over_budget_is_refused_before_upload(tmp_path, monkeypatch):
     ok = Model(path, backend="cuda", context=64, vram_limit="1GiB")  # the same model fits a real budget
     assert uploads and ok.memory_plan.total < 1 << 30
     ok.close()
+
+
+@pytest.mark.skipif(not __import__("conftest").ON_GPU, reason="device memory accounting needs a real GPU")
+def test_repeated_load_and_close_returns_device_memory(tmp_path):
+    from numba import cuda
+
+    from llama_beta.model import Model
+
+    path = synth_model(tmp_path / "m.gguf", "tiny")
+    Model(path, backend="cuda", context=256).close()  # first load pays for kernels and contexts
+    free_before = cuda.current_context().get_memory_info()[0]
+    for _ in range(3):
+        Model(path, backend="cuda", context=256).close()
+    free_after = cuda.current_context().get_memory_info()[0]
+    # The driver rounds allocations to pages; a leak of one model would be several MiB per round.
+    assert free_before - free_after < 2 << 20
