@@ -49,8 +49,9 @@ def _one_run(model, prompt: np.ndarray, n: int) -> dict:
     logits = B.to_host(model.step(prompt, 0, cache))[-1]
     token = int(np.argmax(logits))
     t1 = time.perf_counter()
+    decode = model.decode_fn(cache)
     for i in range(n):
-        token = int(np.argmax(B.to_host(model.step(np.array([token], np.int32), len(prompt) + i, cache))[-1]))
+        token = int(np.argmax(decode(token, len(prompt) + i)))
     t2 = time.perf_counter()
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1}
 

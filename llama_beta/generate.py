@@ -118,6 +118,7 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
 
     t0 = time.perf_counter()
     logits = model.backend.to_host(model.step(np.asarray(ids_in, np.int32), 0, cache))[-1]
+    decode = model.decode_fn(cache)
     t_prefill = time.perf_counter() - t0
     finish, pos = "length", len(ids_in)
     t1 = time.perf_counter()
@@ -140,7 +141,7 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
         if pos >= budget:
             finish = "context"
             break
-        logits = model.backend.to_host(model.step(np.asarray([token], np.int32), pos, cache))[-1]
+        logits = decode(token, pos)
         pos += 1
     if not stops.stopped:
         tail = stops.push(decoder.flush()) + stops.flush()

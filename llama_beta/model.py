@@ -182,6 +182,18 @@ class Model:
             x = x[T - 1:]                                                 # [1, C]
         return B.matmul(B.rmsnorm(x, W.output_norm, c.norm_eps), W.output)  # [T or 1, V]
 
+    def decode_fn(self, cache):
+        """A function (token, position) -> host logits [V] that extends ``cache`` by one row.
+
+        On the cuda backend this is the preallocated decode step (``backends/cuda_decode.py``):
+        the same kernels as :meth:`step` with every buffer allocated once.
+        """
+        if self.backend.name == "cuda":
+            from llama_beta.backends.cuda_decode import CudaDecoder
+
+            return CudaDecoder(self, cache).step_logits
+        return lambda token, pos: self.backend.to_host(self.step(np.array([token], np.int32), pos, cache))[-1]
+
     # -------------------------------------------------------------- generation
     def generate(self, prompt, **kwargs):
         """Generate text; see :func:`llama_beta.generate.generate` for the options."""
