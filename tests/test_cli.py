@@ -73,3 +73,38 @@ def test_models_listing():
     r = run_cli("models")
     assert r.returncode == 0
     assert "qwen2.5-coder-0.5b-instruct (default)" in r.stdout and "phi-3-vocab" in r.stdout
+
+
+def test_tokenize_and_detokenize_round_trip(qwen2_vocab_path):
+    r = run_cli("tokenize", qwen2_vocab_path, "Hello, llama!<|im_end|>", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ids"][-1] == 151645 and "".join(out["pieces"]) == "Hello, llama!<|im_end|>"
+    plain = run_cli("tokenize", qwen2_vocab_path, "<|im_end|>", "--no-special").stdout.split()
+    assert "151645" not in plain and len(plain) > 1          # the special token's text, spelled out
+    back = run_cli("detokenize", qwen2_vocab_path, *out["ids"])
+    assert back.returncode == 0 and back.stdout == "Hello, llama!<|im_end|>\n"
+
+
+def test_detokenize_out_of_range_is_one_line(qwen2_vocab_path):
+    assert_one_line_error(run_cli("detokenize", qwen2_vocab_path, "5", "999999"), "token id 999999 out of range")
+
+
+def test_generate_json_on_a_tiny_model(tmp_path):
+    path = synth_model(tmp_path / "m.gguf", "micro")
+    r = run_cli("generate", "--model", path, "the", "--backend", "numpy", "--no-chat", "-n", "5", "--seed", "3",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["seed"] == 3 and len(out["ids"]) <= 5 and out["prompt_ids"]
+    assert set(out["timings"]) >= {"prefill_s", "decode_s", "decode_tok_s"}
+    again = json.loads(run_cli("generate", "--model", path, "the", "--backend", "numpy", "--no-chat", "-n", "5",
+                               "--seed", "3", "--json").stdout)
+    assert again["ids"] == out["ids"] and again["text"] == out["text"]
+
+
+def test_generate_streams_text_to_stdout(tmp_path):
+    path = synth_model(tmp_path / "m.gguf", "micro")
+    r = run_cli("generate", "--model", path, "the", "--backend", "numpy", "--no-chat", "-n", "4", "-t", "0")
+    assert r.returncode == 0 and r.stdout.endswith("\n")
+    assert "generated at" in r.stderr and "numpy backend" in r.stderr  # the statistics line

@@ -1,0 +1,58 @@
+"""Charts for the docs, drawn as plain SVG from the benchmark JSON (no plotting library needed).
+
+    python benchmarks/plots.py        # prints the decode chart's SVG
+"""
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_rows() -> list[tuple[str, float, str]]:
+    """(label, decode tok/s, kind) for the reference engines and every recorded llama-beta run on Qwen2.5-0.5B."""
+    ref = json.loads((HERE / "reference.json").read_text())
+    rows = [(f"{e['engine']}", float(e["decode_tok_s"]), "reference") for e in ref["engines"]
+            if "Qwen2.5-0.5B" in e["model"]]
+    for f in sorted((HERE / "results").glob("*.json")):
+        r = json.loads(f.read_text())
+        where = "H200" if r["backend"] == "cuda" else "2 CPU cores"
+        rows.append((f"llama-beta {r['backend']} ({where})", float(r["decode_tok_s"]["median"]), "ours"))
+    return rows
+
+
+def bar_chart_svg(rows, title: str, unit: str, width: int = 720, bar: int = 26) -> str:
+    """Horizontal bars on a log scale (the values span three orders of magnitude)."""
+    import math
+
+    label_w, top, gap = 290, 40, 8
+    height = top + len(rows) * (bar + gap) + 30
+    top_value = max(v for _, v, _ in rows)
+    decades = math.ceil(math.log10(top_value))
+    scale = (width - label_w - 70) / decades                       # pixels per decade, from 1 tok/s
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{escape(title)}" style="font: 13px sans-serif">',
+             f'<text x="0" y="20" font-weight="bold">{escape(title)}</text>']
+    for d in range(decades + 1):
+        x = label_w + d * scale
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 24}" stroke="#ccc"/>')
+        parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#666">{10 ** d:g}</text>')
+    for i, (label, value, kind) in enumerate(rows):
+        y = top + i * (bar + gap)
+        w = max(2.0, math.log10(max(value, 1.0)) * scale)
+        color = "#7e57c2" if kind == "ours" else "#9e9e9e"
+        parts.append(f'<text x="{label_w - 8}" y="{y + bar * 0.7:.1f}" text-anchor="end">{escape(label)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar}" fill="{color}"/>')
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + bar * 0.7:.1f}">{value:,.1f} {escape(unit)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def decode_chart() -> str:
+    return bar_chart_svg(load_rows(), "Decode speed, Qwen2.5-0.5B Q4_K_M mix (log scale)", "tok/s")
+
+
+if __name__ == "__main__":
+    print(decode_chart())
