@@ -65,6 +65,18 @@ def assert_close(actual, expected, atol: float, rtol: float, name: str = "value"
         )
 
 
+def hf_greedy(hf, ids, max_new_tokens: int, eog):
+    """transformers' greedy continuation of ``ids``, cut before the first end-of-generation id,
+    and the raw ``generate`` output (its ``logits`` hold each step's logits)."""
+    import torch
+
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                          return_dict_in_generate=True, output_logits=True)
+    theirs = out.sequences[0, len(ids):].tolist()
+    return theirs[:next((i for i, t in enumerate(theirs) if t in set(eog)), len(theirs))], out
+
+
 def registry_file(name: str):
     """A registered file from the cache, fetched with pip on first use.
 

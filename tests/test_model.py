@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import ON_GPU, assert_close, requires_cuda
+from conftest import ON_GPU, assert_close, hf_greedy, requires_cuda
 from llama_beta.model import Model
 from llama_beta.synth import synth_model, tiny_vocab
 from ref.ggml import GGMLType
@@ -108,16 +108,10 @@ def hf_qwen(qwen_model_path):
 @pytest.mark.slow
 @pytest.mark.oracle
 def test_haiku_greedy_matches_transformers(qwen_numpy, hf_qwen):
-    import torch
-
     ours = qwen_numpy.generate(HAIKU, max_tokens=30, temperature=0)
     ids = ours.prompt_ids
-    with torch.no_grad():
-        out = hf_qwen.generate(torch.tensor([ids]), max_new_tokens=len(ours.ids) or 1, do_sample=False)
-        first = hf_qwen(torch.tensor([ids])).logits[0, -1].numpy()
-    theirs = out[0, len(ids):].tolist()
-    eos = set(qwen_numpy.tokenizer.eot_ids)
-    theirs = theirs[:next((i for i, t in enumerate(theirs) if t in eos), len(theirs))]
+    theirs, out = hf_greedy(hf_qwen, ids, 30, qwen_numpy.tokenizer.eot_ids)
+    first = out.logits[0][0].numpy()                      # raw logits after the last prompt token
     assert ours.ids == theirs, (qwen_numpy.tokenizer.decode(ours.ids), qwen_numpy.tokenizer.decode(theirs))
     assert len(ours.ids) >= 10 and ours.finish_reason in ("eog", "length")
     mine = qwen_numpy.forward(ids)[-1]

@@ -29,7 +29,7 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, hf_greedy
 from llama_beta.generate import encode_prompt
 from llama_beta.gguf_writer import write_gguf
 from llama_beta.model import Model
@@ -117,12 +117,7 @@ def test_greedy_decode_matches_transformers(ours, hf):
 
     ids = ours.tokenizer.encode(TEXT)
     mine = ours.generate("", prompt_ids=ids, chat=False, max_tokens=10, temperature=0)
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False,
-                          return_dict_in_generate=True, output_logits=True)
-    theirs = out.sequences[0, len(ids):].tolist()
-    eog = set(ours.tokenizer.eot_ids)
-    theirs = theirs[:next((i for i, t in enumerate(theirs) if t in eog), len(theirs))]
+    theirs, out = hf_greedy(hf, ids, 10, ours.tokenizer.eot_ids)
     assert mine.ids == theirs
     assert len(mine.ids) >= 5  # random weights rarely pick one of the 3 end tokens out of 32064
     # Greedy ids alone are a weak check on a random model (the embedding dominates the residual

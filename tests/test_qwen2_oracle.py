@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, hf_greedy
 from llama_beta.model import Model
 from llama_beta.synth import synth_model, vocab_from
 from ref.ggml import GGMLType
@@ -69,12 +69,7 @@ def test_logits_match_transformers(ours, hf):
 def test_greedy_decode_matches_transformers(ours, hf):
     ids = ours.tokenizer.encode(TEXT)
     mine = ours.generate("", prompt_ids=ids, chat=False, max_tokens=10, temperature=0)
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False,
-                          return_dict_in_generate=True, output_logits=True)
-    theirs = out.sequences[0, len(ids):].tolist()
-    eog = set(ours.tokenizer.eot_ids)
-    theirs = theirs[:next((i for i, t in enumerate(theirs) if t in eog), len(theirs))]
+    theirs, out = hf_greedy(hf, ids, 10, ours.tokenizer.eot_ids)
     assert mine.ids == theirs and len(mine.ids) >= 5
     # The ids alone are a weak check on a random model; the KV-cached decode logits are not.
     cache = ours.new_cache(len(ids) + len(theirs))
