@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llama_beta.config import ModelConfig, load_config
+from llama_beta.config import ModelConfig, ModelError, load_config
 from ref.gguf import GGUFFile
 
 
@@ -79,7 +79,10 @@ def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool 
         return backend.matrix(raw, info.ggml_type, (n_rows, n_cols), bias)
 
     def vector(name):
-        return backend.vector(g.raw(name).view(np.float32).reshape(-1))
+        values = g.raw(name).view(np.float32).reshape(-1)
+        if not np.isfinite(values).all():  # cheap (norm weights are a few KB) and fatal for every token
+            raise ModelError(f"{g.path}: tensor '{name}': expected finite values, found NaN or infinity")
+        return backend.vector(values)
 
     q_rows, kv_rows, F = cfg.n_heads * cfg.head_size, cfg.n_kv_heads * cfg.head_size, cfg.ffn_dim
     layers = []

@@ -108,3 +108,20 @@ def test_generate_streams_text_to_stdout(tmp_path):
     r = run_cli("generate", "--model", path, "the", "--backend", "numpy", "--no-chat", "-n", "4", "-t", "0")
     assert r.returncode == 0 and r.stdout.endswith("\n")
     assert "generated at" in r.stderr and "numpy backend" in r.stderr  # the statistics line
+
+
+def test_non_finite_norm_weights_are_refused(tmp_path):
+    import numpy as np
+
+    from llama_beta.synth import PRESETS, _metadata, _tensor_plan, random_tensor, tiny_vocab
+    from llama_beta.gguf_writer import write_gguf
+    from ref.ggml import GGMLType
+
+    vocab = tiny_vocab()
+    plan = _tensor_plan(PRESETS["micro"], len(vocab["tokenizer.ggml.tokens"]))
+    rng = np.random.default_rng(0)
+    tensors = {n: (GGMLType.F32, random_tensor(rng, GGMLType.F32, shape, 0.1), shape) for n, (_, shape) in plan.items()}
+    tensors["output_norm.weight"] = (GGMLType.F32, np.full(64, np.nan, np.float32).view(np.uint8), (64,))
+    path = write_gguf(tmp_path / "nan.gguf", _metadata(PRESETS["micro"], vocab), tensors)
+    assert_one_line_error(run_cli("generate", "--model", path, "hi", "--backend", "numpy"),
+                          "'output_norm.weight': expected finite values")
