@@ -57,32 +57,27 @@ class Weights:
     layers: list = field(default_factory=list)
 
 
-def _rows(raw: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a [N, row_bytes] weight view (zero-copy)."""
-    return raw[start:stop]
-
-
 def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool = False) -> Weights:
     """Hand every tensor the forward pass needs to the backend, splitting fused projections by rows."""
     from tqdm import tqdm
 
+    def f32(name) -> np.ndarray:
+        values = g.raw(name).view(np.float32).reshape(-1)
+        if not np.isfinite(values).all():  # cheap (norms and biases are a few KB) and fatal for every token
+            raise ModelError(f"{g.path}: tensor '{name}': expected finite values, found NaN or infinity")
+        return values
+
     def matrix(name, bias_name=None, rows=None):
+        """A [N, K] matrix handle; ``rows=(start, stop)`` takes a zero-copy slice of a fused tensor."""
         info = g.tensors[name]
-        raw = g.raw(name)
-        n_rows, n_cols = info.shape
+        raw, (n_rows, n_cols) = g.raw(name), info.shape
         if rows is not None:
-            raw, n_rows = _rows(raw, *rows), rows[1] - rows[0]
-        bias = None
-        if bias_name is not None:
-            bias = g.raw(bias_name).view(np.float32).reshape(-1)
-            bias = bias if rows is None else bias[rows[0]:rows[1]]
+            raw, n_rows = raw[rows[0]:rows[1]], rows[1] - rows[0]
+        bias = None if bias_name is None else f32(bias_name)
         return backend.matrix(raw, info.ggml_type, (n_rows, n_cols), bias)
 
     def vector(name):
-        values = g.raw(name).view(np.float32).reshape(-1)
-        if not np.isfinite(values).all():  # cheap (norm weights are a few KB) and fatal for every token
-            raise ModelError(f"{g.path}: tensor '{name}': expected finite values, found NaN or infinity")
-        return backend.vector(values)
+        return backend.vector(f32(name))
 
     q_rows, kv_rows, F = cfg.n_heads * cfg.head_size, cfg.n_kv_heads * cfg.head_size, cfg.ffn_dim
     layers = []
@@ -106,7 +101,7 @@ def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool 
     return Weights(token_embd, vector("output_norm.weight"), output, layers)
 
 
-def rope_params(g: GGUFFile, cfg: ModelConfig, backend, context: int) -> RopeParams:
+def rope_params(g: GGUFFile, cfg: ModelConfig, context: int) -> RopeParams:
     """RoPE settings; LongRoPE picks the long factors when the context exceeds the original one."""
     factors = None
     names = cfg.extra.get("rope_factors", [])
@@ -133,7 +128,7 @@ class Model:
         self.backend = get_backend(backend)
         if self.backend.name == "cuda":
             self._check_memory(vram_limit)
-        self.rope = rope_params(self.gguf, self.config, self.backend, self.context)
+        self.rope = rope_params(self.gguf, self.config, self.context)
         try:
             self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, progress)
         except BaseException:
