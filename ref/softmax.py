@@ -27,5 +27,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax of ``x`` [..., V] along the last axis; every row sums to 1."""
     x = np.asarray(x, dtype=np.float32)
     m = x.max(axis=-1, keepdims=True)                       # [..., 1]
-    e = np.exp(x - m)                                       # [..., V], each <= 1
+    with np.errstate(over="ignore"):                         # x - m may round to -inf: exp gives 0, as wanted
+        e = np.exp(x - m)                                   # [..., V], each <= 1
     return e / e.sum(axis=-1, keepdims=True)                # [..., V]
