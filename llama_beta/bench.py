@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
     bytes_step = weight_bytes_per_token(model) + kv_bytes_per_token(model, prompt_tokens + gen_tokens // 2)
     med_decode = statistics.median(decode)
     return {
-        "model": str(model.path), "name": model.config.name, "backend": model.backend.name,
+        "model": Path(model.path).name, "name": model.config.name, "backend": model.backend.name,
         "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
         "prefill_tok_s": {"median": statistics.median(prefill), "min": min(prefill), "max": max(prefill)},
         "decode_tok_s": {"median": med_decode, "min": min(decode), "max": max(decode)},
