@@ -66,7 +66,6 @@ memory bank conflicts".
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 from numba import config, cuda, float32, int32
