@@ -125,12 +125,19 @@ class Model:
         self.config, self.adapter = load_config(self.gguf)
         self.tokenizer = ref_tokenizer.load(self.gguf)
         self.context = min(context or 4096, self.config.context_length)
-        self.backend = get_backend(backend)
-        if self.backend.name == "cuda":
-            self._check_memory(vram_limit)
+        if backend == "auto":
+            from llama_beta.backends import cuda_usable
+
+            backend = "cuda" if cuda_usable() else "numpy"
+        if backend == "cuda":
+            self._check_memory(vram_limit)  # before the backend exists: nothing allocated yet
+        options = {"total_bytes": self.memory_plan.weights, "progress": progress} if backend == "cuda" else {}
+        self.backend = get_backend(backend, **options)
         self.rope = rope_params(self.gguf, self.config, self.context)
         try:
-            self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, progress)
+            # one progress bar: the upload's bytes on the GPU, the layers being dequantized on the CPU
+            layer_bar = progress and self.backend.name == "numpy"
+            self.weights = map_weights(self.gguf, self.config, self.adapter, self.backend, layer_bar)
         except BaseException:
             self.close()  # an error or Ctrl-C mid-upload leaves no device memory behind
             raise

@@ -42,8 +42,10 @@ def cuda_usable() -> bool:
         return False
 
 
-def get_backend(name: str = "auto"):
-    """A backend instance by name: ``numpy``, ``cuda`` or ``auto`` (the GPU when usable)."""
+def get_backend(name: str = "auto", **options):
+    """A backend instance by name: ``numpy``, ``cuda`` or ``auto`` (the GPU when usable).
+
+    ``options`` go to the cuda backend (``total_bytes`` and ``progress`` for the upload bar)."""
     if name == "auto":
         name = "cuda" if cuda_usable() else "numpy"
     if name == "numpy":
@@ -53,5 +55,5 @@ def get_backend(name: str = "auto"):
     if name == "cuda":
         from llama_beta.backends.cuda_backend import CudaBackend
 
-        return CudaBackend()
+        return CudaBackend(**options)
     raise ValueError(f"unknown backend '{name}': expected auto, numpy or cuda")

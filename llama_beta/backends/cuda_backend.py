@@ -35,8 +35,8 @@ class Embedding:
 class CudaBackend:
     name = "cuda"
 
-    def __init__(self, chunk_bytes: int = 64 << 20):
-        self.uploader = Uploader(chunk_bytes=chunk_bytes, progress=False)
+    def __init__(self, chunk_bytes: int = 64 << 20, total_bytes: int = 0, progress: bool = False):
+        self.uploader = Uploader(total_bytes, chunk_bytes=chunk_bytes, progress=progress)
         self.stream = 0
         self._workspaces = {}
 
