@@ -72,7 +72,7 @@ from numba import config, cuda, float32, int32
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
-from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import is_device as _is_device, to_device as _device
 
 WARP = 32
 MV_WARPS = 4              # warps (= rows in flight) per block of the matvec kernels
@@ -385,11 +385,6 @@ def launch_matmul_tiled(x, w_raw, ggml_type, K, bias, out, stream=0):
 # public functions: NumPy in -> NumPy out; device arrays in -> device arrays out
 # ---------------------------------------------------------------------------------------------
 
-
-def _device(a, dtype, stream):
-    if a is None or _is_device(a):
-        return a
-    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype), stream=stream)
 
 
 def _check(w_raw, ggml_type, K) -> GGMLType:
