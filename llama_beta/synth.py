@@ -22,22 +22,23 @@ import numpy as np
 
 from llama_beta.gguf_writer import write_gguf
 from ref.ggml import BLOCK_SIZES, GGMLType
+from ref.quants import FLOAT_FIELDS
 
 G = GGMLType
 
-# Where the float16 scale fields sit in each block, and how to size them for a target
-# weight std ``sigma``: (byte offset, multiplier of sigma). Offsets follow ggml's block structs.
-_SCALES = {
-    G.Q4_0: [(0, 1 / 4.6)],
-    G.Q4_1: [(0, 1 / 4.6), (2, -7.5 / 4.6)],
-    G.Q5_0: [(0, 1 / 9.2)],
-    G.Q5_1: [(0, 1 / 9.2), (2, -15.5 / 9.2)],
-    G.Q8_0: [(0, 1 / 74.0)],
-    G.Q2_K: [(80, 1 / 9.0), (82, 1.5 / 9.0)],
-    G.Q3_K: [(108, 1 / 41.0)],
-    G.Q4_K: [(0, 1 / 166.0), (2, 7.5 / 166.0)],
-    G.Q5_K: [(0, 1 / 331.0), (2, 15.5 / 331.0)],
-    G.Q6_K: [(208, 1 / 1369.0)],
+# How to size each block's float16 scale fields (their byte offsets are ``ref.quants.FLOAT_FIELDS``)
+# for a target weight std ``sigma``: one multiplier of sigma per field, in the fields' order.
+_SCALE_MULTIPLIERS = {
+    G.Q4_0: (1 / 4.6,),
+    G.Q4_1: (1 / 4.6, -7.5 / 4.6),
+    G.Q5_0: (1 / 9.2,),
+    G.Q5_1: (1 / 9.2, -15.5 / 9.2),
+    G.Q8_0: (1 / 74.0,),
+    G.Q2_K: (1 / 9.0, 1.5 / 9.0),
+    G.Q3_K: (1 / 41.0,),
+    G.Q4_K: (1 / 166.0, 7.5 / 166.0),
+    G.Q5_K: (1 / 331.0, 15.5 / 331.0),
+    G.Q6_K: (1 / 1369.0,),
 }
 
 
@@ -48,11 +49,11 @@ def random_tensor(rng: np.random.Generator, ggml_type: GGMLType, shape: tuple[in
         return (rng.standard_normal(n, dtype=np.float32) * np.float32(sigma)).view(np.uint8)
     if ggml_type == G.F16:
         return (rng.standard_normal(n, dtype=np.float32) * sigma).astype(np.float16).view(np.uint8)
-    if ggml_type not in _SCALES:
+    if ggml_type not in _SCALE_MULTIPLIERS:
         raise ValueError(f"synth: no random-block recipe for {ggml_type.name}")
     elems, nbytes = BLOCK_SIZES[ggml_type]
     blocks = rng.integers(0, 256, size=(n // elems, nbytes), dtype=np.uint8)
-    for offset, mult in _SCALES[ggml_type]:
+    for (offset, _dtype), mult in zip(FLOAT_FIELDS[ggml_type], _SCALE_MULTIPLIERS[ggml_type], strict=True):
         scale = np.float16(abs(sigma * mult))
         blocks[:, offset:offset + 2] = np.frombuffer(scale.tobytes(), np.uint8)
     return blocks.reshape(-1)
@@ -262,7 +263,7 @@ def spec_from_args(args) -> SynthSpec:
             raise ValueError(f"synth: --layers must be at least 1, got {args.layers}")
         changes["n_layers"] = args.layers
     if args.gtype:
-        known = {t.name: t for t in (G.F32, G.F16, *_SCALES)}
+        known = {t.name: t for t in (G.F32, G.F16, *_SCALE_MULTIPLIERS)}
         if args.gtype.upper() not in known:
             raise ValueError(f"synth: --type {args.gtype!r}: expected one of {', '.join(known)}")
         changes.update(matrix_type=known[args.gtype.upper()], types={})
