@@ -6,10 +6,10 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
+if [ -d .whl ] && [ ! -d /tmp/site/numpy ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
-  export PYTHONPATH=/tmp/site:$PWD
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
 export PYTHONUNBUFFERED=1 LLAMA_BETA_CACHE=/tmp/llama-beta-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
@@ -28,6 +28,14 @@ for step in "$@"; do
         || python3 -c "from llama_beta.synth import synth_model; synth_model('/tmp/qwen-synth.gguf', 'qwen2.5-0.5b', overwrite=True)"
       timeout 300 python3 -m llama_beta.cli bench --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n 64 -r 3 \
         -o "$OUT/bench-qwen-synth-cuda.json" 2>&1 | tail -8 ;;
+    decode)   # decode variants on the Qwen2.5-0.5B-shaped synthetic model: readable/fused body, with/without graph
+      [ -f /tmp/qwen-synth.gguf ] || python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --force 2>&1 | tail -1
+      for variant in $(echo "${DECODE_VARIANTS:-readable:0:16,readable:1:128,fused:1:128}" | tr , ' '); do
+        IFS=: read -r body graph n <<< "$variant"
+        echo "== decode body $body, graph $graph"
+        LLAMA_BETA_DECODE=$body LLAMA_BETA_GRAPH=$graph timeout 200 python3 -m llama_beta.cli bench \
+          --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n "$n" -r 3 -o "$OUT/bench-qwen-synth-$body-graph$graph.json" 2>&1 | tail -6
+      done ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

@@ -6,7 +6,7 @@ greedily one at a time. Each of ``repeat`` runs is timed separately (after one w
 run that also triggers JIT compilation); we report the median and the spread (min..max).
 
 - prefill tok/s = p / prefill time;  time to first token = prefill + first sample;
-- decode tok/s = n / decode time;
+- decode tok/s = n / decode time (greedy; on the cuda backend the token is chosen on the device);
 - bytes per decode step = the weight bytes every token must read (each matrix once, one
   embedding row) plus the KV cache read at the mean position; the fraction of copy
   bandwidth compares bytes/step x tok/s with ``--bandwidth`` (default 4.3 TB/s, the H200's
@@ -15,6 +15,7 @@ run that also triggers JIT compilation); we report the median and the spread (mi
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -43,16 +44,15 @@ def kv_bytes_per_token(model, position: int) -> int:
     return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * 4
 
 
-def _one_run(model, prompt: np.ndarray, n: int) -> dict:
+def _one_run(model, cache, next_token, prompt: np.ndarray, n: int) -> dict:
+    """Prefill ``prompt`` into ``cache`` from position 0, then ``n`` greedy decode steps."""
     B = model.backend
-    cache = model.new_cache(len(prompt) + n + 1)
     t0 = time.perf_counter()
     logits = B.to_host(model.step(prompt, 0, cache))[-1]
     token = int(np.argmax(logits))
     t1 = time.perf_counter()
-    decode = model.decode_fn(cache)
     for i in range(n):
-        token = int(np.argmax(decode(token, len(prompt) + i)))
+        token = next_token(token, len(prompt) + i, i + 1, None)
     t2 = time.perf_counter()
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1}
 
@@ -62,10 +62,16 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
     """Benchmark ``model``; returns a JSON-ready dict of settings, medians and spreads."""
     rng = np.random.default_rng(1234)
     prompt = rng.integers(0, min(model.config.vocab_size, 100_000), prompt_tokens).astype(np.int32)
-    _one_run(model, prompt[: min(prompt_tokens, 8)], 2)  # warm-up: JIT compiles, caches, allocations
+    from llama_beta.generate import SamplingParams
+
+    # One cache and one decoder for every run (a run overwrites the cache from position 0), so the
+    # warm-up run pays for JIT compilation and the decode step's graph capture, once.
+    cache = model.new_cache(prompt_tokens + gen_tokens + 1)
+    next_token = model.token_fn(cache, SamplingParams(temperature=0.0), seed=0)
+    _one_run(model, cache, next_token, prompt[: min(prompt_tokens, 8)], 2)
     runs = []
     for r in range(repeat):
-        runs.append(_one_run(model, prompt, gen_tokens))
+        runs.append(_one_run(model, cache, next_token, prompt, gen_tokens))
         if progress:
             progress(r + 1, repeat, runs[-1])
     prefill = [prompt_tokens / x["prefill_s"] for x in runs]
@@ -81,6 +87,8 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         "bytes_per_decode_step": bytes_step,
         "fraction_of_copy_bandwidth": bytes_step * med_decode / bandwidth,
         "bandwidth_assumed": bandwidth,
+        "decode_variant": {"body": os.environ.get("LLAMA_BETA_DECODE", "fused"),
+                           "graph": os.environ.get("LLAMA_BETA_GRAPH", "1") != "0"},
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

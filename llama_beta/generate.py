@@ -118,12 +118,16 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
 
     t0 = time.perf_counter()
     logits = model.backend.to_host(model.step(np.asarray(ids_in, np.int32), 0, cache))[-1]
-    decode = model.decode_fn(cache)
+    next_token = model.token_fn(cache, params, seed_value)
     t_prefill = time.perf_counter() - t0
-    finish, pos = "length", len(ids_in)
+    finish, pos, token = "length", len(ids_in), None
     t1 = time.perf_counter()
     for step in range(max_tokens):
-        token = pick_token(logits, history, params, seed_value, step)
+        if step == 0:
+            token = pick_token(logits, history, params, seed_value, step)
+        else:
+            token = next_token(token, pos, step, history)
+            pos += 1
         if token in eog:
             finish = "eog"
             break
@@ -141,8 +145,6 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
         if pos >= budget:
             finish = "context"
             break
-        logits = decode(token, pos)
-        pos += 1
     if not stops.stopped:
         tail = stops.push(decoder.flush()) + stops.flush()
         if tail:

@@ -199,6 +199,25 @@ class Model:
             return CudaDecoder(self, cache).step_logits
         return lambda token, pos: self.backend.to_host(self.step(np.array([token], np.int32), pos, cache))[-1]
 
+    def token_fn(self, cache, params, seed: int):
+        """A function (token, position, step, history) -> the next token id, extending ``cache`` by one row.
+
+        The draw is ``params``' sampling chain with ``uniform(seed, step)``. On the cuda backend
+        (without a repetition penalty, which needs the history) the token is chosen on the device
+        inside the captured decode step; otherwise from host logits.
+        """
+        from llama_beta.generate import pick_token
+
+        if self.backend.name == "cuda" and params.repeat_penalty == 1.0:
+            from llama_beta.backends.cuda_decode import CudaDecoder
+
+            decoder = CudaDecoder(self, cache)
+            sampler = None if params.temperature <= 0 else (
+                params.temperature, params.top_k, params.top_p, params.min_p, seed)
+            return lambda token, pos, step, history: decoder.next_token(token, pos, step, sampler)
+        decode = self.decode_fn(cache)
+        return lambda token, pos, step, history: pick_token(decode(token, pos), history, params, seed, step)
+
     # -------------------------------------------------------------- generation
     def generate(self, prompt, **kwargs):
         """Generate text; see :func:`llama_beta.generate.generate` for the options."""

@@ -1,43 +1,92 @@
-"""The CUDA decode step as a fixed sequence of launches over preallocated buffers (a fast path).
+"""The CUDA decode step as a fixed sequence of launches, captured once as a CUDA graph (a fast path).
 
 The readable forward pass (``llama_beta/model.py``) allocates its activations as it goes and
 passes per-token values (the position) as host integers. That is fine for prefill, where a
-launch does a lot of work, but a decode step is ~400 small launches whose cost is almost all
-host time. This version of the decode step is the same math with everything decided up front:
+launch does a lot of work, but a decode step is hundreds of small launches whose cost from
+Python (25-60 us each) is far more than their GPU time (a few us each). This version of the
+decode step is the same math with everything decided up front:
 
 - every activation buffer is allocated once ([1, C], [1, F], [1, V] ...);
-- the token id, its position and the cache length live in device memory (``token``, ``pos``,
-  ``seq_len``: int32 [1]); a tiny kernel advances them at the end of the step, and the next
-  token is chosen on the device (``argmax`` or seeded ``sample``) straight into ``token``;
-- every launch takes the same ``stream``.
+- the per-token values live in one device int32 array ``state = [token, pos, seq_len, step]``;
+  the next token is chosen on the device (``argmax`` or the seeded ``sample``) straight into
+  ``state[0]``, and a one-thread kernel advances the rest and records the token;
+- every launch takes the same stream, and no launch depends on a host value that changes.
 
-So a step's launches are identical from token to token - the precondition for capturing the
-step once as a CUDA graph and replaying it (the next optimization, to be measured on the GPU).
-The result is checked against the readable forward pass in ``tests/test_cuda_decode.py``.
+So the launches of a step are identical from token to token, and the step is captured once as
+a CUDA graph (``cuda.core``'s GraphBuilder used as the launch stream) and replayed per token:
+about 1 us of host time per kernel instead of 25-60 us.
+
+Two layer bodies, chosen with ``fused``:
+- readable: one launch per stage, as in the forward pass (16 launches per layer);
+- fused (default): RMSNorm inside the following products, Q/K/V in one launch, RoPE with the
+  KV-cache append, one-launch split attention, W_o and W_down adding into the residual stream,
+  gate/up with SwiGLU (6 launches per layer).
+The results are checked against the readable forward pass in ``tests/test_cuda_decode.py``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope, sampling, swiglu
 
+TOKEN, POS, SEQ_LEN, STEP = range(4)      # the fields of ``state``
+
 
 @cuda.jit
-def advance_kernel(pos, seq_len):
-    """After a step at position p: the next token goes to p + 1 and the cache holds p + 2 rows."""
+def advance_kernel(state, history):
+    """After a step: record the chosen token, move to the next position, count the step."""
     if cuda.grid(1) == 0:
-        pos[0] += 1
-        seq_len[0] += 1
+        step = state[STEP]
+        if step < history.shape[0]:
+            history[step] = state[TOKEN]
+        state[POS] += 1
+        state[SEQ_LEN] += 1
+        state[STEP] = step + 1
+
+
+def graphs_supported() -> bool:
+    """CUDA graphs need a real GPU and ``cuda.core`` (the simulator runs the launches directly)."""
+    if config.ENABLE_CUDASIM:
+        return False
+    return _cuda_core() is not None
+
+
+def _cuda_core():
+    """``cuda.core`` (``cuda.core.experimental`` in releases before 0.4), or None."""
+    for name in ("cuda.core", "cuda.core.experimental"):
+        try:
+            module = __import__(name, fromlist=["Device"])
+        except ImportError:
+            continue
+        if hasattr(module, "Device"):
+            return module
+    return None
 
 
 class CudaDecoder:
     """One decode step of ``model`` (cuda backend) over its KV ``cache``, buffers preallocated."""
 
-    def __init__(self, model, cache, stream=0):
-        c, B = model.config, model.backend
-        self.model, self.cache, self.stream = model, cache, stream
-        q_w, kv_w = c.n_heads * c.head_size, c.n_kv_heads * c.head_size
+    def __init__(self, model, cache, fused: bool | None = None, use_graph: bool | None = None,
+                 history: int = 4096):
+        c = model.config
+        # LLAMA_BETA_DECODE=readable and LLAMA_BETA_GRAPH=0 select the slower variants (for benchmarks)
+        if fused is None:
+            fused = os.environ.get("LLAMA_BETA_DECODE", "fused") != "readable"
+        if use_graph is None:
+            use_graph = graphs_supported() and os.environ.get("LLAMA_BETA_GRAPH", "1") != "0"
+        self.model, self.cache, self.fused, self.use_graph = model, cache, fused, use_graph
+        self._cc_stream = None
+        if self.use_graph:
+            self._device = _cuda_core().Device()
+            self._device.set_current()
+            self._cc_stream = self._device.create_stream()
+            self.stream = cuda.external_stream(int(self._cc_stream.handle))
+        else:
+            self.stream = cuda.stream() if not config.ENABLE_CUDASIM else 0
+        self._graphs = {}
 
         def buf(*shape, dtype=np.float32):
             return cuda.device_array(shape, dtype)
@@ -48,22 +97,26 @@ class CudaDecoder:
         self.att = buf(1, c.n_heads, c.head_size)
         self.gate, self.up = buf(1, c.ffn_dim), buf(1, c.ffn_dim)
         self.logits = buf(1, c.vocab_size)
-        self.token, self.pos, self.seq_len = (buf(1, dtype=np.int32) for _ in range(3))
-        self.sample_step = buf(1, dtype=np.int32)
+        self.state = cuda.to_device(np.zeros(4, np.int32))
+        self.history = cuda.to_device(np.zeros(history, np.int32))
+        self._state_host = cuda.pinned_array(4, np.int32)
+        self._token_host = cuda.pinned_array(1, np.int32)
+        self.token, self.pos = self.state[TOKEN:TOKEN + 1], self.state[POS:POS + 1]
+        self.seq_len, self.step = self.state[SEQ_LEN:SEQ_LEN + 1], self.state[STEP:STEP + 1]
         S = cache[0].shape[1]
         n_splits = attention.default_n_splits(S, c.n_kv_heads, c.kv_mul)
         self.workspace = attention.DecodeWorkspace(c.n_heads, c.head_size, n_splits)
-        self.factors = None if model.rope.factors is None else B._factors(model.rope.factors)
-        self._qw, self._kvw = q_w, kv_w
+        self.factors = None if model.rope.factors is None else model.backend._factors(model.rope.factors)
+        self._qw = c.n_heads * c.head_size
+        cuda.synchronize()            # the prefill that filled the cache ran on another stream
 
-    def set_state(self, token: int, position: int, sample_step: int = 0) -> None:
+    # -------------------------------------------------------------- state
+    def set_state(self, token: int, position: int, step: int = 0) -> None:
         """Place ``token`` at ``position`` (the cache already holds rows 0..position-1)."""
-        s = self.stream
-        self.token.copy_to_device(np.array([token], np.int32), stream=s)
-        self.pos.copy_to_device(np.array([position], np.int32), stream=s)
-        self.seq_len.copy_to_device(np.array([position + 1], np.int32), stream=s)
-        self.sample_step.copy_to_device(np.array([sample_step], np.int32), stream=s)
+        self._state_host[:] = (token, position, position + 1, step)
+        self.state.copy_to_device(self._state_host, stream=self.stream)
 
+    # -------------------------------------------------------------- the step
     def _rope(self, t):
         p = self.model.rope
         rope.rope(t, self.pos, p.base, rot_dims=p.dims, neox=p.neox, freq_scale=p.freq_scale,
@@ -72,39 +125,119 @@ class CudaDecoder:
     def _mv(self, x, W, out):
         matmul.matvec(x, W.raw, W.ggml_type, W.k, bias=W.bias, out=out.reshape(1, W.n), stream=self.stream)
 
+    def _layer_readable(self, i, L):
+        """One launch per stage, the forward pass's order."""
+        c, s = self.model.config, self.stream
+        k_cache, v_cache = self.cache[0][i], self.cache[1][i]
+        rmsnorm.rmsnorm(self.x, L.attn_norm, c.norm_eps, out=self.n, stream=s)       # [1, C]
+        self._mv(self.n, L.wq, self.q)                                               # [1, nh, hs]
+        self._mv(self.n, L.wk, self.k)                                               # [1, nkv, hs]
+        self._mv(self.n, L.wv, self.v)
+        self._rope(self.q)
+        self._rope(self.k)
+        attention.kv_append(self.k, self.v, k_cache, v_cache, self.pos, stream=s)
+        attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=s,
+                                   workspace=self.workspace)
+        self._mv(self.att.reshape(1, self._qw), L.wo, self.tmp)                       # [1, C]
+        residual.add(self.x, self.tmp, out=self.x, stream=s)
+        rmsnorm.rmsnorm(self.x, L.ffn_norm, c.norm_eps, out=self.n, stream=s)
+        self._mv(self.n, L.w_gate, self.gate)                                        # [1, F]
+        self._mv(self.n, L.w_up, self.up)
+        swiglu.swiglu(self.gate, self.up, out=self.gate, stream=s)
+        self._mv(self.gate, L.w_down, self.tmp)                                      # [1, C]
+        residual.add(self.x, self.tmp, out=self.x, stream=s)
+
+    def _layer_fused(self, i, L):
+        """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual."""
+        c, s, p = self.model.config, self.stream, self.model.rope
+        k_cache, v_cache = self.cache[0][i], self.cache[1][i]
+        qkv = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
+        matmul.decode_matvec_multi(self.x, qkv, [self.q.reshape(1, -1), self.k.reshape(1, -1),
+                                                 self.v.reshape(1, -1)],
+                                   norm_weight=L.attn_norm, eps=c.norm_eps, stream=s)
+        rope.rope_qk_append(self.q, self.k, self.v, k_cache, v_cache, self.pos, p.base, rot_dims=p.dims,
+                            neox=p.neox, freq_scale=p.freq_scale, freq_factors=self.factors,
+                            attn_factor=p.attn_factor, stream=s)
+        attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=s,
+                                   workspace=self.workspace)
+        wo = L.wo
+        matmul.decode_matvec(self.att.reshape(1, self._qw), wo.raw, wo.ggml_type, wo.k, self.x, bias=wo.bias,
+                             accumulate=True, stream=s)                              # x += W_o att
+        g, u = L.w_gate, L.w_up
+        matmul.decode_matvec_swiglu(self.x, g.raw, u.raw, g.ggml_type, u.ggml_type, g.k, self.gate,
+                                    norm_weight=L.ffn_norm, eps=c.norm_eps, stream=s)  # silu(W_g n) * W_u n
+        d = L.w_down
+        matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
+                             stream=s)                                               # x += W_down h
+
     def launch(self) -> None:
-        """Queue one decode step: logits for ``token`` at ``pos``, then advance ``pos``/``seq_len``."""
+        """Queue one decode step: logits [1, V] for ``state.token`` at ``state.pos``."""
         c, W, s = self.model.config, self.model.weights, self.stream
-        k_cache, v_cache = self.cache
         embedding.embed(W.token_embd.raw, W.token_embd.ggml_type, c.dim, self.token, out=self.x, stream=s)
+        layer = self._layer_fused if self.fused else self._layer_readable
         for i, L in enumerate(W.layers):
-            rmsnorm.rmsnorm(self.x, L.attn_norm, c.norm_eps, out=self.n, stream=s)       # [1, C]
-            self._mv(self.n, L.wq, self.q)                                               # [1, nh, hs]
-            self._mv(self.n, L.wk, self.k)                                               # [1, nkv, hs]
-            self._mv(self.n, L.wv, self.v)
-            self._rope(self.q)
-            self._rope(self.k)
-            attention.kv_append(self.k, self.v, k_cache[i], v_cache[i], self.pos, stream=s)
-            attention.attention_decode(self.q, k_cache[i], v_cache[i], self.seq_len, out=self.att, stream=s,
-                                       workspace=self.workspace)
-            self._mv(self.att.reshape(1, self._qw), L.wo, self.tmp)                       # [1, C]
-            residual.add(self.x, self.tmp, out=self.x, stream=s)
-            rmsnorm.rmsnorm(self.x, L.ffn_norm, c.norm_eps, out=self.n, stream=s)
-            self._mv(self.n, L.w_gate, self.gate)                                        # [1, F]
-            self._mv(self.n, L.w_up, self.up)
-            swiglu.swiglu(self.gate, self.up, out=self.gate, stream=s)
-            self._mv(self.gate, L.w_down, self.tmp)                                      # [1, C]
-            residual.add(self.x, self.tmp, out=self.x, stream=s)
-        rmsnorm.rmsnorm(self.x, W.output_norm, c.norm_eps, out=self.n, stream=s)
-        self._mv(self.n, W.output, self.logits)                                          # [1, V]
-        advance_kernel[1, 32, s](self.pos, self.seq_len)
+            layer(i, L)
+        out = W.output
+        if self.fused:
+            matmul.decode_matvec(self.x, out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
+                                 norm_weight=W.output_norm, eps=c.norm_eps, stream=s)
+        else:
+            rmsnorm.rmsnorm(self.x, W.output_norm, c.norm_eps, out=self.n, stream=s)
+            self._mv(self.n, out, self.logits)                                       # [1, V]
 
-    def choose_greedy(self) -> None:
-        """Queue argmax(logits) into ``token`` (the next step's input)."""
-        sampling.argmax(self.logits.reshape(self.logits.shape[1]), out=self.token, stream=self.stream)
+    def _choose(self, sampler) -> None:
+        """Queue the choice of the next token into ``state.token``, then advance the state."""
+        flat = self.logits.reshape(self.logits.shape[1])
+        if sampler is None:
+            sampling.argmax(flat, out=self.token, stream=self.stream)
+        else:
+            temperature, top_k, top_p, min_p, seed = sampler
+            sampling.sample(flat, temperature, top_k, top_p, min_p, seed, self.step, out=self.token,
+                            stream=self.stream)
+        advance_kernel[1, 32, self.stream](self.state, self.history)
 
+    # -------------------------------------------------------------- graphs
+    def _replay(self, key, queue) -> None:
+        """Run ``queue()`` (which queues launches on ``self.stream``) through a graph captured once per key."""
+        if not self.use_graph:
+            queue()
+            return
+        graph = self._graphs.get(key)
+        if graph is None:
+            queue()                                   # once directly: JIT-compiles every kernel first
+            self.stream.synchronize()
+            builder = self._device.create_graph_builder().begin_building("thread_local")
+            self.stream = cuda.external_stream(int(builder.stream.handle))
+            try:
+                queue()
+            finally:
+                self.stream = cuda.external_stream(int(self._cc_stream.handle))
+            graph = self._graphs[key] = builder.end_building().complete()
+            self.stream.synchronize()
+            return                                    # the direct run already did this step's work
+        graph.launch(self._cc_stream)
+
+    # -------------------------------------------------------------- public steps
     def step_logits(self, token: int, position: int) -> np.ndarray:
         """Logits [V] for ``token`` at ``position`` (host copy); the cache gains that row."""
         self.set_state(token, position)
-        self.launch()
+        self._replay("logits", self.launch)
         return self.logits.copy_to_host(stream=self.stream)[0]
+
+    def next_token(self, token: int, position: int, step: int, sampler=None) -> int:
+        """The token after ``token`` at ``position``, chosen on the device (greedy when ``sampler`` is None,
+        else ``(temperature, top_k, top_p, min_p, seed)`` with the draw ``uniform(seed, step)``)."""
+        self.set_state(token, position, step)
+        self._replay(("next", sampler), lambda: (self.launch(), self._choose(sampler)))
+        self.token.copy_to_host(self._token_host, stream=self.stream)
+        self.stream.synchronize()
+        return int(self._token_host[0])
+
+    def choose_greedy(self) -> None:
+        """Queue argmax(logits) into ``state.token`` and advance (the next step's input)."""
+        self._choose(None)
+
+    def close(self) -> None:
+        for g in self._graphs.values():
+            g.close()
+        self._graphs.clear()
