@@ -18,9 +18,17 @@ def load_rows() -> list[tuple[str, float, str]]:
             if "Qwen2.5-0.5B" in e["model"]]
     for f in sorted((HERE / "results").glob("*.json")):
         r = json.loads(f.read_text())
-        where = "H200" if r["backend"] == "cuda" else "2 CPU cores"
-        rows.append((f"llama-beta {r['backend']} ({where})", float(r["decode_tok_s"]["median"]), "ours"))
+        rows.append((run_label(r), float(r["decode_tok_s"]["median"]), "ours"))
     return rows
+
+
+def run_label(r: dict) -> str:
+    """'llama-beta cuda fused+graph (H200, synthetic)' from a ``llama-beta bench`` JSON record."""
+    if r["backend"] != "cuda":
+        return f"llama-beta {r['backend']} (2 CPU cores)"
+    v = r.get("decode_variant", {"body": "readable", "graph": False})
+    kind = "synthetic" if "synth" in r["model"] else "real"
+    return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {kind})"
 
 
 def bar_chart_svg(rows, title: str, unit: str, width: int = 720, bar: int = 26) -> str:
