@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [phi3] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -28,14 +28,26 @@ for step in "$@"; do
         || python3 -c "from llama_beta.synth import synth_model; synth_model('/tmp/qwen-synth.gguf', 'qwen2.5-0.5b', overwrite=True)"
       timeout 300 python3 -m llama_beta.cli bench --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n 64 -r 3 \
         -o "$OUT/bench-qwen-synth-cuda.json" 2>&1 | tail -8 ;;
-    decode)   # decode variants on the Qwen2.5-0.5B-shaped synthetic model: readable/fused body, with/without graph
-      [ -f /tmp/qwen-synth.gguf ] || python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --force 2>&1 | tail -1
+    decode)   # decode variants (readable/fused layer body, with/without graph) on $DECODE_MODEL
+      #          (default: the real model if assembled, else a synthetic one with its shapes and type mix)
+      model=${DECODE_MODEL:-/tmp/qwen.gguf}
+      if [ ! -f "$model" ]; then
+        model=/tmp/qwen-synth.gguf vocab=.dev-model/vocab/ggml-vocab-qwen2.gguf
+        [ -f "$vocab" ] || vocab=tiny
+        [ -f $model ] || python3 -m llama_beta.cli synth $model --preset qwen2.5-0.5b --vocab $vocab --force -q
+      fi
       for variant in $(echo "${DECODE_VARIANTS:-readable:0:16,readable:1:128,fused:1:128}" | tr , ' '); do
         IFS=: read -r body graph n <<< "$variant"
-        echo "== decode body $body, graph $graph"
+        echo "== $(basename $model): decode body $body, graph $graph"
         LLAMA_BETA_DECODE=$body LLAMA_BETA_GRAPH=$graph timeout 200 python3 -m llama_beta.cli bench \
-          --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n "$n" -r 3 -o "$OUT/bench-qwen-synth-$body-graph$graph.json" 2>&1 | tail -6
+          --model $model --backend cuda -p 512 -n "$n" -r 3 -o "$OUT/bench-$(basename $model .gguf)-$body-graph$graph.json" 2>&1 | tail -6
       done ;;
+    phi3)     # a Phi-3-mini-shaped synthetic model (3.8B, Q4_K_M-like mix, the real Phi-3 vocabulary)
+      python3 -m llama_beta.cli synth /tmp/phi3-mini.gguf --preset phi3-mini --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      ls -la /tmp/phi3-mini.gguf
+      timeout 200 python3 -m llama_beta.cli generate --model /tmp/phi3-mini.gguf --backend cuda --max-tokens 16 --seed 1 "Hello" 2>&1 | tail -2
+      timeout 250 python3 -m llama_beta.cli bench --model /tmp/phi3-mini.gguf --backend cuda -p 512 -n 128 -r 3 \
+        -o "$OUT/bench-phi3-mini-synth-fused-graph1.json" 2>&1 | tail -6 ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

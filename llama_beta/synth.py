@@ -87,16 +87,32 @@ class SynthSpec:
         return self.rope_dims or self.head_size
 
 
+def _more_bits(i: int, n: int) -> bool:
+    """A Q4_K_M-style rule (llama.cpp's ``use_more_bits``) for which blocks' attn_v / ffn_down get the
+    larger type: the first and last eighth of the blocks and every third between them. For 24 blocks it
+    picks 12, as many as the real default model (which picks a different twelve)."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _q4_k_m_layers(n: int, role: str, more: GGMLType, fewer: GGMLType) -> dict:
+    """{tensor name: type} for ``role`` ('attn_v', 'ffn_down') over ``n`` blocks, by ``_more_bits``."""
+    return {f"blk.{i}.{role}.weight": more if _more_bits(i, n) else fewer for i in range(n)}
+
+
 PRESETS = {
     "tiny": SynthSpec(),
     "micro": SynthSpec(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, ffn_dim=96, matrix_type=G.F32),
+    # the default model's mix: rows of 896 cannot hold K-quant blocks, so Q5_0/Q8_0 stand in for Q4_K/Q6_K
     "qwen2.5-0.5b": SynthSpec(arch="qwen2", n_layers=24, dim=896, n_heads=14, n_kv_heads=2, ffn_dim=4864,
                               context_length=32768, rope_base=1e6, matrix_type=G.Q5_0,
-                              types={"token_embd": G.Q5_0, "output": G.Q8_0, "wv": G.Q8_0, "w_down": G.Q6_K}),
+                              types={"token_embd": G.Q5_0, "output": G.Q8_0,
+                                     **_q4_k_m_layers(24, "attn_v", G.Q8_0, G.Q5_0),
+                                     **_q4_k_m_layers(24, "ffn_down", G.Q6_K, G.Q4_K)}),
     "phi3-mini": SynthSpec(arch="phi3", n_layers=32, dim=3072, n_heads=32, n_kv_heads=32, ffn_dim=8192,
                            context_length=4096, orig_context=4096, rope_base=10000.0, norm_eps=1e-5,
                            matrix_type=G.Q4_K,
-                           types={"wqkv": G.Q5_K, "w_down": G.Q6_K, "output": G.Q6_K}),
+                           types={"wqkv": G.Q5_K, "output": G.Q6_K,
+                                  **_q4_k_m_layers(32, "ffn_down", G.Q6_K, G.Q4_K)}),
 }
 
 

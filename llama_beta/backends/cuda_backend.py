@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
+
+# The small stages (a norm over one row, the position update) are one-block launches on purpose;
+# Numba's low-occupancy warning would interleave with the streamed text.
+config.CUDA_LOW_OCCUPANCY_WARNINGS = False
 
 from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope, swiglu
 from numba_kernels.upload import Uploader
