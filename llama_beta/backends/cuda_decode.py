@@ -205,7 +205,7 @@ class CudaDecoder:
         graph = self._graphs.get(key)
         if graph is None:
             queue()                                   # once directly: JIT-compiles every kernel first
-            self.stream.synchronize()
+            self._synchronize()
             builder = self._device.create_graph_builder().begin_building("thread_local")
             self.stream = cuda.external_stream(int(builder.stream.handle))
             try:
@@ -213,9 +213,15 @@ class CudaDecoder:
             finally:
                 self.stream = cuda.external_stream(int(self._cc_stream.handle))
             graph = self._graphs[key] = builder.end_building().complete()
-            self.stream.synchronize()
+            self._synchronize()
             return                                    # the direct run already did this step's work
         graph.launch(self._cc_stream)
+
+    def _synchronize(self) -> None:
+        if self.stream == 0:                          # the simulator's default stream
+            cuda.synchronize()
+        else:
+            self.stream.synchronize()
 
     # -------------------------------------------------------------- public steps
     def step_logits(self, token: int, position: int) -> np.ndarray:
@@ -230,7 +236,7 @@ class CudaDecoder:
         self.set_state(token, position, step)
         self._replay(("next", sampler), lambda: (self.launch(), self._choose(sampler)))
         self.token.copy_to_host(self._token_host, stream=self.stream)
-        self.stream.synchronize()
+        self._synchronize()
         return int(self._token_host[0])
 
     def choose_greedy(self) -> None:
