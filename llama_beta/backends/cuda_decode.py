@@ -106,6 +106,8 @@ class CudaDecoder:
         S = cache[0].shape[1]
         n_splits = attention.default_n_splits(S, c.n_kv_heads, c.kv_mul)
         self.workspace = attention.DecodeWorkspace(c.n_heads, c.head_size, n_splits)
+        self._argmax_ws = sampling.ArgmaxWorkspace(c.vocab_size)   # the multi-block kernels' scratch
+        self._topk_ws = sampling.TopKWorkspace(c.vocab_size)
         self.factors = None if model.rope.factors is None else model.backend._factors(model.rope.factors)
         self._qw = c.n_heads * c.head_size
         cuda.synchronize()            # the prefill that filled the cache ran on another stream
@@ -189,11 +191,11 @@ class CudaDecoder:
         """Queue the choice of the next token into ``state.token``, then advance the state."""
         flat = self.logits.reshape(self.logits.shape[1])
         if sampler is None:
-            sampling.argmax(flat, out=self.token, stream=self.stream)
+            sampling.argmax(flat, out=self.token, stream=self.stream, workspace=self._argmax_ws)
         else:
             temperature, top_k, top_p, min_p, seed = sampler
             sampling.sample(flat, temperature, top_k, top_p, min_p, seed, self.step, out=self.token,
-                            stream=self.stream)
+                            stream=self.stream, workspace=self._topk_ws)
         advance_kernel[1, 32, self.stream](self.state, self.history)
 
     # -------------------------------------------------------------- graphs
