@@ -36,6 +36,36 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   tokens) and copies 8 values of the x tile; then each thread accumulates a 4 x 4
   micro-tile of outputs in registers (float32 FMA). Rows of the W tile are padded to 33
   floats so the 16 threads of a row of the block read 16 different banks.
+- v4 ``decode_matvec`` etc. with ``DECODE_WIDTH = 32`` (the default): the fused decode path.
+  A block of NW warps first stages x' in shared memory (padded one float per 32): x itself, or
+  ``RMSNorm(x) * norm_weight``, every block summing the squares of x itself (K floats from L2)
+  so that the rmsnorm launch disappears. Each warp then computes R rows (R = 1, 2, 4, written
+  out so the R accumulators stay in registers and all R rows' loads are in flight together);
+  lane ``l`` dots one 32-weight *unit* per step (one Q4_0/Q5_0/Q8_0 block, one 32-weight
+  sub-block of a K-quant: weights ``32 (l + 32 s) ..``), so a block's scales are decoded once
+  per 32 weights, and each unit's loads are issued before use. The epilogue fuses the bias,
+  the residual add (``accumulate``), SwiGLU (``decode_matvec_swiglu``: R gate and R up rows per
+  warp) or 1-3 matrices sharing x in one launch (``decode_matvec_multi``: the Q, K, V
+  projections; blocks cover the concatenated rows, each block one matrix, every type a
+  compile-time constant). Instruction diet, all checked in the SASS of an offline sm_90 build:
+  int->float without I2F (``_qf``: ``prmt`` puts a byte into the mantissa of 2^23, one FADD
+  removes it, exact), uint32 indices and ``while`` loops (Numba's int64 index arithmetic with
+  negative-index wrapping and its 64-bit ``range`` counters were most of v2's instructions),
+  block offsets computed once per unit, Q4_K/Q5_K as ``d sc (sum x q) - dmin m (sum x)``
+  (llama.cpp's split: one FMA per weight; ``sum x`` is shared by the warp's rows).
+- v5: the same kernels with ``DECODE_WIDTH = 8``: warp-contiguous, lane ``l`` dots weights
+  ``8 l + 256 s ..`` (v1/v2's layout: a warp's loads of one step are adjacent bytes, fewer L1
+  wavefronts per load than v4's 32 lanes x one block each, but scales decoded per 8 weights).
+- v6: ``DECODE_WIDTH = 16``, in between (tested, not timed by ``__main__``).
+  Launch configuration (``fused_config``): the most rows per block, (NW, R) from
+  ``FUSED_CONFIGS`` = (8, 4), (8, 2), (8, 1), (4, 1), that still gives ``BLOCKS_PER_SM`` = 2
+  blocks per SM (x' costs K floats per block; small N needs blocks to fill 132 SMs).
+  Bytes per launch: the weight bytes, plus K (2K with the norm) floats per block from L2.
+  SASS instructions per weight of the main loop (sm_90, R = 2; budget at 70 % of 4.3 TB/s in
+  brackets, from 4 schedulers x 32 lanes x 132 SMs x 1.98 GHz): v4 Q8_0 5.3 [11.8], Q4_0 5.0
+  [6.2], Q5_0 6.2 [7.6], Q4_K 6.7 [6.2], Q5_K 8.1 [7.6], Q6_K 8.7 [9.1]; v5 7-13. **v4-v6 are
+  unmeasured**: none has run on a GPU yet (the tests ran in the simulator; the kernels were
+  compiled offline with ptxas for sm_90: no spills, 32-80 registers).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -50,12 +80,12 @@ instructions per weight (64-bit index arithmetic and per-8-weight scale decoding
 the PTX: ~300 u64 ops in v2's Q8_0 kernel), wider loads, split-K for small N.
 
 Left out (later optimizations, noted here so nobody repeats the analysis):
-- int->float via the exponent trick (``int_as_float(0x4B000000 | q) - 2^23``: one
-  integer op + one FADD at full rate instead of ``I2F``); needs a bit cast, which the
-  CUDA simulator cannot run (``libdevice`` is a stub there).
 - quantizing x to int8 and ``dp4a`` dot products (llama.cpp ``mul_mat_vec_q``): fewer
   bytes of x, 4 MACs per instruction, but no longer the reference's float32 numerics.
-- several rows per warp sharing the registers of x; split-K for small N.
+- split-K for small N (896-row matrices: 112-224 blocks for 132 SMs, one latency-bound wave).
+- 32-bit loads with a funnel shift for the 2-byte aligned blocks (Q6_K reads 34 uint16 per
+  32 weights in v4), vector (``ld.shared.v4``) reads of x' (needs 16-byte aligned padding),
+  nibbles masked in place (``w & 0xF0F0F0F0`` = 16 q, the 1/16 folded into the scale).
 - a half-precision / tensor-core (``mma``) prefill path: v3 is plain float32 FMA.
 
 References: llama.cpp ``ggml-cuda/mmvq.cu``, ``dmmv.cu`` (per-type fused decode in
@@ -66,12 +96,14 @@ memory bank conflicts".
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
-from numba import config, cuda, float32, int32
+from numba import config, cuda, float32, int32, uint32
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
+from numba_kernels.rmsnorm import _block_sum
 from numba_kernels.runtime import is_device as _is_device, to_device as _device
 
 WARP = 32
@@ -382,6 +414,599 @@ def launch_matmul_tiled(x, w_raw, ggml_type, K, bias, out, stream=0):
 
 
 # ---------------------------------------------------------------------------------------------
+# v4-v6: fused decode kernels. x' (optionally RMS-normalized) is staged once per block in
+# shared memory; each warp computes R rows; a lane dots WIDTH consecutive weights per step.
+#
+# Integer code generation. Numba types integer arithmetic as int64 and wraps every signed
+# array index for negative values (a compare and a select per load, in 64 bits), and lowers
+# ``range`` loops with a 64-bit trip counter. The hot paths therefore index with ``uint32(...)``
+# (one IMAD.WIDE.U32 per load), loop with ``while`` over int32 counters, and truncate index
+# arithmetic to int32 so that LLVM narrows it (checked in the SASS: see docs/matmul.md).
+# ---------------------------------------------------------------------------------------------
+MAGIC = 0x4B000000                       # float bits of 2^23: the bits MAGIC | b are the float 2^23 + b
+F23 = np.float32(2.0 ** 23)              # (2^23 + b) - (2^23 + off) = b - off exactly (Sterbenz)
+F23_8, F23_16, F23_32, F23_128 = (np.float32(2.0 ** 23 + o) for o in (8, 16, 32, 128))
+FUSED_CONFIGS = ((8, 4), (8, 2), (8, 1), (4, 1))   # (warps per block, rows per warp), most rows first
+BLOCKS_PER_SM = 2                        # the launch heuristic wants at least this many blocks per SM
+DECODE_WIDTH = 32                        # weights a lane dots per step: 32 = v4, 8 = v5, 16 = v6
+EXP_LIMIT = np.float32(-88.72283935546875)    # expf(-g) overflows to inf below this g
+F_INF = np.float32(np.inf)
+MAX_K_FUSED = ((SMEM_LIMIT - 4 * WARP) // 4) * 32 // 33 // 32 * 32   # padded x' + 32 floats (11 872)
+
+if config.ENABLE_CUDASIM:
+    # The simulator runs device functions as Python, and libdevice has no simulator: the two bit
+    # operations are written out here (the same results as PTX prmt.b32 and mov.b32).
+    @cuda.jit(device=True)
+    def _prmt(a, b, sel):
+        """byte_perm(a, b, sel): output byte i is byte (sel >> 4i) & 7 of the 8 bytes b:a."""
+        src = (int(a) & 0xFFFFFFFF) | ((int(b) & 0xFFFFFFFF) << 32)
+        out = 0
+        for i in range(4):
+            out |= ((src >> (8 * ((int(sel) >> (4 * i)) & 7))) & 0xFF) << (8 * i)
+        return np.int64(out)                        # (wide enough for the numpy scalars it meets)
+
+    @cuda.jit(device=True)
+    def _as_float(bits):
+        return np.uint32(int(bits) & 0xFFFFFFFF).view(np.float32)
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True, inline=True)
+    def _prmt(a, b, sel):
+        return libdevice.byte_perm(int32(a), int32(b), int32(sel))
+
+    @cuda.jit(device=True, inline=True)
+    def _as_float(bits):
+        return libdevice.int_as_float(int32(bits))
+
+
+@cuda.jit(device=True, inline=True)
+def _qf(word, p, off, mg):
+    """Byte ``p`` of ``word`` minus ``off - 2^23`` as a float32, exactly and without an I2F
+    (a quarter-rate instruction): the bits 0x4B0000bb are the float 2^23 + bb. ``mg`` is MAGIC,
+    computed at run time (``_magic``) so that ptxas keeps it in one register and encodes the
+    selector as the immediate (with both constants known it rematerializes selectors instead)."""
+    return _as_float(_prmt(word, mg, 0x7540 | p)) - off      # bytes: word.p, 0, 0, 0x4B
+
+
+@cuda.jit(device=True, inline=True)
+def _magic(K):
+    return int32(MAGIC + min(K, 0))                  # == MAGIC (K >= 0), opaque to the compiler
+
+
+@cuda.jit(device=True, inline=True)
+def _u32(w16, h):
+    """The 32-bit word of the two uint16 at h, h+1 (h uint32: any 2-aligned byte offset 2h)."""
+    return _prmt(w16[h], w16[h + uint32(1)], 0x5410)
+
+
+@cuda.jit(device=True, inline=True)
+def _spread4(bits):
+    """Bits 0..3 of ``bits`` to bit 4 of bytes 0..3 (four shifted copies, no carries)."""
+    return ((bits & 0xF) * 0x02040810) & 0x10101010
+
+
+# Per-type pieces of the dot product of x' with one "unit" of WIDTH consecutive weights
+# W[row, k:k+WIDTH] (k a multiple of WIDTH, so a unit never crosses a block):
+#   prep(views, g, j0) -> (a, b, c, e, h, h2): once per unit, from g = byte offset of the
+#       block and j0 = index of the unit's first weight in it: the scales (floats a, b), two
+#       small integers c, e (shifts, 5th bits) and h, h2 = uint32 indices of the unit's first
+#       quant words in the view the type reads;
+#   octet(views, o, xs, xo, a, b, c, e, h, h2) -> sum of 8 weights times x' for the o-th octet
+#       of the unit (o a literal: its offsets from h and xo fold into the load instructions);
+#   fin(a, s): apply the unit's scale once (types whose octets scale themselves return s).
+# Views: w16 uint16, w32 uint32, wh float16, wf float32, all of the same bytes.
+@cuda.jit(device=True, inline=True)
+def _fin_scale(a, s):
+    return a * s
+
+
+@cuda.jit(device=True, inline=True)
+def _fin_plain(a, s):
+    return s
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q8_0(w16, w32, wh, wf, g, j0):
+    # 34 bytes: d f16 @0, 32 int8 @2
+    return float32(wh[g >> 1]), float32(0.0), 0, 0, uint32((g + 2 + j0) >> 1), uint32(0)
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q8_0(w16, w32, wh, wf, o, xs, xo, a, b, c, e, h, h2, mg):
+    s = float32(0.0)
+    for t in range(4):
+        w = int32(w16[h + uint32(4 * o + t)]) ^ 0x8080      # int8 q -> q + 128 in [0, 256)
+        s += xs[xo + uint32(8 * o + 2 * t)] * _qf(w, 0, F23_128, mg)
+        s += xs[xo + uint32(8 * o + 2 * t + 1)] * _qf(w, 1, F23_128, mg)
+    return s
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q4_0(w16, w32, wh, wf, g, j0):
+    # 18 bytes: d @0, qs @2; weight j < 16: low nibble of qs[j], j >= 16: high nibble of qs[j-16]
+    return float32(wh[g >> 1]), float32(0.0), (j0 >> 4) * 4, 0, uint32((g + 2 + (j0 & 15)) >> 1), uint32(0)
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q4_0(w16, w32, wh, wf, o, xs, xo, a, b, c, e, h, h2, mg):
+    # octet o of a unit starting at j0: bytes (j0 & 15) + 8 (o & 1), nibble (j0 >> 4) + (o >> 1)
+    s = float32(0.0)
+    for t in range(2):
+        q = (_u32(w16, h + uint32(4 * (o & 1) + 2 * t)) >> (c + 4 * (o >> 1))) & 0x0F0F0F0F
+        for p in range(4):
+            s += xs[xo + uint32(8 * o + 4 * t + p)] * _qf(q, p, F23_8, mg)
+    return s
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q5_0(w16, w32, wh, wf, g, j0):
+    # 22 bytes: d @0, qh u32 @2 (bit j = 5th bit of weight j), qs @6 as Q4_0
+    qh = _u32(w16, uint32((g + 2) >> 1))
+    return (float32(wh[g >> 1]), float32(0.0), (j0 >> 4) * 4, qh >> j0,
+            uint32((g + 6 + (j0 & 15)) >> 1), uint32(0))
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q5_0(w16, w32, wh, wf, o, xs, xo, a, b, c, qh, h, h2, mg):
+    s = float32(0.0)
+    for t in range(2):
+        q = (_u32(w16, h + uint32(4 * (o & 1) + 2 * t)) >> (c + 4 * (o >> 1))) & 0x0F0F0F0F
+        q |= _spread4(qh >> (8 * o + 4 * t))
+        for p in range(4):
+            s += xs[xo + uint32(8 * o + 4 * t + p)] * _qf(q, p, F23_16, mg)
+    return s
+
+
+@cuda.jit(device=True, inline=True)
+def _k_scales(w32, wh, g, s):
+    """Q4_K/Q5_K: (d * sc, dmin * m) of sub-block s (ref.quants.k_scale_min); d @0, dmin @2,
+    12 bytes of 6-bit scales and mins @4."""
+    sh = (s & 3) * 8
+    w = uint32(g >> 2)
+    b0 = (w32[w + uint32(1)] >> sh) & 0xFF             # byte s & 3 of scales[0:4]
+    b1 = (w32[w + uint32(2)] >> sh) & 0xFF             # ... of scales[4:8]
+    b2 = (w32[w + uint32(3)] >> sh) & 0xFF             # ... of scales[8:12]
+    if s < 4:
+        sc, m = b0 & 63, b1 & 63
+    else:
+        sc, m = (b2 & 0xF) | ((b0 >> 6) << 4), (b2 >> 4) | ((b1 >> 6) << 4)
+    return float32(wh[g >> 1]) * float32(int32(sc)), float32(wh[(g >> 1) + uint32(1)]) * float32(int32(m))
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q4_k(w16, w32, wh, wf, g, j0):
+    # 144 bytes: qs @16; weight j = 64c + 32h + l is nibble h of qs[32c + l]
+    s = j0 >> 5                                        # sub-block of 32
+    ds, dm = _k_scales(w32, wh, g, s)
+    return ds, dm, (s & 1) * 4, 0, uint32((g + 16 + (s >> 1) * 32 + (j0 & 31)) >> 2), uint32(0)
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q4_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, e, h, h2, mg):
+    # sum x (ds q - dm) = ds sum x q - dm sum x: one FMA per weight; sum x is the same for every
+    # row of the warp (the compiler computes it once)
+    acc = float32(0.0)
+    sx = float32(0.0)
+    for t in range(2):
+        q = (w32[h + uint32(2 * o + t)] >> shift) & 0x0F0F0F0F
+        for p in range(4):
+            xv = xs[xo + uint32(8 * o + 4 * t + p)]
+            acc += xv * _qf(q, p, F23, mg)
+            sx += xv
+    return ds * acc - dm * sx
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q5_k(w16, w32, wh, wf, g, j0):
+    # 176 bytes: qh @16 (5th bit of weight j: bit j // 32 of qh[j % 32]), qs @48 as Q4_K
+    s = j0 >> 5
+    ds, dm = _k_scales(w32, wh, g, s)
+    return (ds, dm, (s & 1) * 4, s, uint32((g + 48 + (s >> 1) * 32 + (j0 & 31)) >> 2),
+            uint32((g + 16 + (j0 & 31)) >> 2))
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q5_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, s, h, h2, mg):
+    acc = float32(0.0)
+    sx = float32(0.0)
+    for t in range(2):
+        q = (w32[h + uint32(2 * o + t)] >> shift) & 0x0F0F0F0F
+        q |= ((w32[h2 + uint32(2 * o + t)] >> s) & 0x01010101) << 4
+        for p in range(4):
+            xv = xs[xo + uint32(8 * o + 4 * t + p)]
+            acc += xv * _qf(q, p, F23, mg)
+            sx += xv
+    return ds * acc - dm * sx                          # as Q4_K
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_q6_k(w16, w32, wh, wf, g, j0):
+    # 210 bytes: ql @0, qh @128, int8 scales @192 (one per 16 weights), d @208; j = 128n + 32i + l:
+    # low 4 bits: nibble i // 2 of ql[64n + 32 (i % 2) + l]; top 2: bits 2i of qh[32n + l]
+    n = j0 >> 7
+    i = (j0 >> 5) & 3
+    l0 = j0 & 31
+    d = float32(wh[(g + 208) >> 1])
+    scw = int32(w16[(g + 192 + 8 * n + 2 * i) >> 1]) >> ((l0 >> 4) * 8)   # this unit's scales
+    s0, s1 = scw & 0xFF, (scw >> 8) & 0xFF
+    return (d * float32(int32(s0 - ((s0 & 0x80) << 1))), d * float32(int32(s1 - ((s1 & 0x80) << 1))),
+            (i >> 1) * 4, 2 * i, uint32((g + 64 * n + 32 * (i & 1) + l0) >> 1), uint32((g + 128 + 32 * n + l0) >> 1))
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_q6_k(w16, w32, wh, wf, o, xs, xo, ds0, ds1, shl, shh, h, h2, mg):
+    acc = float32(0.0)
+    for t in range(2):
+        q = (_u32(w16, h + uint32(4 * o + 2 * t)) >> shl) & 0x0F0F0F0F
+        q |= ((_u32(w16, h2 + uint32(4 * o + 2 * t)) >> shh) & 0x03030303) << 4
+        for p in range(4):
+            acc += xs[xo + uint32(8 * o + 4 * t + p)] * _qf(q, p, F23_32, mg)
+    return (ds0 if o < 2 else ds1) * acc                # (d * sc) as ref.quants; 16 weights per sc
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_f16(w16, w32, wh, wf, g, j0):                 # the row is one "block": g row, j0 index
+    return float32(1.0), float32(0.0), 0, 0, uint32((g >> 1) + j0), uint32(0)
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_f16(w16, w32, wh, wf, o, xs, xo, a, b, c, e, h, h2, mg):
+    acc = float32(0.0)
+    for t in range(8):
+        acc += xs[xo + uint32(8 * o + t)] * float32(wh[h + uint32(8 * o + t)])
+    return acc
+
+
+@cuda.jit(device=True, inline=True)
+def _prep_f32(w16, w32, wh, wf, g, j0):
+    return float32(1.0), float32(0.0), 0, 0, uint32((g >> 2) + j0), uint32(0)
+
+
+@cuda.jit(device=True, inline=True)
+def _oct_f32(w16, w32, wh, wf, o, xs, xo, a, b, c, e, h, h2, mg):
+    acc = float32(0.0)
+    for t in range(8):
+        acc += xs[xo + uint32(8 * o + t)] * wf[h + uint32(8 * o + t)]
+    return acc
+
+
+# type -> (log2 weights per block, bytes per block, prep, octet, fin). F16/F32: the row is one
+# block (k >> 31 == 0), so g is the row's offset and j0 the index in the row.
+DOT_PARTS = {
+    GGMLType.Q8_0: (5, 34, _prep_q8_0, _oct_q8_0, _fin_scale),
+    GGMLType.Q4_0: (5, 18, _prep_q4_0, _oct_q4_0, _fin_scale),
+    GGMLType.Q5_0: (5, 22, _prep_q5_0, _oct_q5_0, _fin_scale),
+    GGMLType.Q4_K: (8, 144, _prep_q4_k, _oct_q4_k, _fin_plain),
+    GGMLType.Q5_K: (8, 176, _prep_q5_k, _oct_q5_k, _fin_plain),
+    GGMLType.Q6_K: (8, 210, _prep_q6_k, _oct_q6_k, _fin_plain),
+    GGMLType.F16: (31, 0, _prep_f16, _oct_f16, _fin_plain),
+    GGMLType.F32: (31, 0, _prep_f32, _oct_f32, _fin_plain),
+}
+ALIGN4_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F32)   # read through the uint32 view
+
+
+@functools.lru_cache(maxsize=None)
+def _unit(ggml_type, width):
+    """Device function: sum_{i < width} W[row, k + i] x'[k + i] for the row at byte ``rowb``.
+
+    The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
+    threshold and their offsets from the unit's base indices are constants."""
+    qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
+    mask = (1 << qsh) - 1
+
+    @cuda.jit(device=True, inline=True)
+    def unit8(w16, w32, wh, wf, rowb, k, xs, xo, mg):
+        a, b, c, e, h, h2 = prep(w16, w32, wh, wf, uint32(rowb + (k >> qsh) * bb), uint32(k & mask))
+        return fin(a, octet(w16, w32, wh, wf, 0, xs, xo, a, b, c, e, h, h2, mg))
+
+    @cuda.jit(device=True, inline=True)
+    def unit16(w16, w32, wh, wf, rowb, k, xs, xo, mg):
+        a, b, c, e, h, h2 = prep(w16, w32, wh, wf, uint32(rowb + (k >> qsh) * bb), uint32(k & mask))
+        s = octet(w16, w32, wh, wf, 0, xs, xo, a, b, c, e, h, h2, mg)
+        s += octet(w16, w32, wh, wf, 1, xs, xo, a, b, c, e, h, h2, mg)
+        return fin(a, s)
+
+    @cuda.jit(device=True, inline=True)
+    def unit32(w16, w32, wh, wf, rowb, k, xs, xo, mg):
+        a, b, c, e, h, h2 = prep(w16, w32, wh, wf, uint32(rowb + (k >> qsh) * bb), uint32(k & mask))
+        s = octet(w16, w32, wh, wf, 0, xs, xo, a, b, c, e, h, h2, mg)
+        s += octet(w16, w32, wh, wf, 1, xs, xo, a, b, c, e, h, h2, mg)
+        s += octet(w16, w32, wh, wf, 2, xs, xo, a, b, c, e, h, h2, mg)
+        s += octet(w16, w32, wh, wf, 3, xs, xo, a, b, c, e, h, h2, mg)
+        return fin(a, s)
+
+    return {8: unit8, 16: unit16, 32: unit32}[width]
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_x(x, nw, has_norm, eps, K, xs, red):
+    """x' = x, or RMSNorm(x) * nw, into shared memory padded one float per 32 (xs[p + p // 32]).
+
+    Every block computes the sum of squares itself (K floats, from L2), so no separate
+    rmsnorm launch is needed; same arithmetic as ``numba_kernels.rmsnorm`` (float32 sums)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    scale = float32(1.0)
+    if has_norm:
+        ss = float32(0.0)
+        p = int32(tid)
+        while p < K:
+            v = x[uint32(p)]
+            ss += v * v
+            p = int32(p + nt)
+        total = _block_sum(ss, red)
+        scale = float32(1.0) / math.sqrt(total / float32(K) + eps)
+    p = int32(tid)
+    while p < K:
+        v = x[uint32(p)]
+        if has_norm:
+            v = (v * scale) * nw[uint32(p)]
+        xs[uint32(p + (p >> 5))] = v
+        p = int32(p + nt)
+    cuda.syncthreads()
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_dot(ggml_type, width, R):
+    """Device function: the dot products of rows row0 .. row0+R-1 (R = 1, 2 or 4) with x', warp-
+    reduced into ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored.
+
+    R is a compile-time constant, so the ``if R > r`` lines fold away: the rows are written out
+    rather than looped over, which keeps every accumulator in a register and all the rows'
+    loads in flight together whatever LLVM's unrolling threshold (a loop over R rows of 32-weight
+    units was not unrolled: the accumulators went to local memory)."""
+    unit = _unit(ggml_type, width)
+    step = width * WARP
+
+    @cuda.jit(device=True, inline=True)
+    def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc):
+        b0 = int32(min(row0, N - 1) * rb)           # byte offsets of the rows
+        b1 = int32(min(row0 + 1, N - 1) * rb)
+        b2 = int32(min(row0 + 2, N - 1) * rb)
+        b3 = int32(min(row0 + 3, N - 1) * rb)
+        a0 = a1 = a2 = a3 = float32(0.0)
+        mg = _magic(K)
+        k = int32(width * (cuda.threadIdx.x & (WARP - 1)))    # lane l: weights k .. k+width
+        while k < K:
+            xo = uint32(k + (k >> 5))               # padded index of x'[k]
+            a0 += unit(w16, w32, wh, wf, b0, k, xs, xo, mg)
+            if R > 1:
+                a1 += unit(w16, w32, wh, wf, b1, k, xs, xo, mg)
+            if R > 2:
+                a2 += unit(w16, w32, wh, wf, b2, k, xs, xo, mg)
+                a3 += unit(w16, w32, wh, wf, b3, k, xs, xo, mg)
+            k = int32(k + step)
+        acc[0] = _warp_sum(a0)
+        if R > 1:
+            acc[1] = _warp_sum(a1)
+        if R > 2:
+            acc[2] = _warp_sum(a2)
+            acc[3] = _warp_sum(a3)
+    return rows_dot
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_dot_pair(gate_type, up_type, width, R):
+    """``_rows_dot`` for SwiGLU: R rows of W_gate and the matching R rows of W_up in the same
+    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums."""
+    gunit, uunit = _unit(gate_type, width), _unit(up_type, width)
+    step = width * WARP
+
+    @cuda.jit(device=True, inline=True)
+    def rows_dot_pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au):
+        n0, n1, n2, n3 = min(row0, F - 1), min(row0 + 1, F - 1), min(row0 + 2, F - 1), min(row0 + 3, F - 1)
+        gb0, gb1, gb2, gb3 = int32(n0 * grb), int32(n1 * grb), int32(n2 * grb), int32(n3 * grb)
+        ub0, ub1 = int32((up_row0 + n0) * urb), int32((up_row0 + n1) * urb)
+        ub2, ub3 = int32((up_row0 + n2) * urb), int32((up_row0 + n3) * urb)
+        g0 = g1 = g2 = g3 = u0 = u1 = u2 = u3 = float32(0.0)
+        mg = _magic(K)
+        k = int32(width * (cuda.threadIdx.x & (WARP - 1)))
+        while k < K:
+            xo = uint32(k + (k >> 5))
+            g0 += gunit(g16, g32, gh, gf, gb0, k, xs, xo, mg)
+            u0 += uunit(u16, u32, uh, uf, ub0, k, xs, xo, mg)
+            if R > 1:
+                g1 += gunit(g16, g32, gh, gf, gb1, k, xs, xo, mg)
+                u1 += uunit(u16, u32, uh, uf, ub1, k, xs, xo, mg)
+            if R > 2:
+                g2 += gunit(g16, g32, gh, gf, gb2, k, xs, xo, mg)
+                u2 += uunit(u16, u32, uh, uf, ub2, k, xs, xo, mg)
+                g3 += gunit(g16, g32, gh, gf, gb3, k, xs, xo, mg)
+                u3 += uunit(u16, u32, uh, uf, ub3, k, xs, xo, mg)
+            k = int32(k + step)
+        ag[0], au[0] = _warp_sum(g0), _warp_sum(u0)
+        if R > 1:
+            ag[1], au[1] = _warp_sum(g1), _warp_sum(u1)
+        if R > 2:
+            ag[2], au[2] = _warp_sum(g2), _warp_sum(u2)
+            ag[3], au[3] = _warp_sum(g3), _warp_sum(u3)
+    return rows_dot_pair
+
+
+@cuda.jit(device=True, inline=True)
+def _silu(g):
+    """g / (1 + expf(-g)) as ref.swiglu.silu; exp(-g) is inf beyond the float32 range (silu -> -0),
+    written out because the simulator's math.exp raises OverflowError instead."""
+    e = math.exp(-g) if g > EXP_LIMIT else F_INF
+    return g / (float32(1.0) + e)
+
+
+@cuda.jit(device=True, inline=True)
+def _store(v, n, N, bias, has_bias, accumulate, out):
+    """Lane 0: out[n] (=, or += with ``accumulate``) v + bias[n], for rows n < N."""
+    if cuda.threadIdx.x % WARP == 0 and n < N:
+        v = v + bias[n] if has_bias else v
+        out[n] = out[n] + v if accumulate else v
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernels(types, width, R, NW):
+    """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
+    (multi: one per matrix; matvec uses types[0]; swiglu types[0] for the gate, types[1] for
+    up). Every type, width, R and NW is a compile-time constant of the kernels."""
+    rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
+    pair = _rows_dot_pair(types[0], types[1], width, R)
+
+    @cuda.jit
+    def matvec_fused(x, nw, has_norm, eps, K, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+        xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
+        red = cuda.shared.array(WARP, float32)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * R
+        if row0 >= N:
+            return                                   # whole warp leaves
+        acc = cuda.local.array(R, float32)
+        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc)
+        for r in range(R):
+            _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
+
+    @cuda.jit
+    def multi_fused(x, nw, has_norm, eps, K, blk1, blk2,
+                    a16, a32, ah, af, arb, aN, abias, ahas, aout,
+                    b16, b32, bh, bf, brb, bN, bbias, bhas, bout,
+                    c16, c32, ch, cf, crb, cN, cbias, chas, cout):
+        # blocks [0, blk1) -> matrix a, [blk1, blk2) -> b, [blk2, grid) -> c (block-uniform branch)
+        xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        acc = cuda.local.array(R, float32)
+        blk = cuda.blockIdx.x
+        warp = cuda.threadIdx.x // WARP
+        if blk < blk1:
+            row0 = (blk * NW + warp) * R
+            if row0 < aN:
+                rows0(a16, a32, ah, af, arb, row0, aN, K, xs, acc)
+                for r in range(R):
+                    _store(acc[r], row0 + r, aN, abias, ahas, False, aout)
+        elif blk < blk2:
+            row0 = ((blk - blk1) * NW + warp) * R
+            if row0 < bN:
+                rows1(b16, b32, bh, bf, brb, row0, bN, K, xs, acc)
+                for r in range(R):
+                    _store(acc[r], row0 + r, bN, bbias, bhas, False, bout)
+        else:
+            row0 = ((blk - blk2) * NW + warp) * R
+            if row0 < cN:
+                rows2(c16, c32, ch, cf, crb, row0, cN, K, xs, acc)
+                for r in range(R):
+                    _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
+
+    @cuda.jit
+    def swiglu_fused(x, nw, has_norm, eps, K, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+        # out[n] = silu(W_gate[n] . x') * (W_up[up_row0 + n] . x'), n < F
+        xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * R
+        if row0 >= F:
+            return
+        ag = cuda.local.array(R, float32)
+        au = cuda.local.array(R, float32)
+        pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
+        for r in range(R):
+            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+
+    return matvec_fused, multi_fused, swiglu_fused
+
+
+# ---------------------------------------------------------------------------------------------
+# fused decode: launch helpers (grid arithmetic, views, the launch-configuration heuristic)
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _sm_count():
+    return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 0)   # the simulator: 0
+
+
+def fused_config(rows):
+    """(warps per block, rows per warp) for ``rows`` rows: the most rows per block (x' is staged
+    once per block) that still gives BLOCKS_PER_SM blocks per SM; else the smallest blocks.
+    (The simulator has no SMs to fill and pays per block and per thread: it gets (4, 4).)"""
+    if not _sm_count():
+        return 4, 4
+    want = BLOCKS_PER_SM * _sm_count()
+    for nw, r in FUSED_CONFIGS:
+        if -(-rows // (nw * r)) >= want:
+            return nw, r
+    return FUSED_CONFIGS[-1]
+
+
+def _fused_views(w_raw, ggml_type):
+    """(w16, w32, wh, wf, row_bytes, N): the four views of the raw bytes that the decoders read."""
+    N, rb = w_raw.shape
+    if N * rb >= 2 ** 31:
+        raise ValueError(f"decode_matvec: {ggml_type.name} weight of {N * rb} bytes: the fused "
+                         f"kernels index bytes with int32 (< 2 GiB); use matvec")
+    iface = getattr(w_raw, "__cuda_array_interface__", None)     # (the simulator has none)
+    if ggml_type in ALIGN4_TYPES and iface is not None and iface["data"][0] % 4:
+        raise ValueError(f"decode_matvec: {ggml_type.name} weight must start at a 4-byte aligned address")
+    flat = w_raw.reshape(N * rb)
+    w32 = flat[:N * rb // 4 * 4].view(np.uint32)
+    return flat.view(np.uint16), w32, flat.view(np.float16), w32.view(np.float32), rb, N
+
+
+def _stage_args(x, norm_weight, eps, K):
+    """The kernels' first five arguments: x, the norm weight (x stands in), has_norm, eps, K."""
+    has_norm = norm_weight is not None
+    return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K
+
+
+def _launch(kern, blocks, nw, K, stream, *args):
+    if K > MAX_K_FUSED:
+        raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
+                         f"K <= {MAX_K_FUSED}); use matvec")
+    smem = 4 * (K + K // 32)                           # dynamic: padded x' (+ a static 32 floats)
+    kern[blocks, nw * WARP, stream, smem](*args)
+
+
+def _width(width, K):
+    """The weights a lane dots per step: ``width``, else DECODE_WIDTH, else 8 (v5) when K is not a
+    multiple of DECODE_WIDTH (F16/F32 rows of 8n weights)."""
+    width = width or (DECODE_WIDTH if K % DECODE_WIDTH == 0 else 8)
+    if K % width:
+        raise ValueError(f"decode_matvec: K={K} must be a multiple of {width}, the weights a lane dots per step")
+    return width
+
+
+def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=None, eps=1e-6,
+                         accumulate=False, width=None, config=None, stream=0):
+    """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N]."""
+    N = w_raw.shape[0]
+    nw, R = config or fused_config(N)
+    kern = _fused_kernels((ggml_type,) * 3, _width(width, K), R, nw)[0]
+    b, has = _bias(bias, out)
+    _launch(kern, -(-N // (nw * R)), nw, K, stream,            # nw warps of R rows per block
+            *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
+
+
+def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None, config=None, stream=0):
+    """One launch for 1-3 matrices sharing x: mats = [(w_raw, type, bias or None)], outs = [N_i]."""
+    types = tuple(t for _, t, _ in mats)
+    nw, R = config or fused_config(sum(m[0].shape[0] for m in mats))
+    blocks = [-(-m[0].shape[0] // (nw * R)) for m in mats]    # each matrix its own blocks
+    slots = []
+    for (w, t, bias), o in zip(mats, outs):
+        slots += [*_fused_views(w, t), *_bias(bias, o), o]
+    slots += slots[:9] * (3 - len(mats))               # unused slots: matrix 0 again, no blocks
+    blk1 = blocks[0]
+    blk2 = blk1 + (blocks[1] if len(mats) > 1 else 0)
+    kern = _fused_kernels(types + types[:1] * (3 - len(types)), _width(width, K), R, nw)[1]
+    _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blk1, blk2, *slots)
+
+
+def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, norm_weight=None,
+                         eps=1e-6, width=None, config=None, stream=0):
+    """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
+    F = out.shape[0]
+    nw, R = config or fused_config(F)
+    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw)[2]
+    g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
+    u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
+    _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
+            g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
+
+
+# ---------------------------------------------------------------------------------------------
 # public functions: NumPy in -> NumPy out; device arrays in -> device arrays out
 # ---------------------------------------------------------------------------------------------
 
@@ -444,6 +1069,86 @@ def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0):
     return out_d.copy_to_host(stream=stream)
 
 
+# --- fused decode (v4-v6): device arrays in, device arrays out, graph-capturable ------------------
+def _check_fused(w_raw, ggml_type, K):
+    ggml_type = _check(w_raw, ggml_type, K)
+    if K > MAX_K_FUSED:
+        raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
+                         f"K <= {MAX_K_FUSED}); use matvec")
+    return ggml_type
+
+
+def _vector(a, n, what):
+    """A device [n] view of ``a`` ([n] or [1, n]); a NumPy x is copied (allocates), out must be
+    a device array (the result is written into it)."""
+    if tuple(a.shape) not in ((n,), (1, n)):
+        raise ValueError(f"decode_matvec: {what} must be [{n}] or [1, {n}], got {tuple(a.shape)}")
+    if what == "out" and not _is_device(a):
+        raise ValueError("decode_matvec: out must be a device array (the result is written into it)")
+    return _device(a, np.float32).reshape(n)
+
+
+def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, eps=1e-6,
+                  accumulate=False, stream=0):
+    r"""out[n] (=, or += with ``accumulate``) $\sum_k W_{n,k} x'_k + b_n$ in one launch.
+
+    $x' = x$, or $\mathrm{RMSNorm}(x) \odot$ ``norm_weight`` when given (every block sums the
+    squares of x itself, so the separate rmsnorm launch disappears). ``accumulate=True`` fuses
+    the residual add: ``out`` is the residual stream (it must not alias x). x is [K] or [1, K],
+    out a device array [N] or [1, N]; with device inputs nothing is allocated and nothing is
+    synchronized, so the launch can be captured in a CUDA graph. Returns ``out``.
+    """
+    ggml_type = _check_fused(w_raw, ggml_type, K)
+    N = w_raw.shape[0]
+    launch_decode_matvec(_vector(x, K, "x"), _device(w_raw, np.uint8), ggml_type, K, _vector(out, N, "out"),
+                         bias=_device(bias, np.float32), norm_weight=_device(norm_weight, np.float32),
+                         eps=eps, accumulate=accumulate, stream=stream)
+    return out
+
+
+def decode_matvec_multi(x, mats, outs, *, norm_weight=None, eps=1e-6, stream=0):
+    """Several matrix-vector products of the same x' in one launch (the Q, K, V projections).
+
+    ``mats``: 1-3 tuples ``(w_raw, ggml_type, K, bias_or_None)``, the types may differ (the kernel
+    is compiled for the tuple of types); ``outs``: device arrays [N_i] or [1, N_i]. Returns outs.
+    """
+    if not 1 <= len(mats) <= 3 or len(outs) != len(mats):
+        raise ValueError(f"decode_matvec_multi: 1-3 matrices and as many outputs, got {len(mats)} and {len(outs)}")
+    K = mats[0][2]
+    if any(m[2] != K for m in mats):
+        raise ValueError(f"decode_matvec_multi: all matrices must have the same K, got {[m[2] for m in mats]}")
+    dev = [(_device(w, np.uint8), _check_fused(w, t, K), _device(b, np.float32)) for w, t, _, b in mats]
+    flat = [_vector(o, m[0].shape[0], "out") for o, m in zip(outs, dev)]
+    launch_decode_multi(_vector(x, K, "x"), dev, flat, K, norm_weight=_device(norm_weight, np.float32),
+                        eps=eps, stream=stream)
+    return outs
+
+
+def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, *, norm_weight=None,
+                         eps=1e-6, stream=0):
+    r"""out[n] = silu(g_n) u_n, g = W_gate x', u = W_up x' (x' as in ``decode_matvec``), one launch.
+
+    ``w_up=None``: the fused gate_up tensor of Phi-3 (``ffn_up``, 2F rows): ``w_gate`` holds the
+    gate in rows 0..F-1 and up in rows F..2F-1 (F = out's length; ``ggml_type_up`` is ignored).
+    """
+    gt = _check_fused(w_gate, ggml_type_gate, K)
+    F = tuple(out.shape)[-1]                       # (the simulator's shapes reject shape[-1])
+    w_g = _device(w_gate, np.uint8)
+    if w_up is None:
+        if w_gate.shape[0] != 2 * F:
+            raise ValueError(f"decode_matvec_swiglu: fused gate_up needs 2F = {2 * F} rows, got {w_gate.shape[0]}")
+        w_u, ut, up_row0 = w_g, gt, F
+    else:
+        ut = _check_fused(w_up, ggml_type_up, K)
+        if w_gate.shape[0] != F or w_up.shape[0] != F:
+            raise ValueError(f"decode_matvec_swiglu: gate and up need F = {F} rows, got "
+                             f"{w_gate.shape[0]} and {w_up.shape[0]}")
+        w_u, up_row0 = _device(w_up, np.uint8), 0
+    launch_decode_swiglu(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
+                         norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # __main__: check every version against ref, then time them
 # ---------------------------------------------------------------------------------------------
@@ -497,6 +1202,128 @@ def _time(launch, reps=20):
     return cuda.event_elapsed_time(start, end) * 1e-3 / reps
 
 
+FUSED_WIDTHS = {32: "v4", 8: "v5"}        # __main__ compares these two layouts (v6, width 16: tests)
+FUSED_SHAPES = [  # (name, kind, rows, K, types): the fused launches of one decode step
+    ("qwen qkv +norm", "multi", (896, 128, 128), 896, (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0)),
+    ("qwen gate/up swiglu", "swiglu", 4864, 896, (GGMLType.Q5_0, GGMLType.Q5_0)),
+    ("qwen down +res Q6_K", "accumulate", 896, 4864, (GGMLType.Q6_K,)),
+    ("qwen down +res Q4_K", "accumulate", 896, 4864, (GGMLType.Q4_K,)),
+    ("qwen output +norm", "norm", 151936, 896, (GGMLType.Q8_0,)),
+    ("phi3 qkv +norm", "norm", 9216, 3072, (GGMLType.Q5_K,)),
+    ("phi3 gate_up swiglu", "fused_swiglu", 8192, 3072, (GGMLType.Q4_K,)),
+    ("phi3 down +res", "accumulate", 3072, 8192, (GGMLType.Q6_K,)),
+]
+
+
+def _ref_fused(x, nw, eps, mats, residual=None):
+    """NumPy reference of the fused launches: [(y, sum|x' w| + |b|)] for each (w, type, K, bias)."""
+    from ref.matmul import matmul as ref_matmul, term_magnitude
+    from ref.rmsnorm import rmsnorm
+    xn = x if nw is None else rmsnorm(x, nw, eps)
+    out = []
+    for w, t, K, b in mats:
+        y, mag = ref_matmul(xn, w, t, K, b), term_magnitude(xn[None], w, t, K)[0]
+        mag = mag + (0 if b is None else np.abs(b))
+        if residual is not None:
+            y, mag = residual + y, mag + np.abs(residual)
+        out.append((y, mag))
+    return out
+
+
+def _check_fused_main(rng, sim):
+    from ref.swiglu import swiglu
+    K = 256 if sim else 3072
+    N = 8 if sim else 300
+    widths = [DECODE_WIDTH] if sim else list(FUSED_WIDTHS)
+    cfg = (4, 2) if sim else None                      # the simulator: one block of 128 threads
+    print(f"\nfused decode check vs ref (N={N}, K={K}; norm, bias, accumulate); error / sum|x' w|:")
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    x_d, nw_d = cuda.to_device(x), cuda.to_device(nw)
+    for gt in MAIN_TYPES:
+        w = random_weight(rng, gt, N, K)
+        b = rng.standard_normal(N).astype(np.float32)
+        res = rng.standard_normal(N).astype(np.float32)
+        (want, mag), = _ref_fused(x, nw, 1e-6, [(w, gt, K, b)], residual=res)
+        line = f"  {gt.name:5s}"
+        for width in widths:
+            o = cuda.to_device(res)
+            launch_decode_matvec(x_d, cuda.to_device(w), gt, K, o, bias=cuda.to_device(b), norm_weight=nw_d,
+                                 accumulate=True, width=width, config=cfg)
+            err = np.max(np.abs(o.copy_to_host() - want) / mag)
+            line += f"  {FUSED_WIDTHS[width]} {err:.1e}"
+            assert err < 1e-5, (gt.name, width)
+        print(line)
+    # the Q, K, V projections: three types in one launch
+    types = (GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q8_0)
+    mats = [(random_weight(rng, t, n, K), t, K, rng.standard_normal(n).astype(np.float32))
+            for t, n in zip(types, (N, N // 2 + 1, N // 3 + 1))]
+    outs = [cuda.device_array(m[0].shape[0], np.float32) for m in mats]
+    decode_matvec_multi(x_d, mats, outs, norm_weight=nw_d)
+    for o, (want, mag) in zip(outs, _ref_fused(x, nw, 1e-6, mats)):
+        assert np.max(np.abs(o.copy_to_host() - want) / mag) < 1e-5, "multi"
+    print(f"  multi {'/'.join(t.name for t in types)} ok")
+    # SwiGLU: separate gate and up (different types), then a fused gate_up tensor
+    wg, wu = random_weight(rng, GGMLType.Q5_0, N, K), random_weight(rng, GGMLType.Q6_K, N, K)
+    o = cuda.device_array(N, np.float32)
+    decode_matvec_swiglu(x_d, wg, wu, GGMLType.Q5_0, GGMLType.Q6_K, K, o, norm_weight=nw_d)
+    (g, gm), (u, um) = _ref_fused(x, nw, 1e-6, [(wg, GGMLType.Q5_0, K, None), (wu, GGMLType.Q6_K, K, None)])
+    assert np.max(np.abs(o.copy_to_host() - swiglu(g, u)) / ((gm + np.abs(g)) * (um + np.abs(u)))) < 1e-5, "swiglu"
+    wgu = random_weight(rng, GGMLType.Q4_K, 2 * N, K)
+    decode_matvec_swiglu(x_d, wgu, None, GGMLType.Q4_K, None, K, o)
+    (gu, gum), = _ref_fused(x, None, 0.0, [(wgu, GGMLType.Q4_K, K, None)])
+    scale = (gum[:N] + np.abs(gu[:N])) * (gum[N:] + np.abs(gu[N:]))   # error ~ u (|g| d_u + |u| d_g)
+    assert np.max(np.abs(o.copy_to_host() - swiglu(gu[:N], gu[N:])) / scale) < 1e-5, "fused swiglu"
+    print("  swiglu Q5_0 gate + Q6_K up, fused Q4_K gate_up ok")
+
+
+def _time_fused_main(rng):
+    print("\nmatvec timings, fused decode versions (weight bytes / time; % of 4.3 TB/s); "
+          f"v4/v5 = a lane dots 32/8 weights; * = the default (DECODE_WIDTH={DECODE_WIDTH})")
+    for name, N, K, gt in SHAPES:
+        w_d = cuda.to_device(random_weight(rng, gt, N, K))
+        x_d = cuda.to_device(rng.standard_normal(K).astype(np.float32))
+        o = cuda.device_array(N, np.float32)
+        line = f"  {name:18s} {N:6d}x{K:<5d} {gt.name:5s}"
+        for width, v in FUSED_WIDTHS.items():
+            s = _time(lambda st: launch_decode_matvec(x_d, w_d, gt, K, o, width=width, stream=st))
+            gbs = w_d.nbytes / s / 1e9
+            line += f"  {v}{'*' if width == DECODE_WIDTH else ' '} {s * 1e6:6.1f} us {gbs:5.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
+        print(line + f"  cfg {fused_config(N)}")
+    print("\nfused launches of a decode step (norm / bias / residual / SwiGLU inside; bytes = weights)")
+    for name, kind, rows, K, types in FUSED_SHAPES:
+        x_d = cuda.to_device(rng.standard_normal(K).astype(np.float32))
+        nw_d = cuda.to_device(rng.uniform(0.5, 1.5, K).astype(np.float32))
+        if kind == "multi":
+            mats = [(cuda.to_device(random_weight(rng, t, n, K)), t, K, cuda.to_device(np.zeros(n, np.float32)))
+                    for t, n in zip(types, rows)]
+            outs = [cuda.device_array(n, np.float32) for n in rows]
+            nbytes = sum(m[0].nbytes for m in mats)
+            dev = [(w, t, b) for w, t, _, b in mats]
+            run = lambda st, wd: launch_decode_multi(x_d, dev, outs, K, norm_weight=nw_d, width=wd, stream=st)
+        elif kind in ("swiglu", "fused_swiglu"):
+            F = rows
+            wg = cuda.to_device(random_weight(rng, types[0], F if kind == "swiglu" else 2 * F, K))
+            wu = cuda.to_device(random_weight(rng, types[-1], F, K)) if kind == "swiglu" else wg
+            up0 = 0 if kind == "swiglu" else F
+            o = cuda.device_array(F, np.float32)
+            nbytes = wg.nbytes + (wu.nbytes if kind == "swiglu" else 0)
+            run = lambda st, wd: launch_decode_swiglu(x_d, wg, types[0], wu, types[-1], up0, K, o,
+                                                      norm_weight=nw_d, width=wd, stream=st)
+        else:
+            w_d = cuda.to_device(random_weight(rng, types[0], rows, K))
+            o = cuda.to_device(np.zeros(rows, np.float32))
+            nbytes = w_d.nbytes
+            run = lambda st, wd: launch_decode_matvec(x_d, w_d, types[0], K, o, norm_weight=nw_d if kind == "norm" else None,
+                                                      accumulate=kind == "accumulate", width=wd, stream=st)
+        line = f"  {name:20s} {nbytes / 1e6:7.2f} MB"
+        for width, v in FUSED_WIDTHS.items():
+            s = _time(lambda st: run(st, width))
+            gbs = nbytes / s / 1e9
+            line += f"  {v}{'*' if width == DECODE_WIDTH else ' '} {s * 1e6:6.1f} us {gbs:5.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
+        print(line)
+
+
 def _main():
     from ref.matmul import matmul as ref_matmul, term_magnitude
 
@@ -520,6 +1347,7 @@ def _main():
         errs.append(np.max(np.abs(got - want) / scale))
         print(f"  {gt.name:5s} v1 {errs[0]:.1e}  v2 {errs[1]:.1e}  matmul {errs[2]:.1e}")
         assert max(errs) < 1e-5, gt.name
+    _check_fused_main(rng, sim)
     if sim:
         return
     print("\nmatvec timings (weight bytes / time; % of 4.3 TB/s copy bandwidth)")
@@ -535,6 +1363,7 @@ def _main():
             gbs = w_d.nbytes / s / 1e9
             line += f"  {v} {s * 1e6:7.1f} us {gbs:6.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
         print(line)
+    _time_fused_main(rng)
     print("\nmatmul (prefill, T=512) timings")
     for name, N, K, gt in SHAPES:
         w_d = cuda.to_device(random_weight(rng, gt, N, K))

@@ -1,0 +1,270 @@
+"""Fused decode kernels (numba_kernels/matmul.py v4-v6): decode_matvec, decode_matvec_multi,
+decode_matvec_swiglu against the reference composed from ref.rmsnorm, ref.matmul, ref.swiglu.
+
+Tolerances, in units of the term magnitude M = sum_k |x'_k W_nk| (+ |bias| + |residual|), the
+convention of tests/test_matmul.py:
+- 2 gamma_K + 10u without the norm: two float32 sums of K terms in different orders, plus the
+  roundings of the bias add, the residual add and the K-quant decode (as test_matmul.py).
+- + gamma_K / 2 + 10u with the norm: the kernel sums the squares of x in float32 (the reference in
+  float64), so its RMS scale, and with it every x'_k, may differ by that much relative.
+- Q4_K/Q5_K: the kernels sum x (d sc q - dmin m) as d sc (sum x q) - dmin m (sum x) (llama.cpp's
+  split), whose rounding is bounded by sum |x| (|d sc q| + |dmin m|) <= sum |x| (|W| + 2 |dmin m|):
+  M uses that sum for these two types.
+- SwiGLU: silu'(g) <= 1.1 and |silu(g)| <= |g| carry the errors of g and u into
+  silu(g) u; plus 8u |out| for expf, the division and the product.
+Exact checks (no tolerance) where the arithmetic is the same: the residual add, the bias, several
+matrices in one launch against one launch each, the fused gate_up tensor against two tensors, and
+the scale invariance of RMSNorm (eps = 0, x scaled by 2^3).
+
+The simulator costs a few ms per simulated thread: shapes and example counts are small, and most
+examples pin the launch configuration (warps, rows per warp) so that a launch is one or two blocks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ON_GPU, assert_close, requires_cuda
+from ref.ggml import BLOCK_SIZES, GGMLType
+from ref.matmul import matmul as ref_matmul, term_magnitude
+from ref.quants import k_scale_min
+from ref.rmsnorm import rmsnorm
+from ref.swiglu import swiglu
+
+U = 2.0 ** -24
+TYPES = [GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K,
+         GGMLType.Q6_K, GGMLType.F16, GGMLType.F32]
+# (warps per block, rows per warp); the simulator pays per block and per thread: small blocks
+CONFIGS = [(4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 4)] if ON_GPU else [(2, 1), (2, 4), (4, 2), (4, 4)]
+WIDTHS = [32, 8, 16]                                         # v4, v5, v6
+EXAMPLES = 40 if ON_GPU else 10
+EPS = 1e-5
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def km():
+    from numba_kernels import matmul
+    return matmul
+
+
+def dev(a):
+    from numba import cuda
+    return None if a is None else cuda.to_device(a)
+
+
+def block_k(gt):
+    """Weights per block (32 for F16/F32: the fused kernels want K a multiple of 32 there, else v5)."""
+    return max(BLOCK_SIZES[gt][0], 32)
+
+
+def weight(rng, gt, N, K):
+    return km().random_weight(rng, gt, N, K)
+
+
+def magnitude(x, w, gt, K):
+    """sum_k |x_k| |W_nk|, and for Q4_K/Q5_K + 2 sum_k |x_k| |dmin m| (see the module docstring)."""
+    mag = term_magnitude(x[None], w, gt, K)[0]
+    if gt in (GGMLType.Q4_K, GGMLType.Q5_K):
+        blocks = w.reshape(-1, BLOCK_SIZES[gt][1])
+        dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)      # [blocks, 1]
+        dm = np.repeat(dmin * k_scale_min(blocks[:, 4:16])[1], 32, axis=1)     # [blocks, 256]
+        mag = mag + 2 * np.abs(dm.reshape(w.shape[0], K)) @ np.abs(x.astype(np.float64))
+    return mag
+
+
+def tolerance(K, norm):
+    gamma = K * U / (1 - K * U)
+    return 2 * gamma + 10 * U + ((gamma / 2 + 10 * U) if norm else 0.0)
+
+
+def reference(x, nw, mats, residual=None):
+    """[(y, M)] for mats = [(w, type, K, bias)]: the composition of the NumPy reference stages."""
+    xn = x if nw is None else rmsnorm(x, nw, EPS)
+    out = []
+    for w, gt, K, b in mats:
+        y = ref_matmul(xn, w, gt, K, b)
+        mag = magnitude(xn, w, gt, K) + (0 if b is None else np.abs(b))
+        if residual is not None:
+            y, mag = (residual + y).astype(np.float32), mag + np.abs(residual)
+        out.append((y, mag))
+    return out
+
+
+def assert_terms(got, want, mag, tol, name):
+    scale = np.asarray(mag, np.float64) + 1e-30
+    assert_close(np.asarray(got, np.float64) / scale, np.asarray(want, np.float64) / scale, atol=tol, rtol=0.0,
+                 name=f"{name} (in units of sum|x' w|)")
+
+
+def problem(seed, gt, N, nb, norm):
+    rng = np.random.default_rng(seed)
+    K = nb * block_k(gt)
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    return rng, x, nw, weight(rng, gt, N, K), K
+
+
+# --- decode_matvec: every type, width, launch configuration, with/without norm, bias, residual --
+@requires_cuda
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), gt=st.sampled_from(TYPES), nb=st.sampled_from([1, 3, 5] if ON_GPU else [1, 3]),
+       width=st.sampled_from(WIDTHS), cfg=st.sampled_from(CONFIGS), extra=st.integers(0, 2 ** 16),
+       norm=st.booleans(), with_bias=st.booleans(), accumulate=st.booleans())
+def test_decode_matvec_matches_ref(seed, gt, nb, width, cfg, extra, norm, with_bias, accumulate):
+    rows_per_block = cfg[0] * cfg[1]
+    N = 1 + extra % (rows_per_block + 3)          # 1-2 blocks; N mostly not a multiple of a block's rows
+    rng, x, nw, w, K = problem(seed, gt, N, nb, norm)
+    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    res = rng.standard_normal(N).astype(np.float32) if accumulate else None
+    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
+    out = dev(res if accumulate else np.zeros(N, np.float32))
+    km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
+                              accumulate=accumulate, width=width, config=cfg)
+    assert_terms(out.copy_to_host(), want, mag, tolerance(K, norm),
+                 f"{gt.name} width={width} cfg={cfg} N={N} K={K} norm={norm} bias={with_bias} acc={accumulate}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("gt", [GGMLType.Q5_0])
+def test_public_decode_matvec_shapes_residual_and_bias_are_exact(gt):
+    """[1, K] -> [1, N] with the default launch; accumulate == float32(residual + plain result);
+    the bias is one float32 addition."""
+    rng, x, nw, w, K = problem(11, gt, 13, 2, True)
+    b = rng.standard_normal(13).astype(np.float32)
+    res = rng.standard_normal((1, 13)).astype(np.float32)
+    w_d, x_d, nw_d = dev(w), dev(x[None]), dev(nw)
+    plain, biased, acc = dev(np.zeros((1, 13), np.float32)), dev(np.zeros((1, 13), np.float32)), dev(res)
+    assert km().decode_matvec(x_d, w_d, gt, K, plain, norm_weight=nw_d, eps=EPS) is plain
+    km().decode_matvec(x_d, w_d, gt, K, biased, bias=dev(b), norm_weight=nw_d, eps=EPS)
+    km().decode_matvec(x_d, w_d, gt, K, acc, bias=dev(b), norm_weight=nw_d, eps=EPS, accumulate=True)
+    p, bb, a = plain.copy_to_host(), biased.copy_to_host(), acc.copy_to_host()
+    np.testing.assert_array_equal(bb, (p + b).astype(np.float32))
+    np.testing.assert_array_equal(a, (res + bb).astype(np.float32))
+    (want, mag), = reference(x, nw, [(w, gt, K, b)])
+    assert_terms(bb[0], want, mag, tolerance(K, True), f"public {gt.name}")
+
+
+@requires_cuda
+def test_rmsnorm_inside_is_scale_invariant():
+    """x and 8x give the same x' bit for bit when eps = 0 (power-of-4 scaling of the mean is exact)."""
+    gt = GGMLType.Q8_0
+    rng, x, nw, w, K = problem(5, gt, 9, 3, True)
+    outs = []
+    for s in (1.0, 8.0):
+        o = dev(np.zeros(9, np.float32))
+        km().launch_decode_matvec(dev(x * np.float32(s)), dev(w), gt, K, o, norm_weight=dev(nw), eps=0.0,
+                                  config=(4, 4))
+        outs.append(o.copy_to_host())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@requires_cuda
+def test_f16_with_k_not_a_multiple_of_32_falls_back_to_v5():
+    gt = GGMLType.F16
+    rng = np.random.default_rng(2)
+    K, N = 40, 5
+    x, w = rng.standard_normal(K).astype(np.float32), weight(rng, gt, N, K)
+    o = dev(np.zeros(N, np.float32))
+    km().decode_matvec(dev(x), dev(w), gt, K, o)
+    (want, mag), = reference(x, None, [(w, gt, K, None)])
+    assert_terms(o.copy_to_host(), want, mag, tolerance(K, False), "F16 K=40")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        km().launch_decode_matvec(dev(x), dev(w), gt, K, o, width=32)
+
+
+# --- several matrices, one launch ------------------------------------------------------------
+@requires_cuda
+@settings(max_examples=3 if not ON_GPU else 20, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), types=st.lists(st.sampled_from(TYPES), min_size=1, max_size=3),
+       rows=st.lists(st.integers(1, 100 if ON_GPU else 9), min_size=3, max_size=3), norm=st.booleans(),
+       with_bias=st.booleans())
+def test_multi_matches_ref_and_separate_launches(seed, types, rows, norm, with_bias):
+    rng = np.random.default_rng(seed)
+    K = 256 if any(block_k(t) == 256 for t in types) else 96
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    mats = [(weight(rng, t, n, K), t, K, rng.standard_normal(n).astype(np.float32) if with_bias else None)
+            for t, n in zip(types, rows)]
+    outs = [dev(np.zeros((1, m[0].shape[0]), np.float32)) for m in mats]
+    dmats = [(dev(w), t, k, dev(b)) for w, t, k, b in mats]
+    assert km().decode_matvec_multi(dev(x), dmats, outs, norm_weight=dev(nw), eps=EPS) is outs
+    for o, (want, mag), m in zip(outs, reference(x, nw, mats), mats):
+        got = o.copy_to_host()[0]
+        assert_terms(got, want, mag, tolerance(K, norm), f"multi {[t.name for t in types]} {m[1].name}")
+    # each row's sum does not depend on its neighbours: one launch each gives the same bits
+    w0, t0, _, b0 = dmats[-1]
+    alone = dev(np.zeros(mats[-1][0].shape[0], np.float32))
+    km().decode_matvec(dev(x), w0, t0, K, alone, bias=b0, norm_weight=dev(nw), eps=EPS)
+    np.testing.assert_array_equal(alone.copy_to_host(), outs[-1].copy_to_host()[0])
+
+
+# --- SwiGLU: gate, up and silu(g) u in one launch -------------------------------------------
+def assert_swiglu(got, g, gm, u, um, tol, name):
+    """|got - silu(g) u| <= tol (1.1 M_g (|u| + M_u) + (|g| + M_g) M_u) + 8u |silu(g) u|."""
+    want = swiglu(g, u)
+    bound = tol * (1.1 * gm * (np.abs(u) + um) + (np.abs(g) + gm) * um) + 8 * U * np.abs(want) + 1e-30
+    assert_close(np.asarray(got, np.float64) / bound, want.astype(np.float64) / bound, atol=1.0, rtol=0.0, name=name)
+
+
+@requires_cuda
+@settings(max_examples=6 if not ON_GPU else 30, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), gtg=st.sampled_from(TYPES), gtu=st.sampled_from(TYPES),
+       extra=st.integers(0, 2 ** 16), width=st.sampled_from(WIDTHS), cfg=st.sampled_from(CONFIGS),
+       norm=st.booleans(), fused=st.booleans())
+def test_swiglu_matches_ref(seed, gtg, gtu, extra, width, cfg, norm, fused):
+    F = 1 + extra % (cfg[0] * cfg[1] + 3)
+    rng = np.random.default_rng(seed)
+    K = max(block_k(gtg), block_k(gtu))
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    if fused:                                        # Phi-3: gate rows 0..F-1, up rows F..2F-1
+        wgu = weight(rng, gtg, 2 * F, K)
+        (gu, m), = reference(x, nw, [(wgu, gtg, K, None)])
+        g, gm, u, um = gu[:F], m[:F], gu[F:], m[F:]
+        wg_d, wu_d, gtu, up0 = dev(wgu), None, gtg, F
+    else:
+        wg, wu = weight(rng, gtg, F, K), weight(rng, gtu, F, K)
+        (g, gm), (u, um) = reference(x, nw, [(wg, gtg, K, None), (wu, gtu, K, None)])
+        wg_d, wu_d, up0 = dev(wg), dev(wu), 0
+    out = dev(np.zeros(F, np.float32))
+    km().launch_decode_swiglu(dev(x), wg_d, gtg, wg_d if fused else wu_d, gtu, up0, K, out, norm_weight=dev(nw),
+                              eps=EPS, width=width, config=cfg)
+    assert_swiglu(out.copy_to_host(), g, gm, u, um, tolerance(K, norm),
+                  f"swiglu {gtg.name}/{gtu.name} fused={fused} F={F} width={width} cfg={cfg}")
+
+
+@requires_cuda
+def test_swiglu_fused_tensor_equals_two_tensors():
+    """decode_matvec_swiglu(w_up=None) on [gate; up] == the same rows as two tensors, bit for bit."""
+    gt = GGMLType.Q4_K
+    rng, x, nw, wgu, K = problem(3, gt, 2 * 7, 1, True)
+    a, b = dev(np.zeros(7, np.float32)), dev(np.zeros((1, 7), np.float32))
+    km().decode_matvec_swiglu(dev(x), dev(wgu), None, gt, None, K, a, norm_weight=dev(nw))
+    km().decode_matvec_swiglu(dev(x), dev(wgu[:7]), dev(wgu[7:]), gt, gt, K, b, norm_weight=dev(nw))
+    np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host()[0])
+    (gu, m), = reference(x, nw, [(wgu, gt, K, None)])
+    assert_swiglu(a.copy_to_host(), gu[:7], m[:7], gu[7:], m[7:], tolerance(K, True), "fused gate_up")
+
+
+# --- errors --------------------------------------------------------------------------------------
+@requires_cuda
+def test_bad_arguments_raise():
+    k, gt = km(), GGMLType.Q8_0
+    rng = np.random.default_rng(0)
+    w, x, o = dev(weight(rng, gt, 4, 64)), dev(np.zeros(64, np.float32)), dev(np.zeros(4, np.float32))
+    big = k.MAX_K_FUSED + 32
+    with pytest.raises(ValueError, match="shared memory"):
+        k.decode_matvec(dev(np.zeros(big, np.float32)), dev(weight(rng, gt, 1, big)), gt, big,
+                        dev(np.zeros(1, np.float32)))
+    with pytest.raises(ValueError, match="out must be"):
+        k.decode_matvec(x, w, gt, 64, dev(np.zeros(5, np.float32)))
+    with pytest.raises(ValueError, match="Q2_K is not supported"):
+        k.decode_matvec(x, dev(np.zeros((4, 84 // 4), np.uint8)), GGMLType.Q2_K, 64, o)
+    with pytest.raises(ValueError, match="1-3 matrices"):
+        k.decode_matvec_multi(x, [(w, gt, 64, None)] * 4, [o] * 4)
+    with pytest.raises(ValueError, match="same K"):
+        k.decode_matvec_multi(x, [(w, gt, 64, None), (dev(weight(rng, gt, 4, 32)), gt, 32, None)], [o, o])
+    with pytest.raises(ValueError, match="2F = 8 rows"):
+        k.decode_matvec_swiglu(x, w, None, gt, None, 64, o)
