@@ -36,11 +36,31 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   computed on the device from ``seq_len``, and blocks whose chunk starts past
   ``seq_len`` return at once, so one launch can be captured in a CUDA graph and
   replayed for every token.
+- v4 ``decode_fused`` (the default of ``attention_decode``): flash decoding in ONE
+  launch. Same grid as v3 (chunk, kv head), same device-side chunking, but the last
+  block of a kv head to finish merges the partials itself: every block writes its
+  partial, ``threadfence``, then one ``atomic.add`` on the kv head's counter in the
+  workspace; the block that sees ``n_used - 1`` combines and sets the counter back to
+  0 for the next replay (blocks past ``seq_len`` neither write nor count; a context of
+  one chunk writes ``out`` directly). Inside a block, lanes split the head dims: a key
+  group of KG lanes holds one K row and one V row (coalesced float loads, KG
+  consecutive floats per row per instruction), so each K/V byte is read once for all
+  ``kv_mul`` query heads; each group runs the online softmax in registers (q, m, l and
+  its dims of o), the KG partial dot products of a key are summed through a padded
+  shared scratch (no per-key shuffles), the next step's K/V loads are issued before
+  the current step is computed, and the groups are merged in shared memory at the
+  end. Scores are kept in base 2 ($e^a = 2^{a \\log_2 e}$: one ``ex2`` per key and
+  head). Not yet measured on the GPU (``python -m numba_kernels.attention``).
 - ``kv_append_kernel``: copies ``T`` rows of k and v into the caches at ``pos[0]``
-  (a device int32, so a captured decode step can replay it).
+  (a device int32, so a captured decode step can replay it). For decode,
+  ``rope.rope_qk_append`` does this together with RoPE of q and k, in one launch.
 
-Left out: fused RoPE, a float16 cache, tensor cores (the prefill scores are plain
-FMA), and a split-K prefill; sequences are single (no batching).
+Bytes of decode: the K and V rows ``0 .. seq_len-1`` of the kv heads, read once:
+``2 * seq_len * nkv * hs * 4`` (4 MiB for Qwen2.5-0.5B, 96 MiB for Phi-3-mini at 4k),
+plus the partials (``n_splits * nh * hs * 4`` written and read again by v3/v4).
+
+Left out: a float16 cache, tensor cores (the prefill scores are plain FMA), and a
+split-K prefill; sequences are single (no batching).
 
 References: Dao et al. 2022 "FlashAttention" (tiling + online softmax, after
 Milakov & Gimelshein 2018 "Online normalizer calculation for softmax");
@@ -53,7 +73,7 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, float32, int32
+from numba import cuda, float32, int32, uint32
 
 from numba_kernels.runtime import is_device as _is_device
 
@@ -357,6 +377,296 @@ def decode_combine(seq_len, ws_m, ws_l, ws_acc, out):
         out[h, tid] = o / L
 
 
+# ---------------------------------------------------------------------------------------------
+# v4: flash decoding in one launch. Built per (HS, R, KG, NW, U) by a factory (compile-time tiles).
+#
+# Block = (chunk of positions, kv head [, group of R of its query heads]). Lanes split the head
+# dims: a "key group" of KG lanes holds one K row and one V row, lane li owning dims li, li+KG, ...,
+# so a warp reads 32 / KG rows per load instruction, KG consecutive floats (>= 32 bytes) of each.
+# Each group runs the online softmax over its own keys in registers: q (pre-scaled), m, l and the
+# R x hs/KG accumulators. The KG partial dot products of a key are summed through a padded
+# per-warp scratch in shared memory (three __syncwarp per step of U keys, no per-key shuffles).
+# Then the groups are merged in shared memory, the block's partial (m, l, o) goes to the
+# workspace, and the last block of the (kv head, group) to finish merges all partials.
+# ---------------------------------------------------------------------------------------------
+FUSED_MAX_SPLITS = 256  # most chunks the v4 combine holds weights for (shared memory)
+FUSED_MAX_WARPS = 8     # 256 threads: a block always fits the register file, however many registers
+RSTRIDE = 33            # padded row of the partial-dot scratch: the KG-lane sums read distinct banks
+COMBINE_UNROLL = 8      # partials each combining thread loads before it adds (loads in flight together)
+LOG2E = 1.4426950408889634
+
+
+@functools.cache
+def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
+    """The one-launch decode kernel for head size HS, R query heads per block, KG lanes per key,
+    NW warps, U keys per group per step. The hot loops index with unsigned 32-bit integers, and the
+    cache loads go through a row view (``k_cache[j, kv_head]``): Numba then emits no negative-index
+    wraparound and the DPL loads of a row take immediate offsets from one address."""
+    DPL = (HS + KG - 1) // KG  # dims per lane
+    EXACT = HS % KG == 0       # every lane's dims exist (else the last ones are clamped and masked)
+    KPW = 32 // KG             # key groups per warp
+    NG = NW * KPW              # key groups per block
+    NT = 32 * NW
+    E = R * HS                 # outputs of a block: R heads x HS dims
+    ITEMS = U * R              # partial dots per lane per step
+    UD, RDL = U * DPL, R * DPL  # K (and V) values per lane per step; q (and o) values per lane
+    NSUM = (ITEMS * KPW + 31) // 32  # partial-dot sums per lane per step
+    ALIGNED = HS % 8 == 0      # the acc rows of different heads share no 32-byte sector
+    SL = max(1, NT // E)       # combine: slices of the splits, so that all threads have work
+    MAXS = FUSED_MAX_SPLITS
+    # one shared buffer, reused by the three phases (a barrier separates them)
+    MAIN = NW * ITEMS * RSTRIDE                         # per-warp partial-dot scratch
+    OG, MG = 0, NG * E                                  # merge: o [NG, E], m [NG, R]
+    LG, WG, MS = MG + NG * R, MG + 2 * NG * R, MG + 3 * NG * R  # l [NG, R], weights [NG, R], max [R]
+    MERGE = MS + R
+    CM, CL = 0, R * MAXS                                # combine: m then weights [R, MAXS], l [R, MAXS]
+    CMX, CLS, RD = 2 * R * MAXS, 2 * R * MAXS + R, 2 * R * MAXS + 2 * R  # max [R], sum [R], slices [SL, E]
+    COMBINE = RD + SL * E
+    SMEM = max(MAIN, MERGE, COMBINE)
+    assert 4 * SMEM <= SMEM_LIMIT, f"v4 decode: {4 * SMEM} bytes of shared memory for {(HS, R, KG, NW, U)}"
+    NEG_INF = float32(-math.inf)
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(k_cache, v_cache, kv_head, j_first, j_end, li, kd, vd):
+        # kd, vd[u*DPL + i] <- cache[j, kv_head, li + KG*i] for j = j_first + u*NG; j and d are
+        # clamped into the valid rows and dims (those values are masked later), so every load is
+        # unconditional and all U*DPL of them are in flight together
+        lu = uint32(li)
+        for u in range(U):
+            j = uint32(min(j_first + u * NG, j_end - 1))
+            krow = k_cache[j, kv_head]  # [HS] views of cache row j
+            vrow = v_cache[j, kv_head]
+            for i in range(DPL):
+                d = lu + uint32(KG * i) if EXACT else uint32(min(li + KG * i, HS - 1))
+                kd[u * DPL + i] = krow[d]
+                vd[u * DPL + i] = vrow[d]
+
+    @cuda.jit(device=True, inline=True)
+    def scores(qr, kr, smem, red, lane):
+        # q_r . k_u for every key group: each lane writes its U*R partial dots to the scratch (row
+        # stride RSTRIDE), then lane t sums the KG partials of (item, group) = divmod(t, KPW) in place;
+        # the score of item u*R + r of group grp is left at smem[red + item*RSTRIDE + grp*KG]
+        at = uint32(red + lane)
+        for u in range(U):
+            for r in range(R):
+                a = float32(0.0)
+                for i in range(DPL):
+                    a += qr[r * DPL + i] * kr[u * DPL + i]
+                smem[at + uint32((u * R + r) * RSTRIDE)] = a
+        cuda.syncwarp()
+        for tt in range(NSUM):
+            t = lane + 32 * tt
+            if t < ITEMS * KPW:
+                item = t // KPW
+                at_t = uint32(red + item * RSTRIDE + (t - item * KPW) * KG)
+                tot = float32(0.0)
+                for x in range(KG):
+                    tot += smem[at_t + uint32(x)]
+                smem[at_t] = tot
+        cuda.syncwarp()
+
+    @cuda.jit(device=True, inline=True)
+    def online_update(smem, at_g, vr, base, gi, j_end, m, l, o):
+        # fold the keys base + u*NG + gi (those before j_end), scores at smem[at_g + (u*R + r)*RSTRIDE],
+        # into every row's (m, l, o)
+        for r in range(R):
+            mx = m[r]
+            for u in range(U):
+                if base + u * NG + gi < j_end:
+                    mx = max(mx, smem[at_g + uint32((u * R + r) * RSTRIDE)])
+            if mx > m[r]:
+                alpha = math.exp2(m[r] - mx)  # 2^{-inf} = 0 while the group has seen no key
+                l[r] *= alpha
+                for i in range(DPL):
+                    o[r * DPL + i] *= alpha
+                m[r] = mx
+            for u in range(U):
+                if base + u * NG + gi < j_end:
+                    p = math.exp2(smem[at_g + uint32((u * R + r) * RSTRIDE)] - m[r])
+                    l[r] += p
+                    for i in range(DPL):
+                        o[r * DPL + i] += p * vr[u * DPL + i]
+
+    @cuda.jit(device=True, inline=True)
+    def merge_groups(smem, gi, li, tid, ng, m, l, o):
+        # the NG groups' states side by side: smem[OG + g*E + e] = o_g, smem[WG + g*R + r] = 2^{m_g - M_r},
+        # smem[MS + r] = M_r; the caller sums over g
+        cuda.syncthreads()  # the scratch region is reused
+        for r in range(R):
+            if li == 0:
+                smem[MG + gi * R + r] = m[r]
+                smem[LG + gi * R + r] = l[r]
+            for i in range(DPL):
+                d = li + KG * i
+                if EXACT or d < HS:
+                    smem[uint32(OG + gi * E + r * HS + d)] = o[r * DPL + i]
+        cuda.syncthreads()
+        for f in range(tid, NG * R, NT):
+            r = f % R
+            mx = NEG_INF
+            for g in range(ng):
+                mx = max(mx, smem[MG + g * R + r])
+            mg = smem[MG + f]
+            smem[WG + f] = float32(0.0) if mg == NEG_INF else math.exp2(mg - mx)
+            if f < R:
+                smem[MS + r] = mx
+        cuda.syncthreads()
+
+    @cuda.jit(device=True, inline=True)
+    def combine(ws_m, ws_l, ws_acc, h0, rows, n_used, smem, tid, out):
+        # out[h0 + r] = sum_c 2^{m_c - M} acc_c / sum_c 2^{m_c - M} l_c over the n_used chunks (m in base 2).
+        # The partials were written by other blocks of this launch, and L1 caches are not coherent
+        # across SMs: a 32-byte sector of m or l may hold another row's entries, which an earlier
+        # combine on this SM could have cached before they were final. So m and l are read with an
+        # atomic add of 0 (done in L2, never cached in L1); acc rows of different heads share no
+        # sector when HS % 8 == 0 (plain loads; else atomics too). No block reads them before.
+        for f in range(tid, R * n_used, NT):
+            r = f // n_used
+            c = f - r * n_used
+            h = h0 + min(r, rows - 1)
+            smem[CM + r * MAXS + c] = cuda.atomic.add(ws_m, (h, c), float32(0.0))
+            smem[CL + r * MAXS + c] = cuda.atomic.add(ws_l, (h, c), float32(0.0))
+        cuda.syncthreads()
+        if tid < R:
+            mx = NEG_INF
+            for c in range(n_used):
+                mx = max(mx, smem[CM + tid * MAXS + c])
+            smem[CMX + tid] = mx
+        cuda.syncthreads()
+        for f in range(tid, R * n_used, NT):
+            r = f // n_used
+            c = f - r * n_used
+            w = math.exp2(smem[CM + r * MAXS + c] - smem[CMX + r])  # every used chunk saw a key: m_c finite
+            smem[CM + r * MAXS + c] = w
+            smem[CL + r * MAXS + c] *= w
+        cuda.syncthreads()
+        for f in range(tid, SL * E, NT):  # thread (slice, output e): chunks c = slice, slice + SL, ...
+            sl = f // E
+            e = f - sl * E
+            r = e // HS
+            h = uint32(h0 + min(r, rows - 1))
+            d = uint32(e - r * HS)
+            wrow = uint32(CM + r * MAXS)
+            acc = float32(0.0)
+            for c0 in range(sl, n_used, SL * COMBINE_UNROLL):
+                for u in range(COMBINE_UNROLL):  # unconditional loads, all in flight together
+                    c = c0 + u * SL
+                    cc = uint32(min(c, n_used - 1))
+                    w = smem[wrow + cc] if c < n_used else float32(0.0)
+                    a = ws_acc[h, cc, d] if ALIGNED else cuda.atomic.add(ws_acc, (h, cc, d), float32(0.0))
+                    acc += w * a
+            smem[RD + f] = acc
+        if tid < R:
+            tot = float32(0.0)
+            for c in range(n_used):
+                tot += smem[CL + tid * MAXS + c]
+            smem[CLS + tid] = tot
+        cuda.syncthreads()
+        for e in range(tid, E, NT):
+            r = e // HS
+            if r < rows:
+                tot = float32(0.0)
+                for sl in range(SL):
+                    tot += smem[RD + sl * E + e]
+                out[h0 + r, e - r * HS] = tot / smem[CLS + r]
+
+    @cuda.jit
+    def decode_fused(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out):
+        # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
+        # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y]
+        nh = q.shape[0]
+        kv_mul = nh // k_cache.shape[1]
+        groups = (kv_mul + R - 1) // R
+        row = cuda.blockIdx.y
+        kv_head = row // groups
+        g0 = (row - kv_head * groups) * R  # first head of this block within its kv group
+        h0 = kv_head * kv_mul + g0
+        rows = min(R, kv_mul - g0)
+        split = cuda.blockIdx.x
+        n = seq_len[0]
+        chunk = split_chunk(n, cuda.gridDim.x)
+        j_begin = split * chunk
+        if j_begin >= n:
+            return  # past the end of the context: this chunk does not exist at this length
+        j_end = min(j_begin + chunk, n)
+        n_used = (n + chunk - 1) // chunk
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid - warp * 32
+        grp = lane // KG  # key group within the warp
+        li = lane - grp * KG  # lane within the key group
+        gi = warp * KPW + grp  # key group within the block
+        smem = cuda.shared.array(SMEM, float32)
+        last = cuda.shared.array(1, int32)
+        kr = cuda.local.array(UD, float32)
+        vr = cuda.local.array(UD, float32)
+        kn = cuda.local.array(UD, float32)
+        vn = cuda.local.array(UD, float32)
+        kvh = uint32(kv_head)
+        fetch(k_cache, v_cache, kvh, j_begin + gi, j_end, li, kn, vn)  # the first step's loads fly
+        qr = cuda.local.array(RDL, float32)  # q rows times log2(e)/sqrt(hs); zeros for missing rows/dims
+        scale = float32(LOG2E / math.sqrt(HS))  # scores in base 2: e^{a} = 2^{a log2 e}, one ex2 each
+        for r in range(R):
+            for i in range(DPL):
+                d = li + KG * i
+                x = q[h0 + min(r, rows - 1), min(d, HS - 1)] * scale
+                qr[r * DPL + i] = x if r < rows and (EXACT or d < HS) else float32(0.0)
+        m = cuda.local.array(R, float32)
+        l = cuda.local.array(R, float32)
+        o = cuda.local.array(RDL, float32)
+        for r in range(R):
+            m[r] = NEG_INF
+            l[r] = 0.0
+            for i in range(DPL):
+                o[r * DPL + i] = 0.0
+        red = warp * ITEMS * RSTRIDE  # this warp's scratch
+        at_g = uint32(red + grp * KG)  # where this lane's group finds its scores
+        for base in range(j_begin, j_end, NG * U):  # the same trip count for every thread
+            for x in range(UD):
+                kr[x] = kn[x]
+                vr[x] = vn[x]
+            if base + NG * U < j_end:  # prefetch the next step: its loads fly during this one
+                fetch(k_cache, v_cache, kvh, base + NG * U + gi, j_end, li, kn, vn)
+            scores(qr, kr, smem, red, lane)
+            online_update(smem, at_g, vr, base, gi, j_end, m, l, o)
+            cuda.syncwarp()  # all scores read before the next step overwrites the scratch
+        ng = (cuda.blockDim.x // 32) * KPW  # = NG; a run-time bound keeps these loops rolled (registers)
+        merge_groups(smem, gi, li, tid, ng, m, l, o)
+        for e in range(tid, E, NT):  # this block's (m, l, o) per output (r, d)
+            r = e // HS
+            d = e - r * HS
+            acc = float32(0.0)
+            tot = float32(0.0)
+            for g in range(ng):
+                w = smem[WG + g * R + r]
+                acc += w * smem[OG + g * E + e]
+                tot += w * smem[LG + g * R + r]
+            if r < rows:
+                if n_used == 1:
+                    out[h0 + r, d] = acc / tot  # the only chunk: no combine
+                else:
+                    ws_acc[h0 + r, split, d] = acc
+                    if d == 0:
+                        ws_m[h0 + r, split] = smem[MS + r]
+                        ws_l[h0 + r, split] = tot
+        if n_used == 1:
+            return
+        # publish the partial, count it; the last of the n_used blocks of this row merges them all
+        cuda.threadfence()
+        cuda.syncthreads()
+        if tid == 0:
+            last[0] = 1 if cuda.atomic.add(count, row, 1) == n_used - 1 else 0
+        cuda.syncthreads()
+        if last[0] == 0:
+            return
+        cuda.threadfence()
+        combine(ws_m, ws_l, ws_acc, h0, rows, n_used, smem, tid, out)
+        if tid == 0:
+            count[row] = 0  # the next launch (graph replay) starts from zero
+
+    return decode_fused
+
+
 @cuda.jit
 def kv_append_kernel(k, v, k_cache, v_cache, pos):
     # one thread per element of k: [T, nkv, hs] -> cache rows pos[0] .. pos[0] + T - 1
@@ -387,14 +697,58 @@ def decode_tiles(hs: int, kv_mul: int) -> tuple[int, int]:
     return rows, 16
 
 
-def default_n_splits(s_max: int, nkv: int, kv_mul: int = 1) -> int:
-    """Chunks per kv head: about 1024 blocks in all and at most 128 chunks (the best measured on the H200
-    for Qwen2.5 and Phi-3 shapes), but no chunk of a full cache shorter than SPLIT_ALIGN positions.
-    Depends on S_max only, never on seq_len, so the launch can be captured once and replayed."""
+def default_n_splits_v3(s_max: int, nkv: int, kv_mul: int = 1) -> int:
+    """v3's chunks per kv head: about 1024 blocks in all and at most 128 chunks (the best measured on the
+    H200 for v3 at Qwen2.5 and Phi-3 shapes), no chunk of a full cache shorter than SPLIT_ALIGN positions."""
     rows, _ = decode_tiles(1, kv_mul)
     blocks_per_split = nkv * ((kv_mul + rows - 1) // rows)
     by_length = max(1, -(-s_max // SPLIT_ALIGN))
     return max(1, min(by_length, 128, 1024 // blocks_per_split))
+
+
+FUSED_TARGET_BLOCKS = 512  # v4: about this many blocks in all (~4 per SM of an H200) ...
+FUSED_COMBINE_ROWS = 512   # ... but at most this many partial rows (chunks x heads) for the last block to merge
+
+
+def default_n_splits(s_max: int, nkv: int, kv_mul: int = 1) -> int:
+    """Chunks per kv head for the default decode (v4): a power of two, about FUSED_TARGET_BLOCKS blocks in
+    all, at most FUSED_COMBINE_ROWS partials (chunks x query heads) for the combining block to read, and
+    no more chunks than a full cache has runs of SPLIT_ALIGN positions (Qwen2.5-0.5B: 64, Phi-3-mini: 16
+    at S_max >= 4096; not yet tuned on the GPU). Depends on S_max only, never on seq_len, so the launch
+    can be captured once and replayed."""
+    rows = min(kv_mul, 8)
+    blocks_per_split = nkv * -(-kv_mul // rows)
+    by_length = -(-s_max // SPLIT_ALIGN)
+    n = max(1, min(by_length, FUSED_TARGET_BLOCKS // blocks_per_split, FUSED_COMBINE_ROWS // rows, FUSED_MAX_SPLITS))
+    return 1 << (n.bit_length() - 1)
+
+
+def fused_tiles(hs: int, kv_mul: int) -> tuple[int, int, int]:
+    """(R, KG, U) of v4. R: query heads per block, all kv_mul heads of a kv head (at most 8). KG: lanes per
+    key, the fewest of 8/16/32 that keep R * ceil(hs/KG) <= 32 (the q and accumulator registers of a
+    lane; if none does, KG = 32 and R shrinks). U: keys per group per step, for about 16 K and 16 V
+    floats per lane in flight (32 with the prefetch) and at most 32 partial dots.
+    Qwen2.5-0.5B (hs 64, kv_mul 7): (7, 16, 4); Phi-3-mini (hs 96, kv_mul 1): (1, 8, 1)."""
+    rows = min(kv_mul, 8)
+    for kg in (8, 16, 32):
+        if rows * -(-hs // kg) <= 32:
+            break
+    else:
+        rows = max(1, 32 // -(-hs // kg))
+    dpl = -(-hs // kg)
+    return rows, kg, max(1, min(16 // dpl, 32 // rows))
+
+
+def fused_warps(s_max: int, n_splits: int, hs: int, kv_mul: int) -> int:
+    """Warps per v4 block: the fewest (a power of two, at most FUSED_MAX_WARPS) that cover a full-cache
+    chunk in one step of U keys per group."""
+    _, kg, u = fused_tiles(hs, kv_mul)
+    per_warp = (32 // kg) * u
+    cap = -(-s_max // n_splits)
+    nw = 1
+    while nw < FUSED_MAX_WARPS and nw * per_warp < cap:
+        nw *= 2
+    return nw
 
 
 def launch_naive(q, k_cache, v_cache, seq_len, out, stream=0):
@@ -423,6 +777,24 @@ def launch_decode(q, k_cache, v_cache, seq_len, workspace, out, stream=0):
     decode_combine[nh, COMBINE_THREADS, stream](seq_len, workspace.m, workspace.l, workspace.acc, out)
 
 
+def launch_decode_fused(q, k_cache, v_cache, seq_len, workspace, out, stream=0, n_warps=None):
+    nh, hs = q.shape
+    nkv = k_cache.shape[1]
+    kv_mul = nh // nkv
+    rows, kg, u = fused_tiles(hs, kv_mul)
+    if workspace.n_splits > FUSED_MAX_SPLITS:
+        raise ValueError(f"attention v4: n_splits={workspace.n_splits}, want at most {FUSED_MAX_SPLITS}")
+    nw = n_warps or fused_warps(k_cache.shape[0], workspace.n_splits, hs, kv_mul)
+    decode_fused = _fused_kernel(hs, rows, kg, nw, u)
+    groups = (kv_mul + rows - 1) // rows  # blocks per kv head when kv_mul > R
+    grid = (workspace.n_splits, nkv * groups)  # x: chunks of positions, y: (kv head, head group)
+    decode_fused[grid, 32 * nw, stream](q, k_cache, v_cache, seq_len, workspace.m, workspace.l, workspace.acc,
+                                        workspace.count, out)
+
+
+DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused}  # v4 is attention_decode's default
+
+
 def launch_kv_append(k, v, k_cache, v_cache, pos, stream=0):
     n = k.shape[0] * k.shape[1] * k.shape[2]
     threads = 256
@@ -434,17 +806,23 @@ def launch_kv_append(k, v, k_cache, v_cache, pos, stream=0):
 # ---------------------------------------------------------------------------------------------
 class DecodeWorkspace:
     """Partial results of flash decoding, preallocated once: per query head and chunk the running
-    max ``m`` [nh, n_splits], sum ``l`` [nh, n_splits] and unnormalized output ``acc`` [nh, n_splits, hs]."""
+    max ``m`` [nh, n_splits], sum ``l`` [nh, n_splits] and unnormalized output ``acc`` [nh, n_splits, hs];
+    for v4 also ``count`` int32 [nh]: per block row (kv head, head group) the chunks finished in the
+    current launch. It starts at zero and the combining block sets it back to zero, so one workspace
+    serves every replay; after a launch that did not finish (an error), call ``reset``."""
 
-    def __init__(self, nh: int, hs: int, n_splits: int):
+    def __init__(self, nh: int, hs: int, n_splits: int, stream=0):
         if not 1 <= n_splits <= MAX_SPLITS:
             raise ValueError(f"DecodeWorkspace: n_splits={n_splits}, want 1..{MAX_SPLITS}")
         self.n_splits = n_splits
         self.m = cuda.device_array((nh, n_splits), dtype=np.float32)
         self.l = cuda.device_array((nh, n_splits), dtype=np.float32)
         self.acc = cuda.device_array((nh, n_splits, hs), dtype=np.float32)
+        self.count = cuda.to_device(np.zeros(nh, np.int32), stream=stream)
 
-
+    def reset(self, stream=0) -> None:
+        """Zero the v4 chunk counters."""
+        self.count.copy_to_device(np.zeros(self.count.shape[0], np.int32), stream=stream)
 
 
 def _device(x, dtype=np.float32, stream=0):
@@ -486,22 +864,27 @@ def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0):
     return out_d.copy_to_host(stream=stream) if host and out is None else out_d
 
 
-def attention_decode(q, k_cache, v_cache, seq_len, out=None, stream=0, n_splits=None, workspace=None):
+def attention_decode(q, k_cache, v_cache, seq_len, out=None, stream=0, n_splits=None, workspace=None,
+                     version="v4"):
     """One query per head, q [nh, hs] or [1, nh, hs], over cache rows 0..seq_len[0]-1 (flash decoding).
 
     seq_len: device int32 [1] (or an int / NumPy array, uploaded). workspace: a DecodeWorkspace;
-    without one it is allocated here (fine for tests, not for a captured decode step)."""
+    without one it is allocated here (fine for tests, not for a captured decode step).
+    version: "v4" (one launch, the default) or "v3" (split + combine, two launches)."""
     _check(q, k_cache, v_cache)
+    if version not in DECODE_VERSIONS:
+        raise ValueError(f"attention_decode: version={version!r}, want one of {sorted(DECODE_VERSIONS)}")
     q_d, host = _device(q, stream=stream)
     k_d, _ = _device(k_cache, stream=stream)
     v_d, _ = _device(v_cache, stream=stream)
     n_d, _ = _device(seq_len if _is_device(seq_len) else np.atleast_1d(seq_len), np.int32, stream)
     nh, hs = _heads(q)
     if workspace is None:
+        splits = default_n_splits if version == "v4" else default_n_splits_v3
         kv_mul = nh // k_cache.shape[1]
-        workspace = DecodeWorkspace(nh, hs, n_splits or default_n_splits(k_cache.shape[0], k_cache.shape[1], kv_mul))
+        workspace = DecodeWorkspace(nh, hs, n_splits or splits(k_cache.shape[0], k_cache.shape[1], kv_mul), stream)
     out_d = out if out is not None else cuda.device_array(q.shape, dtype=np.float32, stream=stream)
-    launch_decode(q_d.reshape(nh, hs), k_d, v_d, n_d, workspace, out_d.reshape(nh, hs), stream)
+    DECODE_VERSIONS[version](q_d.reshape(nh, hs), k_d, v_d, n_d, workspace, out_d.reshape(nh, hs), stream)
     return out_d.copy_to_host(stream=stream) if host and out is None else out_d
 
 
@@ -516,10 +899,12 @@ def attention(q, k_cache, v_cache, start_pos: int):
 # ---------------------------------------------------------------------------------------------
 # __main__: check every version against ref, then time decode attention at real model shapes
 # ---------------------------------------------------------------------------------------------
-def _check_versions(rng) -> None:
+def _check_versions(rng, sim: bool) -> None:
     from ref import attention as ref
 
-    for T, nh, nkv, hs, start in [(1, 14, 2, 64, 1000), (9, 14, 2, 64, 37), (33, 32, 32, 96, 5), (5, 7, 1, 128, 300)]:
+    cases = ([(1, 7, 1, 64, 40), (3, 4, 2, 96, 20), (1, 2, 1, 128, 70)] if sim else
+             [(1, 14, 2, 64, 1000), (9, 14, 2, 64, 37), (33, 32, 32, 96, 5), (5, 7, 1, 128, 300), (1, 32, 32, 96, 4000)])
+    for T, nh, nkv, hs, start in cases:
         S = start + T + 3
         q = rng.standard_normal((T, nh, hs), dtype=np.float32)
         k = rng.standard_normal((T, nkv, hs), dtype=np.float32)
@@ -527,58 +912,112 @@ def _check_versions(rng) -> None:
         kc = rng.standard_normal((S, nkv, hs), dtype=np.float32)
         vc = rng.standard_normal((S, nkv, hs), dtype=np.float32)
         kc_d, vc_d = cuda.to_device(kc), cuda.to_device(vc)
-        kv_append(k, v, kc_d, vc_d, np.array([start], np.int32))  # v0: kv_append
+        kv_append(k, v, kc_d, vc_d, np.array([start], np.int32))  # kv_append
         ref.kv_append(k, v, kc, vc, start)
         expected = ref.attention(q, kc, vc, start)
         got = {"kv_append": np.abs(kc_d.copy_to_host() - kc).max() + np.abs(vc_d.copy_to_host() - vc).max()}
-        out = cuda.device_array(q.shape, np.float32)
-        launch_naive(cuda.to_device(q), kc_d, vc_d, cuda.to_device(np.array([start + T], np.int32)), out)
-        got["v1 naive"] = np.abs(out.copy_to_host() - expected).max()
+        if T < 9 or not sim:
+            out = cuda.device_array(q.shape, np.float32)
+            launch_naive(cuda.to_device(q), kc_d, vc_d, cuda.to_device(np.array([start + T], np.int32)), out)
+            got["v1 naive"] = np.abs(out.copy_to_host() - expected).max()
         got["v2 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start) - expected).max()  # NumPy q -> NumPy out
         if T == 1:
-            got["v3 decode"] = np.abs(attention_decode(q, kc_d, vc_d, start + 1) - expected).max()
+            got["v3 decode"] = np.abs(attention_decode(q, kc_d, vc_d, start + 1, version="v3") - expected).max()
+            # v4, replayed: one workspace, only the device seq_len changes (the counters must come back to 0)
+            ws = DecodeWorkspace(nh, hs, 4 if sim else default_n_splits(S, nkv, nh // nkv))
+            n_d = cuda.to_device(np.array([1], np.int32))
+            for n in (start + 1, max(1, start // 3), start + 1):
+                n_d.copy_to_device(np.array([n], np.int32))
+                o = attention_decode(cuda.to_device(q), kc_d, vc_d, n_d, workspace=ws).copy_to_host()
+                got["v4 decode"] = max(got.get("v4 decode", 0.0), np.abs(o - ref.attention(q, kc, vc, n - 1)).max())
+            assert not ws.count.copy_to_host().any(), "v4 left a chunk counter set"
         print(f"check T={T} nh={nh} nkv={nkv} hs={hs} start={start}: "
               + ", ".join(f"{name} max|diff| {d:.2e}" for name, d in got.items()))
         assert max(got.values()) < 1e-4, "kernel disagrees with ref"
 
 
+COPY_BW = 4.3e12  # H200 device-to-device copy bandwidth, bytes/s: the roofline of a memory-bound kernel
+
+
 @cuda.jit
-def _busy(n, buf):
-    # one thread, n dependent multiply-adds on values read at run time (nothing to fold away): keeps the
-    # GPU busy while the host queues the launches to be timed, so their launch cost stays out
-    x, a, b = buf[0], buf[1], buf[2]
-    for _ in range(n):
-        x = x * a + b
-    buf[0] = x
+def _spin(n):
+    # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed,
+    # so the events measure the kernels, not Numba's ~30-80 us of host time per launch
+    for _ in range(n[0]):
+        cuda.nanosleep(1000000)
 
 
-def _time_ms(launch, n_iter: int = 50) -> float:
-    """Device time per call of launch(i), i = 0..n_iter-1, queued behind a busy kernel (no launch gaps)."""
-    launch(0)
-    cuda.synchronize()
+def _time_us(launch, reps: int = 50) -> float:
+    """Device microseconds per call of launch(stream, i), i = 0..reps-1, queued behind a sleeping kernel."""
+    stream = cuda.stream()
+    launch(stream, 0)
+    stream.synchronize()
+    _spin[1, 1, stream](cuda.to_device(np.array([10 + reps // 2], np.int32), stream=stream))
     start, end = cuda.event(), cuda.event()
-    _busy[1, 1](5_000_000, cuda.to_device(np.array([1.0, 0.5, 0.25], np.float32)))  # ~ 50 ms of FMA chain
-    start.record()
-    for i in range(n_iter):
-        launch(i)
-    end.record()
+    start.record(stream)
+    for i in range(reps):
+        launch(stream, i)
+    end.record(stream)
     end.synchronize()
-    return cuda.event_elapsed_time(start, end) / n_iter
+    return cuda.event_elapsed_time(start, end) * 1e3 / reps
 
 
-def _time_decode(name, nh, nkv, hs, seq_len, s_max, rng, n_splits=None) -> None:
-    cache_bytes = 2 * s_max * nkv * hs * 4
-    n_layers = max(2, -(-256 * 2**20 // cache_bytes))  # rotate over > 256 MiB of caches: more than L2 holds
-    caches = [(cuda.to_device(rng.standard_normal((s_max, nkv, hs), dtype=np.float32)),
-               cuda.to_device(rng.standard_normal((s_max, nkv, hs), dtype=np.float32))) for _ in range(n_layers)]
+_ROTATE_BYTES = 256 * 2**20  # timed calls rotate over more caches than this: more than the H200's L2 (50 MB)
+
+
+class _Caches:
+    """Random K/V caches [S_max, nkv, hs], as many layers as it takes to exceed _ROTATE_BYTES, so that a
+    timed call rotating over them reads its rows from memory, not from L2."""
+
+    def __init__(self, rng, s_max, nkv, hs):
+        host = rng.standard_normal((s_max, nkv, hs), dtype=np.float32)
+        n_layers = max(2, -(-_ROTATE_BYTES // (2 * host.nbytes)))
+        self.layers = [(cuda.to_device(host), cuda.to_device(host[::-1].copy() if i == 0 else host))
+                       for i in range(n_layers)]
+
+    def __getitem__(self, i):
+        return self.layers[i % len(self.layers)]
+
+
+def _decode_line(label, us, nkv, hs, seq_len) -> str:
+    read = 2 * seq_len * nkv * hs * 4  # K and V rows 0 .. seq_len-1, each read once
+    return f"{label} {us:8.1f} us  {read / 2**20:7.1f} MiB  {read / us / 1e3:6.0f} GB/s  {100 * read / us / 1e-6 / COPY_BW:4.0f}%"
+
+
+def _time_decode(rng, name, nh, nkv, hs, contexts) -> None:
+    kv_mul = nh // nkv
     q = cuda.to_device(rng.standard_normal((nh, hs), dtype=np.float32))
     out = cuda.device_array((nh, hs), np.float32)
+    for seq_len, s_max in contexts:
+        caches = _Caches(rng, s_max, nkv, hs)
+        n_d = cuda.to_device(np.array([seq_len], np.int32))
+        for version in ("v3", "v4"):
+            n_splits = (default_n_splits_v3 if version == "v3" else default_n_splits)(s_max, nkv, kv_mul)
+            ws = DecodeWorkspace(nh, hs, n_splits)
+            us = _time_us(lambda st, i: DECODE_VERSIONS[version](q, *caches[i], n_d, ws, out, st))
+            extra = "" if version == "v3" else f" warps={fused_warps(s_max, n_splits, hs, kv_mul)}"
+            print(_decode_line(f"decode {version} {name:<12} seq_len={seq_len:<6} S_max={s_max:<6} "
+                               f"splits={n_splits:<3}{extra:<8}", us, nkv, hs, seq_len))
+
+
+def _sweep_decode(rng, name, nh, nkv, hs, seq_len, splits, warps) -> None:
+    """v4 at one context over (n_splits, warps per block): the numbers to tune the defaults with."""
+    kv_mul = nh // nkv
+    q = cuda.to_device(rng.standard_normal((nh, hs), dtype=np.float32))
+    out = cuda.device_array((nh, hs), np.float32)
+    caches = _Caches(rng, seq_len, nkv, hs)
     n_d = cuda.to_device(np.array([seq_len], np.int32))
-    ws = DecodeWorkspace(nh, hs, n_splits or default_n_splits(s_max, nkv, nh // nkv))
-    ms = _time_ms(lambda i: launch_decode(q, *caches[i % n_layers], n_d, ws, out))
-    read = 2 * seq_len * nkv * hs * 4  # K and V rows 0 .. seq_len-1, each read once
-    print(f"decode {name:<12} nh={nh:<2} nkv={nkv:<2} hs={hs:<3} seq_len={seq_len:<6} S_max={s_max:<6} "
-          f"splits={ws.n_splits:<4} {ms * 1e3:8.1f} us  {read / ms / 1e6:7.0f} GB/s of KV read")
+    default = (default_n_splits(seq_len, nkv, kv_mul), None)
+    best = None
+    for n_splits in splits:
+        ws = DecodeWorkspace(nh, hs, n_splits)
+        for nw in warps:
+            us = _time_us(lambda st, i: launch_decode_fused(q, *caches[i], n_d, ws, out, st, n_warps=nw))
+            best = min(best or (us, n_splits, nw), (us, n_splits, nw))
+            mark = " (default)" if (n_splits, nw) == (default[0], fused_warps(seq_len, n_splits, hs, kv_mul)) else ""
+            print(_decode_line(f"  sweep v4 {name:<12} seq_len={seq_len:<6} splits={n_splits:<3} warps={nw}", us,
+                               nkv, hs, seq_len) + mark)
+    print(f"  best {name}: splits={best[1]} warps={best[2]} {best[0]:.1f} us")
 
 
 def _time_prefill(name, nh, nkv, hs, T, rng) -> None:
@@ -586,17 +1025,37 @@ def _time_prefill(name, nh, nkv, hs, T, rng) -> None:
     kc = cuda.to_device(rng.standard_normal((T, nkv, hs), dtype=np.float32))
     vc = cuda.to_device(rng.standard_normal((T, nkv, hs), dtype=np.float32))
     out = cuda.device_array((T, nh, hs), np.float32)
-    ms = _time_ms(lambda i: launch_prefill(q, kc, vc, 0, out), n_iter=10)
+    us = _time_us(lambda st, i: launch_prefill(q, kc, vc, 0, out, st), reps=10)
     flops = 4 * nh * hs * T * (T + 1) / 2  # QK^T and PV over the causal half
-    print(f"prefill {name:<11} T={T:<5} {ms * 1e3:8.1f} us  {flops / ms / 1e9:6.1f} TFLOP/s (fp32 FMA)")
+    print(f"prefill {name:<11} T={T:<5} {us:8.1f} us  {flops / us / 1e6:6.1f} TFLOP/s (fp32 FMA)")
+
+
+def _main() -> None:
+    from numba import config
+
+    rng = np.random.default_rng(0)
+    sim = bool(config.ENABLE_CUDASIM)
+    if sim:  # the simulator lacks __syncwarp and the shuffles: the test suite's implementation supplies them
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import cudasim_support
+
+        cudasim_support.install()
+    _check_versions(rng, sim)
+    if sim:
+        print("simulator: checks only, no timings")
+        return
+    print(f"decode: device time per call; bytes = K and V rows read; % of {COPY_BW / 1e12:.1f} TB/s copy bandwidth")
+    contexts = [(512, 512), (4096, 4096), (16384, 16384)]
+    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)])
+    _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts)
+    _sweep_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, 4096, (16, 32, 64, 128), (4, 8))
+    _sweep_decode(rng, "Phi-3-mini", 32, 32, 96, 4096, (8, 16, 32), (4, 8))
+    _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng)
+    _time_prefill("Phi-3-mini", 32, 32, 96, 512, rng)
 
 
 if __name__ == "__main__":
-    rng = np.random.default_rng(0)
-    _check_versions(rng)
-    for seq_len, s_max in [(4096, 4096), (4096, 32768), (32768, 32768)]:
-        _time_decode("Qwen2.5-0.5B", 14, 2, 64, seq_len, s_max, rng)
-    for seq_len, s_max in [(4096, 4096), (32768, 32768)]:
-        _time_decode("Phi-3-mini", 32, 32, 96, seq_len, s_max, rng)
-    _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng)
-    _time_prefill("Phi-3-mini", 32, 32, 96, 512, rng)
+    _main()

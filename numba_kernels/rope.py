@@ -13,6 +13,15 @@ Kernel versions
     v2  one block per token. The block first computes the rot_dims/2 (cos, sin) pairs of that
         token once into shared memory, then its threads sweep all heads x slots. Trig work
         drops by a factor of n_heads. Used by ``rope``.
+    v3  ``rope_qk_append``: the decode step's RoPE of q, RoPE of k and ``attention.kv_append``
+        fused into one launch (three launches before). One token (T = 1) at position pos[0].
+        Grid nh + nkv blocks: block b < nh rotates query head b in place; block nh + g rotates
+        key head g *into cache row pos[0]* and copies value head g into the value cache row.
+        ``k`` and ``v`` are only read: the rotated key exists only in the cache. Each thread
+        computes the angle of its own pair (v1's way: at T = 1 a shared table would only add a
+        barrier), with the same ``_cos_sin`` and ``_rotate_slot`` as v1/v2: the same angles and
+        results as ``rope`` followed by ``kv_append``, up to the compiler's FMA contraction of the
+        rotation (the tests allow for it).
 
 Positions are read from a device int32 array [T] by the kernel, so a captured CUDA graph
 replays with new positions; base, freq_scale and attn_factor are constants of the model.
@@ -21,7 +30,9 @@ angles equal the reference's bit for bit; only cosf/sinf may differ by an ulp.
 
 Bytes: 8 per element (read, write); about 6 FLOPs per pair plus, in v2, one sin and one cos
 per pair per token. In place (``out`` is ``x``) is allowed: each element is read and written
-by the same thread.
+by the same thread. v3 moves 4 * hs * (2 nh + 4 nkv) bytes (q read and written; k and v read;
+one cache row of each written): 9 KiB for Qwen2.5-0.5B, 72 KiB for Phi-3-mini - a launch-latency
+bound kernel whose point is to replace three launches by one.
 """
 from __future__ import annotations
 
@@ -98,6 +109,28 @@ def rope_kernel2(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, hal
             c, s = cos_tab[k], sin_tab[k]
         _rotate_slot(x, out, t, h, k, half, hs, neox, c, s)
 
+
+@cuda.jit
+def rope_qk_append_kernel(q, k, v, k_cache, v_cache, pos, ts, freq_scale, ff, has_ff, attn_factor,
+                          half, neox):
+    # q: [1, nh, hs] rotated in place; k, v: [1, nkv, hs] read only; caches: [S_max, nkv, hs]
+    nh, hs = q.shape[1], q.shape[2]
+    b = cuda.blockIdx.x                                 # nh query heads, then nkv key/value heads
+    p = pos[0]
+    row = k_cache[p:p + 1]                              # [1, nkv, hs]: cache row p, a view
+    for kk in range(cuda.threadIdx.x, hs // 2, cuda.blockDim.x):
+        c, s = float32(0.0), float32(0.0)
+        if kk < half:
+            c, s = _cos_sin(p, kk, ts, freq_scale, ff, has_ff, attn_factor)
+        if b < nh:
+            _rotate_slot(q, q, 0, b, kk, half, hs, neox, c, s)
+        else:
+            _rotate_slot(k, row, 0, b - nh, kk, half, hs, neox, c, s)
+    if b >= nh:                                         # and the value row, unrotated
+        g = b - nh
+        for d in range(cuda.threadIdx.x, hs, cuda.blockDim.x):
+            v_cache[p, g, d] = v[0, g, d]
+
 # --8<-- [end:kernels]
 
 # ----------------------------------------------------------------------------------------------
@@ -128,6 +161,22 @@ def launch_v2(x, out, args, stream=0):
     rope_kernel2[T, block, stream](x, out, *args)       # one block per token
 
 
+def launch_qk_append(q, k, v, k_cache, v_cache, args, stream=0):
+    nh, hs = q.shape[1], q.shape[2]
+    nkv = k.shape[1]
+    block = 32 if hs <= 64 else 64 if hs <= 128 else 128  # threads >= pair slots (hs/2) for usual heads
+    rope_qk_append_kernel[nh + nkv, block, stream](q, k, v, k_cache, v_cache, *args)
+
+
+def _rot_dims(hs, rot_dims):
+    d = hs if rot_dims is None else int(rot_dims)
+    if d % 2 or d > hs or d // 2 > MAX_HALF:
+        raise ValueError(f"rope: rot_dims={d} must be even, <= head size {hs} and <= {2 * MAX_HALF}")
+    return d
+
+
+def _dev(x, dtype, stream):
+    return x if x is None or _is_device(x) else cuda.to_device(np.ascontiguousarray(x, dtype), stream=stream)
 
 
 def rope(x, positions, base, rot_dims=None, neox=True, freq_scale=1.0, freq_factors=None,
@@ -135,35 +184,149 @@ def rope(x, positions, base, rot_dims=None, neox=True, freq_scale=1.0, freq_fact
     """Rotate x [T, n_heads, hs] at positions [T] (int32; NumPy or device); ``out`` may be ``x``."""
     host = not _is_device(x)
     T, nh, hs = x.shape
-    d = hs if rot_dims is None else int(rot_dims)
-    if d % 2 or d > hs or d // 2 > MAX_HALF:
-        raise ValueError(f"rope: rot_dims={d} must be even, <= head size {hs} and <= {2 * MAX_HALF}")
-    dx = cuda.to_device(np.ascontiguousarray(x, np.float32), stream=stream) if host else x
-    dpos = positions if _is_device(positions) else cuda.to_device(
-        np.ascontiguousarray(positions, np.int32), stream=stream)
-    dff = freq_factors
-    if freq_factors is not None and not _is_device(freq_factors):
-        dff = cuda.to_device(np.ascontiguousarray(freq_factors, np.float32), stream=stream)
+    d = _rot_dims(hs, rot_dims)
+    dx = _dev(x, np.float32, stream)
+    dpos = _dev(positions, np.int32, stream)
+    dff = _dev(freq_factors, np.float32, stream)
     dout = cuda.device_array(x.shape, np.float32, stream=stream) if out is None else out
     launch_v2(dx, dout, _args(dx, dpos, base, d, neox, freq_scale, dff, attn_factor), stream)
     return dout.copy_to_host(stream=stream) if host else dout
 
 
-if __name__ == "__main__":
+def rope_qk_append(q, k, v, k_cache, v_cache, pos, base, *, rot_dims=None, neox=True, freq_scale=1.0,
+                   freq_factors=None, attn_factor=1.0, stream=0):
+    """One decode token: rotate q [1, nh, hs] in place and write RoPE(k) and v ([1, nkv, hs]) into
+    row pos[0] of k_cache / v_cache ([S_max, nkv, hs], on the device). One launch.
+
+    Same result as ``rope(q, pos, ...)``, ``rope(k, pos, ...)`` and ``attention.kv_append(k, v, ...)``,
+    except that ``k`` itself is left unrotated (only its cache row is). ``pos``: int32 [1], read on the
+    device (a captured graph replays with the next position). q, k, v, pos and freq_factors may be
+    NumPy (uploaded); for a NumPy q the rotated copy is returned, else q itself."""
+    host = not _is_device(q)
+    _, nh, hs = q.shape
+    nkv = k.shape[1]
+    S = k_cache.shape[0]
+    if (tuple(q.shape)[0] != 1 or tuple(k.shape) != (1, nkv, hs) or tuple(v.shape) != (1, nkv, hs)
+            or tuple(k_cache.shape) != (S, nkv, hs) or tuple(v_cache.shape) != (S, nkv, hs)):
+        raise ValueError(f"rope_qk_append: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, caches "
+                         f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}: want [1, nh, hs], [1, nkv, hs] x2, [S, nkv, hs] x2")
+    if not (_is_device(k_cache) and _is_device(v_cache)):
+        raise ValueError("rope_qk_append: k_cache and v_cache must be device arrays (they are written)")
+    d = _rot_dims(hs, rot_dims)
+    dq = _dev(q, np.float32, stream)
+    dpos = _dev(np.atleast_1d(pos) if not _is_device(pos) else pos, np.int32, stream)
+    dff = _dev(freq_factors, np.float32, stream)
+    args = _args(dq, dpos, base, d, neox, freq_scale, dff, attn_factor)
+    launch_qk_append(dq, _dev(k, np.float32, stream), _dev(v, np.float32, stream), k_cache, v_cache, args, stream)
+    return dq.copy_to_host(stream=stream) if host else dq
+
+
+# ----------------------------------------------------------------------------------------------
+# __main__: check every version against ref, then time them (device time, launch cost left out)
+
+COPY_BW = 4.3e12          # H200 device-to-device copy bandwidth, bytes/s
+SHAPES = (("Qwen2.5-0.5B", 14, 2, 64, 1e6, None), ("Phi-3-mini", 32, 32, 96, 1e4, 1.0))  # name nh nkv hs base ff
+
+
+@cuda.jit
+def _spin(n):
+    # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed
+    for _ in range(n[0]):
+        cuda.nanosleep(1000000)
+
+
+def _time_us(launch, reps=50):
+    """Device microseconds per launch(stream), queued behind a sleeping kernel (matmul.py's method)."""
+    stream = cuda.stream()
+    launch(stream)
+    stream.synchronize()
+    _spin[1, 1, stream](cuda.to_device(np.array([10 + reps // 2], np.int32), stream=stream))
+    start, end = cuda.event(), cuda.event()
+    start.record(stream)
+    for _ in range(reps):
+        launch(stream)
+    end.record(stream)
+    end.synchronize()
+    return cuda.event_elapsed_time(start, end) * 1e3 / reps
+
+
+def _check_qk_append(rng, name, nh, nkv, hs, base, ff, pos=30000, S=32768):
+    """rope_qk_append against ref.rope + a cache row written by hand; returns the device arrays for timing."""
     from ref import rope as ref
 
-    from numba_kernels.runtime import time_us as timed
+    q, k, v = (rng.standard_normal((1, n, hs)).astype(np.float32) for n in (nh, nkv, nkv))
+    factors = None if ff is None else rng.uniform(1.0, 4.0, hs // 2).astype(np.float32)
+    kc, vc = cuda.device_array((S, nkv, hs), np.float32), cuda.device_array((S, nkv, hs), np.float32)
+    dq, dpos = cuda.to_device(q), cuda.to_device(np.array([pos], np.int32))
+    rope_qk_append(dq, k, v, kc, vc, dpos, base, freq_factors=factors, attn_factor=1.19)
+    want_q = ref.rope(q, [pos], base, freq_factors=factors, attn_factor=1.19)
+    want_k = ref.rope(k, [pos], base, freq_factors=factors, attn_factor=1.19)
+    err = max(np.abs(dq.copy_to_host() - want_q).max(), np.abs(kc[pos:pos + 1].copy_to_host() - want_k).max())
+    v_ok = np.array_equal(vc[pos:pos + 1].copy_to_host(), v)
+    print(f"rope_qk_append {name} nh={nh} nkv={nkv} hs={hs} pos={pos}: max|err| {err:.1e}, v row exact: {v_ok}")
+    assert err < 1e-5 and v_ok
+    return dq, cuda.to_device(k), cuda.to_device(v), kc, vc, dpos, factors
 
-    rng = np.random.default_rng(0)
-    for T, nh, hs, neox in ((1, 14, 64, True), (512, 14, 64, True), (512, 32, 96, True), (512, 32, 128, False)):
+
+def _versions(rng, sim):
+    """v1 and v2 against ref.rope at model-like shapes (timed on the GPU)."""
+    from ref import rope as ref
+
+    big = 4 if sim else 512
+    for T, nh, hs, neox in ((1, 14, 64, True), (big, 14, 64, True), (big, 32, 96, True), (big, 32, 128, False)):
         x = rng.standard_normal((T, nh, hs)).astype(np.float32)
         pos = rng.integers(0, 32768, T).astype(np.int32)
         dx, dout, dpos = cuda.to_device(x), cuda.device_array(x.shape, np.float32), cuda.to_device(pos)
         args = _args(dx, dpos, 1e6, hs, neox, 1.0, None, 1.0)
         expect = ref.rope(x, pos, 1e6, neox=neox)
+        line = f"rope T={T:4} nh={nh} hs={hs} neox={neox!s:5}:"
         for name, launch in (("v1", launch_v1), ("v2", launch_v2)):
             launch(dx, dout, args)
             err = np.abs(dout.copy_to_host() - expect).max()
-            us = timed(lambda: launch(dx, dout, args))
-            print(f"rope {name} T={T:4} nh={nh} hs={hs} neox={neox}: max|err| {err:.1e}  {us:8.2f} us  "
-                  f"{8 * x.size / us / 1e3:7.1f} GB/s")
+            assert err < 1e-5, name
+            line += f"  {name} max|err| {err:.1e}"
+            if not sim:
+                us = _time_us(lambda st: launch(dx, dout, args, st))
+                line += f" {us:6.2f} us {8 * x.size / us / 1e3:6.0f} GB/s"
+        print(line)
+
+
+def _time_fused(fused):
+    """One decode layer's RoPE + cache append: v3 (one launch) against v2 twice + kv_append (three)."""
+    from numba_kernels import attention
+
+    print(f"decode step, one layer: device time; bytes = q read+written, k and v read, two cache rows written; "
+          f"% of {COPY_BW / 1e12:.1f} TB/s")
+    for name, nh, nkv, hs, (dq, dk, dv, kc, vc, dpos, factors) in fused:
+        nbytes = 4 * hs * (2 * nh + 4 * nkv)
+        a_q = _args(dq, dpos, 1e6, hs, True, 1.0, _dev(factors, np.float32, 0), 1.0)
+        a_k = _args(dk, dpos, 1e6, hs, True, 1.0, _dev(factors, np.float32, 0), 1.0)
+
+        def three(st):  # what the decoder launched before: rope(q), rope(k), kv_append
+            launch_v2(dq, dq, a_q, st)
+            launch_v2(dk, dk, a_k, st)
+            attention.launch_kv_append(dk, dv, kc, vc, dpos, st)
+
+        for label, launch in (("v3 rope_qk_append (1 launch)", lambda st: launch_qk_append(dq, dk, dv, kc, vc, a_q, st)),
+                              ("v2 rope q, k + kv_append (3)", three)):
+            us = _time_us(launch)
+            print(f"  {name:<12} {label:<30} {us:6.2f} us  {nbytes / 1024:5.1f} KiB  {nbytes / us / 1e3:6.1f} GB/s"
+                  f"  {100 * nbytes / us / 1e-6 / COPY_BW:5.2f}%")
+
+
+def _main():
+    from numba import config
+
+    sim = bool(config.ENABLE_CUDASIM)
+    rng = np.random.default_rng(0)
+    _versions(rng, sim)
+    fused = [(name, nh, nkv, hs, _check_qk_append(rng, name, nh, nkv, hs, base, ff))
+             for name, nh, nkv, hs, base, ff in (SHAPES if not sim else (("small", 7, 1, 64, 1e6, 1.0),))]
+    if sim:
+        print("simulator: checks only, no timings")
+        return
+    _time_fused(fused)
+
+
+if __name__ == "__main__":
+    _main()

@@ -5,6 +5,8 @@ Tolerances (all float32):
   order (einsum vs a loop, tiles, splits). Outputs are convex combinations of O(1) values, so each differs
   by a few ulps times log2 of the number of keys; 2e-5 leaves room for 32k-key contexts on the GPU.
 - ONES_ATOL 1e-5: with v = 1 the output is sum_s w_s, which is 1 up to float32 rounding of the sum.
+- The one-launch decode (v4) uses the same TOL: it computes e^a as 2^(a log2 e) with the GPU's ex2.approx
+  (relative error ~2^-22, below float32 summation noise), in a different order again.
 Data: q, k, v standard normal; q is multiplied by a drawn "sharpness" so some cases have near one-hot
 weights (large scores stress the running maximum) and some have nearly flat ones.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -178,6 +180,7 @@ decode_shapes = st.fixed_dictionaries(dict(
     seq_len=st.integers(1, MAX_CTX),
     n_splits=st.sampled_from([None, 1, 2, 3, 5]),
     sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+    version=st.sampled_from(["v3", "v4"]),
 ))
 
 
@@ -185,14 +188,16 @@ decode_shapes = st.fixed_dictionaries(dict(
 @settings(deadline=None, max_examples=KERNEL_EXAMPLES)
 @given(decode_shapes)
 def test_decode_kernel_matches_ref_and_prefill(case):
-    """Flash decoding (split + combine) equals the reference, and the prefill kernel with T = 1."""
+    """Flash decoding (v3: split + combine; v4: one launch) equals the reference, and the prefill kernel
+    with T = 1."""
     from numba_kernels import attention as ka
 
     n = case.pop("seq_len")
     n_splits = case.pop("n_splits")
+    version = case.pop("version")
     q, kc, vc = make_case(T=1, start_pos=n - 1, **case)
     expected = ref.attention(q, kc, vc, n - 1)
-    got = ka.attention_decode(q[0], kc, vc, np.array([n], np.int32), n_splits=n_splits)  # q as [nh, hs]
+    got = ka.attention_decode(q[0], kc, vc, np.array([n], np.int32), n_splits=n_splits, version=version)  # [nh, hs]
     assert got.shape == q[0].shape
     assert_close(got, expected[0], **TOL, name="decode kernel")
     assert_close(got, ka.attention_prefill(q, kc, vc, n - 1)[0], **TOL, name="decode vs prefill T=1")
@@ -220,6 +225,118 @@ def test_decode_replays_with_new_seq_len_and_weights_sum_to_one():
         assert_close(out.copy_to_host(), ref.attention(q, kc, vc, n - 1), **TOL, name=f"seq_len {n}")
         ka.attention_decode(q_d, kc_d, ones_d, seq_len, out=out, workspace=ws)
         assert_close(out.copy_to_host(), np.ones((1, nh, hs)), atol=ONES_ATOL, rtol=0, name=f"ones {n}")
+
+
+# ------------------------------------------------------------------------------------------------
+# v4: the one-launch decode (the last block of each kv head to finish merges the chunks)
+# ------------------------------------------------------------------------------------------------
+one_launch_shapes = st.fixed_dictionaries(dict(
+    seed=st.integers(0, 2**32 - 1),
+    nkv=st.integers(1, 1 if SIMULATOR else 4),
+    kv_mul=st.sampled_from(KV_MULS),
+    hs=st.sampled_from(HEAD_SIZES),
+    seq_len=st.integers(1, MAX_CTX),
+    n_splits=st.sampled_from([1, 2, 3, 5, 8]),
+    sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+))
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=KERNEL_EXAMPLES)
+@given(one_launch_shapes)
+@example(dict(seed=1, nkv=1, kv_mul=7, hs=64, seq_len=1, n_splits=5, sharpness=1.0))    # one key
+@example(dict(seed=2, nkv=1, kv_mul=2, hs=96, seq_len=70, n_splits=3, sharpness=8.0))   # chunks 32, 32, 6
+@example(dict(seed=3, nkv=1, kv_mul=1, hs=128, seq_len=40, n_splits=5, sharpness=1.0))  # 2 chunks, 3 empty blocks
+@example(dict(seed=4, nkv=1, kv_mul=7, hs=96, seq_len=3, n_splits=5, sharpness=0.1))    # seq_len < n_splits
+@example(dict(seed=5, nkv=2, kv_mul=2, hs=64, seq_len=65, n_splits=3, sharpness=1.0))   # two counters
+@example(dict(seed=6, nkv=1, kv_mul=12, hs=64, seq_len=40, n_splits=2, sharpness=1.0))  # heads 8 + 4: 2 blocks
+def test_one_launch_decode_equals_dense_softmax(case):
+    """v4 equals softmax(q K^T / sqrt(hs)) V built densely, for any split count (dividing seq_len or not,
+    more splits than keys), and leaves every chunk counter at zero."""
+    from numba_kernels import attention as ka
+
+    n, n_splits = case.pop("seq_len"), case.pop("n_splits")
+    q, kc, vc = make_case(T=1, start_pos=n - 1, **case)  # rows past n are NaN: reading one fails the test
+    nh, hs = q.shape[1], q.shape[2]
+    ws = ka.DecodeWorkspace(nh, hs, n_splits)
+    got = ka.attention_decode(q, kc, vc, np.array([n], np.int32), workspace=ws, version="v4")
+    assert_close(got, ref.attention_dense(q, kc, vc, n - 1), **TOL, name="one-launch decode")
+    assert not ws.count.copy_to_host().any(), "a chunk counter was left set"
+
+
+@requires_cuda
+@pytest.mark.parametrize("nkv, kv_mul, hs", [(1, 7, 64), (2, 2, 64)])
+def test_one_launch_decode_replays(nkv, kv_mul, hs):
+    """One launch shape, one workspace, run again and again with only the device seq_len changed (a
+    replayed CUDA graph): every run is right, so the combining blocks reset the counters - also
+    across runs that need no combine (one chunk) and runs with different numbers of chunks."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    s_max = 72 if SIMULATOR else 8192
+    lens = [70, 1, 33, 72] if SIMULATOR else [4097, 1, 33, 1000, 2, 8192, 5000]  # chunks: 3, 1, 2, 3
+    q, kc, vc = make_case(5, 1, nkv, kv_mul, hs, s_max - 1, sharpness=2.0, spare_rows=0)
+    nh = nkv * kv_mul
+    ws = ka.DecodeWorkspace(nh, hs, 4 if SIMULATOR else ka.default_n_splits(s_max, nkv, kv_mul))
+    q_d, kc_d, vc_d = cuda.to_device(q[0]), cuda.to_device(kc), cuda.to_device(vc)
+    out, seq_len = cuda.device_array((nh, hs), np.float32), cuda.to_device(np.array([1], np.int32))
+    for n in lens:
+        seq_len.copy_to_device(np.array([n], np.int32))
+        ka.launch_decode_fused(q_d, kc_d, vc_d, seq_len, ws, out)
+        assert_close(out.copy_to_host(), ref.attention_dense(q, kc, vc, n - 1)[0], **TOL, name=f"seq_len {n}")
+    assert not ws.count.copy_to_host().any()
+
+
+@requires_cuda
+def test_two_launch_layer_equals_reference_layer():
+    """A decode layer as the captured step runs it - rope_qk_append, then v4 - equals the reference layer
+    (ref.rope on q and k, ref.kv_append, ref.attention), token after token with only the device pos and
+    seq_len advancing and one workspace (the context goes from one chunk to two on the way)."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+    from numba_kernels import rope as kr
+    from ref import rope as ref_rope
+
+    rng = np.random.default_rng(11)
+    nkv, kv_mul, hs, S, start = 1, 7, 64, 40, 31
+    nh = nkv * kv_mul
+    kc, vc = (rng.standard_normal((S, nkv, hs), dtype=np.float32) for _ in range(2))
+    kc_d, vc_d = cuda.to_device(kc), cuda.to_device(vc)
+    ws = ka.DecodeWorkspace(nh, hs, 2)
+    pos, seq_len = cuda.to_device(np.array([start], np.int32)), cuda.to_device(np.array([start + 1], np.int32))
+    for p in range(start, start + 2):  # seq_len 32 (one chunk), then 33 (two)
+        pos.copy_to_device(np.array([p], np.int32))
+        seq_len.copy_to_device(np.array([p + 1], np.int32))
+        q = rng.standard_normal((1, nh, hs), dtype=np.float32)
+        k, v = (rng.standard_normal((1, nkv, hs), dtype=np.float32) for _ in range(2))
+        q_d = cuda.to_device(q)
+        kr.rope_qk_append(q_d, k, v, kc_d, vc_d, pos, 1e6, rot_dims=hs, neox=True, freq_scale=1.0,
+                          freq_factors=None, attn_factor=1.0)                       # launch 1
+        got = ka.attention_decode(q_d, kc_d, vc_d, seq_len, workspace=ws).copy_to_host()  # launch 2
+        ref.kv_append(ref_rope.rope(k, [p], 1e6), v, kc, vc, p)
+        assert_close(got, ref.attention(ref_rope.rope(q, [p], 1e6), kc, vc, p), **TOL, name=f"position {p}")
+    assert not ws.count.copy_to_host().any()
+
+
+def test_one_launch_decode_heuristics():
+    """Splits depend on S_max only (a power of two, no more than a full cache has runs of SPLIT_ALIGN
+    positions), the block serves every query head of its kv head, and the shared memory fits."""
+    from numba_kernels import attention as ka
+
+    assert ka.default_n_splits(4096, 2, 7) == 64 and ka.default_n_splits(4096, 32, 1) == 16  # Qwen2.5, Phi-3
+    for s_max in (1, 31, 33, 100, 4096, 32768, 131072):
+        for nkv, kv_mul in [(2, 7), (32, 1), (8, 4), (1, 16)]:
+            n = ka.default_n_splits(s_max, nkv, kv_mul)
+            assert n & (n - 1) == 0 and 1 <= n <= min(ka.FUSED_MAX_SPLITS, -(-s_max // ka.SPLIT_ALIGN))
+    for hs in (32, 40, 64, 80, 96, 128, 256):
+        for kv_mul in (1, 2, 4, 7, 8, 16):
+            rows, kg, u = ka.fused_tiles(hs, kv_mul)
+            assert rows == min(kv_mul, 8) or hs > 128  # all heads of a kv head share one read (up to 8)
+            assert rows * -(-hs // kg) <= 32 and u * rows <= 32 and 32 % kg == 0
+            for nw in (1, 8):  # builds the kernel's constants (the shared-memory assertion) without compiling
+                ka._fused_kernel(hs, rows, kg, nw, u)
 
 
 @requires_cuda

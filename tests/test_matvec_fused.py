@@ -51,7 +51,7 @@ def km():
 
 def dev(a):
     from numba import cuda
-    return None if a is None else cuda.to_device(a)
+    return None if a is None else cuda.to_device(np.ascontiguousarray(a))  # the GPU's reshape needs contiguity
 
 
 def block_k(gt):

@@ -11,6 +11,9 @@ Tolerances
   about 6e-4 rad (the bound above at p ~ 2000) times two vectors.
 - kernel vs ref: atol 1e-6 * max|x| * attn_factor: identical float32 angles; cosf/sinf within
   2 ulp and possible FMA contraction of x_a cos - x_b sin (1 ulp of the larger term).
+- rope_qk_append vs rope + kv_append: the same tolerance: the same device functions compute the
+  same angles; only the FMA contraction of the rotation may differ between the two kernels.
+  The value row is copied, so it must be exact.
 """
 import numpy as np
 import pytest
@@ -142,3 +145,96 @@ def test_versions_in_place_and_new_positions(version):
     dx.copy_to_device(x)
     getattr(kern, f"launch_{version}")(dx, dx, args)
     assert_close(dx.copy_to_host(), ref.rope(x, [7, 8], 1e6, 64), atol=4e-6, rtol=1e-5, name=version)
+
+
+# ------------------------------------------------------------------------------------------------
+# v3: rope_qk_append, the decode step's RoPE(q), RoPE(k) and KV-cache append in one launch
+# ------------------------------------------------------------------------------------------------
+@st.composite
+def qk_append_case(draw):
+    hs = draw(st.sampled_from([64, 96, 128]))
+    rot = draw(st.sampled_from([hs, hs // 2, 32]))
+    nkv = draw(st.integers(1, 2))
+    kv_mul = draw(st.sampled_from([1, 2, 7]))
+    q = draw(hnp.arrays(np.float32, (1, nkv * kv_mul, hs), elements=st.floats(-4, 4, width=32)))
+    k = draw(hnp.arrays(np.float32, (1, nkv, hs), elements=st.floats(-4, 4, width=32)))
+    v = draw(hnp.arrays(np.float32, (1, nkv, hs), elements=st.floats(-4, 4, width=32)))
+    pos = draw(st.integers(0, 32768))
+    ff = None
+    if draw(st.booleans()):
+        ff = draw(hnp.arrays(np.float32, (rot // 2,), elements=st.floats(1.0, 40.0, width=32)))
+    params = dict(rot_dims=rot, neox=draw(st.booleans()), freq_scale=draw(st.sampled_from([1.0, 0.25])),
+                  freq_factors=ff, attn_factor=draw(st.sampled_from([1.0, 1.19])))
+    return q, k, v, pos, draw(st.sampled_from([10000.0, 1000000.0])), params
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(qk_append_case())
+def test_rope_qk_append_equals_rope_then_kv_append(case):
+    """One launch gives what rope(q), rope(k) and kv_append give: q rotated in place, RoPE(k) and v in
+    cache row pos, every other row untouched, k itself left unrotated."""
+    from numba import cuda
+
+    from numba_kernels import attention as katt
+    from numba_kernels import rope as kern
+
+    q, k, v, pos, base, p = case
+    S, nkv, hs = pos + 2, k.shape[1], k.shape[2]
+    kc = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    vc = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    dq, dk, dpos = cuda.to_device(q), cuda.to_device(k), cuda.to_device(np.array([pos], np.int32))
+    assert kern.rope_qk_append(dq, dk, v, kc, vc, dpos, base, **p) is dq
+
+    ref_args = (base, p["rot_dims"], p["neox"], p["freq_scale"], p["freq_factors"], p["attn_factor"])
+    want_q, want_k = kern.rope(q, [pos], *ref_args), kern.rope(k, [pos], *ref_args)  # the three-launch way
+    kc2 = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    vc2 = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    katt.kv_append(want_k, v, kc2, vc2, dpos)
+    tol = dict(atol=1e-6 * 4 * p["attn_factor"], rtol=1e-5)  # same angles; FMA contraction may differ
+    assert_close(dq.copy_to_host(), want_q, **tol, name="q")
+    assert_close(kc.copy_to_host(), kc2.copy_to_host(), **tol, name="k cache")
+    assert np.array_equal(vc.copy_to_host(), vc2.copy_to_host()), "v cache"
+    assert np.array_equal(dk.copy_to_host(), k), "k was modified"
+    assert_close(dq.copy_to_host(), ref.rope(q, [pos], *ref_args), **tol, name="q vs ref")
+
+
+@requires_cuda
+def test_rope_qk_append_replays_with_new_position():
+    """Same launch arguments, new position written to the device array: the next row is written at the
+    new angle (a captured decode step replayed), the previous row stays."""
+    from numba import cuda
+
+    from numba_kernels import rope as kern
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, n, 96)).astype(np.float32) for n in (6, 3, 3))
+    kc = cuda.to_device(np.zeros((40, 3, 96), np.float32))
+    vc = cuda.to_device(np.zeros((40, 3, 96), np.float32))
+    dpos, dk, dv = cuda.to_device(np.array([7], np.int32)), cuda.to_device(k), cuda.to_device(v)
+    for p in (7, 8, 39):
+        dpos.copy_to_device(np.array([p], np.int32))
+        dq = cuda.to_device(q)
+        kern.rope_qk_append(dq, dk, dv, kc, vc, dpos, 10000.0, rot_dims=64, neox=False)
+        assert_close(dq.copy_to_host(), ref.rope(q, [p], 10000.0, 64, False), atol=4e-6, rtol=1e-5, name=f"q {p}")
+    got_k, got_v = kc.copy_to_host(), vc.copy_to_host()
+    for p in (7, 8, 39):
+        assert_close(got_k[p:p + 1], ref.rope(k, [p], 10000.0, 64, False), atol=4e-6, rtol=1e-5, name=f"k row {p}")
+        assert np.array_equal(got_v[p], v[0])
+    assert not got_k[:7].any() and not got_k[9:39].any() and not got_v[9:39].any()
+
+
+@requires_cuda
+def test_rope_qk_append_rejects_bad_shapes():
+    from numba import cuda
+
+    from numba_kernels import rope as kern
+
+    kc = cuda.device_array((8, 2, 64), np.float32)
+    q, k = np.zeros((1, 4, 64), np.float32), np.zeros((1, 2, 64), np.float32)
+    with pytest.raises(ValueError):
+        kern.rope_qk_append(q, k, k, kc, kc, [0], 1e4, rot_dims=66)       # rot_dims > hs
+    with pytest.raises(ValueError):
+        kern.rope_qk_append(q, k[:, :1], k, kc, kc, [0], 1e4)            # k heads != cache heads
+    with pytest.raises(ValueError):
+        kern.rope_qk_append(q, k, k, np.zeros((8, 2, 64), np.float32), kc, [0], 1e4)  # host cache
