@@ -36,7 +36,7 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   computed on the device from ``seq_len``, and blocks whose chunk starts past
   ``seq_len`` return at once, so one launch can be captured in a CUDA graph and
   replayed for every token.
-- v4 ``decode_fused`` (the default of ``attention_decode``): flash decoding in ONE
+- v4 ``decode_fused`` (the default of ``attention_decode`` for longer caches): flash decoding in ONE
   launch. Same grid as v3 (chunk, kv head), same device-side chunking, but the last
   block of a kv head to finish merges the partials itself: every block writes its
   partial, ``threadfence``, then one ``atomic.add`` on the kv head's counter in the
@@ -51,6 +51,14 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   the current step is computed, and the groups are merged in shared memory at the
   end. Scores are kept in base 2 ($e^a = 2^{a \\log_2 e}$: one ``ex2`` per key and
   head). Not yet measured on the GPU (``python -m numba_kernels.attention``).
+- v5 ``decode_short`` (the default of ``attention_decode`` for caches of at most ``SHORT_MAX_S`` = 2048
+  positions; ``decode_version`` picks from the cache SHAPE, never from seq_len, so one captured graph
+  serves every step): one block per query head walks the whole context, no workspace, no merge, three
+  block barriers in all. Lanes over keys for the scores (q in shared memory, each thread a full dot
+  product, scores kept in a shared [SHORT_MAX_S] array), warp-shuffle max and sum, then lanes over head
+  dims for V (coalesced rows, SHORT_UNROLL rows in flight per thread, the first ones issued before the
+  reductions). Made for the latency-bound short contexts of Qwen2.5-0.5B (v4 ~17 us at seq_len 512).
+  Not yet measured on the GPU.
 - ``kv_append_kernel``: copies ``T`` rows of k and v into the caches at ``pos[0]``
   (a device int32, so a captured decode step can replay it). For decode,
   ``rope.rope_qk_append`` does this together with RoPE of q and k, in one launch.
@@ -667,6 +675,125 @@ def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
     return decode_fused
 
 
+# ---------------------------------------------------------------------------------------------
+# v5: short caches, one block per query head over the whole context, no workspace and no merge.
+# Built per (HS, NW) by a factory. Phase 1, lanes over keys: thread t scores keys t, t + NT, ...
+# (a full dot product against q in shared memory, HS independent loads of its K row in flight) into a
+# shared array of SHORT_MAX_S scores, keeping its running max; warp-shuffle max, one barrier, block max.
+# Phase 2: p_j = 2^{s_j - M} in place, warp-shuffle sum, one barrier. Phase 3, lanes over head dims:
+# thread (slice, d) of SL = NT // HS slices accumulates p_j V[j, d] for j = slice, slice + SL, ...
+# (a warp reads 32 consecutive floats of a V row), SHORT_UNROLL keys per step with the next step's
+# loads issued first (the very first step's before phase 2, so they fly during the reductions); the
+# slices are summed through shared memory after a third barrier.
+# ---------------------------------------------------------------------------------------------
+SHORT_MAX_S = 2048  # v5 serves caches of at most this many positions (its scores live in shared memory)
+SHORT_WARPS = 16    # warps per v5 block (512 threads: one key each at seq_len 512)
+SHORT_UNROLL = 8    # V rows per thread per step of v5's phase 3 (loads in flight together)
+
+
+@functools.cache
+def _short_kernel(HS: int, NW: int):
+    """The v5 decode kernel for head size HS and NW warps per block (grid: one block per query head)."""
+    NT = 32 * NW
+    SL = NT // HS  # phase-3 slices of the keys
+    U = SHORT_UNROLL
+    SMAX = SHORT_MAX_S
+    assert SL >= 1, f"v5 decode: {NT} threads for head size {HS}"
+    assert 4 * (SMAX + HS + SL * HS + 2 * NW) <= SMEM_LIMIT
+    NEG_INF = float32(-math.inf)
+    FULL = 0xFFFFFFFF
+
+    @cuda.jit
+    def decode_short(q, k_cache, v_cache, seq_len, out):
+        # grid (nh,), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs] with S_max <= SHORT_MAX_S
+        h = cuda.blockIdx.x
+        kv_head = h // (q.shape[0] // k_cache.shape[1])
+        n = seq_len[0]
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid - warp * 32
+        qs = cuda.shared.array(HS, float32)
+        p = cuda.shared.array(SMAX, float32)
+        red = cuda.shared.array(SL * HS, float32)
+        wmax = cuda.shared.array(NW, float32)
+        wsum = cuda.shared.array(NW, float32)
+        kvh = uint32(kv_head)
+        scale = float32(LOG2E / math.sqrt(HS))  # scores in base 2
+        for x in range(tid, HS, NT):
+            qs[x] = q[h, x] * scale
+        cuda.syncthreads()
+        # phase 1: scores, lanes over keys
+        mx = NEG_INF
+        for j in range(tid, n, NT):
+            krow = k_cache[uint32(j), kvh]
+            a0 = float32(0.0)
+            a1 = float32(0.0)
+            for x in range(HS // 2):  # two chains: HS loads in flight, half the dependent FMAs
+                a0 += qs[2 * x] * krow[2 * x]
+                a1 += qs[2 * x + 1] * krow[2 * x + 1]
+            if HS % 2 == 1:
+                a0 += qs[HS - 1] * krow[HS - 1]
+            a = a0 + a1
+            p[j] = a
+            mx = max(mx, a)
+        # phase 3's first step: issue its V loads now, they fly during the reductions
+        sl = tid // HS
+        dv = uint32(tid - sl * HS)
+        vv = cuda.local.array(U, float32)
+        for u in range(U):
+            vv[u] = v_cache[uint32(min(sl + u * SL, n - 1)), kvh, dv]
+        off = 16
+        while off > 0:
+            mx = max(mx, cuda.shfl_xor_sync(FULL, mx, off))
+            off //= 2
+        if lane == 0:
+            wmax[warp] = mx
+        cuda.syncthreads()
+        M = wmax[0]
+        for w in range(1, NW):
+            M = max(M, wmax[w])
+        # phase 2: weights (each thread its own keys), their sum
+        tot = float32(0.0)
+        for j in range(tid, n, NT):
+            e = math.exp2(p[j] - M)
+            p[j] = e
+            tot += e
+        off = 16
+        while off > 0:
+            tot += cuda.shfl_xor_sync(FULL, tot, off)
+            off //= 2
+        if lane == 0:
+            wsum[warp] = tot
+        cuda.syncthreads()
+        # phase 3: lanes over head dims
+        if sl < SL:
+            vn = cuda.local.array(U, float32)
+            acc = float32(0.0)
+            for j0 in range(sl, n, SL * U):
+                nxt = j0 + SL * U
+                if nxt < n:  # the next step's loads first
+                    for u in range(U):
+                        vn[u] = v_cache[uint32(min(nxt + u * SL, n - 1)), kvh, dv]
+                for u in range(U):
+                    j = j0 + u * SL
+                    if j < n:
+                        acc += p[j] * vv[u]
+                for u in range(U):
+                    vv[u] = vn[u]
+            red[tid] = acc
+        cuda.syncthreads()
+        if tid < HS:
+            L = wsum[0]
+            for w in range(1, NW):
+                L += wsum[w]
+            o = red[tid]
+            for s in range(1, SL):
+                o += red[s * HS + tid]
+            out[h, tid] = o / L
+
+    return decode_short
+
+
 @cuda.jit
 def kv_append_kernel(k, v, k_cache, v_cache, pos):
     # one thread per element of k: [T, nkv, hs] -> cache rows pos[0] .. pos[0] + T - 1
@@ -792,7 +919,31 @@ def launch_decode_fused(q, k_cache, v_cache, seq_len, workspace, out, stream=0, 
                                         workspace.count, out)
 
 
-DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused}  # v4 is attention_decode's default
+def short_warps(s_max: int, hs: int) -> int:
+    """Warps per v5 block: a power of two giving a full cache one key per thread in phase 1, at least
+    4 (and hs / 32), at most SHORT_WARPS. Depends on S_max only."""
+    nw = 4
+    while nw < SHORT_WARPS and 32 * nw < s_max:
+        nw *= 2
+    return max(nw, -(-hs // 32))
+
+
+def launch_decode_short(q, k_cache, v_cache, seq_len, workspace, out, stream=0, n_warps=None):
+    """v5: one block per query head over the whole context; needs S_max <= SHORT_MAX_S, ignores workspace."""
+    nh, hs = q.shape
+    if k_cache.shape[0] > SHORT_MAX_S:
+        raise ValueError(f"attention v5: S_max={k_cache.shape[0]}, want at most {SHORT_MAX_S}")
+    nw = n_warps or short_warps(k_cache.shape[0], hs)
+    _short_kernel(hs, nw)[nh, 32 * nw, stream](q, k_cache, v_cache, seq_len, out)
+
+
+DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused, "v5": launch_decode_short}
+
+
+def decode_version(s_max: int, nkv: int, kv_mul: int, hs: int) -> str:
+    """attention_decode's automatic choice, from shapes only (never seq_len: a captured graph replays it):
+    v5 when the cache holds at most SHORT_MAX_S positions, else v4."""
+    return "v5" if s_max <= SHORT_MAX_S else "v4"
 
 
 def launch_kv_append(k, v, k_cache, v_cache, pos, stream=0):
@@ -865,13 +1016,18 @@ def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0):
 
 
 def attention_decode(q, k_cache, v_cache, seq_len, out=None, stream=0, n_splits=None, workspace=None,
-                     version="v4"):
+                     version=None):
     """One query per head, q [nh, hs] or [1, nh, hs], over cache rows 0..seq_len[0]-1 (flash decoding).
 
-    seq_len: device int32 [1] (or an int / NumPy array, uploaded). workspace: a DecodeWorkspace;
-    without one it is allocated here (fine for tests, not for a captured decode step).
-    version: "v4" (one launch, the default) or "v3" (split + combine, two launches)."""
+    seq_len: device int32 [1] (or an int / NumPy array, uploaded). workspace: a DecodeWorkspace (v3/v4;
+    v5 needs none and ignores it); without one it is allocated here (fine for tests, not for a captured
+    decode step). version: None (the default: ``decode_version`` of the cache shape - v5 for caches of at
+    most SHORT_MAX_S positions, else v4), "v5" (one block per head, short caches), "v4" (one launch, split
+    over the cache) or "v3" (split + combine, two launches)."""
     _check(q, k_cache, v_cache)
+    if version is None:
+        nh_, hs_ = _heads(q)
+        version = decode_version(k_cache.shape[0], k_cache.shape[1], nh_ // k_cache.shape[1], hs_)
     if version not in DECODE_VERSIONS:
         raise ValueError(f"attention_decode: version={version!r}, want one of {sorted(DECODE_VERSIONS)}")
     q_d, host = _device(q, stream=stream)
@@ -879,7 +1035,7 @@ def attention_decode(q, k_cache, v_cache, seq_len, out=None, stream=0, n_splits=
     v_d, _ = _device(v_cache, stream=stream)
     n_d, _ = _device(seq_len if _is_device(seq_len) else np.atleast_1d(seq_len), np.int32, stream)
     nh, hs = _heads(q)
-    if workspace is None:
+    if workspace is None and version != "v5":
         splits = default_n_splits if version == "v4" else default_n_splits_v3
         kv_mul = nh // k_cache.shape[1]
         workspace = DecodeWorkspace(nh, hs, n_splits or splits(k_cache.shape[0], k_cache.shape[1], kv_mul), stream)
@@ -931,6 +1087,11 @@ def _check_versions(rng, sim: bool) -> None:
                 o = attention_decode(cuda.to_device(q), kc_d, vc_d, n_d, workspace=ws).copy_to_host()
                 got["v4 decode"] = max(got.get("v4 decode", 0.0), np.abs(o - ref.attention(q, kc, vc, n - 1)).max())
             assert not ws.count.copy_to_host().any(), "v4 left a chunk counter set"
+            if S <= SHORT_MAX_S:
+                for n in (start + 1, max(1, start // 3)):
+                    n_d.copy_to_device(np.array([n], np.int32))
+                    o = attention_decode(cuda.to_device(q), kc_d, vc_d, n_d, version="v5").copy_to_host()
+                    got["v5 decode"] = max(got.get("v5 decode", 0.0), np.abs(o - ref.attention(q, kc, vc, n - 1)).max())
         print(f"check T={T} nh={nh} nkv={nkv} hs={hs} start={start}: "
               + ", ".join(f"{name} max|diff| {d:.2e}" for name, d in got.items()))
         assert max(got.values()) < 1e-4, "kernel disagrees with ref"
@@ -984,20 +1145,23 @@ def _decode_line(label, us, nkv, hs, seq_len) -> str:
     return f"{label} {us:8.1f} us  {read / 2**20:7.1f} MiB  {read / us / 1e3:6.0f} GB/s  {100 * read / us / 1e-6 / COPY_BW:4.0f}%"
 
 
-def _time_decode(rng, name, nh, nkv, hs, contexts) -> None:
+def _time_decode(rng, name, nh, nkv, hs, contexts, versions=("v3", "v4", "v5")) -> None:
     kv_mul = nh // nkv
     q = cuda.to_device(rng.standard_normal((nh, hs), dtype=np.float32))
     out = cuda.device_array((nh, hs), np.float32)
     for seq_len, s_max in contexts:
         caches = _Caches(rng, s_max, nkv, hs)
         n_d = cuda.to_device(np.array([seq_len], np.int32))
-        for version in ("v3", "v4"):
+        for version in [v for v in versions if v != "v5" or s_max <= SHORT_MAX_S]:
             n_splits = (default_n_splits_v3 if version == "v3" else default_n_splits)(s_max, nkv, kv_mul)
             ws = DecodeWorkspace(nh, hs, n_splits)
             us = _time_us(lambda st, i: DECODE_VERSIONS[version](q, *caches[i], n_d, ws, out, st))
-            extra = "" if version == "v3" else f" warps={fused_warps(s_max, n_splits, hs, kv_mul)}"
+            extra = {"v3": "", "v4": f" warps={fused_warps(s_max, n_splits, hs, kv_mul)}",
+                     "v5": f" warps={short_warps(s_max, hs)}"}[version]
+            auto = " (auto)" if version == decode_version(s_max, nkv, kv_mul, hs) else ""
             print(_decode_line(f"decode {version} {name:<12} seq_len={seq_len:<6} S_max={s_max:<6} "
-                               f"splits={n_splits:<3}{extra:<8}", us, nkv, hs, seq_len))
+                               f"splits={n_splits if version != 'v5' else '-':<3}{extra:<8}", us, nkv, hs, seq_len)
+                  + auto)
 
 
 def _sweep_decode(rng, name, nh, nkv, hs, seq_len, splits, warps) -> None:
@@ -1048,9 +1212,12 @@ def _main() -> None:
         print("simulator: checks only, no timings")
         return
     print(f"decode: device time per call; bytes = K and V rows read; % of {COPY_BW / 1e12:.1f} TB/s copy bandwidth")
-    contexts = [(512, 512), (4096, 4096), (16384, 16384)]
-    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)])
-    _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts)
+    # short caches (S_max = seq_len + 128, as in a decode step): v4 next to v5
+    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, [(n, n + 128) for n in (128, 512, 1024)], ("v4", "v5"))
+    _time_decode(rng, "Phi-3-mini", 32, 32, 96, [(512, 640)], ("v4", "v5"))
+    contexts = [(4096, 4096), (16384, 16384)]
+    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)], ("v3", "v4"))
+    _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts, ("v3", "v4"))
     _sweep_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, 4096, (16, 32, 64, 128), (4, 8))
     _sweep_decode(rng, "Phi-3-mini", 32, 32, 96, 4096, (8, 16, 32), (4, 8))
     _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng)

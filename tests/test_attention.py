@@ -370,3 +370,53 @@ def test_numpy_convenience_matches_ref():
         got = ka.attention(q, kc, vc, start)
         assert isinstance(got, np.ndarray)
         assert_close(got, ref.attention(q, kc, vc, start), **TOL, name=f"convenience T={T}")
+
+
+# ------------------------------------------------------------------------------------------------
+# v5: short caches, one block per query head over the whole context (no workspace, no merge)
+# ------------------------------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("kv_mul, hs, seq_len, spare", [
+    (7, 64, 1, 3),     # one key
+    (2, 96, 37, 0),    # seq_len = S_max, not a multiple of anything
+    (1, 128, 40, 5),   # lanes over 128 dims: 4 warps, one slice
+])
+def test_short_decode_equals_dense_softmax(kv_mul, hs, seq_len, spare):
+    """v5 equals softmax(q K^T / sqrt(hs)) V built densely (rows past seq_len are NaN: never read)."""
+    from numba_kernels import attention as ka
+
+    q, kc, vc = make_case(seq_len, 1, 1, kv_mul, hs, seq_len - 1, sharpness=4.0, spare_rows=spare)
+    got = ka.attention_decode(q, kc, vc, np.array([seq_len], np.int32), version="v5")
+    assert_close(got, ref.attention_dense(q, kc, vc, seq_len - 1), **TOL, name="v5 decode")
+
+
+@requires_cuda
+def test_short_decode_replays_with_new_seq_len():
+    """One v5 launch shape, only the device seq_len changes (a replayed graph); more keys than threads
+    in phase 1 (two keys per thread) and several phase-3 steps."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    nkv, kv_mul, hs, s_max = 1, 2, 64, (150 if SIMULATOR else 2048)
+    q, kc, vc = make_case(9, 1, nkv, kv_mul, hs, s_max - 1, sharpness=2.0, spare_rows=0)
+    nh = nkv * kv_mul
+    q_d, kc_d, vc_d = cuda.to_device(q[0]), cuda.to_device(kc), cuda.to_device(vc)
+    out, seq_len = cuda.device_array((nh, hs), np.float32), cuda.to_device(np.array([1], np.int32))
+    for n in ([150, 3] if SIMULATOR else [2048, 1, 33, 640, 1000, 2]):
+        seq_len.copy_to_device(np.array([n], np.int32))
+        ka.launch_decode_short(q_d, kc_d, vc_d, seq_len, None, out, n_warps=4)  # 128 threads < 150 keys
+        assert_close(out.copy_to_host(), ref.attention_dense(q, kc, vc, n - 1)[0], **TOL, name=f"seq_len {n}")
+
+
+def test_decode_version_depends_on_shapes_only():
+    """The automatic choice reads the cache capacity, not seq_len: v5 up to SHORT_MAX_S, then v4."""
+    from numba_kernels import attention as ka
+
+    assert ka.decode_version(640, 2, 7, 64) == "v5" and ka.decode_version(ka.SHORT_MAX_S, 32, 1, 96) == "v5"
+    assert ka.decode_version(ka.SHORT_MAX_S + 1, 2, 7, 64) == "v4" and ka.decode_version(32768, 2, 7, 64) == "v4"
+    for s_max in (1, 48, 640, 2048):
+        for hs in (64, 96, 128, 256):
+            nw = ka.short_warps(s_max, hs)
+            assert 32 * nw >= hs and nw <= max(ka.SHORT_WARPS, hs // 32)
+            ka._short_kernel(hs, nw)  # the shared-memory assertion, without compiling
