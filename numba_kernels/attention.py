@@ -84,6 +84,7 @@ import numpy as np
 from numba import cuda, float32, int32, uint32
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 NT = 128          # threads per block of the tiled kernels (4 warps)
 MAX_HS = 256      # largest head size the kernels support (v1's per-thread accumulator)
@@ -96,7 +97,7 @@ COMBINE_THREADS = 256  # threads of the combine kernel (a power of two, >= MAX_H
 # ---------------------------------------------------------------------------------------------
 # v1: one thread per (query, head), everything in global memory
 # ---------------------------------------------------------------------------------------------
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def attention_naive(q, k_cache, v_cache, seq_len, out):
     # q, out: [T, nh, hs]; caches: [S_max, nkv, hs]; query t sits at position seq_len[0] - T + t
     T, nh, hs = q.shape
@@ -234,7 +235,7 @@ def _tiled_kernels(HS: int, R: int, BK: int):
             accumulate(S, Vs, alpha, acc)
             cuda.syncthreads()
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def prefill_tiled(q, k_cache, v_cache, start_pos, out):
         # grid (ceil(T / R), nh): block = (query tile, head). q, out: [T, nh, hs]
         T, nh = q.shape[0], q.shape[1]
@@ -264,7 +265,7 @@ def _tiled_kernels(HS: int, R: int, BK: int):
             if o < R * HS and t0 + r < T:
                 out[t0 + r, h, o - r * HS] = acc[i] / l[r]
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def decode_split(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc):
         # grid (n_splits, nkv * groups): block = (chunk of positions, up to R query heads of one kv head)
         nh = q.shape[0]
@@ -338,7 +339,7 @@ def _tree_sum(red):
         step //= 2
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def decode_combine(seq_len, ws_m, ws_l, ws_acc, out):
     # grid (nh,), block COMBINE_THREADS: block = query head h. Merges the chunks that were not empty.
     h = cuda.blockIdx.x
@@ -578,7 +579,7 @@ def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
                     tot += smem[RD + sl * E + e]
                 out[h0 + r, e - r * HS] = tot / smem[CLS + r]
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def decode_fused(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out):
         # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
         # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y]
@@ -703,7 +704,7 @@ def _short_kernel(HS: int, NW: int):
     NEG_INF = float32(-math.inf)
     FULL = 0xFFFFFFFF
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def decode_short(q, k_cache, v_cache, seq_len, out):
         # grid (nh,), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs] with S_max <= SHORT_MAX_S
         h = cuda.blockIdx.x
@@ -794,7 +795,7 @@ def _short_kernel(HS: int, NW: int):
     return decode_short
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def kv_append_kernel(k, v, k_cache, v_cache, pos):
     # one thread per element of k: [T, nkv, hs] -> cache rows pos[0] .. pos[0] + T - 1
     T, nkv, hs = k.shape
@@ -1100,7 +1101,7 @@ def _check_versions(rng, sim: bool) -> None:
 COPY_BW = 4.3e12  # H200 device-to-device copy bandwidth, bytes/s: the roofline of a memory-bound kernel
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def _spin(n):
     # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed,
     # so the events measure the kernels, not Numba's ~30-80 us of host time per launch

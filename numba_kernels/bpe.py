@@ -50,6 +50,7 @@ import time
 
 import numpy as np
 from numba import cuda
+from numba_kernels.runtime import JIT_CACHE
 
 NO_RANK = np.int64(0x7FFFFFFF)          # "no merge" rank: larger than any real rank
 BLOCK = 64                              # threads per word in v2 (a power of two)
@@ -88,7 +89,7 @@ def pair_key(syms, base, i, keys, ranks, vocab):
 # v1: one thread per word
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def merge_serial(syms, offsets, keys, ranks, merged, vocab, lengths):
     w = cuda.grid(1)
     if w >= lengths.shape[0]:
@@ -115,7 +116,7 @@ def merge_serial(syms, offsets, keys, ranks, merged, vocab, lengths):
 # v2: one block per word
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def merge_block(syms, offsets, keys, ranks, merged, vocab, lengths):
     w = cuda.blockIdx.x
     t = cuda.threadIdx.x

@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 from numba import config, cuda, float32, int32
+from numba_kernels.runtime import JIT_CACHE
 
 from ref.ggml import BLOCK_SIZES, GGMLType
 
@@ -230,7 +231,7 @@ ELEMS_PER_BLOCK = 1024   # output weights per thread block: 4 per thread
 
 def _make_kernel(get, qk):
     """v1: thread t of thread block b writes weights b*1024 + t, + 256, + 512, + 768."""
-    @cuda.jit(fastmath=False)
+    @cuda.jit(fastmath=False, cache=JIT_CACHE)
     def dequant_kernel(raw, block_stride, n, out):
         first = cuda.blockIdx.x * ELEMS_PER_BLOCK
         last = min(first + ELEMS_PER_BLOCK, n)

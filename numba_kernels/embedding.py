@@ -21,13 +21,14 @@ import numpy as np
 from numba import cuda
 
 from numba_kernels.dequant import DECODERS, as_blocks
+from numba_kernels.runtime import JIT_CACHE
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
 THREADS = 256
 
 
 def _make_kernel(get, qk):
-    @cuda.jit(fastmath=False)
+    @cuda.jit(fastmath=False, cache=JIT_CACHE)
     def embed_kernel(table, row_stride, block_stride, ids, out):
         t = cuda.blockIdx.x                                      # one thread block per token
         table_row = ids[t] * row_stride                          # where its encoded row starts

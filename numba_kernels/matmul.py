@@ -57,6 +57,19 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``8 l + 256 s ..`` (v1/v2's layout: a warp's loads of one step are adjacent bytes, fewer L1
   wavefronts per load than v4's 32 lanes x one block each, but scales decoded per 8 weights).
 - v6: ``DECODE_WIDTH = 16``, in between (tested, not timed by ``__main__``).
+- v7 split-K (``decode_matvec`` / ``launch_decode_matvec`` with config (NW, R, S), ``_split_kernel``):
+  for few rows and long K (896 x 4864: v4 has 896 warps walking 152 units each, 4.75 serial
+  steps a lane, one latency-bound wave) S warps of a block share R rows: warp j of the S dots the
+  j-th of every S consecutive 32-unit stretches (a step of the S warps covers 32 S units), its
+  warp-reduced partial sums go to shared memory (the 32-float ``red`` of the norm, free after
+  staging: no extra shared memory, NW R <= 32), and after one barrier one thread per row adds
+  the S parts in a fixed order and applies the bias / residual add. x' staging (and the norm
+  inside) is v4's. Default (``decode_config``, ``SPLIT_K = True``): ``split_config`` doubles S
+  (<= 8) while N S < 32 warps per SM and every lane keeps a step (2 S 32 width <= K), blocks of
+  16 warps, R = 1: 896 x 4864 -> S = 4 (224 blocks, as v4's (4, 1)), 3072 x 8192 and 3072 x 3072
+  -> S = 2; 896 x 896, 128-row, and >= 4224-row matrices stay on v4. ``SPLIT_K = False`` or an
+  explicit (NW, R) config selects v4. Plain, bias, accumulate and norm modes; the multi and
+  SwiGLU kernels have no split (their shapes do not qualify). **Unmeasured** as written.
   Launch configuration (``fused_config``): the most rows per block, (NW, R) from
   ``FUSED_CONFIGS`` = (8, 4), (8, 2), (8, 1), (4, 1), that still gives ``BLOCKS_PER_SM`` = 2
   blocks per SM (x' costs K floats per block; small N needs blocks to fill 132 SMs).
@@ -82,7 +95,7 @@ the PTX: ~300 u64 ops in v2's Q8_0 kernel), wider loads, split-K for small N.
 Left out (later optimizations, noted here so nobody repeats the analysis):
 - quantizing x to int8 and ``dp4a`` dot products (llama.cpp ``mul_mat_vec_q``): fewer
   bytes of x, 4 MACs per instruction, but no longer the reference's float32 numerics.
-- split-K for small N (896-row matrices: 112-224 blocks for 132 SMs, one latency-bound wave).
+- split-K for the multi (QKV) and SwiGLU kernels (v7 covers decode_matvec only).
 - 32-bit loads with a funnel shift for the 2-byte aligned blocks (Q6_K reads 34 uint16 per
   32 weights in v4), vector (``ld.shared.v4``) reads of x' (needs 16-byte aligned padding),
   nibbles masked in place (``w & 0xF0F0F0F0`` = 16 q, the 1/16 folded into the scale).
@@ -104,7 +117,7 @@ from numba import config, cuda, float32, int32, uint32
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
 from numba_kernels.rmsnorm import _block_sum
-from numba_kernels.runtime import is_device as _is_device, to_device as _device
+from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, to_device as _device
 
 WARP = 32
 MV_WARPS = 4              # warps (= rows in flight) per block of the matvec kernels
@@ -281,7 +294,7 @@ def _kernels(ggml_type: GGMLType):
     """(matvec_v1, matvec_v2, matmul_tiled) for one type: decode8 is a compile-time constant."""
     decode8 = DECODERS[ggml_type]
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def matvec_v1(x, wa, wb, bias, has_bias, K, out):
         # x [K], wa/wb views of W [N, ...], out [N]; one warp per row
         lane = cuda.threadIdx.x % WARP
@@ -300,7 +313,7 @@ def _kernels(ggml_type: GGMLType):
         if lane == 0:
             out[row] = acc + bias[row] if has_bias else acc
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def matvec_v2(x, wa, wb, bias, has_bias, K, out):
         # x staged in padded shared memory; each warp R_ROWS rows at once, so every lane has
         # 4 * R_ROWS independent loads in flight and each x value read serves R_ROWS rows
@@ -332,7 +345,7 @@ def _kernels(ggml_type: GGMLType):
             if lane == 0 and row0 + r < N:
                 out[row0 + r] = total + bias[row0 + r] if has_bias else total
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def matmul_tiled(x, wa, wb, bias, has_bias, K, out):
         # x [T, K], out [T, N]; block (bx, by) -> rows bx*TN.., tokens by*TT..
         Ws = cuda.shared.array((TN, KC_PAD), float32)   # decoded W tile, padded rows
@@ -748,16 +761,21 @@ def _stage_x(x, nw, has_norm, eps, K, xs, red):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot(ggml_type, width, R):
+def _rows_dot(ggml_type, width, R, S=1):
     """Device function: the dot products of rows row0 .. row0+R-1 (R = 1, 2 or 4) with x', warp-
     reduced into ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored.
+
+    S > 1 (v7 split-K, S a power of 2): S consecutive warps share the rows; warp j of the S dots
+    the j-th of every S stretches of 32 units (a step of the S warps covers 32 S consecutive
+    units), so ``acc`` holds that warp's partial sums. S = 1 folds to the v4 indexing.
 
     R is a compile-time constant, so the ``if R > r`` lines fold away: the rows are written out
     rather than looped over, which keeps every accumulator in a register and all the rows'
     loads in flight together whatever LLVM's unrolling threshold (a loop over R rows of 32-weight
     units was not unrolled: the accumulators went to local memory)."""
     unit = _unit(ggml_type, width)
-    step = width * WARP
+    step = width * WARP * S
+    smask = S - 1
 
     @cuda.jit(device=True, inline=True)
     def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc):
@@ -767,7 +785,8 @@ def _rows_dot(ggml_type, width, R):
         b3 = int32(min(row0 + 3, N - 1) * rb)
         a0 = a1 = a2 = a3 = float32(0.0)
         mg = _magic(K)
-        k = int32(width * (cuda.threadIdx.x & (WARP - 1)))    # lane l: weights k .. k+width
+        tid = cuda.threadIdx.x                      # lane l of part j: weights k .. k+width
+        k = int32(width * ((tid & (WARP - 1)) + WARP * ((tid >> 5) & smask)))
         while k < K:
             xo = uint32(k + (k >> 5))               # padded index of x'[k]
             a0 += unit(w16, w32, wh, wf, b0, k, xs, xo, mg)
@@ -848,7 +867,7 @@ def _fused_kernels(types, width, R, NW):
     rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
     pair = _rows_dot_pair(types[0], types[1], width, R)
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def matvec_fused(x, nw, has_norm, eps, K, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
         red = cuda.shared.array(WARP, float32)
@@ -861,7 +880,7 @@ def _fused_kernels(types, width, R, NW):
         for r in range(R):
             _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def multi_fused(x, nw, has_norm, eps, K, blk1, blk2,
                     a16, a32, ah, af, arb, aN, abias, ahas, aout,
                     b16, b32, bh, bf, brb, bN, bbias, bhas, bout,
@@ -892,7 +911,7 @@ def _fused_kernels(types, width, R, NW):
                 for r in range(R):
                     _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def swiglu_fused(x, nw, has_norm, eps, K, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
         # out[n] = silu(W_gate[n] . x') * (W_up[up_row0 + n] . x'), n < F
         xs = cuda.shared.array(0, float32)
@@ -908,6 +927,52 @@ def _fused_kernels(types, width, R, NW):
             _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
 
     return matvec_fused, multi_fused, swiglu_fused
+
+
+@functools.lru_cache(maxsize=None)
+def _split_kernel(ggml_type, width, R, NW, S):
+    """v7 split-K matvec: NW warps per block, groups of S warps share R rows (NW // S groups, so
+    R NW // S rows per block). Each warp's partial sums (``_rows_dot`` with S) go to shared
+    memory; after one barrier thread t < R NW // S adds the S parts of one row in a fixed order
+    (j = 0 .. S-1) and stores it with the bias / residual add. Every size is a compile-time
+    constant. The parts go to ``red`` (32 floats, free once ``_stage_x`` has passed its last
+    barrier), so NW R <= 32 and the shared memory is v4's: K up to MAX_K_FUSED."""
+    assert NW * R <= WARP and NW % S == 0 and S & (S - 1) == 0, (NW, R, S)
+    rows = _rows_dot(ggml_type, width, R, S)
+    G = NW // S                                      # row groups per block
+    ROWS = G * R                                     # rows per block
+    SR = S * R
+
+    @cuda.jit(cache=JIT_CACHE)
+    def matvec_split(x, nw, has_norm, eps, K, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+        xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
+        red = cuda.shared.array(WARP, float32)       # the norm's warp sums, then the NW R parts
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        part = red
+        tid = cuda.threadIdx.x
+        warp = tid // WARP
+        acc = cuda.local.array(R, float32)
+        row0 = (cuda.blockIdx.x * G + warp // S) * R
+        # every warp dots (groups past N re-read row N - 1, only in the last block; their parts are
+        # never read): no early return and no divergent shuffles before the barrier below
+        rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc)
+        if tid % WARP == 0:
+            for r in range(R):
+                part[warp * R + r] = acc[r]
+        cuda.syncthreads()
+        if tid < ROWS:
+            g = tid // R
+            r = tid - g * R
+            n = cuda.blockIdx.x * ROWS + tid         # = (blockIdx G + g) R + r
+            if n < N:
+                at = g * SR + r
+                v = part[at]
+                for j in range(1, S):
+                    v += part[at + j * R]
+                v = v + bias[n] if has_bias else v
+                out[n] = out[n] + v if accumulate else v
+
+    return matvec_split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -929,6 +994,35 @@ def fused_config(rows):
         if -(-rows // (nw * r)) >= want:
             return nw, r
     return FUSED_CONFIGS[-1]
+
+
+SPLIT_K = True            # decode_matvec's default launch may split K (v7); False: always v4 (fused_config)
+SPLIT_WARPS = 16          # warps per block of the split-K launches (v7)
+SPLIT_MAX = 8             # most warps per row
+SPLIT_WARPS_PER_SM = 32   # split until N * S reaches this many warps per SM
+
+
+def split_config(N, K, width=32, min_split=1):
+    """(warps per block, rows per warp, warps per row S) for v7, or None when no split is worth it.
+
+    S doubles (up to SPLIT_MAX) while the N S warps are fewer than SPLIT_WARPS_PER_SM per SM and
+    every lane of the 2S warps would still get at least one ``width``-weight step (2 S 32 width
+    <= K): 896 x 4864 -> S = 4 (3584 warps, 1-2 steps a lane instead of 4.75), 3072 x 8192 -> 2,
+    3072 x 3072 -> 2; 896 x 896 (28 units a row) and N >= 4224 rows -> no split. Blocks of
+    SPLIT_WARPS warps, one row per warp group (x' is staged once per SPLIT_WARPS / S rows: the
+    same number of blocks as v4's (4, 1) at S = 4). ``min_split`` forces a split (timings)."""
+    sms = _sm_count()
+    S = 1
+    while S < SPLIT_MAX and 2 * S * WARP * width <= K and (N * S < SPLIT_WARPS_PER_SM * sms or S < min_split):
+        S *= 2
+    S = max(S, min_split)
+    return (SPLIT_WARPS, 1, S) if S > 1 else None
+
+
+def decode_config(N, K, width=32):
+    """decode_matvec's default launch: split_config (v7) when SPLIT_K and it splits, else
+    fused_config (v4): a (warps, rows per warp) or (warps, rows per warp, S) tuple."""
+    return (split_config(N, K, width) if SPLIT_K else None) or fused_config(N)
 
 
 def _fused_views(w_raw, ggml_type):
@@ -970,12 +1064,25 @@ def _width(width, K):
 
 def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=None, eps=1e-6,
                          accumulate=False, width=None, config=None, stream=0):
-    """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N]."""
+    """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N].
+
+    ``config``: (warps, rows per warp) = v4-v6, (warps, rows per warp, S) with S > 1 = v7
+    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``."""
     N = w_raw.shape[0]
-    nw, R = config or fused_config(N)
-    kern = _fused_kernels((ggml_type,) * 3, _width(width, K), R, nw)[0]
+    width = _width(width, K)
+    nw, R, *rest = config or decode_config(N, K, width)
+    S = rest[0] if rest else 1
+    if S & (S - 1) or nw % S or R not in (1, 2, 4) or (S > 1 and nw * R > WARP):
+        raise ValueError(f"decode_matvec: config {config}: S must be a power of 2 dividing the warps, "
+                         f"R 1, 2 or 4, and warps x R <= 32 with a split")
+    if S > 1:
+        kern = _split_kernel(ggml_type, width, R, nw, S)
+        blocks = -(-N // (nw // S * R))                         # nw / S groups of R rows per block
+    else:
+        kern = _fused_kernels((ggml_type,) * 3, width, R, nw)[0]
+        blocks = -(-N // (nw * R))                              # nw warps of R rows per block
     b, has = _bias(bias, out)
-    _launch(kern, -(-N // (nw * R)), nw, K, stream,            # nw warps of R rows per block
+    _launch(kern, blocks, nw, K, stream,
             *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
 
 
@@ -1180,7 +1287,7 @@ SHAPES = [  # (name, N, K, type): Qwen2.5-0.5B, then Phi-3-mini
 COPY_BW = 4.3e12
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def _spin(n):
     for _ in range(n[0]):
         cuda.nanosleep(1000000)
@@ -1208,6 +1315,7 @@ FUSED_SHAPES = [  # (name, kind, rows, K, types): the fused launches of one deco
     ("qwen gate/up swiglu", "swiglu", 4864, 896, (GGMLType.Q5_0, GGMLType.Q5_0)),
     ("qwen down +res Q6_K", "accumulate", 896, 4864, (GGMLType.Q6_K,)),
     ("qwen down +res Q4_K", "accumulate", 896, 4864, (GGMLType.Q4_K,)),
+    ("qwen attn_o +res", "accumulate", 896, 896, (GGMLType.Q5_0,)),
     ("qwen output +norm", "norm", 151936, 896, (GGMLType.Q8_0,)),
     ("phi3 qkv +norm", "norm", 9216, 3072, (GGMLType.Q5_K,)),
     ("phi3 gate_up swiglu", "fused_swiglu", 8192, 3072, (GGMLType.Q4_K,)),
@@ -1235,7 +1343,7 @@ def _check_fused_main(rng, sim):
     K = 256 if sim else 3072
     N = 8 if sim else 300
     widths = [DECODE_WIDTH] if sim else list(FUSED_WIDTHS)
-    cfg = (4, 2) if sim else None                      # the simulator: one block of 128 threads
+    cfg = (4, 2) if sim else fused_config(N)           # the simulator: one block of 128 threads; v4 layout
     print(f"\nfused decode check vs ref (N={N}, K={K}; norm, bias, accumulate); error / sum|x' w|:")
     x = rng.standard_normal(K).astype(np.float32)
     nw = rng.uniform(0.5, 1.5, K).astype(np.float32)
@@ -1253,6 +1361,13 @@ def _check_fused_main(rng, sim):
             err = np.max(np.abs(o.copy_to_host() - want) / mag)
             line += f"  {FUSED_WIDTHS[width]} {err:.1e}"
             assert err < 1e-5, (gt.name, width)
+        o = cuda.to_device(res)                        # v7 split-K
+        scfg = (2, 1, 2) if sim else (SPLIT_WARPS, 1, 4)
+        launch_decode_matvec(x_d, cuda.to_device(w), gt, K, o, bias=cuda.to_device(b), norm_weight=nw_d,
+                             accumulate=True, config=scfg)
+        err = np.max(np.abs(o.copy_to_host() - want) / mag)
+        line += f"  v7 {err:.1e}"
+        assert err < 1e-5, (gt.name, "split")
         print(line)
     # the Q, K, V projections: three types in one launch
     types = (GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q8_0)
@@ -1286,11 +1401,13 @@ def _time_fused_main(rng):
         o = cuda.device_array(N, np.float32)
         line = f"  {name:18s} {N:6d}x{K:<5d} {gt.name:5s}"
         for width, v in FUSED_WIDTHS.items():
-            s = _time(lambda st: launch_decode_matvec(x_d, w_d, gt, K, o, width=width, stream=st))
+            s = _time(lambda st: launch_decode_matvec(x_d, w_d, gt, K, o, width=width, config=fused_config(N),
+                                                      stream=st))
             gbs = w_d.nbytes / s / 1e9
             line += f"  {v}{'*' if width == DECODE_WIDTH else ' '} {s * 1e6:6.1f} us {gbs:5.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
         print(line + f"  cfg {fused_config(N)}")
-    print("\nfused launches of a decode step (norm / bias / residual / SwiGLU inside; bytes = weights)")
+    print("\nfused launches of a decode step (norm / bias / residual / SwiGLU inside; bytes = weights); "
+          "v4/v5 with fused_config, v7 = split-K (16 warps, S warps a row; * = decode_matvec's default)")
     for name, kind, rows, K, types in FUSED_SHAPES:
         x_d = cuda.to_device(rng.standard_normal(K).astype(np.float32))
         nw_d = cuda.to_device(rng.uniform(0.5, 1.5, K).astype(np.float32))
@@ -1314,13 +1431,20 @@ def _time_fused_main(rng):
             w_d = cuda.to_device(random_weight(rng, types[0], rows, K))
             o = cuda.to_device(np.zeros(rows, np.float32))
             nbytes = w_d.nbytes
-            run = lambda st, wd: launch_decode_matvec(x_d, w_d, types[0], K, o, norm_weight=nw_d if kind == "norm" else None,
-                                                      accumulate=kind == "accumulate", width=wd, stream=st)
+            run = lambda st, wd, cfg=fused_config(rows): launch_decode_matvec(
+                x_d, w_d, types[0], K, o, norm_weight=nw_d if kind == "norm" else None,
+                accumulate=kind == "accumulate", width=wd, config=cfg, stream=st)
         line = f"  {name:20s} {nbytes / 1e6:7.2f} MB"
         for width, v in FUSED_WIDTHS.items():
             s = _time(lambda st: run(st, width))
             gbs = nbytes / s / 1e9
             line += f"  {v}{'*' if width == DECODE_WIDTH else ' '} {s * 1e6:6.1f} us {gbs:5.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
+        if kind == "accumulate":                        # v7 split-K (the default where split_config splits)
+            cfg = split_config(rows, K, DECODE_WIDTH, min_split=2)
+            s = _time(lambda st: run(st, DECODE_WIDTH, cfg))
+            gbs = nbytes / s / 1e9
+            star = "*" if decode_config(rows, K, DECODE_WIDTH) == cfg else " "
+            line += f"  v7{star} {s * 1e6:6.1f} us {gbs:5.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}% S={cfg[2]}"
         print(line)
 
 

@@ -14,18 +14,19 @@ import numpy as np
 from numba import cuda
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 BLOCK = 256
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def add_kernel1(a, b, out, n):
     i = cuda.grid(1)
     if i < n:
         out[i] = a[i] + b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def add_kernel2(a, b, out, n):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)

@@ -29,6 +29,7 @@ import numpy as np
 from numba import cuda, float32
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 WARP = 32
 MAX_THREADS = 1024
@@ -38,7 +39,7 @@ MAX_THREADS = 1024
 # kernels
 # --8<-- [start:kernels]
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rmsnorm_kernel1(x, w, out, T, C, eps):
     t = cuda.grid(1)                                    # one thread per row
     if t >= T:
@@ -51,7 +52,7 @@ def rmsnorm_kernel1(x, w, out, T, C, eps):
         out[t, j] = (x[t, j] * scale) * w[j]
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rmsnorm_kernel2(x, w, out, C, eps):
     t = cuda.blockIdx.x                                 # one block per row
     tid = cuda.threadIdx.x
@@ -97,7 +98,7 @@ def _block_sum(v, warp_sums):
     return v
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rmsnorm_kernel3(x, w, out, C, eps):
     t = cuda.blockIdx.x                                 # one block per row
     warp_sums = cuda.shared.array(WARP, float32)
@@ -110,7 +111,7 @@ def rmsnorm_kernel3(x, w, out, C, eps):
         out[t, j] = (x[t, j] * scale) * w[j]
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def add_rmsnorm_kernel3(x, residual, w, out, C, eps):
     t = cuda.blockIdx.x                                 # one block per row
     warp_sums = cuda.shared.array(WARP, float32)

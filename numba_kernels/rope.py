@@ -42,6 +42,7 @@ import numpy as np
 from numba import cuda, float32
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 MAX_HALF = 256                       # rot_dims up to 512 (shared-memory table of v2)
 
@@ -74,7 +75,7 @@ def _rotate_slot(x, out, t, h, k, half, hs, neox, c, s):
         out[t, h, j + 1] = x[t, h, j + 1]
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rope_kernel1(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, half, neox):
     T, nh, hs = x.shape
     slots = hs // 2
@@ -90,7 +91,7 @@ def rope_kernel1(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, hal
     _rotate_slot(x, out, t, h, k, half, hs, neox, c, s)
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rope_kernel2(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, half, neox):
     T, nh, hs = x.shape
     t = cuda.blockIdx.x                                 # one block per token
@@ -110,7 +111,7 @@ def rope_kernel2(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, hal
         _rotate_slot(x, out, t, h, k, half, hs, neox, c, s)
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def rope_qk_append_kernel(q, k, v, k_cache, v_cache, pos, ts, freq_scale, ff, has_ff, attn_factor,
                           half, neox):
     # q: [1, nh, hs] rotated in place; k, v: [1, nkv, hs] read only; caches: [S_max, nkv, hs]
@@ -228,7 +229,7 @@ COPY_BW = 4.3e12          # H200 device-to-device copy bandwidth, bytes/s
 SHAPES = (("Qwen2.5-0.5B", 14, 2, 64, 1e6, None), ("Phi-3-mini", 32, 32, 96, 1e4, 1.0))  # name nh nkv hs base ff
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def _spin(n):
     # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed
     for _ in range(n[0]):

@@ -5,8 +5,15 @@ moving inputs to the device, and timing a launch with CUDA events.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import cuda
+
+# Kernels are compiled on first use (seconds each); with the on-disk cache a later process loads them
+# instead. LLAMA_BETA_JIT_CACHE=0 turns the cache off (e.g. while editing device functions of another
+# file, which Numba's cache key does not see).
+JIT_CACHE = os.environ.get("LLAMA_BETA_JIT_CACHE", "1") != "0"
 
 
 def is_device(x) -> bool:

@@ -73,6 +73,7 @@ import numpy as np
 from numba import config, cuda, float32, float64, int32, int64, uint64
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 WARP = 32
 MAX_THREADS = 1024
@@ -304,7 +305,7 @@ def _radix_select(x, bits, lo, hi, by_mass, target, m, par, parf, st, k_on, k, h
 # ----------------------------------------------------------------------------------------------
 # kernels
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def argmax_kernel(x, out):
     V = x.shape[0]
     tid = cuda.threadIdx.x
@@ -331,7 +332,7 @@ def argmax_kernel(x, out):
         out[0] = arg if arg < V else 0                  # all -inf / NaN row: token 0
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def sample_kernel(x, bits, out, step_dev, seed, temperature, k_on, k, p_on, top_p,
                   mp_on, log_min_p):
     V = x.shape[0]
@@ -399,7 +400,7 @@ def sample_kernel(x, bits, out, step_dev, seed, temperature, k_on, k, p_on, top_
                     break
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def argmax_blocks_kernel(x, vals, ids, counter, out):
     V = x.shape[0]
     tid = cuda.threadIdx.x
@@ -527,7 +528,7 @@ def _topk_kernels(S: int, TH: int):
                 stride //= 2
             half *= 2
 
-    @cuda.jit
+    @cuda.jit(cache=JIT_CACHE)
     def topk_sample(x, bits, cand, counters, out, step_dev, seed, temperature, k, LK,
                     p_on, top_p, mp_on, log_min_p):
         V = x.shape[0]

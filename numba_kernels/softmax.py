@@ -24,12 +24,13 @@ import numpy as np
 from numba import cuda, float32
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 WARP = 32
 NEG_INF = float32(-np.inf)
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def softmax_kernel1(x, out, R, V):
     r = cuda.grid(1)                                    # one thread per row
     if r >= R:
@@ -88,7 +89,7 @@ def _block_sum(v, scratch):
     return v
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def softmax_kernel2(x, out, V):
     r = cuda.blockIdx.x                                 # one block per row
     scratch = cuda.shared.array(WARP, float32)
@@ -113,7 +114,7 @@ def _merge(m_a, d_a, m_b, d_b):
     return m, d_a * math.exp(m_a - m) + d_b * math.exp(m_b - m)
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def softmax_kernel3(x, out, V):
     r = cuda.blockIdx.x                                 # one block per row
     ms = cuda.shared.array(WARP, float32)

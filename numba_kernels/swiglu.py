@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda, float32
 
 from numba_kernels.runtime import is_device as _is_device
+from numba_kernels.runtime import JIT_CACHE
 
 BLOCK = 256
 
@@ -25,7 +26,7 @@ def _silu(g):
     return g / (float32(1.0) + math.exp(-g))
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def swiglu_kernel1(gate, up, out):
     T, F = out.shape
     i = cuda.grid(1)                                    # flat index into [T, F]
@@ -34,7 +35,7 @@ def swiglu_kernel1(gate, up, out):
         out[t, j] = _silu(gate[t, j]) * up[t, j]
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def swiglu_fused_kernel2(gate_up, out):
     T, F = out.shape
     i = cuda.grid(1)                                    # flat index into out [T, F]

@@ -268,3 +268,70 @@ def test_bad_arguments_raise():
         k.decode_matvec_multi(x, [(w, gt, 64, None), (dev(weight(rng, gt, 4, 32)), gt, 32, None)], [o, o])
     with pytest.raises(ValueError, match="2F = 8 rows"):
         k.decode_matvec_swiglu(x, w, None, gt, None, 64, o)
+
+
+# --- v7 split-K: S warps share a row, partial sums meet in shared memory ---------------------
+# (type, width, (warps, rows per warp, S), blocks of the type, N, norm, bias, accumulate): every type;
+# unit counts that do not divide among the S x 32 lanes (K-quants 9 x 8 = 72 units, Q*_0 K = 2208
+# = 69 units, F16/F32 width 8: 276 / 204 units); N never a multiple of a block's rows, so the last
+# block has idle row groups; the simulator runs 64-128 threads a launch.
+SPLIT_CASES = [
+    (GGMLType.Q8_0, 32, (2, 1, 2), 69, 3, True, True, True),
+    (GGMLType.Q5_0, 32, (4, 2, 2), 69, 5, False, True, False),
+    (GGMLType.Q4_0, 32, (2, 2, 2), 69, 3, True, False, True),
+    (GGMLType.Q4_K, 32, (2, 1, 2), 9, 3, False, False, True),
+    (GGMLType.Q5_K, 32, (2, 1, 2), 9, 1, True, True, False),
+    (GGMLType.Q6_K, 32, (4, 1, 4), 9, 2, True, True, True),
+    (GGMLType.F16, 8, (2, 1, 2), 69, 3, False, True, True),
+    (GGMLType.F32, 16, (2, 2, 2), 102, 3, True, False, False),
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("gt, width, cfg, nb, N, norm, with_bias, accumulate", SPLIT_CASES,
+                         ids=[c[0].name for c in SPLIT_CASES])
+def test_split_k_matches_ref(gt, width, cfg, nb, N, norm, with_bias, accumulate):
+    rng = np.random.default_rng(int(gt) * 7 + N)
+    K = nb * (BLOCK_SIZES[gt][0] if gt not in (GGMLType.F16, GGMLType.F32) else 8)
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    w = weight(rng, gt, N, K)
+    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    res = rng.standard_normal(N).astype(np.float32) if accumulate else None
+    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
+    out = dev(res if accumulate else np.zeros(N, np.float32))
+    km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
+                              accumulate=accumulate, width=width, config=cfg)
+    assert_terms(out.copy_to_host(), want, mag, tolerance(K, norm),
+                 f"split {gt.name} width={width} cfg={cfg} N={N} K={K} norm={norm} bias={with_bias} acc={accumulate}")
+
+
+@requires_cuda
+def test_split_k_residual_and_bias_are_exact():
+    """With a split, the bias is still one float32 addition and accumulate == residual + result."""
+    gt, cfg = GGMLType.Q8_0, (2, 1, 2)
+    rng, x, nw, w, K = problem(13, gt, 3, 80, True)        # 80 units: lanes of both warps, 2 steps for some
+    b, res = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    x_d, w_d, nw_d = dev(x), dev(w), dev(nw)
+    plain, biased, acc = dev(np.zeros(3, np.float32)), dev(np.zeros(3, np.float32)), dev(res)
+    for o, bias, a in ((plain, None, False), (biased, dev(b), False), (acc, dev(b), True)):
+        km().launch_decode_matvec(x_d, w_d, gt, K, o, bias=bias, norm_weight=nw_d, eps=EPS, accumulate=a, config=cfg)
+    p, bb, a = plain.copy_to_host(), biased.copy_to_host(), acc.copy_to_host()
+    np.testing.assert_array_equal(bb, (p + b).astype(np.float32))
+    np.testing.assert_array_equal(a, (res + bb).astype(np.float32))
+    (want, mag), = reference(x, nw, [(w, gt, K, b)])
+    assert_terms(bb, want, mag, tolerance(K, True), "split Q8_0 biased")
+
+
+def test_split_config_heuristic(monkeypatch):
+    """Host-only: which shapes split on a 132-SM GPU, and the config checks."""
+    k = km()
+    monkeypatch.setattr(k, "_sm_count", lambda: 132)
+    assert k.split_config(896, 4864) == (k.SPLIT_WARPS, 1, 4)      # Qwen ffn_down
+    assert k.split_config(3072, 8192) == (k.SPLIT_WARPS, 1, 2)     # Phi-3 ffn_down
+    assert k.split_config(896, 896) is None                        # 28 units a row: one step already
+    assert k.split_config(4864, 896) is None and k.split_config(151936, 896) is None
+    assert k.split_config(896, 896, min_split=2) == (k.SPLIT_WARPS, 1, 2)
+    assert k.decode_config(896, 4864) == (k.SPLIT_WARPS, 1, 4)
+    monkeypatch.setattr(k, "SPLIT_K", False)
+    assert k.decode_config(896, 4864) == k.fused_config(896)

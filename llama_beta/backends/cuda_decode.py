@@ -31,11 +31,12 @@ import numpy as np
 from numba import config, cuda
 
 from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope, sampling, swiglu
+from numba_kernels.runtime import JIT_CACHE
 
 TOKEN, POS, SEQ_LEN, STEP = range(4)      # the fields of ``state``
 
 
-@cuda.jit
+@cuda.jit(cache=JIT_CACHE)
 def advance_kernel(state, history):
     """After a step: record the chosen token, move to the next position, count the step."""
     if cuda.grid(1) == 0:
