@@ -996,7 +996,7 @@ def fused_config(rows):
     return FUSED_CONFIGS[-1]
 
 
-SPLIT_K = True            # decode_matvec's default launch may split K (v7); False: always v4 (fused_config)
+SPLIT_K = False            # decode_matvec's default launch may split K (v7); False: always v4 (fused_config)
 SPLIT_WARPS = 16          # warps per block of the split-K launches (v7)
 SPLIT_MAX = 8             # most warps per row
 SPLIT_WARPS_PER_SM = 32   # split until N * S reaches this many warps per SM
@@ -1192,7 +1192,8 @@ def _vector(a, n, what):
         raise ValueError(f"decode_matvec: {what} must be [{n}] or [1, {n}], got {tuple(a.shape)}")
     if what == "out" and not _is_device(a):
         raise ValueError("decode_matvec: out must be a device array (the result is written into it)")
-    return _device(a, np.float32).reshape(n)
+    d = _device(a, np.float32)
+    return d[0] if len(d.shape) == 2 else d   # (NumPy may give a [1, n] array a 0 stride that reshape rejects)
 
 
 def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, eps=1e-6,

@@ -7,6 +7,7 @@ from conftest import requires_cuda
 from llama_beta import memory
 from llama_beta.config import load_config
 from llama_beta.synth import synth_model
+from ref.ggml import GGMLType
 from ref.gguf import GGUFFile
 
 
@@ -65,11 +66,17 @@ def test_repeated_load_and_close_returns_device_memory(tmp_path):
 
     from llama_beta.model import Model
 
-    path = synth_model(tmp_path / "m.gguf", "tiny")
-    Model(path, backend="cuda", context=256).close()  # first load pays for kernels and contexts
+    # about 16 MiB of Q8_0 weights, so that leaking one model per round could not hide in the slack below
+    path = synth_model(tmp_path / "m.gguf", "tiny", n_layers=4, dim=512, n_heads=8, n_kv_heads=4, ffn_dim=2048,
+                       matrix_type=GGMLType.Q8_0)
+    first = Model(path, backend="cuda", context=256)   # the first load pays for contexts and modules
+    model_bytes = first.memory_plan.weights
+    first.close()
     free_before = cuda.current_context().get_memory_info()[0]
     for _ in range(3):
         Model(path, backend="cuda", context=256).close()
     free_after = cuda.current_context().get_memory_info()[0]
-    # The driver rounds allocations to pages; a leak of one model would be several MiB per round.
-    assert free_before - free_after < 2 << 20
+    # Slack: the H200 run kept exactly one 2 MiB driver granule after three rounds (the old bound of
+    # 2 MiB failed by equality); two granules are allowed, far below one leaked model per round.
+    assert model_bytes > 12 << 20
+    assert free_before - free_after <= 4 << 20
