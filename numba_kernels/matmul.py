@@ -64,21 +64,24 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   warp-reduced partial sums go to shared memory (the 32-float ``red`` of the norm, free after
   staging: no extra shared memory, NW R <= 32), and after one barrier one thread per row adds
   the S parts in a fixed order and applies the bias / residual add. x' staging (and the norm
-  inside) is v4's. Default (``decode_config``, ``SPLIT_K = True``): ``split_config`` doubles S
+  inside) is v4's. With ``SPLIT_K = True`` (``decode_config``), ``split_config`` doubles S
   (<= 8) while N S < 32 warps per SM and every lane keeps a step (2 S 32 width <= K), blocks of
   16 warps, R = 1: 896 x 4864 -> S = 4 (224 blocks, as v4's (4, 1)), 3072 x 8192 and 3072 x 3072
   -> S = 2; 896 x 896, 128-row, and >= 4224-row matrices stay on v4. ``SPLIT_K = False`` or an
   explicit (NW, R) config selects v4. Plain, bias, accumulate and norm modes; the multi and
-  SwiGLU kernels have no split (their shapes do not qualify). **Unmeasured** as written.
+  SwiGLU kernels have no split (their shapes do not qualify). **Off by default** (``SPLIT_K =
+  False``): its first H200 test run (tests/test_matvec_fused.py) did not finish within its time
+  limit (a hang or a very slow compile, not yet diagnosed), so it must be debugged on the GPU first.
   Launch configuration (``fused_config``): the most rows per block, (NW, R) from
   ``FUSED_CONFIGS`` = (8, 4), (8, 2), (8, 1), (4, 1), that still gives ``BLOCKS_PER_SM`` = 2
   blocks per SM (x' costs K floats per block; small N needs blocks to fill 132 SMs).
   Bytes per launch: the weight bytes, plus K (2K with the norm) floats per block from L2.
   SASS instructions per weight of the main loop (sm_90, R = 2; budget at 70 % of 4.3 TB/s in
   brackets, from 4 schedulers x 32 lanes x 132 SMs x 1.98 GHz): v4 Q8_0 5.3 [11.8], Q4_0 5.0
-  [6.2], Q5_0 6.2 [7.6], Q4_K 6.7 [6.2], Q5_K 8.1 [7.6], Q6_K 8.7 [9.1]; v5 7-13. **v4-v6 are
-  unmeasured**: none has run on a GPU yet (the tests ran in the simulator; the kernels were
-  compiled offline with ptxas for sm_90: no spills, 32-80 registers).
+  [6.2], Q5_0 6.2 [7.6], Q4_K 6.7 [6.2], Q5_K 8.1 [7.6], Q6_K 8.7 [9.1]; v5 7-13 (ptxas for
+  sm_90: no spills, 32-80 registers). Measured on the H200 (2026-11-29): v4 55 us = 61 % at
+  151936x896 Q8_0, 22-34 % at the Phi-3-mini shapes, 3-16 % at the Qwen2.5-0.5B layer shapes
+  (latency-bound); v5 slower everywhere (docs/benchmarks.md has the table).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
