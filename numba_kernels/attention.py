@@ -83,8 +83,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, uint32
 
-from numba_kernels.runtime import is_device as _is_device
-from numba_kernels.runtime import JIT_CACHE
+from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device, kernel_time_us
 
 NT = 128          # threads per block of the tiled kernels (4 warps)
 MAX_HS = 256      # largest head size the kernels support (v1's per-thread accumulator)
@@ -1108,27 +1107,9 @@ def _check_versions(rng, sim: bool) -> None:
 COPY_BW = 4.3e12  # H200 device-to-device copy bandwidth, bytes/s: the roofline of a memory-bound kernel
 
 
-@cuda.jit(cache=JIT_CACHE)
-def _spin(n):
-    # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed,
-    # so the events measure the kernels, not Numba's ~30-80 us of host time per launch
-    for _ in range(n[0]):
-        cuda.nanosleep(1000000)
-
-
 def _time_us(launch, reps: int = 50) -> float:
-    """Device microseconds per call of launch(stream, i), i = 0..reps-1, queued behind a sleeping kernel."""
-    stream = cuda.stream()
-    launch(stream, 0)
-    stream.synchronize()
-    _spin[1, 1, stream](cuda.to_device(np.array([10 + reps // 2], np.int32), stream=stream))
-    start, end = cuda.event(), cuda.event()
-    start.record(stream)
-    for i in range(reps):
-        launch(stream, i)
-    end.record(stream)
-    end.synchronize()
-    return cuda.event_elapsed_time(start, end) * 1e3 / reps
+    """Device microseconds per launch(stream, i) (runtime.kernel_time_us: no host launch cost)."""
+    return kernel_time_us(launch, reps)
 
 
 _ROTATE_BYTES = 256 * 2**20  # timed calls rotate over more caches than this: more than the H200's L2 (50 MB)
@@ -1208,13 +1189,7 @@ def _main() -> None:
     rng = np.random.default_rng(0)
     sim = bool(config.ENABLE_CUDASIM)
     if sim:  # the simulator lacks __syncwarp and the shuffles: the test suite's implementation supplies them
-        import sys
-        from pathlib import Path
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        import cudasim_support
-
-        cudasim_support.install()
+        install_simulator_shuffles()
     _check_versions(rng, sim)
     if sim:
         print("simulator: checks only, no timings")

@@ -120,7 +120,7 @@ from numba import config, cuda, float32, int32, uint32
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
 from numba_kernels.rmsnorm import _block_sum
-from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, to_device as _device
+from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, to_device as _device
 
 WARP = 32
 MV_WARPS = 4              # warps (= rows in flight) per block of the matvec kernels
@@ -1291,26 +1291,9 @@ SHAPES = [  # (name, N, K, type): Qwen2.5-0.5B, then Phi-3-mini
 COPY_BW = 4.3e12
 
 
-@cuda.jit(cache=JIT_CACHE)
-def _spin(n):
-    for _ in range(n[0]):
-        cuda.nanosleep(1000000)
-
-
 def _time(launch, reps=20):
-    """GPU seconds per launch: a sleeping kernel holds the stream while the host queues the
-    launches, so the events time the kernels, not Numba's ~30-80 us of launch overhead."""
-    stream = cuda.stream()
-    launch(stream)
-    n = cuda.to_device(np.array([5 * reps], np.int32), stream=stream)
-    _spin[1, 1, stream](n)
-    start, end = cuda.event(), cuda.event()
-    start.record(stream)
-    for _ in range(reps):
-        launch(stream)
-    end.record(stream)
-    end.synchronize()
-    return cuda.event_elapsed_time(start, end) * 1e-3 / reps
+    """GPU seconds per launch(stream) (runtime.kernel_time_us: no host launch cost)."""
+    return kernel_time_us(lambda stream, i: launch(stream), reps) * 1e-6
 
 
 FUSED_WIDTHS = {32: "v4", 8: "v5"}        # __main__ compares these two layouts (v6, width 16: tests)

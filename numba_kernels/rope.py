@@ -41,8 +41,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from numba_kernels.runtime import is_device as _is_device
-from numba_kernels.runtime import JIT_CACHE
+from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us
 
 MAX_HALF = 256                       # rot_dims up to 512 (shared-memory table of v2)
 
@@ -229,26 +228,9 @@ COPY_BW = 4.3e12          # H200 device-to-device copy bandwidth, bytes/s
 SHAPES = (("Qwen2.5-0.5B", 14, 2, 64, 1e6, None), ("Phi-3-mini", 32, 32, 96, 1e4, 1.0))  # name nh nkv hs base ff
 
 
-@cuda.jit(cache=JIT_CACHE)
-def _spin(n):
-    # one thread sleeps n[0] ms: holds the stream while the host queues the launches to be timed
-    for _ in range(n[0]):
-        cuda.nanosleep(1000000)
-
-
 def _time_us(launch, reps=50):
-    """Device microseconds per launch(stream), queued behind a sleeping kernel (matmul.py's method)."""
-    stream = cuda.stream()
-    launch(stream)
-    stream.synchronize()
-    _spin[1, 1, stream](cuda.to_device(np.array([10 + reps // 2], np.int32), stream=stream))
-    start, end = cuda.event(), cuda.event()
-    start.record(stream)
-    for _ in range(reps):
-        launch(stream)
-    end.record(stream)
-    end.synchronize()
-    return cuda.event_elapsed_time(start, end) * 1e3 / reps
+    """Device microseconds per launch(stream) (runtime.kernel_time_us: no host launch cost)."""
+    return kernel_time_us(lambda stream, i: launch(stream), reps)
 
 
 def _check_qk_append(rng, name, nh, nkv, hs, base, ff, pos=30000, S=32768):

@@ -1,5 +1,6 @@
 """The small device runtime every kernel file shares: telling device arrays from host arrays,
-moving inputs to the device, and timing a launch with CUDA events.
+moving inputs to the device, and timing launches with CUDA events (with and without the host's
+launch cost).
 
 (The chunked weight upload lives in ``upload.py``; the GPU memory plan in ``llama_beta/memory.py``.)
 """
@@ -42,3 +43,42 @@ def time_us(fn, reps: int = 50) -> float:
     end.record()
     end.synchronize()
     return cuda.event_elapsed_time(start, end) * 1000 / reps
+
+
+def install_simulator_shuffles() -> None:
+    """In Numba's CUDA simulator, add the warp shuffles, __syncwarp and nanosleep it lacks (the test
+    suite's implementation, ``tests/cudasim_support.py``), so a kernel file's ``__main__`` runs there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import cudasim_support
+
+    cudasim_support.install()
+
+
+@cuda.jit(cache=JIT_CACHE)
+def _hold(ms):
+    """One thread sleeps ms[0] milliseconds: it holds a stream while the host queues launches."""
+    for _ in range(ms[0]):
+        cuda.nanosleep(1000000)
+
+
+def kernel_time_us(launch, reps: int = 20) -> float:
+    """Device microseconds per ``launch(stream, i)``, i = 0..reps-1: the kernels alone.
+
+    A sleeping kernel holds the stream while the host queues the ``reps`` launches behind it, so
+    the events around them measure the GPU's time, not Numba's 25-60 us of host time per launch.
+    (The first call, before the timing, compiles and warms up.)
+    """
+    stream = cuda.stream()
+    launch(stream, 0)
+    stream.synchronize()
+    _hold[1, 1, stream](cuda.to_device(np.array([10 + reps // 2], np.int32), stream=stream))
+    start, end = cuda.event(), cuda.event()
+    start.record(stream)
+    for i in range(reps):
+        launch(stream, i)
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end) * 1000 / reps

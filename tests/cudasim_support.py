@@ -56,13 +56,20 @@ def syncwarp(self, mask=0xFFFFFFFF):
     threading.current_thread().syncthreads()
 
 
+def nanosleep(self, ns) -> None:
+    """``cuda.nanosleep``: a hint to the scheduler on the GPU, a real sleep here."""
+    import time
+
+    time.sleep(ns * 1e-9)
+
+
 def install() -> None:
-    """Add the shuffles to the simulator's fake ``cuda`` module (idempotent)."""
+    """Add the shuffles (and nanosleep) to the simulator's fake ``cuda`` module (idempotent)."""
     from numba.cuda.simulator import kernelapi
 
     fake = kernelapi.FakeCUDAModule
     for name, fn in [("shfl_sync", shfl_sync), ("shfl_up_sync", shfl_up_sync),
                      ("shfl_down_sync", shfl_down_sync), ("shfl_xor_sync", shfl_xor_sync),
-                     ("syncwarp", syncwarp)]:
+                     ("syncwarp", syncwarp), ("nanosleep", nanosleep)]:
         if not hasattr(fake, name):
             setattr(fake, name, fn)
