@@ -16,8 +16,21 @@ git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
 
 for step in "$@"; do
   case "$step" in
-    tests)    # the whole suite, kernels for real (tests needing the 491 MB model skip unless it is cached)
-      timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest-gpu.log" | tail -25 ;;
+    tests)    # the whole suite, kernels for real (tests needing the 491 MB model skip unless it is cached).
+      #          Serially it is over 10 minutes (each launch configuration compiles), so: the memory tests
+      #          alone (they read free device memory), then five groups side by side, without the disk cache.
+      start=$SECONDS
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_memory.py > "$OUT/pytest-gpu-0.log" 2>&1
+      others=$(ls tests/test_*.py | grep -v -e test_memory -e test_matvec_fused -e test_attention -e test_upload -e test_tokenizer)
+      i=1
+      for group in tests/test_matvec_fused.py tests/test_attention.py "tests/test_upload.py tests/test_tokenizer.py" \
+          "$(echo "$others" | head -15)" "$(echo "$others" | tail -n +16)"; do
+        (LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider $group > "$OUT/pytest-gpu-$i.log" 2>&1
+         echo "group $i exit $? at $((SECONDS - start)) s") &
+        i=$((i + 1))
+      done
+      wait
+      for log in "$OUT"/pytest-gpu-*.log; do echo "== $log"; grep -E "passed|failed|FAILED|ERROR" "$log" | tail -5; done ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul bpe; do
         [ -f "numba_kernels/$k.py" ] || continue

@@ -29,7 +29,7 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import assert_close, hf_greedy
+from conftest import ON_GPU, assert_close, hf_greedy
 from llama_beta.generate import encode_prompt
 from llama_beta.gguf_writer import write_gguf
 from llama_beta.model import Model
@@ -127,6 +127,19 @@ def test_greedy_decode_matches_transformers(ours, hf):
     steps += [ours.step(np.array([t], np.int32), len(ids) + i, cache)[-1] for i, t in enumerate(theirs[:-1])]
     their_steps = torch.stack(out.logits[:len(theirs)])[:, 0].numpy()       # [n, V]
     assert_rows_close(np.stack(steps), their_steps, "decode-step logits vs transformers")
+
+
+@pytest.mark.oracle
+@pytest.mark.skipif(not ON_GPU, reason="GPU only: its 32064-row output product is too many simulated threads for CI")
+def test_cuda_backend_matches_transformers(phi3_file, ours, hf):
+    """The same tiny Phi-3 on the cuda backend: prompt logits within 1e-4 of transformers', the same
+    10 greedy ids (device-chosen, graph-replayed decode step) as transformers and the NumPy backend."""
+    gpu = Model(phi3_file, backend="cuda", context=64)
+    ids = gpu.tokenizer.encode(TEXT)
+    assert_rows_close(gpu.forward(ids), hf_logits(hf, ids), "phi3 cuda logits vs transformers")
+    theirs, _ = hf_greedy(hf, ids, 10, gpu.tokenizer.eot_ids)
+    mine = gpu.generate("", prompt_ids=ids, chat=False, max_tokens=10, temperature=0)
+    assert mine.ids == theirs == ours.generate("", prompt_ids=ids, chat=False, max_tokens=10, temperature=0).ids
 
 
 def _unfuse(cfg):
