@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [phi3] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [phi3] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -54,6 +54,18 @@ for step in "$@"; do
         echo "== $(basename $model): decode body $body, graph $graph"
         LLAMA_BETA_DECODE=$body LLAMA_BETA_GRAPH=$graph timeout 200 python3 -m llama_beta.cli bench \
           --model $model --backend cuda -p 512 -n "$n" -r 3 -o "$OUT/bench-$(basename $model .gguf)-$body-graph$graph.json" 2>&1 | tail -6
+      done ;;
+    variants) # the decode step's optimizations one at a time on the Qwen2.5-0.5B-shaped synthetic model:
+      #          VARIANTS="label:ENV=V,ENV=V label2:..." (default below), each a bench with those variables
+      model=/tmp/qwen-synth.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset qwen2.5-0.5b \
+        --vocab .dev-model/vocab/ggml-vocab-qwen2.gguf --force -q
+      for variant in ${VARIANTS:-default: no-warm:LLAMA_BETA_MATVEC_WARM=0 attention-v6:LLAMA_BETA_ATTENTION=v6 \
+          attention-v4:LLAMA_BETA_ATTENTION=v4 no-split-k:LLAMA_BETA_SPLIT_K=0}; do
+        label=${variant%%:*} vars=${variant#*:}
+        echo "== $label ${vars:-(defaults)}"
+        env ${vars//,/ } timeout 200 python3 -m llama_beta.cli bench --model $model --backend cuda -p 512 -n 128 -r 3 \
+          -o "$OUT/bench-qwen-synth-$label.json" 2>&1 | tail -5
       done ;;
     phi3)     # a Phi-3-mini-shaped synthetic model (3.8B, Q4_K_M-like mix, the real Phi-3 vocabulary)
       python3 -m llama_beta.cli synth /tmp/phi3-mini.gguf --preset phi3-mini --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q

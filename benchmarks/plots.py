@@ -30,7 +30,12 @@ def run_label(r: dict) -> str:
         return f"llama-beta {r['backend']} (2 CPU cores)"
     v = r.get("decode_variant", {"body": "readable", "graph": False})
     kind = "synthetic" if "synth" in r["model"] else "real"
-    return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {kind})"
+    if "attention" not in v:        # recorded before the kernel switches existed: session 2's kernels
+        notes = ["attention v4", "no split-K"] if v["body"] == "fused" else []
+    else:
+        notes = ([f"attention {v['attention']}"] if v["attention"] != "auto" else []) \
+            + ([] if v["split_k"] else ["no split-K"]) + ([] if v["matvec_warm"] else ["no warm-up"])
+    return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
 
 
 def bar_chart_svg(rows, title: str, unit: str, width: int = 720, bar: int = 26) -> str:

@@ -88,7 +88,11 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         "fraction_of_copy_bandwidth": bytes_step * med_decode / bandwidth,
         "bandwidth_assumed": bandwidth,
         "decode_variant": {"body": os.environ.get("LLAMA_BETA_DECODE", "fused"),
-                           "graph": os.environ.get("LLAMA_BETA_GRAPH", "1") != "0"},
+                           "graph": os.environ.get("LLAMA_BETA_GRAPH", "1") != "0",
+                           # the kernel switches read at import (numba_kernels.attention / .matmul)
+                           "attention": os.environ.get("LLAMA_BETA_ATTENTION", "auto"),
+                           "split_k": os.environ.get("LLAMA_BETA_SPLIT_K", "1") != "0",
+                           "matvec_warm": os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"},
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -79,10 +79,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 from numba import cuda, float32, int32, uint32
 
+from numba_kernels.rope import _args as _rope_args, _rot_dims, rope_element
 from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device, kernel_time_us
 
 NT = 128          # threads per block of the tiled kernels (4 warps)
@@ -795,6 +797,264 @@ def _short_kernel(HS: int, NW: int):
     return decode_short
 
 
+# ---------------------------------------------------------------------------------------------
+# v6: grouped-query decode for kv_mul >= 2 (Qwen2.5-0.5B: 7 query heads per kv head), one launch.
+# Grid (n_splits, nkv * groups) as v4, GQA_WARPS warps per block. A tile of GQA_TILE = 32 keys of the
+# chunk is loaded by all threads, coalesced, into shared memory (K rows padded to HS + 1 floats), the
+# next tile's loads issued right after. Warp r owns query head h0 + r: lane j scores key j of the tile
+# against q_r (shared memory, broadcast), one warp max and one warp sum update (m, l); then lanes go
+# over head dims (DPL = HS / 32 each) and fold the 32 weighted V rows into o. The partials are merged
+# by the last block of the row, as in v4, but one warp per head: lanes over chunks for (m, l), lanes
+# over dims for o, GQA_COMBINE_UNROLL chunks' loads in flight together.
+# ---------------------------------------------------------------------------------------------
+GQA_TILE = 32           # keys per tile: one per lane while scoring (= SPLIT_ALIGN: chunks are whole tiles)
+GQA_WARPS = 8           # warps per v6 block: one per query head of the block (R <= 8), all load tiles
+GQA_MAX_SPLITS = 128    # most chunks v6's combine holds weights for (shared memory)
+GQA_SPLITS = 32         # v6's default chunks per kv head, at most (fewer when the cache has fewer tiles)
+GQA_COMBINE_UNROLL = 8  # partial rows each combining lane loads before it adds
+GQA_MIN_KV_MUL = 4      # decode_version picks v6 from this many query heads per kv head
+FULL_MASK = 0xFFFFFFFF  # every lane of the warp takes part in the shuffle
+
+
+@cuda.jit(device=True, inline=True)
+def _warp_all_max(v):
+    off = 16
+    while off > 0:
+        v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, off))
+        off //= 2
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def _warp_all_sum(v):
+    off = 16
+    while off > 0:
+        v += cuda.shfl_xor_sync(FULL_MASK, v, off)
+        off //= 2
+    return v
+
+
+@functools.cache
+def _gqa_kernel(HS: int, R: int):
+    """v6 for head size HS (a multiple of 32, at most 128) and R query heads per block (at most GQA_WARPS)."""
+    NT, TK, KP = 32 * GQA_WARPS, GQA_TILE, HS + 1
+    TILE = TK * HS                 # floats of one K (or V) tile
+    PER = (TILE + NT - 1) // NT    # K (and V) floats each thread loads per tile
+    DPL = HS // 32                 # head dims per lane
+    MAXC, CU = GQA_MAX_SPLITS, GQA_COMBINE_UNROLL
+    # shared memory: K tile [TK, KP], V tile [TK, HS], q [NW, HS], p [NW, TK], combine m/weights and l [NW, MAXC]
+    KS, VS = 0, TK * KP
+    QS = VS + TILE
+    PS = QS + GQA_WARPS * HS
+    WS = PS + GQA_WARPS * TK
+    LS = WS + GQA_WARPS * MAXC
+    SMEM = LS + GQA_WARPS * MAXC
+    assert HS % 32 == 0 and 4 * SMEM <= SMEM_LIMIT, f"v6 decode: head size {HS}, {4 * SMEM} bytes of shared memory"
+    NEG_INF = float32(-math.inf)
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(cache, kvh, base, j_end, tid, regs):
+        # regs[i] <- cache[base + key, kvh, d] for the tile's float f = tid + i*NT = key*HS + d; rows
+        # past j_end and floats past the tile are clamped (loaded, never stored): no load is conditional
+        for i in range(PER):
+            f = uint32(min(tid + i * NT, TILE - 1))
+            key = f // uint32(HS)
+            regs[i] = cache[uint32(min(base + key, j_end - 1)), kvh, f - key * uint32(HS)]
+
+    @cuda.jit(device=True, inline=True)
+    def store(regs, smem, at, pitch, tid):
+        for i in range(PER):
+            f = tid + i * NT
+            if f < TILE:
+                key = f // HS
+                smem[at + key * pitch + f - key * HS] = regs[i]
+
+    @cuda.jit(device=True, inline=True)
+    def fresh_rows(kreg, vreg, tid, base, p, kvh, k_new, v_new, k_cache, v_cache, ts, fscale, ff, has_ff,
+                   attn, half, neox):
+        # v7: the tile's rows from p on (row p, and the rows past the context that fetch clamped to it)
+        # take the new token's key, rotated here, and value; the threads holding row p also write it
+        # into the caches (in place of rope_qk_append)
+        for i in range(PER):
+            f = tid + i * NT
+            key = f // HS
+            if f < TILE and base + key >= p:
+                d = f - key * HS
+                kv = rope_element(k_new[kvh], d, p, ts, fscale, ff, has_ff, attn, half, neox)
+                vv = v_new[kvh, d]
+                kreg[i] = kv
+                vreg[i] = vv
+                if base + key == p:
+                    k_cache[p, kvh, d] = kv
+                    v_cache[p, kvh, d] = vv
+
+    @cuda.jit(cache=JIT_CACHE)
+    def decode_gqa(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out,
+                   fuse, k_new, v_new, pos, ts, fscale, ff, has_ff, attn, half, neox):
+        # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
+        # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y].
+        # fuse (v7): q is rotated at position pos[0] while it is staged, and the new token's key and value
+        # (k_new, v_new [nkv, hs]; the key rotated here) fill cache row pos[0] = seq_len[0] - 1; the
+        # rotation's constants are rope._args'. Without fuse those arguments are stand-ins, never read.
+        nh = q.shape[0]
+        kv_mul = nh // k_cache.shape[1]
+        groups = (kv_mul + R - 1) // R
+        row = cuda.blockIdx.y
+        kv_head = row // groups
+        g0 = (row - kv_head * groups) * R
+        h0 = kv_head * kv_mul + g0
+        rows = min(R, kv_mul - g0)
+        split = cuda.blockIdx.x
+        n = seq_len[0]
+        chunk = split_chunk(n, cuda.gridDim.x)
+        j_begin = split * chunk
+        if j_begin >= n:
+            return  # past the end of the context: this chunk does not exist at this length
+        j_end = min(j_begin + chunk, n)
+        n_used = (n + chunk - 1) // chunk
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid - warp * 32
+        h = h0 + min(warp, rows - 1)  # this warp's head; spare warps repeat the last one and write nothing
+        smem = cuda.shared.array(SMEM, float32)
+        last = cuda.shared.array(1, int32)
+        kreg = cuda.local.array(PER, float32)
+        vreg = cuda.local.array(PER, float32)
+        kvh = uint32(kv_head)
+        fetch(k_cache, kvh, j_begin, j_end, tid, kreg)  # the first tile's loads fly while q is staged
+        fetch(v_cache, kvh, j_begin, j_end, tid, vreg)
+        scale = float32(LOG2E / math.sqrt(HS))  # scores in base 2: e^a = 2^{a log2 e}
+        qrow = QS + warp * HS
+        p_new = pos[0]
+        for i in range(DPL):
+            d = lane + 32 * i
+            qd = rope_element(q[h], d, p_new, ts, fscale, ff, has_ff, attn, half, neox) if fuse else q[h, d]
+            smem[qrow + d] = qd * scale
+        m = NEG_INF
+        l = float32(0.0)
+        o = cuda.local.array(DPL, float32)
+        for i in range(DPL):
+            o[i] = 0.0
+        krow = KS + lane * KP
+        prow = PS + warp * TK
+        for base in range(j_begin, j_end, TK):
+            if fuse and base + TK > p_new:  # the tile holding the new token's row
+                fresh_rows(kreg, vreg, tid, base, p_new, kvh, k_new, v_new, k_cache, v_cache, ts, fscale, ff,
+                           has_ff, attn, half, neox)
+            store(kreg, smem, KS, KP, tid)
+            store(vreg, smem, VS, HS, tid)
+            cuda.syncthreads()
+            if base + TK < j_end:  # the next tile's loads fly during this one
+                fetch(k_cache, kvh, base + TK, j_end, tid, kreg)
+                fetch(v_cache, kvh, base + TK, j_end, tid, vreg)
+            s = float32(0.0)
+            for d in range(HS):  # q broadcast, K rows at pitch HS + 1: every lane its own bank
+                s += smem[qrow + d] * smem[krow + d]
+            if base + lane >= j_end:
+                s = NEG_INF
+            m_new = max(m, _warp_all_max(s))  # finite: key `base` is in the chunk
+            alpha = math.exp2(m - m_new)     # 2^{-inf} = 0 before the first tile
+            p = math.exp2(s - m_new)
+            l = l * alpha + _warp_all_sum(p)
+            m = m_new
+            smem[prow + lane] = p
+            cuda.syncwarp()
+            for i in range(DPL):
+                acc = o[i] * alpha
+                for k in range(TK):
+                    acc += smem[prow + k] * smem[VS + k * HS + lane + 32 * i]
+                o[i] = acc
+            cuda.syncthreads()  # the tiles and p are read before the next tile overwrites them
+        if warp < rows:
+            if n_used == 1:
+                for i in range(DPL):
+                    out[h, lane + 32 * i] = o[i] / l  # the only chunk: no combine
+            else:
+                for i in range(DPL):
+                    ws_acc[h, split, lane + 32 * i] = o[i]
+                if lane == 0:
+                    ws_m[h, split] = m
+                    ws_l[h, split] = l
+        if n_used == 1:
+            return
+        # publish the partial, count it; the last of the n_used blocks of this row merges them all
+        cuda.threadfence()
+        cuda.syncthreads()
+        if tid == 0:
+            last[0] = 1 if cuda.atomic.add(count, row, 1) == n_used - 1 else 0
+        cuda.syncthreads()
+        if last[0] == 0:
+            return
+        cuda.threadfence()
+        # (m, l) of other blocks' rows may share a sector with rows this SM read before they were final:
+        # read them with an atomic add of 0 (in L2, never from L1); the acc rows are whole sectors (HS % 32 == 0)
+        wrow, lrow = WS + warp * MAXC, LS + warp * MAXC
+        mx = NEG_INF
+        for c in range(lane, n_used, 32):
+            mc = cuda.atomic.add(ws_m, (h, c), float32(0.0))
+            smem[wrow + c] = mc
+            smem[lrow + c] = cuda.atomic.add(ws_l, (h, c), float32(0.0))
+            mx = max(mx, mc)
+        mx = _warp_all_max(mx)
+        tot = float32(0.0)
+        for c in range(lane, n_used, 32):
+            w = math.exp2(smem[wrow + c] - mx)  # every used chunk saw a key: m_c finite
+            smem[wrow + c] = w
+            tot += w * smem[lrow + c]
+        tot = _warp_all_sum(tot)
+        cuda.syncwarp()
+        for i in range(DPL):
+            o[i] = 0.0
+        for c0 in range(0, n_used, CU):
+            for u in range(CU):  # unconditional loads (clamped rows, zero weight): all in flight together
+                c = c0 + u
+                cc = uint32(min(c, n_used - 1))
+                w = smem[wrow + cc] if c < n_used else float32(0.0)
+                for i in range(DPL):
+                    o[i] += w * ws_acc[h, cc, lane + 32 * i]
+        if warp < rows:
+            for i in range(DPL):
+                out[h, lane + 32 * i] = o[i] / tot
+        if tid == 0:
+            count[row] = 0  # the next launch (graph replay) starts from zero
+
+    return decode_gqa
+
+
+def gqa_n_splits(s_max: int) -> int:
+    """v6's chunks per kv head: one per GQA_TILE positions of a full cache, at most GQA_SPLITS (a long
+    cache gets chunks of several tiles). Depends on S_max only: the launch can be captured and replayed."""
+    return max(1, min(-(-s_max // GQA_TILE), GQA_SPLITS))
+
+
+def gqa_supported(hs: int) -> bool:
+    return hs % 32 == 0 and 4 * (GQA_TILE * (2 * hs + 1) + GQA_WARPS * (hs + GQA_TILE + 2 * GQA_MAX_SPLITS)) <= SMEM_LIMIT
+
+
+def launch_decode_gqa(q, k_cache, v_cache, seq_len, workspace, out, stream=0, k_new=None, v_new=None,
+                      rope_args=None):
+    """v6: grouped-query flash decoding in one launch (head size a multiple of 32, at most 128).
+    v7 with ``rope_args`` (``rope._args``: positions first): RoPE of q and of k_new, and the append of
+    k_new / v_new [1, nkv, hs] to cache row pos[0] = seq_len[0] - 1, inside the same launch."""
+    nh, hs = q.shape
+    nkv = k_cache.shape[1]
+    kv_mul = nh // nkv
+    if not gqa_supported(hs) or workspace.n_splits > GQA_MAX_SPLITS:
+        raise ValueError(f"attention v6: head size {hs}, n_splits={workspace.n_splits}: want a head size that is "
+                         f"a multiple of 32 up to 128 and at most {GQA_MAX_SPLITS} splits")
+    rows = min(kv_mul, GQA_WARPS)
+    groups = (kv_mul + rows - 1) // rows  # blocks per kv head when kv_mul > GQA_WARPS
+    grid = (workspace.n_splits, nkv * groups)  # x: chunks of positions, y: (kv head, head group)
+    if rope_args is None:  # v6: the rotation's arguments are stand-ins of the right types, never read
+        fuse, k_new, v_new = False, q, q
+        rope_args = (seq_len, np.float32(1.0), np.float32(1.0), q.reshape(nh * hs), False, np.float32(1.0), 0, False)
+    else:
+        fuse, k_new, v_new = True, k_new.reshape(nkv, hs), v_new.reshape(nkv, hs)
+    _gqa_kernel(hs, rows)[grid, 32 * GQA_WARPS, stream](q, k_cache, v_cache, seq_len, workspace.m, workspace.l,
+                                                        workspace.acc, workspace.count, out, fuse, k_new, v_new,
+                                                        *rope_args)
+
+
 @cuda.jit(cache=JIT_CACHE)
 def kv_append_kernel(k, v, k_cache, v_cache, pos):
     # one thread per element of k: [T, nkv, hs] -> cache rows pos[0] .. pos[0] + T - 1
@@ -938,19 +1198,41 @@ def launch_decode_short(q, k_cache, v_cache, seq_len, workspace, out, stream=0, 
     _short_kernel(hs, nw)[nh, 32 * nw, stream](q, k_cache, v_cache, seq_len, out)
 
 
-DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused, "v5": launch_decode_short}
+DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused, "v5": launch_decode_short,
+                   "v6": launch_decode_gqa, "v7": launch_decode_gqa}  # v7 alone (no new k, v) is v6
 
 
 def decode_version(s_max: int, nkv: int, kv_mul: int, hs: int) -> str:
     """attention_decode's automatic choice, from shapes only (never seq_len: a captured graph replays it).
 
-    v4 everywhere: measured on the H200, the whole Qwen2.5-0.5B decode step ran at 525 tok/s with v5 at a
-    641-position cache against 643 with v4 (v5 has one block per query head: 14 blocks for 132 SMs).
-    v5 stays selectable with ``version="v5"``; USE_SHORT = True brings back the short-cache rule."""
-    return "v5" if USE_SHORT and s_max <= SHORT_MAX_S else "v4"
+    v7 for grouped-query heads (kv_mul >= GQA_MIN_KV_MUL, head size a multiple of 32 up to 128), else v4.
+    v7 is v6 with the decode step's RoPE and KV append inside (``attention_decode_rope``, which the decode
+    step calls when it gets "v7"); through ``attention_decode``, which has no new key and value, it is v6.
+    v5 measured slower on the H200 (the whole Qwen2.5-0.5B decode step: 525 tok/s at a 641-position cache
+    against 643 with v4: one block per query head is 14 blocks for 132 SMs); USE_SHORT = True brings back
+    its short-cache rule. The environment variable LLAMA_BETA_ATTENTION (v3..v6) overrides the choice,
+    for benchmarks."""
+    forced = os.environ.get("LLAMA_BETA_ATTENTION")
+    if forced:
+        if forced not in DECODE_VERSIONS:
+            raise ValueError(f"LLAMA_BETA_ATTENTION={forced!r}: want one of {sorted(DECODE_VERSIONS)}")
+        return forced
+    if USE_SHORT and s_max <= SHORT_MAX_S:
+        return "v5"
+    return "v7" if USE_GQA and kv_mul >= GQA_MIN_KV_MUL and gqa_supported(hs) else "v4"
+
+
+def decode_splits(version: str, s_max: int, nkv: int, kv_mul: int) -> int:
+    """Chunks per kv head of a DecodeWorkspace for ``version`` (v5 uses none: 1)."""
+    if version in ("v6", "v7"):
+        return gqa_n_splits(s_max)
+    if version == "v3":
+        return default_n_splits_v3(s_max, nkv, kv_mul)
+    return default_n_splits(s_max, nkv, kv_mul)
 
 
 USE_SHORT = False    # v5 for caches of at most SHORT_MAX_S positions (slower on the H200 for Qwen2.5-0.5B)
+USE_GQA = True       # v7 (v6 + RoPE and KV append) for grouped-query heads
 
 
 def launch_kv_append(k, v, k_cache, v_cache, pos, stream=0):
@@ -1043,12 +1325,37 @@ def attention_decode(q, k_cache, v_cache, seq_len, out=None, stream=0, n_splits=
     n_d, _ = _device(seq_len if _is_device(seq_len) else np.atleast_1d(seq_len), np.int32, stream)
     nh, hs = _heads(q)
     if workspace is None and version != "v5":
-        splits = default_n_splits if version == "v4" else default_n_splits_v3
-        kv_mul = nh // k_cache.shape[1]
-        workspace = DecodeWorkspace(nh, hs, n_splits or splits(k_cache.shape[0], k_cache.shape[1], kv_mul), stream)
+        splits = n_splits or decode_splits(version, k_cache.shape[0], k_cache.shape[1], nh // k_cache.shape[1])
+        workspace = DecodeWorkspace(nh, hs, splits, stream)
     out_d = out if out is not None else cuda.device_array(q.shape, dtype=np.float32, stream=stream)
     DECODE_VERSIONS[version](q_d.reshape(nh, hs), k_d, v_d, n_d, workspace, out_d.reshape(nh, hs), stream)
     return out_d.copy_to_host(stream=stream) if host and out is None else out_d
+
+
+def attention_decode_rope(q, k, v, k_cache, v_cache, pos, seq_len, base, *, rot_dims=None, neox=True,
+                          freq_scale=1.0, freq_factors=None, attn_factor=1.0, workspace=None, out=None, stream=0):
+    """v7, one launch for the decode step's ``rope.rope_qk_append`` + ``attention_decode``: RoPE of q [1, nh, hs]
+    (q itself is left as it is) and of the new key k [1, nkv, hs] at position pos[0], the key and value v
+    written into cache row pos[0] (= seq_len[0] - 1), and attention over rows 0 .. seq_len[0] - 1. For the
+    shapes v6 serves (``gqa_supported``); pos, seq_len: device int32 [1] (or ints, uploaded)."""
+    _check(q, k_cache, v_cache)
+    nh, hs = _heads(q)
+    nkv = k_cache.shape[1]
+    if not gqa_supported(hs) or not _is_device(k_cache) or not _is_device(v_cache):
+        raise ValueError(f"attention_decode_rope: head size {hs} (want a multiple of 32 up to 128) and device caches")
+    q_d, host = _device(q, stream=stream)
+    k_d, _ = _device(k, stream=stream)
+    v_d, _ = _device(v, stream=stream)
+    pos_d, _ = _device(pos if _is_device(pos) else np.atleast_1d(pos), np.int32, stream)
+    n_d, _ = _device(seq_len if _is_device(seq_len) else np.atleast_1d(seq_len), np.int32, stream)
+    ff_d, _ = (None, False) if freq_factors is None else _device(freq_factors, stream=stream)
+    if workspace is None:
+        workspace = DecodeWorkspace(nh, hs, gqa_n_splits(k_cache.shape[0]), stream)
+    out_d = out if out is not None else cuda.device_array((nh, hs), dtype=np.float32, stream=stream)
+    args = _rope_args(q_d, pos_d, base, _rot_dims(hs, rot_dims), neox, freq_scale, ff_d, attn_factor)
+    launch_decode_gqa(q_d.reshape(nh, hs), k_cache, v_cache, n_d, workspace, out_d.reshape(nh, hs), stream,
+                      k_new=k_d.reshape(nkv, hs), v_new=v_d.reshape(nkv, hs), rope_args=args)
+    return out_d.copy_to_host(stream=stream).reshape(q.shape) if host and out is None else out_d
 
 
 def attention(q, k_cache, v_cache, start_pos: int):
@@ -1094,6 +1401,13 @@ def _check_versions(rng, sim: bool) -> None:
                 o = attention_decode(cuda.to_device(q), kc_d, vc_d, n_d, workspace=ws).copy_to_host()
                 got["v4 decode"] = max(got.get("v4 decode", 0.0), np.abs(o - ref.attention(q, kc, vc, n - 1)).max())
             assert not ws.count.copy_to_host().any(), "v4 left a chunk counter set"
+            if hs % 32 == 0:  # v6, replayed the same way
+                ws = DecodeWorkspace(nh, hs, 4 if sim else decode_splits("v6", S, nkv, nh // nkv))
+                for n in (start + 1, max(1, start // 3), start + 1):
+                    n_d.copy_to_device(np.array([n], np.int32))
+                    o = attention_decode(cuda.to_device(q), kc_d, vc_d, n_d, workspace=ws, version="v6").copy_to_host()
+                    got["v6 decode"] = max(got.get("v6 decode", 0.0), np.abs(o - ref.attention(q, kc, vc, n - 1)).max())
+                assert not ws.count.copy_to_host().any(), "v6 left a chunk counter set"
             if S <= SHORT_MAX_S:
                 for n in (start + 1, max(1, start // 3)):
                     n_d.copy_to_device(np.array([n], np.int32))
@@ -1142,11 +1456,11 @@ def _time_decode(rng, name, nh, nkv, hs, contexts, versions=("v3", "v4", "v5")) 
         caches = _Caches(rng, s_max, nkv, hs)
         n_d = cuda.to_device(np.array([seq_len], np.int32))
         for version in [v for v in versions if v != "v5" or s_max <= SHORT_MAX_S]:
-            n_splits = (default_n_splits_v3 if version == "v3" else default_n_splits)(s_max, nkv, kv_mul)
+            n_splits = decode_splits(version, s_max, nkv, kv_mul)
             ws = DecodeWorkspace(nh, hs, n_splits)
             us = _time_us(lambda st, i: DECODE_VERSIONS[version](q, *caches[i], n_d, ws, out, st))
             extra = {"v3": "", "v4": f" warps={fused_warps(s_max, n_splits, hs, kv_mul)}",
-                     "v5": f" warps={short_warps(s_max, hs)}"}[version]
+                     "v5": f" warps={short_warps(s_max, hs)}", "v6": f" warps={GQA_WARPS}"}[version]
             auto = " (auto)" if version == decode_version(s_max, nkv, kv_mul, hs) else ""
             print(_decode_line(f"decode {version} {name:<12} seq_len={seq_len:<6} S_max={s_max:<6} "
                                f"splits={n_splits if version != 'v5' else '-':<3}{extra:<8}", us, nkv, hs, seq_len)
@@ -1173,6 +1487,21 @@ def _sweep_decode(rng, name, nh, nkv, hs, seq_len, splits, warps) -> None:
     print(f"  best {name}: splits={best[1]} warps={best[2]} {best[0]:.1f} us")
 
 
+def _sweep_gqa(rng, name, nh, nkv, hs, contexts, splits) -> None:
+    """v6 over n_splits at a few (seq_len, S_max): the numbers behind GQA_SPLITS."""
+    q = cuda.to_device(rng.standard_normal((nh, hs), dtype=np.float32))
+    out = cuda.device_array((nh, hs), np.float32)
+    for seq_len, s_max in contexts:
+        caches = _Caches(rng, s_max, nkv, hs)
+        n_d = cuda.to_device(np.array([seq_len], np.int32))
+        for n_splits in [c for c in splits if c <= -(-s_max // GQA_TILE)]:
+            ws = DecodeWorkspace(nh, hs, n_splits)
+            us = _time_us(lambda st, i: launch_decode_gqa(q, *caches[i], n_d, ws, out, st))
+            mark = " (default)" if n_splits == gqa_n_splits(s_max) else ""
+            print(_decode_line(f"  sweep v6 {name:<12} seq_len={seq_len:<6} S_max={s_max:<6} splits={n_splits:<3}", us,
+                               nkv, hs, seq_len) + mark)
+
+
 def _time_prefill(name, nh, nkv, hs, T, rng) -> None:
     q = cuda.to_device(rng.standard_normal((T, nh, hs), dtype=np.float32))
     kc = cuda.to_device(rng.standard_normal((T, nkv, hs), dtype=np.float32))
@@ -1196,13 +1525,12 @@ def _main() -> None:
         return
     print(f"decode: device time per call; bytes = K and V rows read; % of {COPY_BW / 1e12:.1f} TB/s copy bandwidth")
     # short caches (S_max = seq_len + 128, as in a decode step): v4 next to v5
-    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, [(n, n + 128) for n in (128, 512, 1024)], ("v4", "v5"))
-    _time_decode(rng, "Phi-3-mini", 32, 32, 96, [(512, 640)], ("v4", "v5"))
+    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, [(n, n + 128) for n in (128, 512, 1024)], ("v4", "v5", "v6"))
+    _time_decode(rng, "Phi-3-mini", 32, 32, 96, [(512, 640)], ("v4", "v6"))
     contexts = [(4096, 4096), (16384, 16384)]
-    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)], ("v3", "v4"))
-    _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts, ("v3", "v4"))
-    _sweep_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, 4096, (16, 32, 64, 128), (4, 8))
-    _sweep_decode(rng, "Phi-3-mini", 32, 32, 96, 4096, (8, 16, 32), (4, 8))
+    _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)], ("v4", "v6"))
+    _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts, ("v4",))
+    _sweep_gqa(rng, "Qwen2.5-0.5B", 14, 2, 64, [(512, 641), (4096, 4096)], (4, 8, 16, 32, 64, 128))
     _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng)
     _time_prefill("Phi-3-mini", 32, 32, 96, 512, rng)
 

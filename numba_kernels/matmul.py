@@ -113,6 +113,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import numpy as np
 from numba import config, cuda, float32, int32, uint32
@@ -763,6 +764,49 @@ def _stage_x(x, nw, has_norm, eps, K, xs, red):
     cuda.syncthreads()
 
 
+WARM = os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"   # v8: touch the rows before staging x'
+
+
+@cuda.jit(device=True, inline=True)
+def _warm_row(w16, rb, row, N):
+    """The xor of 2-byte loads at bytes 32 l + 1024 j (j < 4, clamped to the row) of row min(row, N - 1),
+    lane l: one load per 32-byte sector of rows up to 4 KiB. Written out: one basic block, so the
+    compiler issues all the loads before the first xor waits for one."""
+    last = int32(rb - 2)
+    b = int32(min(row, N - 1) * rb)
+    off = int32(32 * (cuda.threadIdx.x & (WARP - 1)))
+    t0 = w16[uint32((b + min(off, last)) >> 1)]
+    t1 = w16[uint32((b + min(off + 1024, last)) >> 1)]
+    t2 = w16[uint32((b + min(off + 2048, last)) >> 1)]
+    t3 = w16[uint32((b + min(off + 3072, last)) >> 1)]
+    return int32(t0 ^ t1 ^ t2 ^ t3)
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_rows(R):
+    """Device function (v8): ``_warm_row`` for rows row0 .. row0+R-1 (R = 1, 2, 4), issued *before* x' is
+    staged, so the weight bytes travel from DRAM to L1/L2 while the block sums and scales x; the dot
+    products then find them in cache. Rows past N touch row N - 1. Returns the xor of the loaded words:
+    ``_keep`` consumes it after staging, else the compiler would drop loads whose values are unused."""
+    @cuda.jit(device=True, inline=True)
+    def warm(w16, rb, row0, N):
+        t = _warm_row(w16, rb, row0, N)
+        if R > 1:
+            t ^= _warm_row(w16, rb, row0 + 1, N)
+        if R > 2:
+            t ^= _warm_row(w16, rb, row0 + 2, N) ^ _warm_row(w16, rb, row0 + 3, N)
+        return t
+    return warm
+
+
+@cuda.jit(device=True, inline=True)
+def _keep(t, N):
+    """Consume ``_warm_rows``' xor after staging: a branch the compiler cannot fold (t >= 0 is a xor of
+    uint16 words, N >= 1 a run-time argument), so the loads stay - and stay before the staging."""
+    if t == -N:
+        cuda.threadfence_block()
+
+
 @functools.lru_cache(maxsize=None)
 def _rows_dot(ggml_type, width, R, S=1):
     """Device function: the dot products of rows row0 .. row0+R-1 (R = 1, 2 or 4) with x', warp-
@@ -869,13 +913,18 @@ def _fused_kernels(types, width, R, NW):
     up). Every type, width, R and NW is a compile-time constant of the kernels."""
     rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
     pair = _rows_dot_pair(types[0], types[1], width, R)
+    warm_rows = _warm_rows(R)
 
     @cuda.jit(cache=JIT_CACHE)
-    def matvec_fused(x, nw, has_norm, eps, K, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+    def matvec_fused(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
         red = cuda.shared.array(WARP, float32)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * R
+        t = int32(0)
+        if warm:
+            t = warm_rows(w16, rb, row0, N)          # the rows' bytes fly while x' is staged
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _keep(t, N)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -884,17 +933,26 @@ def _fused_kernels(types, width, R, NW):
             _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
     @cuda.jit(cache=JIT_CACHE)
-    def multi_fused(x, nw, has_norm, eps, K, blk1, blk2,
+    def multi_fused(x, nw, has_norm, eps, K, warm, blk1, blk2,
                     a16, a32, ah, af, arb, aN, abias, ahas, aout,
                     b16, b32, bh, bf, brb, bN, bbias, bhas, bout,
                     c16, c32, ch, cf, crb, cN, cbias, chas, cout):
         # blocks [0, blk1) -> matrix a, [blk1, blk2) -> b, [blk2, grid) -> c (block-uniform branch)
         xs = cuda.shared.array(0, float32)
         red = cuda.shared.array(WARP, float32)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
         acc = cuda.local.array(R, float32)
         blk = cuda.blockIdx.x
         warp = cuda.threadIdx.x // WARP
+        t = int32(0)
+        if warm:
+            if blk < blk1:
+                t = warm_rows(a16, arb, (blk * NW + warp) * R, aN)
+            elif blk < blk2:
+                t = warm_rows(b16, brb, ((blk - blk1) * NW + warp) * R, bN)
+            else:
+                t = warm_rows(c16, crb, ((blk - blk2) * NW + warp) * R, cN)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _keep(t, aN)
         if blk < blk1:
             row0 = (blk * NW + warp) * R
             if row0 < aN:
@@ -915,12 +973,17 @@ def _fused_kernels(types, width, R, NW):
                     _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
 
     @cuda.jit(cache=JIT_CACHE)
-    def swiglu_fused(x, nw, has_norm, eps, K, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+    def swiglu_fused(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F,
+                     out):
         # out[n] = silu(W_gate[n] . x') * (W_up[up_row0 + n] . x'), n < F
         xs = cuda.shared.array(0, float32)
         red = cuda.shared.array(WARP, float32)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * R
+        t = int32(0)
+        if warm:
+            t = warm_rows(g16, grb, row0, F) ^ warm_rows(u16, urb, up_row0 + row0, up_row0 + F)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _keep(t, F)
         if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
@@ -942,20 +1005,25 @@ def _split_kernel(ggml_type, width, R, NW, S):
     barrier), so NW R <= 32 and the shared memory is v4's: K up to MAX_K_FUSED."""
     assert NW * R <= WARP and NW % S == 0 and S & (S - 1) == 0, (NW, R, S)
     rows = _rows_dot(ggml_type, width, R, S)
+    warm_rows = _warm_rows(R)
     G = NW // S                                      # row groups per block
     ROWS = G * R                                     # rows per block
     SR = S * R
 
     @cuda.jit(cache=JIT_CACHE)
-    def matvec_split(x, nw, has_norm, eps, K, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+    def matvec_split(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
         red = cuda.shared.array(WARP, float32)       # the norm's warp sums, then the NW R parts
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
-        part = red
         tid = cuda.threadIdx.x
         warp = tid // WARP
-        acc = cuda.local.array(R, float32)
         row0 = (cuda.blockIdx.x * G + warp // S) * R
+        t = int32(0)
+        if warm:
+            t = warm_rows(w16, rb, row0, N)          # (the S warps of a row each touch it all)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _keep(t, N)
+        part = red
+        acc = cuda.local.array(R, float32)
         # every warp dots (groups past N re-read row N - 1, only in the last block; their parts are
         # never read): no early return and no divergent shuffles before the barrier below
         rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc)
@@ -999,7 +1067,7 @@ def fused_config(rows):
     return FUSED_CONFIGS[-1]
 
 
-SPLIT_K = False            # decode_matvec's default launch may split K (v7); False: always v4 (fused_config)
+SPLIT_K = os.environ.get("LLAMA_BETA_SPLIT_K", "1") != "0"   # decode_matvec may split K (v7); "0": v4 only
 SPLIT_WARPS = 16          # warps per block of the split-K launches (v7)
 SPLIT_MAX = 8             # most warps per row
 SPLIT_WARPS_PER_SM = 32   # split until N * S reaches this many warps per SM
@@ -1043,9 +1111,9 @@ def _fused_views(w_raw, ggml_type):
 
 
 def _stage_args(x, norm_weight, eps, K):
-    """The kernels' first five arguments: x, the norm weight (x stands in), has_norm, eps, K."""
+    """The kernels' first six arguments: x, the norm weight (x stands in), has_norm, eps, K, warm (v8)."""
     has_norm = norm_weight is not None
-    return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K
+    return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K, WARM
 
 
 def _launch(kern, blocks, nw, K, stream, *args):

@@ -74,6 +74,20 @@ def _rotate_slot(x, out, t, h, k, half, hs, neox, c, s):
         out[t, h, j + 1] = x[t, h, j + 1]
 
 
+@cuda.jit(device=True, inline=True)
+def rope_element(xrow, d, p, ts, freq_scale, ff, has_ff, attn_factor, half, neox):
+    """Element d of RoPE(xrow) at position p, for kernels that rotate a head on the fly (attention v7):
+    the same angle (``_cos_sin``) and pair arithmetic as ``_rotate_slot``."""
+    if d >= 2 * half:
+        return xrow[d]                                  # past rot_dims: passes through
+    k = (d if d < half else d - half) if neox else d // 2
+    a = k if neox else 2 * k
+    b = k + half if neox else 2 * k + 1
+    c, s = _cos_sin(p, k, ts, freq_scale, ff, has_ff, attn_factor)
+    xa, xb = xrow[a], xrow[b]
+    return xa * c - xb * s if d == a else xa * s + xb * c
+
+
 @cuda.jit(cache=JIT_CACHE)
 def rope_kernel1(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, half, neox):
     T, nh, hs = x.shape

@@ -180,7 +180,7 @@ decode_shapes = st.fixed_dictionaries(dict(
     seq_len=st.integers(1, MAX_CTX),
     n_splits=st.sampled_from([None, 1, 2, 3, 5]),
     sharpness=st.sampled_from([0.1, 1.0, 8.0]),
-    version=st.sampled_from(["v3", "v4"]),
+    version=st.sampled_from(["v3", "v4", "v6"]),
 ))
 
 
@@ -188,8 +188,8 @@ decode_shapes = st.fixed_dictionaries(dict(
 @settings(deadline=None, max_examples=KERNEL_EXAMPLES)
 @given(decode_shapes)
 def test_decode_kernel_matches_ref_and_prefill(case):
-    """Flash decoding (v3: split + combine; v4: one launch) equals the reference, and the prefill kernel
-    with T = 1."""
+    """Flash decoding (v3: split + combine; v4 and v6: one launch) equals the reference, and the prefill
+    kernel with T = 1."""
     from numba_kernels import attention as ka
 
     n = case.pop("seq_len")
@@ -238,35 +238,40 @@ one_launch_shapes = st.fixed_dictionaries(dict(
     seq_len=st.integers(1, MAX_CTX),
     n_splits=st.sampled_from([1, 2, 3, 5, 8]),
     sharpness=st.sampled_from([0.1, 1.0, 8.0]),
+    version=st.sampled_from(["v4", "v6"]),
 ))
 
 
 @requires_cuda
 @settings(deadline=None, max_examples=KERNEL_EXAMPLES)
 @given(one_launch_shapes)
-@example(dict(seed=1, nkv=1, kv_mul=7, hs=64, seq_len=1, n_splits=5, sharpness=1.0))    # one key
-@example(dict(seed=2, nkv=1, kv_mul=2, hs=96, seq_len=70, n_splits=3, sharpness=8.0))   # chunks 32, 32, 6
-@example(dict(seed=3, nkv=1, kv_mul=1, hs=128, seq_len=40, n_splits=5, sharpness=1.0))  # 2 chunks, 3 empty blocks
-@example(dict(seed=4, nkv=1, kv_mul=7, hs=96, seq_len=3, n_splits=5, sharpness=0.1))    # seq_len < n_splits
-@example(dict(seed=5, nkv=2, kv_mul=2, hs=64, seq_len=65, n_splits=3, sharpness=1.0))   # two counters
-@example(dict(seed=6, nkv=1, kv_mul=12, hs=64, seq_len=40, n_splits=2, sharpness=1.0))  # heads 8 + 4: 2 blocks
+@example(dict(seed=1, nkv=1, kv_mul=7, hs=64, seq_len=1, n_splits=5, sharpness=1.0, version="v4"))    # one key
+@example(dict(seed=2, nkv=1, kv_mul=2, hs=96, seq_len=70, n_splits=3, sharpness=8.0, version="v4"))   # chunks 32, 32, 6
+@example(dict(seed=3, nkv=1, kv_mul=1, hs=128, seq_len=40, n_splits=5, sharpness=1.0, version="v4"))  # 2 chunks, 3 empty blocks
+@example(dict(seed=4, nkv=1, kv_mul=7, hs=96, seq_len=3, n_splits=5, sharpness=0.1, version="v4"))    # seq_len < n_splits
+@example(dict(seed=5, nkv=2, kv_mul=2, hs=64, seq_len=65, n_splits=3, sharpness=1.0, version="v4"))   # two counters
+@example(dict(seed=6, nkv=1, kv_mul=12, hs=64, seq_len=40, n_splits=2, sharpness=1.0, version="v4"))  # heads 8 + 4: 2 blocks
+@example(dict(seed=7, nkv=1, kv_mul=7, hs=64, seq_len=70, n_splits=1, sharpness=8.0, version="v6"))  # 3 tiles, 1 chunk
+@example(dict(seed=8, nkv=1, kv_mul=12, hs=96, seq_len=40, n_splits=2, sharpness=1.0, version="v6"))  # 8 + 4 heads
+@example(dict(seed=9, nkv=2, kv_mul=1, hs=128, seq_len=3, n_splits=5, sharpness=1.0, version="v6"))   # 7 spare warps
 def test_one_launch_decode_equals_dense_softmax(case):
-    """v4 equals softmax(q K^T / sqrt(hs)) V built densely, for any split count (dividing seq_len or not,
-    more splits than keys), and leaves every chunk counter at zero."""
+    """v4 and v6 equal softmax(q K^T / sqrt(hs)) V built densely, for any split count (dividing seq_len or
+    not, more splits than keys), and leave every chunk counter at zero."""
     from numba_kernels import attention as ka
 
-    n, n_splits = case.pop("seq_len"), case.pop("n_splits")
+    n, n_splits, version = case.pop("seq_len"), case.pop("n_splits"), case.pop("version")
     q, kc, vc = make_case(T=1, start_pos=n - 1, **case)  # rows past n are NaN: reading one fails the test
     nh, hs = q.shape[1], q.shape[2]
     ws = ka.DecodeWorkspace(nh, hs, n_splits)
-    got = ka.attention_decode(q, kc, vc, np.array([n], np.int32), workspace=ws, version="v4")
-    assert_close(got, ref.attention_dense(q, kc, vc, n - 1), **TOL, name="one-launch decode")
+    got = ka.attention_decode(q, kc, vc, np.array([n], np.int32), workspace=ws, version=version)
+    assert_close(got, ref.attention_dense(q, kc, vc, n - 1), **TOL, name=f"one-launch decode {version}")
     assert not ws.count.copy_to_host().any(), "a chunk counter was left set"
 
 
 @requires_cuda
+@pytest.mark.parametrize("version", ["v4", "v6"])
 @pytest.mark.parametrize("nkv, kv_mul, hs", [(1, 7, 64), (2, 2, 64)])
-def test_one_launch_decode_replays(nkv, kv_mul, hs):
+def test_one_launch_decode_replays(nkv, kv_mul, hs, version):
     """One launch shape, one workspace, run again and again with only the device seq_len changed (a
     replayed CUDA graph): every run is right, so the combining blocks reset the counters - also
     across runs that need no combine (one chunk) and runs with different numbers of chunks."""
@@ -278,12 +283,12 @@ def test_one_launch_decode_replays(nkv, kv_mul, hs):
     lens = [70, 1, 33, 72] if SIMULATOR else [4097, 1, 33, 1000, 2, 8192, 5000]  # chunks: 3, 1, 2, 3
     q, kc, vc = make_case(5, 1, nkv, kv_mul, hs, s_max - 1, sharpness=2.0, spare_rows=0)
     nh = nkv * kv_mul
-    ws = ka.DecodeWorkspace(nh, hs, 4 if SIMULATOR else ka.default_n_splits(s_max, nkv, kv_mul))
+    ws = ka.DecodeWorkspace(nh, hs, 4 if SIMULATOR else ka.decode_splits(version, s_max, nkv, kv_mul))
     q_d, kc_d, vc_d = cuda.to_device(q[0]), cuda.to_device(kc), cuda.to_device(vc)
     out, seq_len = cuda.device_array((nh, hs), np.float32), cuda.to_device(np.array([1], np.int32))
     for n in lens:
         seq_len.copy_to_device(np.array([n], np.int32))
-        ka.launch_decode_fused(q_d, kc_d, vc_d, seq_len, ws, out)
+        ka.DECODE_VERSIONS[version](q_d, kc_d, vc_d, seq_len, ws, out)
         assert_close(out.copy_to_host(), ref.attention_dense(q, kc, vc, n - 1)[0], **TOL, name=f"seq_len {n}")
     assert not ws.count.copy_to_host().any()
 
@@ -317,6 +322,45 @@ def test_two_launch_layer_equals_reference_layer():
         got = ka.attention_decode(q_d, kc_d, vc_d, seq_len, workspace=ws).copy_to_host()  # launch 2
         ref.kv_append(ref_rope.rope(k, [p], 1e6), v, kc, vc, p)
         assert_close(got, ref.attention(ref_rope.rope(q, [p], 1e6), kc, vc, p), **TOL, name=f"position {p}")
+    assert not ws.count.copy_to_host().any()
+
+
+@requires_cuda
+@pytest.mark.parametrize("kv_mul, hs, neox, rot_dims, factors, attn_factor", [
+    (7, 64, True, 64, False, 1.0),      # Qwen2.5-0.5B's heads
+    (4, 96, False, 64, True, 1.25),     # interleaved pairs, partial rotation, LongRoPE-style factors
+])
+def test_rope_inside_attention_equals_reference_layer(kv_mul, hs, neox, rot_dims, factors, attn_factor):
+    """v7 (RoPE of q and k and the KV append inside the v6 launch) equals the reference layer - ref.rope on
+    q and k, ref.kv_append, ref.attention - token after token with only the device pos and seq_len
+    advancing, one workspace, cache rows not yet written holding NaN (the new row must replace them)."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+    from ref import rope as ref_rope
+
+    rng = np.random.default_rng(12)
+    nkv, S, start = 1, 40, 31
+    nh = nkv * kv_mul
+    ff = rng.uniform(1.0, 4.0, rot_dims // 2).astype(np.float32) if factors else None
+    kc, vc = (rng.standard_normal((S, nkv, hs), dtype=np.float32) for _ in range(2))
+    kc[start:] = np.nan
+    vc[start:] = np.nan
+    kc_d, vc_d = cuda.to_device(kc), cuda.to_device(vc)
+    ws = ka.DecodeWorkspace(nh, hs, 2)
+    pos, seq_len = cuda.to_device(np.array([start], np.int32)), cuda.to_device(np.array([start + 1], np.int32))
+    rope = dict(rot_dims=rot_dims, neox=neox, freq_scale=0.5, freq_factors=ff, attn_factor=attn_factor)
+    for p in range(start, start + 2):  # seq_len 32 (one chunk), then 33 (two: the new row starts chunk 2)
+        pos.copy_to_device(np.array([p], np.int32))
+        seq_len.copy_to_device(np.array([p + 1], np.int32))
+        q = rng.standard_normal((1, nh, hs), dtype=np.float32)
+        k, v = (rng.standard_normal((1, nkv, hs), dtype=np.float32) for _ in range(2))
+        got = ka.attention_decode_rope(q, k, v, kc_d, vc_d, pos, seq_len, 1e4, workspace=ws, **rope)
+        ref.kv_append(ref_rope.rope(k, [p], 1e4, **rope), v, kc, vc, p)
+        assert_close(got, ref.attention(ref_rope.rope(q, [p], 1e4, **rope), kc, vc, p), **TOL, name=f"position {p}")
+        # the cache row written in the launch: the rotation's arithmetic (FMA contraction) within an ulp or two
+        assert_close(kc_d.copy_to_host()[p], kc[p], atol=1e-6, rtol=1e-6, name=f"cache row {p}")
+        np.testing.assert_array_equal(vc_d.copy_to_host()[p], vc[p])
     assert not ws.count.copy_to_host().any()
 
 
@@ -409,15 +453,31 @@ def test_short_decode_replays_with_new_seq_len():
         assert_close(out.copy_to_host(), ref.attention_dense(q, kc, vc, n - 1)[0], **TOL, name=f"seq_len {n}")
 
 
-def test_decode_version_depends_on_shapes_only():
-    """The automatic choice reads the cache capacity, not seq_len: v4, or with USE_SHORT v5 up to SHORT_MAX_S."""
+def test_decode_version_depends_on_shapes_only(monkeypatch):
+    """The automatic choice reads shapes, never seq_len: v7 (v6 + RoPE) for grouped-query heads (kv_mul >= 4,
+    head size a multiple of 32 up to 128), else v4, or with USE_SHORT v5 up to SHORT_MAX_S; LLAMA_BETA_ATTENTION
+    overrides."""
     from numba_kernels import attention as ka
 
-    assert ka.decode_version(640, 2, 7, 64) == "v4"          # the default: v5 measured slower on the H200
+    monkeypatch.delenv("LLAMA_BETA_ATTENTION", raising=False)
+    assert ka.decode_version(640, 2, 7, 64) == "v7" and ka.decode_version(32768, 2, 7, 64) == "v7"  # Qwen2.5-0.5B
+    assert ka.decode_version(640, 32, 1, 96) == "v4" and ka.decode_version(640, 8, 2, 64) == "v4"   # Phi-3, kv_mul 2
+    assert ka.decode_version(640, 1, 8, 80) == "v4" and ka.decode_version(640, 1, 8, 256) == "v4"  # head sizes v6 lacks
+    assert ka.decode_splits("v7", 641, 2, 7) == 21 and ka.decode_splits("v6", 1, 2, 7) == 1
+    assert ka.decode_splits("v6", 32768, 2, 7) == ka.GQA_SPLITS <= ka.GQA_MAX_SPLITS
+    assert ka.decode_splits("v4", 4096, 2, 7) == ka.default_n_splits(4096, 2, 7)
+    for hs in (32, 64, 96, 128):
+        ka._gqa_kernel(hs, 8)  # the shared-memory assertion, without compiling
+    monkeypatch.setenv("LLAMA_BETA_ATTENTION", "v4")
+    assert ka.decode_version(640, 2, 7, 64) == "v4"
+    monkeypatch.setenv("LLAMA_BETA_ATTENTION", "v9")
+    with pytest.raises(ValueError, match="LLAMA_BETA_ATTENTION='v9'"):
+        ka.decode_version(640, 2, 7, 64)
+    monkeypatch.delenv("LLAMA_BETA_ATTENTION")
     ka.USE_SHORT = True
     try:
         assert ka.decode_version(640, 2, 7, 64) == "v5" and ka.decode_version(ka.SHORT_MAX_S, 32, 1, 96) == "v5"
-        assert ka.decode_version(ka.SHORT_MAX_S + 1, 2, 7, 64) == "v4" and ka.decode_version(32768, 2, 7, 64) == "v4"
+        assert ka.decode_version(ka.SHORT_MAX_S + 1, 2, 7, 64) == "v7" and ka.decode_version(32768, 32, 1, 96) == "v4"
     finally:
         ka.USE_SHORT = False
     for s_max in (1, 48, 640, 2048):

@@ -19,21 +19,30 @@ PROMPT = np.array([5, 77, 60, 3] if ON_GPU else [5, 60], np.int32)
 IDS = [19, 41, 7] if ON_GPU else [19]
 
 
-def _model(tmp_path, arch, matrix_type=GGMLType.Q8_0):
-    path = synth_model(tmp_path / "m.gguf", "micro", arch=arch, matrix_type=matrix_type, **SIZE)
+# Grouped-query heads that attention v7 serves (4 query heads per kv head, head size 32): the fused
+# body's RoPE and KV append run inside the attention launch.
+GQA_SIZE = dict(n_layers=1, dim=128, n_heads=4, n_kv_heads=1, ffn_dim=32, vocab=tiny_vocab(ascii_only=True))
+
+
+def _model(tmp_path, arch, matrix_type=GGMLType.Q8_0, size=None):
+    path = synth_model(tmp_path / "m.gguf", "micro", arch=arch, matrix_type=matrix_type, **(size or SIZE))
     return Model(path, backend="cuda", context=32)
 
 
+BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"]) for fused in (False, True)]
+
+
 @requires_cuda
-@pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("arch", ["qwen2", "phi3"] if ON_GPU else ["qwen2"])
+@pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa", True)])
 def test_decoder_matches_forward(tmp_path, arch, fused):
     from llama_beta.backends.cuda_decode import CudaDecoder
 
-    model = _model(tmp_path, arch)
+    gqa = arch.endswith("-gqa")
+    model = _model(tmp_path, arch.removesuffix("-gqa"), size=GQA_SIZE if gqa else None)
     cache = model.new_cache(16)
     model.step(PROMPT, 0, cache)
     decoder = CudaDecoder(model, cache, fused=fused)
+    assert decoder.rope_in_attention or not gqa           # the gqa case runs RoPE inside attention (v7)
     fast = [decoder.step_logits(t, len(PROMPT) + j) for j, t in enumerate(IDS)]
     full = model.forward(np.concatenate([PROMPT, IDS]))[len(PROMPT):]
     # The forward pass ran prompt+ids as one prefill (tiled kernels, other summation orders; the

@@ -332,6 +332,8 @@ def test_split_config_heuristic(monkeypatch):
     assert k.split_config(896, 896) is None                        # 28 units a row: one step already
     assert k.split_config(4864, 896) is None and k.split_config(151936, 896) is None
     assert k.split_config(896, 896, min_split=2) == (k.SPLIT_WARPS, 1, 2)
-    assert k.decode_config(896, 4864) == k.fused_config(896)       # split-K is off by default ...
-    monkeypatch.setattr(k, "SPLIT_K", True)
-    assert k.decode_config(896, 4864) == (k.SPLIT_WARPS, 1, 4)      # ... and this is what it would pick
+    monkeypatch.setattr(k, "SPLIT_K", True)                         # the default (LLAMA_BETA_SPLIT_K unset)
+    assert k.decode_config(896, 4864) == (k.SPLIT_WARPS, 1, 4)
+    assert k.decode_config(4864, 896) == k.fused_config(4864)      # shapes that do not split stay on v4
+    monkeypatch.setattr(k, "SPLIT_K", False)                        # LLAMA_BETA_SPLIT_K=0
+    assert k.decode_config(896, 4864) == k.fused_config(896)

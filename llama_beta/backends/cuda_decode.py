@@ -20,7 +20,8 @@ Two layer bodies, chosen with ``fused``:
 - readable: one launch per stage, as in the forward pass (16 launches per layer);
 - fused (default): RMSNorm inside the following products, Q/K/V in one launch, RoPE with the
   KV-cache append, one-launch split attention, W_o and W_down adding into the residual stream,
-  gate/up with SwiGLU (6 launches per layer).
+  gate/up with SwiGLU (6 launches per layer); for grouped-query heads (attention v7, Qwen2.5)
+  RoPE and the append happen inside the attention launch (5 launches per layer).
 The results are checked against the readable forward pass in ``tests/test_cuda_decode.py``.
 """
 from __future__ import annotations
@@ -105,7 +106,9 @@ class CudaDecoder:
         self.token, self.pos = self.state[TOKEN:TOKEN + 1], self.state[POS:POS + 1]
         self.seq_len, self.step = self.state[SEQ_LEN:SEQ_LEN + 1], self.state[STEP:STEP + 1]
         S = cache[0].shape[1]
-        n_splits = attention.default_n_splits(S, c.n_kv_heads, c.kv_mul)
+        version = attention.decode_version(S, c.n_kv_heads, c.kv_mul, c.head_size)
+        self.rope_in_attention = version == "v7"   # the fused body's RoPE + append inside attention
+        n_splits = attention.decode_splits(version, S, c.n_kv_heads, c.kv_mul)
         self.workspace = attention.DecodeWorkspace(c.n_heads, c.head_size, n_splits)
         self._argmax_ws = sampling.ArgmaxWorkspace(c.vocab_size)   # the multi-block kernels' scratch
         self._topk_ws = sampling.TopKWorkspace(c.vocab_size)
@@ -151,18 +154,23 @@ class CudaDecoder:
         residual.add(self.x, self.tmp, out=self.x, stream=s)
 
     def _layer_fused(self, i, L):
-        """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual."""
+        """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual
+        (five with attention v7, which does RoPE and the append itself)."""
         c, s, p = self.model.config, self.stream, self.model.rope
         k_cache, v_cache = self.cache[0][i], self.cache[1][i]
         qkv = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
         matmul.decode_matvec_multi(self.x, qkv, [self.q.reshape(1, -1), self.k.reshape(1, -1),
                                                  self.v.reshape(1, -1)],
                                    norm_weight=L.attn_norm, eps=c.norm_eps, stream=s)
-        rope.rope_qk_append(self.q, self.k, self.v, k_cache, v_cache, self.pos, p.base, rot_dims=p.dims,
-                            neox=p.neox, freq_scale=p.freq_scale, freq_factors=self.factors,
-                            attn_factor=p.attn_factor, stream=s)
-        attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=s,
-                                   workspace=self.workspace)
+        rope_kw = dict(rot_dims=p.dims, neox=p.neox, freq_scale=p.freq_scale, freq_factors=self.factors,
+                       attn_factor=p.attn_factor, stream=s)
+        if self.rope_in_attention:                    # one launch: RoPE, append, attention (v7)
+            attention.attention_decode_rope(self.q, self.k, self.v, k_cache, v_cache, self.pos, self.seq_len,
+                                            p.base, workspace=self.workspace, out=self.att, **rope_kw)
+        else:
+            rope.rope_qk_append(self.q, self.k, self.v, k_cache, v_cache, self.pos, p.base, **rope_kw)
+            attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=s,
+                                       workspace=self.workspace)
         wo = L.wo
         matmul.decode_matvec(self.att.reshape(1, self._qw), wo.raw, wo.ggml_type, wo.k, self.x, bias=wo.bias,
                              accumulate=True, stream=s)                              # x += W_o att
