@@ -29,7 +29,7 @@ def run_label(r: dict) -> str:
     if r["backend"] != "cuda":
         return f"llama-beta {r['backend']} (2 CPU cores)"
     v = r.get("decode_variant", {"body": "readable", "graph": False})
-    kind = "synthetic" if "synth" in r["model"] else "real"
+    kind = "synthetic" if "synth" in r["model"] or r["name"].startswith("synthetic") else "real"
     if "attention" not in v:        # recorded before the kernel switches existed: session 2's kernels
         notes = ["attention v4", "no split-K"] if v["body"] == "fused" else []
     else:

@@ -36,7 +36,7 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   computed on the device from ``seq_len``, and blocks whose chunk starts past
   ``seq_len`` return at once, so one launch can be captured in a CUDA graph and
   replayed for every token.
-- v4 ``decode_fused`` (the default of ``attention_decode`` for longer caches): flash decoding in ONE
+- v4 ``decode_fused`` (the default of ``attention_decode`` unless v6 serves the shape): flash decoding in ONE
   launch. Same grid as v3 (chunk, kv head), same device-side chunking, but the last
   block of a kv head to finish merges the partials itself: every block writes its
   partial, ``threadfence``, then one ``atomic.add`` on the kv head's counter in the
@@ -50,15 +50,29 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   shared scratch (no per-key shuffles), the next step's K/V loads are issued before
   the current step is computed, and the groups are merged in shared memory at the
   end. Scores are kept in base 2 ($e^a = 2^{a \\log_2 e}$: one ``ex2`` per key and
-  head). Not yet measured on the GPU (``python -m numba_kernels.attention``).
-- v5 ``decode_short`` (the default of ``attention_decode`` for caches of at most ``SHORT_MAX_S`` = 2048
-  positions; ``decode_version`` picks from the cache SHAPE, never from seq_len, so one captured graph
+  head). Measured on the H200: Phi-3-mini at 4k 41 us (56% of copy bandwidth), Qwen2.5-0.5B at a
+  512-token context 16 us (its 0.5 MiB cache: latency-bound).
+- v5 ``decode_short`` (selectable; with ``USE_SHORT`` the choice for caches of at most ``SHORT_MAX_S`` =
+  2048 positions; ``decode_version`` picks from the cache SHAPE, never from seq_len, so one captured graph
   serves every step): one block per query head walks the whole context, no workspace, no merge, three
   block barriers in all. Lanes over keys for the scores (q in shared memory, each thread a full dot
   product, scores kept in a shared [SHORT_MAX_S] array), warp-shuffle max and sum, then lanes over head
   dims for V (coalesced rows, SHORT_UNROLL rows in flight per thread, the first ones issued before the
   reductions). Made for the latency-bound short contexts of Qwen2.5-0.5B (v4 ~17 us at seq_len 512).
-  Not yet measured on the GPU.
+  Measured slower on the H200 (27 us at seq_len 512: 14 blocks for 132 SMs).
+- v6 ``decode_gqa`` (the default for grouped-query heads, kv_mul >= 4, head size a multiple of 32 up to
+  128: Qwen2.5): v4's grid, chunking and last-block merge, a different block. Tiles of 32 keys are
+  loaded by all 256 threads, coalesced, into shared memory (K rows padded to HS + 1 floats), the next
+  tile's loads issued before the current one is used; warp r owns query head r of the kv head: lane j
+  scores key j against q (a shared-memory broadcast), one warp max and one warp sum update (m, l), then
+  the lanes switch to head dims and fold the 32 weighted V rows into o. The merge is one warp per head
+  (lanes over chunks for m and l, lanes over dims for o). Measured on the H200 at Qwen2.5-0.5B's shape,
+  512-token context: 12.2 us (v4 16.3); whole decode step 789 tok/s (v4 731).
+- v7 (``attention_decode_rope``): v6 with the decode step's RoPE and KV-cache append inside the launch
+  (``rope.rope_element``: every block rotates q while staging it; the block holding the new position
+  rotates the new key into its tile and writes the cache row), replacing ``rope.rope_qk_append``: one
+  launch less per layer, but measured slower on the H200 (757 tok/s against v6's 789): the rotation sits
+  on every block's critical path. Selectable with ``LLAMA_BETA_ATTENTION=v7``.
 - ``kv_append_kernel``: copies ``T`` rows of k and v into the caches at ``pos[0]``
   (a device int32, so a captured decode step can replay it). For decode,
   ``rope.rope_qk_append`` does this together with RoPE of q and k, in one launch.
@@ -1205,9 +1219,11 @@ DECODE_VERSIONS = {"v3": launch_decode, "v4": launch_decode_fused, "v5": launch_
 def decode_version(s_max: int, nkv: int, kv_mul: int, hs: int) -> str:
     """attention_decode's automatic choice, from shapes only (never seq_len: a captured graph replays it).
 
-    v7 for grouped-query heads (kv_mul >= GQA_MIN_KV_MUL, head size a multiple of 32 up to 128), else v4.
-    v7 is v6 with the decode step's RoPE and KV append inside (``attention_decode_rope``, which the decode
-    step calls when it gets "v7"); through ``attention_decode``, which has no new key and value, it is v6.
+    v6 for grouped-query heads (kv_mul >= GQA_MIN_KV_MUL, head size a multiple of 32 up to 128), else v4.
+    Measured on the H200, whole Qwen2.5-0.5B decode step at a 641-position cache: v6 789 tok/s, v4 731,
+    v7 757. v7 is v6 with the decode step's RoPE and KV append inside (``attention_decode_rope``, which
+    the decode step calls when it gets "v7"; one launch less per layer, but every block rotates q on its
+    critical path); through ``attention_decode``, which has no new key and value, it is v6.
     v5 measured slower on the H200 (the whole Qwen2.5-0.5B decode step: 525 tok/s at a 641-position cache
     against 643 with v4: one block per query head is 14 blocks for 132 SMs); USE_SHORT = True brings back
     its short-cache rule. The environment variable LLAMA_BETA_ATTENTION (v3..v6) overrides the choice,
@@ -1219,7 +1235,7 @@ def decode_version(s_max: int, nkv: int, kv_mul: int, hs: int) -> str:
         return forced
     if USE_SHORT and s_max <= SHORT_MAX_S:
         return "v5"
-    return "v7" if USE_GQA and kv_mul >= GQA_MIN_KV_MUL and gqa_supported(hs) else "v4"
+    return "v6" if USE_GQA and kv_mul >= GQA_MIN_KV_MUL and gqa_supported(hs) else "v4"
 
 
 def decode_splits(version: str, s_max: int, nkv: int, kv_mul: int) -> int:
@@ -1232,7 +1248,7 @@ def decode_splits(version: str, s_max: int, nkv: int, kv_mul: int) -> int:
 
 
 USE_SHORT = False    # v5 for caches of at most SHORT_MAX_S positions (slower on the H200 for Qwen2.5-0.5B)
-USE_GQA = True       # v7 (v6 + RoPE and KV append) for grouped-query heads
+USE_GQA = True       # v6 for grouped-query heads
 
 
 def launch_kv_append(k, v, k_cache, v_cache, pos, stream=0):

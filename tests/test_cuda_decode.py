@@ -19,8 +19,8 @@ PROMPT = np.array([5, 77, 60, 3] if ON_GPU else [5, 60], np.int32)
 IDS = [19, 41, 7] if ON_GPU else [19]
 
 
-# Grouped-query heads that attention v7 serves (4 query heads per kv head, head size 32): the fused
-# body's RoPE and KV append run inside the attention launch.
+# Grouped-query heads that attention v6 / v7 serve (4 query heads per kv head, head size 32); with v7
+# the fused body's RoPE and KV append run inside the attention launch.
 GQA_SIZE = dict(n_layers=1, dim=128, n_heads=4, n_kv_heads=1, ffn_dim=32, vocab=tiny_vocab(ascii_only=True))
 
 
@@ -33,16 +33,18 @@ BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"])
 
 
 @requires_cuda
-@pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa", True)])
-def test_decoder_matches_forward(tmp_path, arch, fused):
+@pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True)])
+def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
     from llama_beta.backends.cuda_decode import CudaDecoder
 
-    gqa = arch.endswith("-gqa")
-    model = _model(tmp_path, arch.removesuffix("-gqa"), size=GQA_SIZE if gqa else None)
+    gqa = "-gqa-" in arch
+    if gqa:
+        monkeypatch.setenv("LLAMA_BETA_ATTENTION", arch[-2:])
+    model = _model(tmp_path, arch.split("-")[0], size=GQA_SIZE if gqa else None)
     cache = model.new_cache(16)
     model.step(PROMPT, 0, cache)
     decoder = CudaDecoder(model, cache, fused=fused)
-    assert decoder.rope_in_attention or not gqa           # the gqa case runs RoPE inside attention (v7)
+    assert decoder.rope_in_attention == arch.endswith("-v7")  # v7: RoPE and the append inside attention
     fast = [decoder.step_logits(t, len(PROMPT) + j) for j, t in enumerate(IDS)]
     full = model.forward(np.concatenate([PROMPT, IDS]))[len(PROMPT):]
     # The forward pass ran prompt+ids as one prefill (tiled kernels, other summation orders; the

@@ -20,8 +20,9 @@ Two layer bodies, chosen with ``fused``:
 - readable: one launch per stage, as in the forward pass (16 launches per layer);
 - fused (default): RMSNorm inside the following products, Q/K/V in one launch, RoPE with the
   KV-cache append, one-launch split attention, W_o and W_down adding into the residual stream,
-  gate/up with SwiGLU (6 launches per layer); for grouped-query heads (attention v7, Qwen2.5)
-  RoPE and the append happen inside the attention launch (5 launches per layer).
+  gate/up with SwiGLU (6 launches per layer). With ``LLAMA_BETA_ATTENTION=v7`` (grouped-query
+  heads) RoPE and the append happen inside the attention launch: 5 launches per layer, but
+  measured slower on the H200 than v6 after ``rope_qk_append`` (757 against 789 tok/s).
 The results are checked against the readable forward pass in ``tests/test_cuda_decode.py``.
 """
 from __future__ import annotations
