@@ -332,6 +332,37 @@ def split_chunk(n, n_splits):
     return (c + SPLIT_ALIGN - 1) // SPLIT_ALIGN * SPLIT_ALIGN
 
 
+@cuda.jit(device=True, inline=True)
+def _one_launch_block(nh, nkv, n, R):
+    """Where a block of the one-launch decode kernels (v4, v6) works, grid (n_splits, nkv * groups):
+    its row (kv head, group of R query heads), first head h0 and number of heads, and its chunk
+    [j_begin, j_end) of the n positions; n_used chunks are not empty. j_begin >= n: nothing to do."""
+    kv_mul = nh // nkv
+    groups = (kv_mul + R - 1) // R
+    row = cuda.blockIdx.y
+    kv_head = row // groups
+    g0 = (row - kv_head * groups) * R  # first head of this block within its kv group
+    chunk = split_chunk(n, cuda.gridDim.x)
+    j_begin = cuda.blockIdx.x * chunk
+    return (row, kv_head, kv_head * kv_mul + g0, min(R, kv_mul - g0), j_begin, min(j_begin + chunk, n),
+            (n + chunk - 1) // chunk)
+
+
+@cuda.jit(device=True, inline=True)
+def _last_to_finish(count, row, n_used, last):
+    """Called by every thread once the block's partial is written: publish it (threadfence), count it on
+    the row's counter; True in the block that completes the row (it merges all the partials)."""
+    cuda.threadfence()
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        last[0] = 1 if cuda.atomic.add(count, row, 1) == n_used - 1 else 0
+    cuda.syncthreads()
+    if last[0] == 0:
+        return False
+    cuda.threadfence()
+    return True
+
+
 @cuda.jit(device=True)
 def _tree_max(red):
     # red[0] <- max of red[0 .. COMBINE_THREADS-1], halving the active threads each step
@@ -598,22 +629,11 @@ def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
     def decode_fused(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out):
         # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
         # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y]
-        nh = q.shape[0]
-        kv_mul = nh // k_cache.shape[1]
-        groups = (kv_mul + R - 1) // R
-        row = cuda.blockIdx.y
-        kv_head = row // groups
-        g0 = (row - kv_head * groups) * R  # first head of this block within its kv group
-        h0 = kv_head * kv_mul + g0
-        rows = min(R, kv_mul - g0)
-        split = cuda.blockIdx.x
         n = seq_len[0]
-        chunk = split_chunk(n, cuda.gridDim.x)
-        j_begin = split * chunk
+        row, kv_head, h0, rows, j_begin, j_end, n_used = _one_launch_block(q.shape[0], k_cache.shape[1], n, R)
         if j_begin >= n:
             return  # past the end of the context: this chunk does not exist at this length
-        j_end = min(j_begin + chunk, n)
-        n_used = (n + chunk - 1) // chunk
+        split = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         warp = tid // 32
         lane = tid - warp * 32
@@ -675,15 +695,8 @@ def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
                         ws_l[h0 + r, split] = tot
         if n_used == 1:
             return
-        # publish the partial, count it; the last of the n_used blocks of this row merges them all
-        cuda.threadfence()
-        cuda.syncthreads()
-        if tid == 0:
-            last[0] = 1 if cuda.atomic.add(count, row, 1) == n_used - 1 else 0
-        cuda.syncthreads()
-        if last[0] == 0:
-            return
-        cuda.threadfence()
+        if not _last_to_finish(count, row, n_used, last):
+            return  # the last of the n_used blocks of this row merges them all
         combine(ws_m, ws_l, ws_acc, h0, rows, n_used, smem, tid, out)
         if tid == 0:
             count[row] = 0  # the next launch (graph replay) starts from zero
@@ -910,22 +923,11 @@ def _gqa_kernel(HS: int, R: int):
         # fuse (v7): q is rotated at position pos[0] while it is staged, and the new token's key and value
         # (k_new, v_new [nkv, hs]; the key rotated here) fill cache row pos[0] = seq_len[0] - 1; the
         # rotation's constants are rope._args'. Without fuse those arguments are stand-ins, never read.
-        nh = q.shape[0]
-        kv_mul = nh // k_cache.shape[1]
-        groups = (kv_mul + R - 1) // R
-        row = cuda.blockIdx.y
-        kv_head = row // groups
-        g0 = (row - kv_head * groups) * R
-        h0 = kv_head * kv_mul + g0
-        rows = min(R, kv_mul - g0)
-        split = cuda.blockIdx.x
         n = seq_len[0]
-        chunk = split_chunk(n, cuda.gridDim.x)
-        j_begin = split * chunk
+        row, kv_head, h0, rows, j_begin, j_end, n_used = _one_launch_block(q.shape[0], k_cache.shape[1], n, R)
         if j_begin >= n:
             return  # past the end of the context: this chunk does not exist at this length
-        j_end = min(j_begin + chunk, n)
-        n_used = (n + chunk - 1) // chunk
+        split = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         warp = tid // 32
         lane = tid - warp * 32
@@ -991,15 +993,8 @@ def _gqa_kernel(HS: int, R: int):
                     ws_l[h, split] = l
         if n_used == 1:
             return
-        # publish the partial, count it; the last of the n_used blocks of this row merges them all
-        cuda.threadfence()
-        cuda.syncthreads()
-        if tid == 0:
-            last[0] = 1 if cuda.atomic.add(count, row, 1) == n_used - 1 else 0
-        cuda.syncthreads()
-        if last[0] == 0:
-            return
-        cuda.threadfence()
+        if not _last_to_finish(count, row, n_used, last):
+            return  # the last of the n_used blocks of this row merges them all
         # (m, l) of other blocks' rows may share a sector with rows this SM read before they were final:
         # read them with an atomic add of 0 (in L2, never from L1); the acc rows are whole sectors (HS % 32 == 0)
         wrow, lrow = WS + warp * MAXC, LS + warp * MAXC
