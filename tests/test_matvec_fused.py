@@ -248,6 +248,30 @@ def test_swiglu_fused_tensor_equals_two_tensors():
     assert_swiglu(a.copy_to_host(), gu[:7], m[:7], gu[7:], m[7:], tolerance(K, True), "fused gate_up")
 
 
+@requires_cuda
+def test_row_warm_up_changes_no_result(monkeypatch):
+    """v8 only issues loads before x' is staged: with and without it, every fused kernel (plain, split-K,
+    Q/K/V, SwiGLU) gives the same bits, rows past N included (they touch row N - 1)."""
+    k = km()
+    rng, x, nw, w, K = problem(5, GGMLType.Q6_K, 11, 2, True)
+    wq = weight(rng, GGMLType.Q5_0, 9, K)
+
+    def run():
+        outs = [dev(np.zeros(n, np.float32)) for n in (11, 11, 11, 9, 5)]
+        k.launch_decode_matvec(dev(x), dev(w), GGMLType.Q6_K, K, outs[0], norm_weight=dev(nw), config=(2, 4))
+        k.launch_decode_matvec(dev(x), dev(w), GGMLType.Q6_K, K, outs[1], config=(4, 1, 2))      # split-K
+        k.launch_decode_multi(dev(x), [(dev(w), GGMLType.Q6_K, None), (dev(wq), GGMLType.Q5_0, None)],
+                              outs[2:4], K, norm_weight=dev(nw), config=(2, 2))
+        k.launch_decode_swiglu(dev(x), dev(w), GGMLType.Q6_K, dev(w), GGMLType.Q6_K, 6, K, outs[4], config=(2, 2))
+        return [o.copy_to_host() for o in outs]
+
+    monkeypatch.setattr(k, "WARM", True)
+    warm = run()
+    monkeypatch.setattr(k, "WARM", False)
+    for a, b in zip(warm, run()):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- errors --------------------------------------------------------------------------------------
 @requires_cuda
 def test_bad_arguments_raise():
