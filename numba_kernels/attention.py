@@ -99,6 +99,7 @@ import numpy as np
 from numba import cuda, float32, int32, uint32
 
 from numba_kernels.rope import _args as _rope_args, _rot_dims, rope_element
+from numba_kernels.softmax import _warp_max, _warp_sum  # butterfly: every lane gets the result
 from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device, kernel_time_us
 
 NT = 128          # threads per block of the tiled kernels (4 warps)
@@ -730,7 +731,6 @@ def _short_kernel(HS: int, NW: int):
     assert SL >= 1, f"v5 decode: {NT} threads for head size {HS}"
     assert 4 * (SMAX + HS + SL * HS + 2 * NW) <= SMEM_LIMIT
     NEG_INF = float32(-math.inf)
-    FULL = 0xFFFFFFFF
     RED = SL * HS                       # a plain constant: shared.array rejects an expression on the GPU
 
     @cuda.jit(cache=JIT_CACHE)
@@ -772,10 +772,7 @@ def _short_kernel(HS: int, NW: int):
         vv = cuda.local.array(U, float32)
         for u in range(U):
             vv[u] = v_cache[uint32(min(sl + u * SL, n - 1)), kvh, dv]
-        off = 16
-        while off > 0:
-            mx = max(mx, cuda.shfl_xor_sync(FULL, mx, off))
-            off //= 2
+        mx = _warp_max(mx)
         if lane == 0:
             wmax[warp] = mx
         cuda.syncthreads()
@@ -788,10 +785,7 @@ def _short_kernel(HS: int, NW: int):
             e = math.exp2(p[j] - M)
             p[j] = e
             tot += e
-        off = 16
-        while off > 0:
-            tot += cuda.shfl_xor_sync(FULL, tot, off)
-            off //= 2
+        tot = _warp_sum(tot)
         if lane == 0:
             wsum[warp] = tot
         cuda.syncthreads()
@@ -840,25 +834,6 @@ GQA_MAX_SPLITS = 128    # most chunks v6's combine holds weights for (shared mem
 GQA_SPLITS = 32         # v6's default chunks per kv head, at most (fewer when the cache has fewer tiles)
 GQA_COMBINE_UNROLL = 8  # partial rows each combining lane loads before it adds
 GQA_MIN_KV_MUL = 4      # decode_version picks v6 from this many query heads per kv head
-FULL_MASK = 0xFFFFFFFF  # every lane of the warp takes part in the shuffle
-
-
-@cuda.jit(device=True, inline=True)
-def _warp_all_max(v):
-    off = 16
-    while off > 0:
-        v = max(v, cuda.shfl_xor_sync(FULL_MASK, v, off))
-        off //= 2
-    return v
-
-
-@cuda.jit(device=True, inline=True)
-def _warp_all_sum(v):
-    off = 16
-    while off > 0:
-        v += cuda.shfl_xor_sync(FULL_MASK, v, off)
-        off //= 2
-    return v
 
 
 @functools.cache
@@ -968,10 +943,10 @@ def _gqa_kernel(HS: int, R: int):
                 s += smem[qrow + d] * smem[krow + d]
             if base + lane >= j_end:
                 s = NEG_INF
-            m_new = max(m, _warp_all_max(s))  # finite: key `base` is in the chunk
+            m_new = max(m, _warp_max(s))  # finite: key `base` is in the chunk
             alpha = math.exp2(m - m_new)     # 2^{-inf} = 0 before the first tile
             p = math.exp2(s - m_new)
-            l = l * alpha + _warp_all_sum(p)
+            l = l * alpha + _warp_sum(p)
             m = m_new
             smem[prow + lane] = p
             cuda.syncwarp()
@@ -1004,13 +979,13 @@ def _gqa_kernel(HS: int, R: int):
             smem[wrow + c] = mc
             smem[lrow + c] = cuda.atomic.add(ws_l, (h, c), float32(0.0))
             mx = max(mx, mc)
-        mx = _warp_all_max(mx)
+        mx = _warp_max(mx)
         tot = float32(0.0)
         for c in range(lane, n_used, 32):
             w = math.exp2(smem[wrow + c] - mx)  # every used chunk saw a key: m_c finite
             smem[wrow + c] = w
             tot += w * smem[lrow + c]
-        tot = _warp_all_sum(tot)
+        tot = _warp_sum(tot)
         cuda.syncwarp()
         for i in range(DPL):
             o[i] = 0.0

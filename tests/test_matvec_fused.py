@@ -106,6 +106,21 @@ def problem(seed, gt, N, nb, norm):
     return rng, x, nw, weight(rng, gt, N, K), K
 
 
+def check_decode_matvec(rng, x, nw, w, gt, K, width, cfg, with_bias, accumulate, label=""):
+    """One launch_decode_matvec of W [N, K] against the composition of the reference stages, with a bias
+    and a residual (accumulate) drawn from rng when asked."""
+    N = w.shape[0]
+    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    res = rng.standard_normal(N).astype(np.float32) if accumulate else None
+    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
+    out = dev(res if accumulate else np.zeros(N, np.float32))
+    km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
+                              accumulate=accumulate, width=width, config=cfg)
+    assert_terms(out.copy_to_host(), want, mag, tolerance(K, nw is not None),
+                 f"{label}{gt.name} width={width} cfg={cfg} N={N} K={K} norm={nw is not None} bias={with_bias} "
+                 f"acc={accumulate}")
+
+
 # --- decode_matvec: every type, width, launch configuration, with/without norm, bias, residual --
 @requires_cuda
 @settings(max_examples=EXAMPLES, **SETTINGS)
@@ -116,14 +131,7 @@ def test_decode_matvec_matches_ref(seed, gt, nb, width, cfg, extra, norm, with_b
     rows_per_block = cfg[0] * cfg[1]
     N = 1 + extra % (rows_per_block + 3)          # 1-2 blocks; N mostly not a multiple of a block's rows
     rng, x, nw, w, K = problem(seed, gt, N, nb, norm)
-    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    res = rng.standard_normal(N).astype(np.float32) if accumulate else None
-    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
-    out = dev(res if accumulate else np.zeros(N, np.float32))
-    km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
-                              accumulate=accumulate, width=width, config=cfg)
-    assert_terms(out.copy_to_host(), want, mag, tolerance(K, norm),
-                 f"{gt.name} width={width} cfg={cfg} N={N} K={K} norm={norm} bias={with_bias} acc={accumulate}")
+    check_decode_matvec(rng, x, nw, w, gt, K, width, cfg, with_bias, accumulate)
 
 
 @requires_cuda
@@ -320,14 +328,7 @@ def test_split_k_matches_ref(gt, width, cfg, nb, N, norm, with_bias, accumulate)
     x = rng.standard_normal(K).astype(np.float32)
     nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
     w = weight(rng, gt, N, K)
-    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    res = rng.standard_normal(N).astype(np.float32) if accumulate else None
-    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
-    out = dev(res if accumulate else np.zeros(N, np.float32))
-    km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
-                              accumulate=accumulate, width=width, config=cfg)
-    assert_terms(out.copy_to_host(), want, mag, tolerance(K, norm),
-                 f"split {gt.name} width={width} cfg={cfg} N={N} K={K} norm={norm} bias={with_bias} acc={accumulate}")
+    check_decode_matvec(rng, x, nw, w, gt, K, width, cfg, with_bias, accumulate, label="split ")
 
 
 @requires_cuda
