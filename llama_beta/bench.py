@@ -52,7 +52,7 @@ def _one_run(model, cache, next_token, prompt: np.ndarray, n: int) -> dict:
     token = int(np.argmax(logits))
     t1 = time.perf_counter()
     for i in range(n):
-        token = next_token(token, len(prompt) + i, i + 1, None)
+        token = next_token(token, len(prompt) + i, i + 1, None, ahead=n - 1 - i)
     t2 = time.perf_counter()
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1}
 

@@ -122,29 +122,34 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
     t_prefill = time.perf_counter() - t0
     finish, pos, token = "length", len(ids_in), None
     t1 = time.perf_counter()
-    for step in range(max_tokens):
-        if step == 0:
-            token = pick_token(logits, history, params, seed_value, step)
-        else:
-            token = next_token(token, pos, step, history)
-            pos += 1
-        if token in eog:
-            finish = "eog"
-            break
-        out_ids.append(token)
-        history.append(token)
-        piece = stops.push(decoder.push(token))
-        if piece:
-            text_parts.append(piece)
-            emit(piece)
-        if stops.stopped:
-            finish = "stop"
-            break
-        if step + 1 >= max_tokens:
-            break
-        if pos >= budget:
-            finish = "context"
-            break
+    try:
+        for step in range(max_tokens):
+            if step == 0:
+                token = pick_token(logits, history, params, seed_value, step)
+            else:
+                # the steps that follow unless a stop comes first: the cuda decoder queues some ahead
+                ahead = min(max_tokens - 1 - step, budget - 1 - pos)
+                token = next_token(token, pos, step, history, ahead=ahead)
+                pos += 1
+            if token in eog:
+                finish = "eog"
+                break
+            out_ids.append(token)
+            history.append(token)
+            piece = stops.push(decoder.push(token))
+            if piece:
+                text_parts.append(piece)
+                emit(piece)
+            if stops.stopped:
+                finish = "stop"
+                break
+            if step + 1 >= max_tokens:
+                break
+            if pos >= budget:
+                finish = "context"
+                break
+    finally:
+        next_token.finish()                     # steps queued past a stop are waited for
     if not stops.stopped:
         tail = stops.push(decoder.flush()) + stops.flush()
         if tail:

@@ -200,11 +200,14 @@ class Model:
         return lambda token, pos: self.backend.to_host(self.step(np.array([token], np.int32), pos, cache))[-1]
 
     def token_fn(self, cache, params, seed: int):
-        """A function (token, position, step, history) -> the next token id, extending ``cache`` by one row.
+        """A function (token, position, step, history, ahead=0) -> the next token id, extending ``cache``
+        by one row; its ``finish()`` waits for any work it queued ahead.
 
         The draw is ``params``' sampling chain with ``uniform(seed, step)``. On the cuda backend
         (without a repetition penalty, which needs the history) the token is chosen on the device
-        inside the captured decode step; otherwise from host logits.
+        inside the captured decode step, and ``ahead`` (how many more steps the caller will ask for,
+        barring a stop) lets it queue steps before reading this one's token; otherwise the token is
+        picked from host logits and ``ahead`` is ignored.
         """
         from llama_beta.generate import pick_token
 
@@ -214,9 +217,17 @@ class Model:
             decoder = CudaDecoder(self, cache)
             sampler = None if params.temperature <= 0 else (
                 params.temperature, params.top_k, params.top_p, params.min_p, seed)
-            return lambda token, pos, step, history: decoder.next_token(token, pos, step, sampler)
+
+            def next_token(token, pos, step, history, ahead=0):
+                return decoder.next_token(token, pos, step, sampler, ahead)
+            next_token.finish = decoder.drain
+            return next_token
         decode = self.decode_fn(cache)
-        return lambda token, pos, step, history: pick_token(decode(token, pos), history, params, seed, step)
+
+        def next_token(token, pos, step, history, ahead=0):
+            return pick_token(decode(token, pos), history, params, seed, step)
+        next_token.finish = lambda: None
+        return next_token
 
     # -------------------------------------------------------------- generation
     def generate(self, prompt, **kwargs):

@@ -831,7 +831,8 @@ def _short_kernel(HS: int, NW: int):
 GQA_TILE = 32           # keys per tile: one per lane while scoring (= SPLIT_ALIGN: chunks are whole tiles)
 GQA_WARPS = 8           # warps per v6 block: one per query head of the block (R <= 8), all load tiles
 GQA_MAX_SPLITS = 128    # most chunks v6's combine holds weights for (shared memory)
-GQA_SPLITS = 32         # v6's default chunks per kv head, at most (fewer when the cache has fewer tiles)
+GQA_SPLITS = 64         # v6's default chunks per kv head, at most (fewer when the cache has fewer tiles)
+GQA_MIN_TILES = 1       # v6's chunks hold at least this many tiles of a full cache
 GQA_COMBINE_UNROLL = 8  # partial rows each combining lane loads before it adds
 GQA_MIN_KV_MUL = 4      # decode_version picks v6 from this many query heads per kv head
 
@@ -855,13 +856,39 @@ def _gqa_kernel(HS: int, R: int):
     NEG_INF = float32(-math.inf)
 
     @cuda.jit(device=True, inline=True)
-    def fetch(cache, kvh, base, j_end, tid, regs):
-        # regs[i] <- cache[base + key, kvh, d] for the tile's float f = tid + i*NT = key*HS + d; rows
-        # past j_end and floats past the tile are clamped (loaded, never stored): no load is conditional
+    def fetch(flat, nkv, kvh, base, j_end, tid, regs):
+        # regs[i] <- cache[base + key, kvh, d] for the tile's float f = tid + i*NT = key*HS + d, read
+        # from the flat view of the cache with 32-bit index arithmetic; rows past j_end and floats
+        # past the tile are clamped (loaded, never stored): no load is conditional
+        last = uint32(j_end - 1)
         for i in range(PER):
             f = uint32(min(tid + i * NT, TILE - 1))
             key = f // uint32(HS)
-            regs[i] = cache[uint32(min(base + key, j_end - 1)), kvh, f - key * uint32(HS)]
+            row = min(uint32(base) + key, last)
+            regs[i] = flat[(row * nkv + kvh) * uint32(HS) + f - key * uint32(HS)]
+
+    @cuda.jit(device=True, inline=True)
+    def score(smem, qrow, krow):
+        # q . k over the HS dims in shared memory, in four independent sums (their loads overlap)
+        s0 = s1 = s2 = s3 = float32(0.0)
+        for d in range(0, HS, 4):
+            s0 += smem[qrow + uint32(d)] * smem[krow + uint32(d)]
+            s1 += smem[qrow + uint32(d + 1)] * smem[krow + uint32(d + 1)]
+            s2 += smem[qrow + uint32(d + 2)] * smem[krow + uint32(d + 2)]
+            s3 += smem[qrow + uint32(d + 3)] * smem[krow + uint32(d + 3)]
+        return (s0 + s1) + (s2 + s3)
+
+    @cuda.jit(device=True, inline=True)
+    def fold_v(smem, prow, vcol, alpha, o):
+        # o[i] <- alpha o[i] + sum_k p_k V[k, lane + 32 i] over the tile's TK keys, even and odd keys in
+        # two sums (two load chains in flight)
+        for i in range(DPL):
+            a = o[i] * alpha
+            b = float32(0.0)
+            for k in range(0, TK, 2):
+                a += smem[prow + uint32(k)] * smem[vcol + uint32(k * HS + 32 * i)]
+                b += smem[prow + uint32(k + 1)] * smem[vcol + uint32((k + 1) * HS + 32 * i)]
+            o[i] = a + b
 
     @cuda.jit(device=True, inline=True)
     def store(regs, smem, at, pitch, tid):
@@ -891,9 +918,10 @@ def _gqa_kernel(HS: int, R: int):
                     v_cache[p, kvh, d] = vv
 
     @cuda.jit(cache=JIT_CACHE)
-    def decode_gqa(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out,
+    def decode_gqa(q, k_cache, v_cache, k_flat, v_flat, seq_len, ws_m, ws_l, ws_acc, count, out,
                    fuse, k_new, v_new, pos, ts, fscale, ff, has_ff, attn, half, neox):
-        # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
+        # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs] (k_flat,
+        # v_flat: the same bytes as flat [S_max nkv hs] views, which the tile loads read);
         # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y].
         # fuse (v7): q is rotated at position pos[0] while it is staged, and the new token's key and value
         # (k_new, v_new [nkv, hs]; the key rotated here) fill cache row pos[0] = seq_len[0] - 1; the
@@ -912,8 +940,9 @@ def _gqa_kernel(HS: int, R: int):
         kreg = cuda.local.array(PER, float32)
         vreg = cuda.local.array(PER, float32)
         kvh = uint32(kv_head)
-        fetch(k_cache, kvh, j_begin, j_end, tid, kreg)  # the first tile's loads fly while q is staged
-        fetch(v_cache, kvh, j_begin, j_end, tid, vreg)
+        nkv = uint32(k_cache.shape[1])
+        fetch(k_flat, nkv, kvh, j_begin, j_end, tid, kreg)  # the first tile's loads fly while q is staged
+        fetch(v_flat, nkv, kvh, j_begin, j_end, tid, vreg)
         scale = float32(LOG2E / math.sqrt(HS))  # scores in base 2: e^a = 2^{a log2 e}
         qrow = QS + warp * HS
         p_new = pos[0]
@@ -926,8 +955,10 @@ def _gqa_kernel(HS: int, R: int):
         o = cuda.local.array(DPL, float32)
         for i in range(DPL):
             o[i] = 0.0
-        krow = KS + lane * KP
-        prow = PS + warp * TK
+        krow = uint32(KS + lane * KP)
+        prow = uint32(PS + warp * TK)
+        vcol = uint32(VS + lane)
+        qrow = uint32(qrow)
         for base in range(j_begin, j_end, TK):
             if fuse and base + TK > p_new:  # the tile holding the new token's row
                 fresh_rows(kreg, vreg, tid, base, p_new, kvh, k_new, v_new, k_cache, v_cache, ts, fscale, ff,
@@ -936,11 +967,9 @@ def _gqa_kernel(HS: int, R: int):
             store(vreg, smem, VS, HS, tid)
             cuda.syncthreads()
             if base + TK < j_end:  # the next tile's loads fly during this one
-                fetch(k_cache, kvh, base + TK, j_end, tid, kreg)
-                fetch(v_cache, kvh, base + TK, j_end, tid, vreg)
-            s = float32(0.0)
-            for d in range(HS):  # q broadcast, K rows at pitch HS + 1: every lane its own bank
-                s += smem[qrow + d] * smem[krow + d]
+                fetch(k_flat, nkv, kvh, base + TK, j_end, tid, kreg)
+                fetch(v_flat, nkv, kvh, base + TK, j_end, tid, vreg)
+            s = score(smem, qrow, krow)  # q broadcast, K rows at pitch HS + 1: every lane its own bank
             if base + lane >= j_end:
                 s = NEG_INF
             m_new = max(m, _warp_max(s))  # finite: key `base` is in the chunk
@@ -950,11 +979,7 @@ def _gqa_kernel(HS: int, R: int):
             m = m_new
             smem[prow + lane] = p
             cuda.syncwarp()
-            for i in range(DPL):
-                acc = o[i] * alpha
-                for k in range(TK):
-                    acc += smem[prow + k] * smem[VS + k * HS + lane + 32 * i]
-                o[i] = acc
+            fold_v(smem, prow, vcol, alpha, o)
             cuda.syncthreads()  # the tiles and p are read before the next tile overwrites them
         if warp < rows:
             if n_used == 1:
@@ -1008,7 +1033,7 @@ def _gqa_kernel(HS: int, R: int):
 def gqa_n_splits(s_max: int) -> int:
     """v6's chunks per kv head: one per GQA_TILE positions of a full cache, at most GQA_SPLITS (a long
     cache gets chunks of several tiles). Depends on S_max only: the launch can be captured and replayed."""
-    return max(1, min(-(-s_max // GQA_TILE), GQA_SPLITS))
+    return max(1, min(-(-s_max // (GQA_TILE * GQA_MIN_TILES)), GQA_SPLITS))
 
 
 def gqa_supported(hs: int) -> bool:
@@ -1034,7 +1059,9 @@ def launch_decode_gqa(q, k_cache, v_cache, seq_len, workspace, out, stream=0, k_
         rope_args = (seq_len, np.float32(1.0), np.float32(1.0), q.reshape(nh * hs), False, np.float32(1.0), 0, False)
     else:
         fuse, k_new, v_new = True, k_new.reshape(nkv, hs), v_new.reshape(nkv, hs)
-    _gqa_kernel(hs, rows)[grid, 32 * GQA_WARPS, stream](q, k_cache, v_cache, seq_len, workspace.m, workspace.l,
+    k_flat, v_flat = k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size)
+    _gqa_kernel(hs, rows)[grid, 32 * GQA_WARPS, stream](q, k_cache, v_cache, k_flat, v_flat, seq_len,
+                                                        workspace.m, workspace.l,
                                                         workspace.acc, workspace.count, out, fuse, k_new, v_new,
                                                         *rope_args)
 

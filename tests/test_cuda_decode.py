@@ -76,3 +76,33 @@ def test_next_token_on_device_matches_host_sampler(tmp_path, sampler):
         assert state[POS] == pos + 1 and state[STEP] == step + 1      # advanced on the device
         assert decoder.history.copy_to_host()[step] == chosen           # and recorded
         token, pos = chosen, pos + 1
+
+
+@requires_cuda
+@pytest.mark.parametrize("sampler", [None, (0.8, 5, 0.9, 0.05, 1234)])
+def test_run_ahead_picks_the_same_tokens(tmp_path, sampler):
+    """Steps queued ahead (``ahead``) give the tokens of one-at-a-time steps; a call that breaks the
+    queued sequence (another position) waits for the queue and starts over from its own state."""
+    from llama_beta.backends.cuda_decode import CudaDecoder, RUN_AHEAD
+
+    model = _model(tmp_path, "qwen2")
+    n = RUN_AHEAD + 2                     # more steps than the queue holds: it refills while reading
+
+    def run(ahead: bool, start: int):
+        cache = model.new_cache(16)
+        model.step(PROMPT, 0, cache)
+        decoder = CudaDecoder(model, cache)
+        token, out = int(IDS[0]), []
+        for i in range(n):
+            token = decoder.next_token(token, start + i, i + 1, sampler, ahead=n - 1 - i if ahead else 0)
+            out.append(token)
+            if ahead and i == 0:
+                assert len(decoder._inflight) == min(n - 1, RUN_AHEAD)   # queued, not yet read
+        restart = decoder.next_token(int(IDS[0]), start, 1, sampler)       # not the queued sequence
+        decoder.close()
+        return out, restart
+
+    one_by_one, first = run(False, len(PROMPT))
+    queued, restart = run(True, len(PROMPT))
+    assert queued == one_by_one
+    assert restart == first == one_by_one[0]

@@ -27,6 +27,7 @@ The results are checked against the readable forward pass in ``tests/test_cuda_d
 """
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
@@ -36,6 +37,7 @@ from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope,
 from numba_kernels.runtime import JIT_CACHE
 
 TOKEN, POS, SEQ_LEN, STEP = range(4)      # the fields of ``state``
+RUN_AHEAD = 2                             # decode steps queued beyond the one whose token is being read
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -103,7 +105,9 @@ class CudaDecoder:
         self.state = cuda.to_device(np.zeros(4, np.int32))
         self.history = cuda.to_device(np.zeros(history, np.int32))
         self._state_host = cuda.pinned_array(4, np.int32)
-        self._token_host = cuda.pinned_array(1, np.int32)
+        self._ring = cuda.pinned_array(RUN_AHEAD + 2, np.int32)   # the tokens of queued steps, slot step % len
+        self._inflight = collections.deque()   # (position, step, graph key, event) of queued steps, oldest first
+        self._last = -1                        # the token next_token returned last
         self.token, self.pos = self.state[TOKEN:TOKEN + 1], self.state[POS:POS + 1]
         self.seq_len, self.step = self.state[SEQ_LEN:SEQ_LEN + 1], self.state[STEP:STEP + 1]
         S = cache[0].shape[1]
@@ -157,30 +161,53 @@ class CudaDecoder:
     def _layer_fused(self, i, L):
         """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual
         (five with attention v7, which does RoPE and the append itself)."""
-        c, s, p = self.model.config, self.stream, self.model.rope
+        for _, queue in self.fused_launches(i, L):
+            queue()
+
+    def fused_launches(self, i, L):
+        """The fused body of layer ``i`` as ``[(name, queue)]``: each ``queue()`` queues one launch
+        (``benchmarks/profile_decode.py`` times them one kind at a time)."""
+        c, p = self.model.config, self.model.rope
         k_cache, v_cache = self.cache[0][i], self.cache[1][i]
-        qkv = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
-        matmul.decode_matvec_multi(self.x, qkv, [self.q.reshape(1, -1), self.k.reshape(1, -1),
-                                                 self.v.reshape(1, -1)],
-                                   norm_weight=L.attn_norm, eps=c.norm_eps, stream=s)
         rope_kw = dict(rot_dims=p.dims, neox=p.neox, freq_scale=p.freq_scale, freq_factors=self.factors,
-                       attn_factor=p.attn_factor, stream=s)
-        if self.rope_in_attention:                    # one launch: RoPE, append, attention (v7)
-            attention.attention_decode_rope(self.q, self.k, self.v, k_cache, v_cache, self.pos, self.seq_len,
-                                            p.base, workspace=self.workspace, out=self.att, **rope_kw)
-        else:
-            rope.rope_qk_append(self.q, self.k, self.v, k_cache, v_cache, self.pos, p.base, **rope_kw)
-            attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=s,
+                       attn_factor=p.attn_factor)
+        g, u, d, wo = L.w_gate, L.w_up, L.w_down, L.wo
+
+        def qkv():                                    # n = rmsnorm(x); q, k, v = W_q n, W_k n, W_v n
+            mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
+            matmul.decode_matvec_multi(self.x, mats, [self.q.reshape(1, -1), self.k.reshape(1, -1),
+                                                      self.v.reshape(1, -1)],
+                                       norm_weight=L.attn_norm, eps=c.norm_eps, stream=self.stream)
+
+        def rope_append():                            # RoPE(q), RoPE(k); cache row pos = k, v
+            rope.rope_qk_append(self.q, self.k, self.v, k_cache, v_cache, self.pos, p.base, stream=self.stream,
+                                **rope_kw)
+
+        def attend():                                 # att = softmax(q K^T / sqrt(hs)) V over the cache
+            attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=self.stream,
                                        workspace=self.workspace)
-        wo = L.wo
-        matmul.decode_matvec(self.att.reshape(1, self._qw), wo.raw, wo.ggml_type, wo.k, self.x, bias=wo.bias,
-                             accumulate=True, stream=s)                              # x += W_o att
-        g, u = L.w_gate, L.w_up
-        matmul.decode_matvec_swiglu(self.x, g.raw, u.raw, g.ggml_type, u.ggml_type, g.k, self.gate,
-                                    norm_weight=L.ffn_norm, eps=c.norm_eps, stream=s)  # silu(W_g n) * W_u n
-        d = L.w_down
-        matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
-                             stream=s)                                               # x += W_down h
+
+        def rope_attend():                            # v7: RoPE, append and attention in one launch
+            attention.attention_decode_rope(self.q, self.k, self.v, k_cache, v_cache, self.pos, self.seq_len,
+                                            p.base, workspace=self.workspace, out=self.att, stream=self.stream,
+                                            **rope_kw)
+
+        def w_o():                                    # x += W_o att
+            matmul.decode_matvec(self.att.reshape(1, self._qw), wo.raw, wo.ggml_type, wo.k, self.x,
+                                 bias=wo.bias, accumulate=True, stream=self.stream)
+
+        def gate_up():                                # h = silu(W_g n) * W_u n, n = rmsnorm(x)
+            matmul.decode_matvec_swiglu(self.x, g.raw, u.raw, g.ggml_type, u.ggml_type, g.k, self.gate,
+                                        norm_weight=L.ffn_norm, eps=c.norm_eps, stream=self.stream)
+
+        def w_down():                                 # x += W_down h
+            matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
+                                 stream=self.stream)
+
+        attention_part = [("rope+attention", rope_attend)] if self.rope_in_attention else \
+            [("rope+append", rope_append), ("attention", attend)]
+        return [("norm+qkv", qkv), *attention_part, ("w_o+residual", w_o), ("norm+gate/up+swiglu", gate_up),
+                ("w_down+residual", w_down)]
 
     def launch(self) -> None:
         """Queue one decode step: logits [1, V] for ``state.token`` at ``state.pos``."""
@@ -242,20 +269,53 @@ class CudaDecoder:
         self._replay("logits", self.launch)
         return self.logits.copy_to_host(stream=self.stream)[0]
 
-    def next_token(self, token: int, position: int, step: int, sampler=None) -> int:
+    def next_token(self, token: int, position: int, step: int, sampler=None, ahead: int = 0) -> int:
         """The token after ``token`` at ``position``, chosen on the device (greedy when ``sampler`` is None,
-        else ``(temperature, top_k, top_p, min_p, seed)`` with the draw ``uniform(seed, step)``)."""
-        self.set_state(token, position, step)
-        self._replay(("next", sampler), lambda: (self.launch(), self._choose(sampler)))
-        self.token.copy_to_host(self._token_host, stream=self.stream)
-        self._synchronize()
-        return int(self._token_host[0])
+        else ``(temperature, top_k, top_p, min_p, seed)`` with the draw ``uniform(seed, step)``).
+
+        ``ahead``: how many more steps the caller will ask for in sequence (each with the token this
+        call returns, at position + 1, step + 1, ...) unless it stops early. Up to ``RUN_AHEAD`` of them
+        are queued before this step's token is read, so the host's round trip (write the state,
+        launch, copy the token back, wait) overlaps the GPU's work instead of sitting between steps.
+        The next step's input is already on the device (``state``), so a queued step needs nothing
+        from the host. A call that does not continue the queued sequence waits for it (``drain``)
+        and starts afresh; steps queued past where the caller stops only write cache rows beyond
+        the last position it used."""
+        key = ("next", sampler)
+        front = self._inflight[0] if self._inflight else None
+        if front is None or front[:3] != (position, step, key) or token != self._last:
+            self.drain()
+            self.set_state(token, position, step)
+            self._queue_step(position, step, key, sampler)
+        while len(self._inflight) < 1 + min(ahead, RUN_AHEAD):
+            p, s, _, _ = self._inflight[-1]
+            self._queue_step(p + 1, s + 1, key, sampler)
+        _, _, _, ready = self._inflight.popleft()
+        ready.synchronize()
+        self._last = int(self._ring[step % len(self._ring)])
+        return self._last
+
+    def _queue_step(self, position: int, step: int, key, sampler) -> None:
+        """Queue the step at (position, step) and the copy of its token to the host ring; record an event."""
+        self._replay(key, lambda: (self.launch(), self._choose(sampler)))
+        slot = step % len(self._ring)
+        self.token.copy_to_host(self._ring[slot:slot + 1], stream=self.stream)
+        ready = cuda.event()
+        ready.record(self.stream)
+        self._inflight.append((position, step, key, ready))
+
+    def drain(self) -> None:
+        """Wait for every queued step (their tokens are dropped)."""
+        if self._inflight:
+            self._synchronize()
+            self._inflight.clear()
 
     def choose_greedy(self) -> None:
         """Queue argmax(logits) into ``state.token`` and advance (the next step's input)."""
         self._choose(None)
 
     def close(self) -> None:
+        self.drain()
         for g in self._graphs.values():
             g.close()
         self._graphs.clear()

@@ -1,0 +1,132 @@
+"""Where a decode step's time goes on the GPU: each launch of the fused step timed inside a CUDA graph.
+
+    python benchmarks/profile_decode.py MODEL.gguf [--context 512] [--reps 200] [--json OUT.json]
+
+For each kind of launch of the fused layer body (norm+QKV, RoPE+append, attention, ...) a graph
+holding that launch once per layer (each with its own layer's weights, as in the real step) is
+captured and replayed ``reps`` times; time per launch = wall time / (reps x layers). That is the
+launch's cost as the step pays it: the kernel plus the gap between graph nodes. Also timed the
+same way: the output product, embedding + argmax + state, an empty kernel (the per-node floor),
+the whole step replayed back to back, and the step as ``next_token`` runs it (with the host round
+trip: write the state, replay, read the token).
+
+With ``--ncu`` it instead launches one layer's launches, the output product and the argmax once
+each between ``cuda.profile_start()`` and ``profile_stop()``, for Nsight Compute:
+
+    ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        python benchmarks/profile_decode.py MODEL.gguf --ncu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from numba import cuda
+
+import llama_beta
+from llama_beta.backends.cuda_decode import CudaDecoder
+from numba_kernels import attention, embedding, matmul
+
+
+@cuda.jit
+def _empty(x):
+    if cuda.grid(1) == 0:
+        x[0] += 1.0
+
+
+def time_graph(dec: CudaDecoder, key, queue, reps: int) -> float:
+    """Seconds per replay of the graph of ``queue()`` (captured on first use)."""
+    dec._replay(key, queue)
+    graph = dec._graphs[key]
+    for _ in range(3):
+        graph.launch(dec._cc_stream)
+    dec._synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        graph.launch(dec._cc_stream)
+    dec._synchronize()
+    return (time.perf_counter() - t) / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--json")
+    ap.add_argument("--ncu", action="store_true", help="one of each launch, inside cuda.profile_start/stop")
+    ap.add_argument("--gqa-splits", type=int, help="attention v6's most chunks per kv head (a sweep)")
+    ap.add_argument("--gqa-min-tiles", type=int, help="attention v6's fewest tiles per chunk (a sweep)")
+    ap.add_argument("--only", help="time only the launches whose name contains this")
+    a = ap.parse_args()
+    if a.gqa_splits:
+        attention.GQA_SPLITS = a.gqa_splits
+    if a.gqa_min_tiles:
+        attention.GQA_MIN_TILES = a.gqa_min_tiles
+    model = llama_beta.load(a.model, backend="cuda", progress=False)
+    c, W = model.config, model.weights
+    cache = model.new_cache(a.context + 64)
+    dec = CudaDecoder(model, cache, fused=True, use_graph=True)
+    dec.set_state(1, a.context)
+    layers = list(enumerate(W.layers))
+    rows = []
+
+    def record(name, seconds, count):
+        rows.append({"launch": name, "per_launch_us": seconds / count * 1e6, "count": count,
+                     "per_step_us": seconds * 1e6})
+        print(f"{name:24s} {seconds / count * 1e6:8.2f} us x {count:3d} = {seconds * 1e6:8.1f} us", flush=True)
+
+    if a.ncu:
+        dec.launch()                                   # compile every kernel first
+        dec.choose_greedy()
+        cuda.synchronize()
+        cuda.profile_start()
+        for _, queue in dec.fused_launches(*layers[1]):
+            queue()
+        out = W.output
+        matmul.decode_matvec(dec.x, out.raw, out.ggml_type, out.k, dec.logits, bias=out.bias,
+                             norm_weight=W.output_norm, eps=c.norm_eps, stream=dec.stream)
+        dec.choose_greedy()
+        cuda.synchronize()
+        cuda.profile_stop()
+        return
+    names = [name for name, _ in dec.fused_launches(*layers[0])]
+    for j, name in enumerate(names):
+        if a.only and a.only not in name:
+            continue
+        launches = [dec.fused_launches(i, L)[j][1] for i, L in layers]
+        record(name, time_graph(dec, name, lambda: [q() for q in launches], a.reps), len(layers))
+    if a.only:
+        return
+    out = W.output
+    record("output norm+product", time_graph(dec, "output", lambda: matmul.decode_matvec(
+        dec.x, out.raw, out.ggml_type, out.k, dec.logits, bias=out.bias, norm_weight=W.output_norm,
+        eps=c.norm_eps, stream=dec.stream), a.reps), 1)
+    record("embed+argmax+advance", time_graph(dec, "tail", lambda: (
+        embedding.embed(W.token_embd.raw, W.token_embd.ggml_type, c.dim, dec.token, out=dec.x, stream=dec.stream),
+        dec.choose_greedy()), a.reps), 3)
+    scratch = cuda.device_array(1, np.float32)
+    n_nodes = len(layers) * len(names) + 4
+    record("empty kernel", time_graph(dec, "empty", lambda: [_empty[1, 32, dec.stream](scratch)
+                                                            for _ in range(n_nodes)], a.reps), n_nodes)
+    total = sum(r["per_step_us"] for r in rows if r["launch"] != "empty kernel")
+    print(f"{'sum of the parts':24s} {total:8.1f} us per step")
+    dec.set_state(1, a.context)
+    step = time_graph(dec, ("next", None), lambda: (dec.launch(), dec.choose_greedy()), a.reps)
+    print(f"{'whole step, replayed':24s} {step * 1e6:8.1f} us = {1 / step:7.1f} tok/s (context grows by reps)")
+    token, t = 1, time.perf_counter()
+    for i in range(a.reps):
+        token = dec.next_token(token, a.context + i, i)
+    host = (time.perf_counter() - t) / a.reps
+    print(f"{'next_token (host trip)':24s} {host * 1e6:8.1f} us = {1 / host:7.1f} tok/s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "context": a.context, "rows": rows, "sum_us": total,
+                       "step_replayed_us": step * 1e6, "next_token_us": host * 1e6,
+                       "date": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
