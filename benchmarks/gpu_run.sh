@@ -13,6 +13,9 @@ fi
 export PYTHONUNBUFFERED=1 LLAMA_BETA_CACHE=/tmp/llama-beta-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+if [ -d .dev-model/vocab ]; then   # llama.cpp's vocabulary files: the registry finds them offline
+  mkdir -p "$LLAMA_BETA_CACHE/models" && cp -n .dev-model/vocab/* "$LLAMA_BETA_CACHE/models/"
+fi
 
 for step in "$@"; do
   case "$step" in

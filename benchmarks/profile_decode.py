@@ -60,7 +60,13 @@ def main() -> None:
     ap.add_argument("--gqa-splits", type=int, help="attention v6's most chunks per kv head (a sweep)")
     ap.add_argument("--gqa-min-tiles", type=int, help="attention v6's fewest tiles per chunk (a sweep)")
     ap.add_argument("--only", help="time only the launches whose name contains this")
+    ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
+    ap.add_argument("--fused-configs", help="the fused matvec's (warps x rows) choices, most rows first: 16x2,8x1,...")
     a = ap.parse_args()
+    if a.fused_configs:
+        matmul.FUSED_CONFIGS = tuple(tuple(map(int, c.split("x"))) for c in a.fused_configs.split(","))
+    if a.blocks_per_sm:
+        matmul.BLOCKS_PER_SM = a.blocks_per_sm
     if a.gqa_splits:
         attention.GQA_SPLITS = a.gqa_splits
     if a.gqa_min_tiles:
