@@ -40,9 +40,11 @@ for step in "$@"; do
         echo "== numba_kernels.$k"; timeout 120 python3 -m "numba_kernels.$k" 2>&1 | grep -v Warning | tail -30
       done 2>&1 | tee "$OUT/kernels-gpu.log" ;;
     bench)    # a Qwen2.5-0.5B-shaped synthetic model, same tensor shapes and type mix as the default model
-      python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --force >/dev/null 2>&1 \
-        || python3 -c "from llama_beta.synth import synth_model; synth_model('/tmp/qwen-synth.gguf', 'qwen2.5-0.5b', overwrite=True)"
-      timeout 300 python3 -m llama_beta.cli bench --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n 64 -r 3 \
+      #          and vocabulary (without the vocabulary file the output layer would be a tiny one)
+      vocab=.dev-model/vocab/ggml-vocab-qwen2.gguf
+      [ -f "$vocab" ] || { echo "bench: $vocab missing (the git-ignored .dev-model/vocab, see NOTES.md)"; continue; }
+      python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --vocab $vocab --force -q
+      timeout 300 python3 -m llama_beta.cli bench --model /tmp/qwen-synth.gguf --backend cuda -p 512 -n 128 -r 3 \
         -o "$OUT/bench-qwen-synth-cuda.json" 2>&1 | tail -8 ;;
     decode)   # decode variants (readable/fused layer body, with/without graph) on $DECODE_MODEL
       #          (default: the real model if assembled, else a synthetic one with its shapes and type mix)

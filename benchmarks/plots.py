@@ -34,7 +34,8 @@ def run_label(r: dict) -> str:
         notes = ["attention v4", "no split-K"] if v["body"] == "fused" else []
     else:
         notes = ([f"attention {v['attention']}"] if v["attention"] != "auto" else []) \
-            + ([] if v["split_k"] else ["no split-K"]) + ([] if v["matvec_warm"] else ["no warm-up"])
+            + ([] if v["split_k"] else ["no split-K"]) + ([] if v["matvec_warm"] else ["no warm-up"]) \
+            + ([f"{v['run_ahead']} steps ahead"] if v.get("run_ahead") else [])
     return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
 
 

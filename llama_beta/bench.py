@@ -92,10 +92,20 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
                            # the kernel switches read at import (numba_kernels.attention / .matmul)
                            "attention": os.environ.get("LLAMA_BETA_ATTENTION", "auto"),
                            "split_k": os.environ.get("LLAMA_BETA_SPLIT_K", "1") != "0",
-                           "matvec_warm": os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"},
+                           "matvec_warm": os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0",
+                           "run_ahead": _run_ahead(model)},
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _run_ahead(model) -> int:
+    """Decode steps the cuda backend queues ahead of the host (0 on other backends)."""
+    if model.backend.name != "cuda":
+        return 0
+    from llama_beta.backends.cuda_decode import RUN_AHEAD
+
+    return RUN_AHEAD
 
 
 def format_report(r: dict) -> str:
