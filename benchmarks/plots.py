@@ -35,7 +35,8 @@ def run_label(r: dict) -> str:
     else:
         notes = ([f"attention {v['attention']}"] if v["attention"] != "auto" else []) \
             + ([] if v["split_k"] else ["no split-K"]) + ([] if v["matvec_warm"] else ["no warm-up"]) \
-            + ([f"{v['run_ahead']} steps ahead"] if v.get("run_ahead") else [])
+            + ([f"{v['run_ahead']} steps ahead"] if v.get("run_ahead") else []) \
+            + (["RoPE in Q/K/V"] if v.get("qkv_rope") else [])
     return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
 
 

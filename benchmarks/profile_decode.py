@@ -27,7 +27,7 @@ from numba import cuda
 
 import llama_beta
 from llama_beta.backends.cuda_decode import CudaDecoder
-from numba_kernels import attention, embedding, matmul
+from numba_kernels import attention, matmul
 
 
 @cuda.jit
@@ -61,8 +61,11 @@ def main() -> None:
     ap.add_argument("--gqa-min-tiles", type=int, help="attention v6's fewest tiles per chunk (a sweep)")
     ap.add_argument("--only", help="time only the launches whose name contains this")
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
+    ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
     ap.add_argument("--fused-configs", help="the fused matvec's (warps x rows) choices, most rows first: 16x2,8x1,...")
     a = ap.parse_args()
+    if a.qkv_warps:
+        matmul.QKV_ROPE_WARPS = a.qkv_warps
     if a.fused_configs:
         matmul.FUSED_CONFIGS = tuple(tuple(map(int, c.split("x"))) for c in a.fused_configs.split(","))
     if a.blocks_per_sm:
@@ -72,7 +75,7 @@ def main() -> None:
     if a.gqa_min_tiles:
         attention.GQA_MIN_TILES = a.gqa_min_tiles
     model = llama_beta.load(a.model, backend="cuda", progress=False)
-    c, W = model.config, model.weights
+    W = model.weights
     cache = model.new_cache(a.context + 64)
     dec = CudaDecoder(model, cache, fused=True, use_graph=True)
     dec.set_state(1, a.context)
@@ -91,9 +94,7 @@ def main() -> None:
         cuda.profile_start()
         for _, queue in dec.fused_launches(*layers[1]):
             queue()
-        out = W.output
-        matmul.decode_matvec(dec.x, out.raw, out.ggml_type, out.k, dec.logits, bias=out.bias,
-                             norm_weight=W.output_norm, eps=c.norm_eps, stream=dec.stream)
+        dec.output_fused()
         dec.choose_greedy()
         cuda.synchronize()
         cuda.profile_stop()
@@ -106,13 +107,8 @@ def main() -> None:
         record(name, time_graph(dec, name, lambda: [q() for q in launches], a.reps), len(layers))
     if a.only:
         return
-    out = W.output
-    record("output norm+product", time_graph(dec, "output", lambda: matmul.decode_matvec(
-        dec.x, out.raw, out.ggml_type, out.k, dec.logits, bias=out.bias, norm_weight=W.output_norm,
-        eps=c.norm_eps, stream=dec.stream), a.reps), 1)
-    record("embed+argmax+advance", time_graph(dec, "tail", lambda: (
-        embedding.embed(W.token_embd.raw, W.token_embd.ggml_type, c.dim, dec.token, out=dec.x, stream=dec.stream),
-        dec.choose_greedy()), a.reps), 3)
+    record("output norm+product", time_graph(dec, "output", dec.output_fused, a.reps), 1)
+    record("embed+argmax+advance", time_graph(dec, "tail", lambda: (dec.embed(), dec.choose_greedy()), a.reps), 3)
     scratch = cuda.device_array(1, np.float32)
     n_nodes = len(layers) * len(names) + 4
     record("empty kernel", time_graph(dec, "empty", lambda: [_empty[1, 32, dec.stream](scratch)

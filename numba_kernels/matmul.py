@@ -88,6 +88,14 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   sm_90: no spills, 32-80 registers). Measured on the H200 (2026-11-29): v4 55 us = 61 % at
   151936x896 Q8_0, 22-34 % at the Phi-3-mini shapes, 3-16 % at the Qwen2.5-0.5B layer shapes
   (latency-bound); v5 slower everywhere (docs/benchmarks.md has the table).
+- v9 ``decode_qkv_rope`` (``_qkv_rope_kernel``): the decode step's RMSNorm + Q/K/V products + RoPE
+  of q and k + KV-cache append in one launch (the fused body's ``multi`` launch and
+  ``rope.rope_qk_append``). A warp computes the two rows of one RoPE pair slot (``_pair_rows``, as
+  ``rope._rotate_slot``: NEOX rows (i, i + rot_dims/2), interleaved (2i, 2i+1), pass-through dims two
+  at a time) through ``_rows_dot`` with a row step, adds the bias, and lane 0 rotates them with
+  ``rope._cos_sin`` at position pos[0]: q's rows go to q, k's straight into row pos[0] of the key
+  cache, v's (two consecutive rows, unrotated) into the value cache. Same arithmetic as the
+  two launches it replaces (products, then bias, then the rotation).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -127,6 +135,7 @@ from numba import config, cuda, float32, int32, uint32
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
 from numba_kernels.rmsnorm import _block_sum
+from numba_kernels.rope import _args as _rope_args, _cos_sin, _rot_dims
 from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, to_device as _device
 
 WARP = 32
@@ -817,8 +826,9 @@ def _keep(t, N):
 
 @functools.lru_cache(maxsize=None)
 def _rows_dot(ggml_type, width, R, S=1):
-    """Device function: the dot products of rows row0 .. row0+R-1 (R = 1, 2 or 4) with x', warp-
-    reduced into ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored.
+    """Device function: the dot products of rows row0 + r * rstep, r < R (R = 1, 2 or 4; rstep = 1:
+    consecutive rows) with x', warp-reduced into ``acc`` (lane 0 holds them). Rows past N re-read
+    row N - 1 and are not stored.
 
     S > 1 (v7 split-K, S a power of 2): S consecutive warps share the rows; warp j of the S dots
     the j-th of every S stretches of 32 units (a step of the S warps covers 32 S consecutive
@@ -833,11 +843,11 @@ def _rows_dot(ggml_type, width, R, S=1):
     smask = S - 1
 
     @cuda.jit(device=True, inline=True)
-    def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc):
+    def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc, rstep):
         b0 = int32(min(row0, N - 1) * rb)           # byte offsets of the rows
-        b1 = int32(min(row0 + 1, N - 1) * rb)
-        b2 = int32(min(row0 + 2, N - 1) * rb)
-        b3 = int32(min(row0 + 3, N - 1) * rb)
+        b1 = int32(min(row0 + rstep, N - 1) * rb)
+        b2 = int32(min(row0 + 2 * rstep, N - 1) * rb)
+        b3 = int32(min(row0 + 3 * rstep, N - 1) * rb)
         a0 = a1 = a2 = a3 = float32(0.0)
         mg = _magic(K)
         tid = cuda.threadIdx.x                      # lane l of part j: weights k .. k+width
@@ -936,7 +946,7 @@ def _fused_kernels(types, width, R, NW):
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
-        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc)
+        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1)
         for r in range(R):
             _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
@@ -964,19 +974,19 @@ def _fused_kernels(types, width, R, NW):
         if blk < blk1:
             row0 = (blk * NW + warp) * R
             if row0 < aN:
-                rows0(a16, a32, ah, af, arb, row0, aN, K, xs, acc)
+                rows0(a16, a32, ah, af, arb, row0, aN, K, xs, acc, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, aN, abias, ahas, False, aout)
         elif blk < blk2:
             row0 = ((blk - blk1) * NW + warp) * R
             if row0 < bN:
-                rows1(b16, b32, bh, bf, brb, row0, bN, K, xs, acc)
+                rows1(b16, b32, bh, bf, brb, row0, bN, K, xs, acc, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, bN, bbias, bhas, False, bout)
         else:
             row0 = ((blk - blk2) * NW + warp) * R
             if row0 < cN:
-                rows2(c16, c32, ch, cf, crb, row0, cN, K, xs, acc)
+                rows2(c16, c32, ch, cf, crb, row0, cN, K, xs, acc, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
 
@@ -1034,7 +1044,7 @@ def _split_kernel(ggml_type, width, R, NW, S):
         acc = cuda.local.array(R, float32)
         # every warp dots (groups past N re-read row N - 1, only in the last block; their parts are
         # never read): no early return and no divergent shuffles before the barrier below
-        rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc)
+        rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1)
         if tid % WARP == 0:
             for r in range(R):
                 part[warp * R + r] = acc[r]
@@ -1052,6 +1062,88 @@ def _split_kernel(ggml_type, width, R, NW, S):
                 out[n] = out[n] + v if accumulate else v
 
     return matvec_split
+
+
+@cuda.jit(device=True, inline=True)
+def _pair_rows(slot, hs, half, neox):
+    """RoPE pair slot ``slot`` of a matrix of heads (hs/2 slots a head, as ``rope._rotate_slot``):
+    (first row, step to the second row, pair index or -1 for two pass-through rows)."""
+    slots = hs // 2
+    head = slot // slots
+    k = slot - head * slots
+    if k < half:
+        a = k if neox else 2 * k
+        return head * hs + a, half if neox else 1, k
+    return head * hs + 2 * k, 1, -1
+
+
+@functools.lru_cache(maxsize=None)
+def _qkv_rope_kernel(types, width, NW):
+    """v9: NW warps per block, one RoPE pair slot (two rows) per warp; matrices a (q), b (k), c (v)
+    of types[0..2]. Every type, width and NW is a compile-time constant."""
+    rows_a, rows_b, rows_c = (_rows_dot(t, width, 2) for t in types)
+
+    @cuda.jit(device=True, inline=True)
+    def finish(acc, r0, step, pair, bias, has_bias, out, off, pos, ts, fscale, ff, has_ff, attn):
+        # lane 0: the two rows + bias, rotated when they are a RoPE pair, stored at out[off + row]
+        if cuda.threadIdx.x % WARP == 0:
+            v0, v1 = acc[0], acc[1]
+            if has_bias:
+                v0, v1 = v0 + bias[r0], v1 + bias[r0 + step]
+            if pair >= 0:
+                c, s = _cos_sin(pos, pair, ts, fscale, ff, has_ff, attn)
+                v0, v1 = v0 * c - v1 * s, v0 * s + v1 * c
+            out[off + r0] = v0
+            out[off + r0 + step] = v1
+
+    @cuda.jit(cache=JIT_CACHE)
+    def qkv_rope(x, nw, has_norm, eps, K, warm, blk1, blk2, hs, pos_arr, ts, fscale, ff, has_ff, attn, half, neox,
+                 a16, a32, ah, af, arb, aN, abias, ahas, q_out,
+                 b16, b32, bh, bf, brb, bN, bbias, bhas, k_flat,
+                 c16, c32, ch, cf, crb, cN, cbias, chas, v_flat):
+        # blocks [0, blk1): q's slots, [blk1, blk2): k's, [blk2, grid): v's row pairs (block-uniform);
+        # q_out: [aN]; k_flat, v_flat: flat [S_max * bN] views of the layer's caches (row p at p * bN)
+        xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
+        acc = cuda.local.array(2, float32)
+        blk = cuda.blockIdx.x
+        warp = cuda.threadIdx.x // WARP
+        p = pos_arr[0]
+        if blk < blk1:
+            slot = blk * NW + warp
+            r0, step, pair = _pair_rows(slot, hs, half, neox)
+            n_rows = aN
+        elif blk < blk2:
+            slot = (blk - blk1) * NW + warp
+            r0, step, pair = _pair_rows(slot, hs, half, neox)
+            n_rows = bN
+        else:
+            slot = (blk - blk2) * NW + warp
+            r0, step, pair = 2 * slot, 1, -1
+            n_rows = cN
+        t = int32(0)
+        if warm:
+            if blk < blk1:
+                t = _warm_row(a16, arb, r0, aN) ^ _warm_row(a16, arb, r0 + step, aN)
+            elif blk < blk2:
+                t = _warm_row(b16, brb, r0, bN) ^ _warm_row(b16, brb, r0 + step, bN)
+            else:
+                t = _warm_row(c16, crb, r0, cN) ^ _warm_row(c16, crb, r0 + 1, cN)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _keep(t, aN)
+        if 2 * slot >= n_rows:
+            return                                   # whole warp leaves: past the matrix's slots
+        if blk < blk1:
+            rows_a(a16, a32, ah, af, arb, r0, aN, K, xs, acc, step)
+            finish(acc, r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+        elif blk < blk2:
+            rows_b(b16, b32, bh, bf, brb, r0, bN, K, xs, acc, step)
+            finish(acc, r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff, attn)
+        else:
+            rows_c(c16, c32, ch, cf, crb, r0, cN, K, xs, acc, 1)
+            finish(acc, r0, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
+
+    return qkv_rope
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1179,6 +1271,26 @@ def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None
     blk2 = blk1 + (blocks[1] if len(mats) > 1 else 0)
     kern = _fused_kernels(types + types[:1] * (3 - len(types)), _width(width, K), R, nw)[1]
     _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blk1, blk2, *slots)
+
+
+QKV_ROPE_WARPS = 8     # v9: warps (pair slots) per block
+
+
+def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_args, norm_weight=None, eps=1e-6,
+                           width=None, n_warps=None, stream=0):
+    """v9: q_out [nh hs] = RoPE(W_q x' + b_q); row pos[0] of k_cache / v_cache [S_max, nkv, hs] =
+    RoPE(W_k x' + b_k) and W_v x' + b_v; x' = RMSNorm(x) * norm_weight (or x). ``mats``: three
+    (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1])."""
+    types = tuple(t for _, t, _ in mats)
+    nw = n_warps or (QKV_ROPE_WARPS if _sm_count() else 2)     # the simulator pays per thread: small blocks
+    flat = [q_out, k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size)]
+    blocks = [-(-(m[0].shape[0] // 2) // nw) for m in mats]     # a warp per two rows
+    slots = []
+    for (w, t, bias), o in zip(mats, flat):
+        slots += [*_fused_views(w, t), *_bias(bias, o), o]
+    kern = _qkv_rope_kernel(types, _width(width, K), nw)
+    _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blocks[0],
+            blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
 def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, norm_weight=None,
@@ -1310,6 +1422,32 @@ def decode_matvec_multi(x, mats, outs, *, norm_weight=None, eps=1e-6, stream=0):
     launch_decode_multi(_vector(x, K, "x"), dev, flat, K, norm_weight=_device(norm_weight, np.float32),
                         eps=eps, stream=stream)
     return outs
+
+
+def decode_qkv_rope(x, mats, q, k_cache, v_cache, pos, base, *, norm_weight=None, eps=1e-6, rot_dims=None,
+                    neox=True, freq_scale=1.0, freq_factors=None, attn_factor=1.0, stream=0):
+    """The decode step's Q/K/V products, RoPE and KV append in one launch (v9): ``q`` [1, nh, hs] =
+    RoPE(W_q x' + b_q); row pos[0] of ``k_cache`` / ``v_cache`` [S_max, nkv, hs] = RoPE(W_k x' + b_k) and
+    W_v x' + b_v. The same result as ``decode_matvec_multi`` into q, k, v followed by
+    ``rope.rope_qk_append``. ``mats``: three ``(w_raw, ggml_type, K, bias_or_None)``; ``pos``: a device
+    int32 [1] (a captured graph replays with the next position); the RoPE options as ``rope.rope``."""
+    _, nh, hs = q.shape
+    S, nkv = k_cache.shape[0], k_cache.shape[1]
+    K = mats[0][2]
+    rows = [m[0].shape[0] for m in mats]
+    if (len(mats) != 3 or any(m[2] != K for m in mats) or rows != [nh * hs, nkv * hs, nkv * hs]
+            or tuple(k_cache.shape) != (S, nkv, hs) or tuple(v_cache.shape) != (S, nkv, hs)):
+        raise ValueError(f"decode_qkv_rope: matrices of {rows} rows and K {[m[2] for m in mats]}, q {tuple(q.shape)}, "
+                         f"caches {tuple(k_cache.shape)}, {tuple(v_cache.shape)}: want Q, K, V of nh hs, nkv hs, "
+                         f"nkv hs rows, one K, and caches [S, nkv, hs]")
+    if not all(_is_device(a) for a in (q, k_cache, v_cache, pos)):
+        raise ValueError("decode_qkv_rope: q, the caches and pos must be device arrays (they are written / replayed)")
+    dev = [(_device(w, np.uint8), _check_fused(w, t, K), _device(b, np.float32)) for w, t, _, b in mats]
+    args = _rope_args(q, pos, base, _rot_dims(hs, rot_dims), neox, freq_scale,
+                     _device(freq_factors, np.float32), attn_factor)
+    launch_decode_qkv_rope(_vector(x, K, "x"), dev, q.reshape(nh * hs), k_cache, v_cache, K, hs, args,
+                           norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
+    return q
 
 
 def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, *, norm_weight=None,

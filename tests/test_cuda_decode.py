@@ -33,18 +33,23 @@ BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"])
 
 
 @requires_cuda
-@pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True)])
+@pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True),
+                                                   ("qwen2-qkv-rope", True)])
 def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
+    from llama_beta.backends import cuda_decode
     from llama_beta.backends.cuda_decode import CudaDecoder
 
     gqa = "-gqa-" in arch
     if gqa:
         monkeypatch.setenv("LLAMA_BETA_ATTENTION", arch[-2:])
+    monkeypatch.setattr(cuda_decode, "QKV_ROPE", arch.endswith("-qkv-rope"))  # RoPE inside the Q/K/V launch
     model = _model(tmp_path, arch.split("-")[0], size=GQA_SIZE if gqa else None)
     cache = model.new_cache(16)
     model.step(PROMPT, 0, cache)
     decoder = CudaDecoder(model, cache, fused=fused)
     assert decoder.rope_in_attention == arch.endswith("-v7")  # v7: RoPE and the append inside attention
+    names = [name for name, _ in decoder.fused_launches(0, model.weights.layers[0])]
+    assert ("norm+qkv+rope+append" in names) == arch.endswith("-qkv-rope")
     fast = [decoder.step_logits(t, len(PROMPT) + j) for j, t in enumerate(IDS)]
     full = model.forward(np.concatenate([PROMPT, IDS]))[len(PROMPT):]
     # The forward pass ran prompt+ids as one prefill (tiled kernels, other summation orders; the

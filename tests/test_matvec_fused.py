@@ -362,3 +362,67 @@ def test_split_config_heuristic(monkeypatch):
     assert k.decode_config(4864, 896) == k.fused_config(4864)      # shapes that do not split stay on v4
     monkeypatch.setattr(k, "SPLIT_K", False)                        # LLAMA_BETA_SPLIT_K=0
     assert k.decode_config(896, 4864) == k.fused_config(896)
+
+
+# --- v9: Q/K/V products, RoPE and the KV append in one launch ---------------------------------
+@requires_cuda
+@settings(max_examples=4 if not ON_GPU else 12, **SETTINGS)   # GPU: each type triple compiles three kernels
+@given(seed=st.integers(0, 2 ** 32 - 1), types=st.lists(st.sampled_from(TYPES), min_size=3, max_size=3),
+       heads=st.sampled_from([(2, 1), (3, 3), (4, 2)] if not ON_GPU else [(2, 1), (3, 3), (14, 2), (32, 32)]),
+       hs=st.sampled_from([8, 12] if not ON_GPU else [32, 64, 96, 128]), partial=st.booleans(),
+       neox=st.booleans(), norm=st.booleans(), with_bias=st.booleans(), factors=st.booleans(),
+       pos=st.integers(0, 5 if not ON_GPU else 4000))
+def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial, neox, norm, with_bias, factors,
+                                                pos):
+    """decode_qkv_rope = decode_matvec_multi into q, k, v, then rope.rope_qk_append: v's cache row and
+    every row outside a rotated pair bit for bit (the same row sums); the rotated pairs up to the
+    compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|)."""
+    from numba_kernels import rope
+
+    rng = np.random.default_rng(seed)
+    nh, nkv = heads
+    K = 256 if any(block_k(t) == 256 for t in types) else 64
+    rot = hs // 2 if partial and hs % 4 == 0 else hs
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    mats = [(dev(weight(rng, t, n * hs, K)), t, K, dev(rng.standard_normal(n * hs).astype(np.float32))
+             if with_bias else None) for t, n in zip(types, (nh, nkv, nkv))]
+    ff = dev(rng.uniform(1.0, 4.0, rot // 2).astype(np.float32)) if factors else None
+    kw = dict(rot_dims=rot, neox=neox, freq_scale=0.5, freq_factors=ff, attn_factor=1.25)
+    S = pos + 3
+    start = rng.standard_normal((2, S, nkv, hs)).astype(np.float32)
+    pos_d = dev(np.array([pos], np.int32))
+    q1, k1, v1 = dev(np.zeros((1, nh, hs), np.float32)), dev(start[0]), dev(start[1])
+    assert km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=dev(nw), eps=EPS, **kw) is q1
+    q2, k, v = (dev(np.zeros((1, n, hs), np.float32)) for n in (nh, nkv, nkv))
+    km().decode_matvec_multi(dev(x), mats, [q2.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)],
+                             norm_weight=dev(nw), eps=EPS)
+    k2, v2 = dev(start[0]), dev(start[1])
+    rope.rope_qk_append(q2, k, v, k2, v2, pos_d, 10000.0, **kw)
+    np.testing.assert_array_equal(v1.copy_to_host(), v2.copy_to_host())
+    for got, want, name in ((q1, q2, "q"), (k1, k2, "k cache")):
+        got, want = got.copy_to_host(), want.copy_to_host()
+        passes = np.ones(hs, bool)
+        passes[:rot] = False
+        np.testing.assert_array_equal(got[..., passes], want[..., passes])
+        mag = np.abs(want).max() + 1e-30
+        assert_close(got / mag, want / mag, atol=8 * U, rtol=0.0, name=f"{name} {[t.name for t in types]} hs={hs} "
+                     f"rot={rot} neox={neox}")
+
+
+@requires_cuda
+def test_qkv_rope_refuses_mismatched_shapes():
+    from numba import cuda
+
+    mats = [(dev(np.zeros((n, 34), np.uint8)), GGMLType.Q8_0, 32, None) for n in (16, 8, 8)]
+    q = dev(np.zeros((1, 2, 8), np.float32))
+    cache = dev(np.zeros((4, 1, 8), np.float32))
+    pos = dev(np.zeros(1, np.int32))
+    x = dev(np.zeros(32, np.float32))
+    with pytest.raises(ValueError, match="decode_qkv_rope"):           # V with Q's row count
+        km().decode_qkv_rope(x, mats[:2] + [mats[0]], q, cache, cache, pos, 1e4)
+    with pytest.raises(ValueError, match="decode_qkv_rope"):           # a value cache of two kv heads
+        km().decode_qkv_rope(x, mats, q, cache, dev(np.zeros((4, 2, 8), np.float32)), pos, 1e4)
+    with pytest.raises(ValueError, match="device arrays"):
+        km().decode_qkv_rope(np.zeros(32, np.float32), mats, q, cache, cuda.to_device(np.zeros((4, 1, 8), np.float32)),
+                             np.zeros(1, np.int32), 1e4)

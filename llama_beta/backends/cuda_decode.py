@@ -21,10 +21,11 @@ on the device, the host can queue the next steps before it reads this one's toke
 Two layer bodies, chosen with ``fused``:
 - readable: one launch per stage, as in the forward pass (16 launches per layer);
 - fused (default): RMSNorm inside the following products, Q/K/V in one launch, RoPE with the
-  KV-cache append, one-launch split attention, W_o and W_down adding into the residual stream,
-  gate/up with SwiGLU (6 launches per layer). With ``LLAMA_BETA_ATTENTION=v7`` (grouped-query
-  heads) RoPE and the append happen inside the attention launch: 5 launches per layer, but
-  measured slower on the H200 than v6 after ``rope_qk_append`` (757 against 789 tok/s).
+  KV-cache append (``rope.rope_qk_append``), one-launch split attention, W_o and W_down adding
+  into the residual stream, gate/up with SwiGLU (6 launches per layer). ``LLAMA_BETA_QKV_ROPE=1``
+  moves RoPE and the append into the Q/K/V launch (``matmul.decode_qkv_rope``, 5 launches; faster
+  on the H200, not yet the default: see ``QKV_ROPE``); with ``LLAMA_BETA_ATTENTION=v7`` (grouped-query
+  heads) they happen inside the attention launch instead, measured slower (757 against 789 tok/s).
 The results are checked against the readable forward pass in ``tests/test_cuda_decode.py``.
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ from numba_kernels.runtime import JIT_CACHE
 
 TOKEN, POS, SEQ_LEN, STEP = range(4)      # the fields of ``state``
 RUN_AHEAD = 2                             # decode steps queued beyond the one whose token is being read
+# "1": Q/K/V, RoPE and the KV append in one launch (matmul v9): 1012 against 960 tok/s on the H200, but off by
+# default until its tests have run on the GPU (they passed in the simulator; the GPU run was cut short)
+QKV_ROPE = os.environ.get("LLAMA_BETA_QKV_ROPE", "0") == "1"
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -162,7 +166,7 @@ class CudaDecoder:
 
     def _layer_fused(self, i, L):
         """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual
-        (five with attention v7, which does RoPE and the append itself)."""
+        (five with LLAMA_BETA_QKV_ROPE=1 or attention v7: see ``fused_launches``)."""
         for _, queue in self.fused_launches(i, L):
             queue()
 
@@ -189,6 +193,11 @@ class CudaDecoder:
             attention.attention_decode(self.q, k_cache, v_cache, self.seq_len, out=self.att, stream=self.stream,
                                        workspace=self.workspace)
 
+        def qkv_rope():                               # the two above in one launch (matmul v9)
+            mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
+            matmul.decode_qkv_rope(self.x, mats, self.q, k_cache, v_cache, self.pos, p.base, norm_weight=L.attn_norm,
+                                   eps=c.norm_eps, stream=self.stream, **rope_kw)
+
         def rope_attend():                            # v7: RoPE, append and attention in one launch
             attention.attention_decode_rope(self.q, self.k, self.v, k_cache, v_cache, self.pos, self.seq_len,
                                             p.base, workspace=self.workspace, out=self.att, stream=self.stream,
@@ -206,25 +215,38 @@ class CudaDecoder:
             matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
                                  stream=self.stream)
 
-        attention_part = [("rope+attention", rope_attend)] if self.rope_in_attention else \
-            [("rope+append", rope_append), ("attention", attend)]
-        return [("norm+qkv", qkv), *attention_part, ("w_o+residual", w_o), ("norm+gate/up+swiglu", gate_up),
-                ("w_down+residual", w_down)]
+        if self.rope_in_attention:
+            head = [("norm+qkv", qkv), ("rope+attention", rope_attend)]
+        elif QKV_ROPE:
+            head = [("norm+qkv+rope+append", qkv_rope), ("attention", attend)]
+        else:
+            head = [("norm+qkv", qkv), ("rope+append", rope_append), ("attention", attend)]
+        return [*head, ("w_o+residual", w_o), ("norm+gate/up+swiglu", gate_up), ("w_down+residual", w_down)]
 
     def launch(self) -> None:
         """Queue one decode step: logits [1, V] for ``state.token`` at ``state.pos``."""
-        c, W, s = self.model.config, self.model.weights, self.stream
-        embedding.embed(W.token_embd.raw, W.token_embd.ggml_type, c.dim, self.token, out=self.x, stream=s)
+        W = self.model.weights
+        self.embed()
         layer = self._layer_fused if self.fused else self._layer_readable
         for i, L in enumerate(W.layers):
             layer(i, L)
-        out = W.output
         if self.fused:
-            matmul.decode_matvec(self.x, out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
-                                 norm_weight=W.output_norm, eps=c.norm_eps, stream=s)
+            self.output_fused()
         else:
-            rmsnorm.rmsnorm(self.x, W.output_norm, c.norm_eps, out=self.n, stream=s)
-            self._mv(self.n, out, self.logits)                                       # [1, V]
+            rmsnorm.rmsnorm(self.x, W.output_norm, self.model.config.norm_eps, out=self.n, stream=self.stream)
+            self._mv(self.n, W.output, self.logits)                                  # [1, V]
+
+    def embed(self) -> None:
+        """x = the embedding row of ``state.token`` (one row dequantized)."""
+        c, E = self.model.config, self.model.weights.token_embd
+        embedding.embed(E.raw, E.ggml_type, c.dim, self.token, out=self.x, stream=self.stream)
+
+    def output_fused(self) -> None:
+        """logits = W_out rmsnorm(x), one launch."""
+        c, W = self.model.config, self.model.weights
+        out = W.output
+        matmul.decode_matvec(self.x, out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
+                             norm_weight=W.output_norm, eps=c.norm_eps, stream=self.stream)
 
     def _choose(self, sampler) -> None:
         """Queue the choice of the next token into ``state.token``, then advance the state."""
