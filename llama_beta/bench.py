@@ -93,20 +93,20 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
                            "attention": os.environ.get("LLAMA_BETA_ATTENTION", "auto"),
                            "split_k": os.environ.get("LLAMA_BETA_SPLIT_K", "1") != "0",
                            "matvec_warm": os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0",
-                           "run_ahead": _run_ahead(model),
-                           "qkv_rope": os.environ.get("LLAMA_BETA_QKV_ROPE", "0") == "1"},
+                           **_decode_step_settings(model)},
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
-def _run_ahead(model) -> int:
-    """Decode steps the cuda backend queues ahead of the host (0 on other backends)."""
+def _decode_step_settings(model) -> dict:
+    """The cuda decode step's own switches, as that module decided them (zero / off on other backends):
+    steps queued ahead of the host, and RoPE inside the Q/K/V launch."""
     if model.backend.name != "cuda":
-        return 0
-    from llama_beta.backends.cuda_decode import RUN_AHEAD
+        return {"run_ahead": 0, "qkv_rope": False}
+    from llama_beta.backends import cuda_decode
 
-    return RUN_AHEAD
+    return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE}
 
 
 def format_report(r: dict) -> str:

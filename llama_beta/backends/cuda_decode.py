@@ -178,9 +178,9 @@ class CudaDecoder:
         rope_kw = dict(rot_dims=p.dims, neox=p.neox, freq_scale=p.freq_scale, freq_factors=self.factors,
                        attn_factor=p.attn_factor)
         g, u, d, wo = L.w_gate, L.w_up, L.w_down, L.wo
+        mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
 
         def qkv():                                    # n = rmsnorm(x); q, k, v = W_q n, W_k n, W_v n
-            mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
             matmul.decode_matvec_multi(self.x, mats, [self.q.reshape(1, -1), self.k.reshape(1, -1),
                                                       self.v.reshape(1, -1)],
                                        norm_weight=L.attn_norm, eps=c.norm_eps, stream=self.stream)
@@ -194,7 +194,6 @@ class CudaDecoder:
                                        workspace=self.workspace)
 
         def qkv_rope():                               # the two above in one launch (matmul v9)
-            mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
             matmul.decode_qkv_rope(self.x, mats, self.q, k_cache, v_cache, self.pos, p.base, norm_weight=L.attn_norm,
                                    eps=c.norm_eps, stream=self.stream, **rope_kw)
 
