@@ -14,9 +14,10 @@ Kernel versions
         token once into shared memory, then its threads sweep all heads x slots. Trig work
         drops by a factor of n_heads. Used by ``rope``.
     v3  ``rope_qk_append``: the decode step's RoPE of q, RoPE of k and ``attention.kv_append``
-        fused into one launch (three launches before). One token (T = 1) at position pos[0].
-        Grid nh + nkv blocks: block b < nh rotates query head b in place; block nh + g rotates
-        key head g *into cache row pos[0]* and copies value head g into the value cache row.
+        fused into one launch (three launches before). Decode: one token at position pos[0];
+        prefill (fifth session): T tokens at positions pos[0] .. pos[0]+T-1. Grid (nh + nkv, T):
+        block (b, t) with b < nh rotates query head b of token t in place; block (nh + g, t)
+        rotates key head g *into cache row pos[0] + t* and copies value head g into that row.
         ``k`` and ``v`` are only read: the rotated key exists only in the cache. Each thread
         computes the angle of its own pair (v1's way: at T = 1 a shared table would only add a
         barrier), with the same ``_cos_sin`` and ``_rotate_slot`` as v1/v2: the same angles and
@@ -127,23 +128,25 @@ def rope_kernel2(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, hal
 @cuda.jit(cache=JIT_CACHE)
 def rope_qk_append_kernel(q, k, v, k_cache, v_cache, pos, ts, freq_scale, ff, has_ff, attn_factor,
                           half, neox):
-    # q: [1, nh, hs] rotated in place; k, v: [1, nkv, hs] read only; caches: [S_max, nkv, hs]
+    # q: [T, nh, hs] rotated in place; k, v: [T, nkv, hs] read only; caches: [S_max, nkv, hs];
+    # token t sits at position pos[0] + t (decode: T = 1)
     nh, hs = q.shape[1], q.shape[2]
     b = cuda.blockIdx.x                                 # nh query heads, then nkv key/value heads
-    p = pos[0]
+    t = cuda.blockIdx.y                                 # the token
+    p = pos[0] + t
     row = k_cache[p:p + 1]                              # [1, nkv, hs]: cache row p, a view
     for kk in range(cuda.threadIdx.x, hs // 2, cuda.blockDim.x):
         c, s = float32(0.0), float32(0.0)
         if kk < half:
             c, s = _cos_sin(p, kk, ts, freq_scale, ff, has_ff, attn_factor)
         if b < nh:
-            _rotate_slot(q, q, 0, b, kk, half, hs, neox, c, s)
+            _rotate_slot(q, q, t, b, kk, half, hs, neox, c, s)
         else:
-            _rotate_slot(k, row, 0, b - nh, kk, half, hs, neox, c, s)
+            _rotate_slot(k[t:t + 1], row, 0, b - nh, kk, half, hs, neox, c, s)
     if b >= nh:                                         # and the value row, unrotated
         g = b - nh
         for d in range(cuda.threadIdx.x, hs, cuda.blockDim.x):
-            v_cache[p, g, d] = v[0, g, d]
+            v_cache[p, g, d] = v[t, g, d]
 
 # --8<-- [end:kernels]
 
@@ -176,10 +179,11 @@ def launch_v2(x, out, args, stream=0):
 
 
 def launch_qk_append(q, k, v, k_cache, v_cache, args, stream=0):
-    nh, hs = q.shape[1], q.shape[2]
+    T, nh, hs = q.shape
     nkv = k.shape[1]
     block = 32 if hs <= 64 else 64 if hs <= 128 else 128  # threads >= pair slots (hs/2) for usual heads
-    rope_qk_append_kernel[nh + nkv, block, stream](q, k, v, k_cache, v_cache, *args)
+    grid = (nh + nkv, T)                                  # x: a q head or a k/v head, y: the token
+    rope_qk_append_kernel[grid, block, stream](q, k, v, k_cache, v_cache, *args)
 
 
 def _rot_dims(hs, rot_dims):
@@ -209,21 +213,22 @@ def rope(x, positions, base, rot_dims=None, neox=True, freq_scale=1.0, freq_fact
 
 def rope_qk_append(q, k, v, k_cache, v_cache, pos, base, *, rot_dims=None, neox=True, freq_scale=1.0,
                    freq_factors=None, attn_factor=1.0, stream=0):
-    """One decode token: rotate q [1, nh, hs] in place and write RoPE(k) and v ([1, nkv, hs]) into
-    row pos[0] of k_cache / v_cache ([S_max, nkv, hs], on the device). One launch.
+    """T tokens at positions pos[0] .. pos[0]+T-1 (decode: one): rotate q [T, nh, hs] in place and write
+    RoPE(k) and v ([T, nkv, hs]) into those rows of k_cache / v_cache ([S_max, nkv, hs], on the device).
+    One launch.
 
     Same result as ``rope(q, pos, ...)``, ``rope(k, pos, ...)`` and ``attention.kv_append(k, v, ...)``,
     except that ``k`` itself is left unrotated (only its cache row is). ``pos``: int32 [1], read on the
     device (a captured graph replays with the next position). q, k, v, pos and freq_factors may be
     NumPy (uploaded); for a NumPy q the rotated copy is returned, else q itself."""
     host = not _is_device(q)
-    _, nh, hs = q.shape
+    T, nh, hs = q.shape
     nkv = k.shape[1]
     S = k_cache.shape[0]
-    if (tuple(q.shape)[0] != 1 or tuple(k.shape) != (1, nkv, hs) or tuple(v.shape) != (1, nkv, hs)
+    if (tuple(k.shape) != (T, nkv, hs) or tuple(v.shape) != (T, nkv, hs)
             or tuple(k_cache.shape) != (S, nkv, hs) or tuple(v_cache.shape) != (S, nkv, hs)):
         raise ValueError(f"rope_qk_append: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, caches "
-                         f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}: want [1, nh, hs], [1, nkv, hs] x2, [S, nkv, hs] x2")
+                         f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}: want [T, nh, hs], [T, nkv, hs] x2, [S, nkv, hs] x2")
     if not (_is_device(k_cache) and _is_device(v_cache)):
         raise ValueError("rope_qk_append: k_cache and v_cache must be device arrays (they are written)")
     d = _rot_dims(hs, rot_dims)

@@ -156,9 +156,10 @@ def qk_append_case(draw):
     rot = draw(st.sampled_from([hs, hs // 2, 32]))
     nkv = draw(st.integers(1, 2))
     kv_mul = draw(st.sampled_from([1, 2, 7]))
-    q = draw(hnp.arrays(np.float32, (1, nkv * kv_mul, hs), elements=st.floats(-4, 4, width=32)))
-    k = draw(hnp.arrays(np.float32, (1, nkv, hs), elements=st.floats(-4, 4, width=32)))
-    v = draw(hnp.arrays(np.float32, (1, nkv, hs), elements=st.floats(-4, 4, width=32)))
+    T = draw(st.sampled_from([1, 1, 3]))                 # decode's single token, or a prefill's few
+    q = draw(hnp.arrays(np.float32, (T, nkv * kv_mul, hs), elements=st.floats(-4, 4, width=32)))
+    k = draw(hnp.arrays(np.float32, (T, nkv, hs), elements=st.floats(-4, 4, width=32)))
+    v = draw(hnp.arrays(np.float32, (T, nkv, hs), elements=st.floats(-4, 4, width=32)))
     pos = draw(st.integers(0, 32768))
     ff = None
     if draw(st.booleans()):
@@ -173,21 +174,22 @@ def qk_append_case(draw):
 @given(qk_append_case())
 def test_rope_qk_append_equals_rope_then_kv_append(case):
     """One launch gives what rope(q), rope(k) and kv_append give: q rotated in place, RoPE(k) and v in
-    cache row pos, every other row untouched, k itself left unrotated."""
+    cache rows pos .. pos+T-1, every other row untouched, k itself left unrotated."""
     from numba import cuda
 
     from numba_kernels import attention as katt
     from numba_kernels import rope as kern
 
     q, k, v, pos, base, p = case
-    S, nkv, hs = pos + 2, k.shape[1], k.shape[2]
+    T, S, nkv, hs = q.shape[0], pos + q.shape[0] + 1, k.shape[1], k.shape[2]
+    positions = np.arange(pos, pos + T, dtype=np.int32)
     kc = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
     vc = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
     dq, dk, dpos = cuda.to_device(q), cuda.to_device(k), cuda.to_device(np.array([pos], np.int32))
     assert kern.rope_qk_append(dq, dk, v, kc, vc, dpos, base, **p) is dq
 
     ref_args = (base, p["rot_dims"], p["neox"], p["freq_scale"], p["freq_factors"], p["attn_factor"])
-    want_q, want_k = kern.rope(q, [pos], *ref_args), kern.rope(k, [pos], *ref_args)  # the three-launch way
+    want_q, want_k = kern.rope(q, positions, *ref_args), kern.rope(k, positions, *ref_args)  # three launches
     kc2 = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
     vc2 = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
     katt.kv_append(want_k, v, kc2, vc2, dpos)
@@ -196,7 +198,7 @@ def test_rope_qk_append_equals_rope_then_kv_append(case):
     assert_close(kc.copy_to_host(), kc2.copy_to_host(), **tol, name="k cache")
     assert np.array_equal(vc.copy_to_host(), vc2.copy_to_host()), "v cache"
     assert np.array_equal(dk.copy_to_host(), k), "k was modified"
-    assert_close(dq.copy_to_host(), ref.rope(q, [pos], *ref_args), **tol, name="q vs ref")
+    assert_close(dq.copy_to_host(), ref.rope(q, positions, *ref_args), **tol, name="q vs ref")
 
 
 @requires_cuda
