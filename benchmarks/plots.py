@@ -11,17 +11,35 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def load_rows() -> list[tuple[str, float, str]]:
-    """(label, decode tok/s, kind) for the reference engines and every recorded llama-beta run on Qwen2.5-0.5B."""
+def load_rows(metric: str = "decode") -> list[tuple[str, float, str]]:
+    """(label, tok/s, kind) for the reference engines and every recorded llama-beta run on Qwen2.5-0.5B;
+    ``metric`` "decode" or "prefill" (prefill: the 512-token runs only, and the engines that report it)."""
     ref = json.loads((HERE / "reference.json").read_text())
-    rows = [(f"{e['engine']}", float(e["decode_tok_s"]), "reference") for e in ref["engines"]
-            if "Qwen2.5-0.5B" in e["model"]]
+    key = "decode_tok_s" if metric == "decode" else "prefill_512_tok_s"
+    rows = [(f"{e['engine']}", float(e[key]), "reference", "") for e in ref["engines"]
+            if "Qwen2.5-0.5B" in e["model"] and key in e]
     for f in sorted((HERE / "results").glob("*.json")):
         r = json.loads(f.read_text())
         if "phi3" in r["model"].lower():
-            continue                                   # this chart is the Qwen2.5-0.5B one
-        rows.append((run_label(r), float(r["decode_tok_s"]["median"]), "ours"))
-    return rows
+            continue                                   # these charts are the Qwen2.5-0.5B ones
+        if metric == "prefill" and r["prompt_tokens"] != 512:
+            continue
+        label = run_label(r) if metric == "decode" else prefill_label(r)
+        rows.append((label, float(r[f"{metric}_tok_s"]["median"]), "ours", r.get("date", "")))
+    if metric == "prefill":                            # few prefill variants: the latest run of each
+        references = [row for row in rows if row[2] == "reference"]
+        latest = {}
+        for row in sorted((row for row in rows if row[2] == "ours"), key=lambda row: row[3]):
+            latest[row[0]] = row                       # a later run with the same label replaces it
+        rows = references + sorted(latest.values(), key=lambda row: row[1])
+    return [row[:3] for row in rows]
+
+
+def prefill_label(r: dict) -> str:
+    """'llama-beta cuda prefill fused (H200, real)': the prefill path of a ``llama-beta bench`` record
+    (records from before the preallocated prefill ran the readable forward pass)."""
+    kind = "synthetic" if "synth" in r["model"] or r["name"].startswith("synthetic") else "real"
+    return f"llama-beta {r['backend']} prefill {r.get('prefill_variant', 'readable')} (H200, {kind})"
 
 
 def run_label(r: dict) -> str:
@@ -71,5 +89,10 @@ def decode_chart() -> str:
     return bar_chart_svg(load_rows(), "Decode speed, Qwen2.5-0.5B Q4_K_M mix (log scale)", "tok/s")
 
 
+def prefill_chart() -> str:
+    return bar_chart_svg(load_rows("prefill"), "Prefill of 512 tokens, Qwen2.5-0.5B Q4_K_M mix (log scale)", "tok/s")
+
+
 if __name__ == "__main__":
     print(decode_chart())
+    print(prefill_chart())

@@ -1,10 +1,13 @@
-"""Where a cuda prefill's time goes: per stage (device-synchronized), then cProfile of the host side.
+"""Where a cuda prefill's time goes.
 
-    python benchmarks/profile_prefill.py MODEL.gguf [T] [--no-cprofile]
+    python benchmarks/profile_prefill.py MODEL.gguf [T] [--readable] [--no-cprofile]
 
-The stage table synchronizes the device after every backend call, so each row is that stage's kernels
-plus its host-side launch cost (the prefill itself overlaps the two); the last line is the plain,
-unsynchronized prefill for comparison.
+Default: the preallocated prefill (``llama_beta/backends/cuda_prefill.py``). Each kind of launch is
+queued for every layer while the GPU is held busy by a spin kernel, so the host's queueing time and
+the GPU's time (CUDA events around the batch) are measured apart; then the whole prefill, wall clock.
+``--readable``: the forward pass (``model.step``), one row per backend stage, the device synchronized
+after every call (kernels plus host launch cost), and the unsynchronized prefill for comparison.
+Both end with a cProfile of the host side (skip it with ``--no-cprofile``).
 """
 import cProfile
 import collections
@@ -13,9 +16,10 @@ import sys
 import time
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 import llama_beta
+from numba_kernels.runtime import _hold
 
 STAGES = ("embed", "rmsnorm", "matmul", "rope", "attend", "swiglu", "add")
 
@@ -44,6 +48,48 @@ def timed_stages(backend):
     return table, lambda: [setattr(backend, n, m) for n, m in originals.items()]
 
 
+def fused_table(model, ids, cache, reps=5):
+    """Per launch kind: host us and GPU us per launch, over every layer, ``reps`` times."""
+    from llama_beta.backends.cuda_prefill import CudaPrefill
+
+    prefill = CudaPrefill(model, chunk=len(ids))
+    prefill(ids, 0, cache)                              # compile, fill the buffers
+    T, layers = len(ids), model.weights.layers
+    kinds = {}
+    hold_ms = cuda.to_device(np.array([0 if config.ENABLE_CUDASIM else 300], np.int32))
+    for i, L in enumerate(layers):
+        for name, queue in prefill.launches(i, L, T, 0, cache):
+            kinds.setdefault(name, []).append(queue)
+    print(f"{'launch':18s} {'count':>6s} {'host us':>9s} {'GPU us':>9s} {'GPU ms/prefill':>15s}")
+    total_gpu = total_host = 0.0
+    for name, queues in kinds.items():
+        cuda.synchronize()
+        _hold[1, 1](hold_ms)                            # the GPU sleeps while the host queues the batch
+        e0, e1 = cuda.event(), cuda.event()
+        e0.record()
+        t = time.perf_counter()
+        for _ in range(reps):
+            for q in queues:
+                q()
+        host = (time.perf_counter() - t) / (reps * len(queues))
+        e1.record()
+        e1.synchronize()
+        gpu = e0.elapsed_time(e1) / 1e3 / (reps * len(queues))
+        total_gpu += gpu * len(queues)
+        total_host += host * len(queues)
+        print(f"{name:18s} {len(queues):6d} {host * 1e6:9.1f} {gpu * 1e6:9.1f} {gpu * len(queues) * 1e3:15.2f}")
+    print(f"{'sum':18s} {'':6s} {'':9s} {'':9s} {total_gpu * 1e3:15.2f} GPU ms, {total_host * 1e3:.2f} host ms")
+    cuda.synchronize()
+    walls = []
+    for _ in range(5):
+        t = time.perf_counter()
+        prefill(ids, 0, cache)
+        walls.append(time.perf_counter() - t)
+    w = sorted(walls)[2]
+    print(f"prefill {T}: {w * 1e3:.1f} ms wall (median of 5) = {T / w:.0f} tok/s")
+    return prefill
+
+
 def main():
     from numba import config
     if config.ENABLE_CUDASIM:                            # a dry run of this script in the simulator
@@ -55,6 +101,15 @@ def main():
     model = llama_beta.load(path, backend="cuda", progress=False)
     ids = np.random.default_rng(0).integers(0, min(1000, model.config.vocab_size), T).astype(np.int32)
     cache = model.new_cache(T + 1)
+    if "--readable" not in sys.argv:
+        prefill = fused_table(model, ids, cache)
+        if "--no-cprofile" not in sys.argv:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            prefill(ids, 0, cache)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+        return
     for _ in range(2):                                   # JIT compile, warm caches
         model.backend.to_host(model.step(ids, 0, cache))
     table, restore = timed_stages(model.backend)

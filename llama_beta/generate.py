@@ -117,7 +117,7 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
     eog = set(tok.eot_ids)
 
     t0 = time.perf_counter()
-    logits = model.backend.to_host(model.step(np.asarray(ids_in, np.int32), 0, cache))[-1]
+    logits = model.prefill(ids_in, 0, cache)
     next_token = model.token_fn(cache, params, seed_value)
     t_prefill = time.perf_counter() - t0
     finish, pos, token = "length", len(ids_in), None

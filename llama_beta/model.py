@@ -121,6 +121,7 @@ class Model:
         from ref import tokenizer as ref_tokenizer
 
         self.path = path
+        self._prefill = None             # the cuda prefill's buffers, allocated at the first prefill
         self.gguf = GGUFFile(path)
         self.config, self.adapter = load_config(self.gguf)
         self.tokenizer = ref_tokenizer.load(self.gguf)
@@ -187,6 +188,27 @@ class Model:
             x = x[T - 1:]                                                 # [1, C]
         return B.matmul(B.rmsnorm(x, W.output_norm, c.norm_eps), W.output)  # [T or 1, V]
 
+    @property
+    def prefill_variant(self) -> str:
+        """"fused" (cuda, unless LLAMA_BETA_PREFILL=readable) or "readable" (:meth:`step`)."""
+        fused = self.backend.name == "cuda" and os.environ.get("LLAMA_BETA_PREFILL", "fused") != "readable"
+        return "fused" if fused else "readable"
+
+    def prefill(self, ids, start_pos: int, cache) -> np.ndarray:
+        """Host logits [V] of the last of ``ids`` [T] at positions start_pos..; ``cache`` gains T rows.
+
+        On the cuda backend this is the preallocated prefill (``backends/cuda_prefill.py``: the same
+        math as :meth:`step` with fused products and no allocations); ``LLAMA_BETA_PREFILL=readable``
+        selects :meth:`step` instead (for comparisons).
+        """
+        if self.prefill_variant == "fused":
+            if self._prefill is None:
+                from llama_beta.backends.cuda_prefill import CudaPrefill
+
+                self._prefill = CudaPrefill(self)
+            return self._prefill(ids, start_pos, cache)
+        return self.backend.to_host(self.step(np.asarray(ids, np.int32).reshape(-1), start_pos, cache))[-1]
+
     def decode_fn(self, cache):
         """A function (token, position) -> host logits [V] that extends ``cache`` by one row.
 
@@ -238,7 +260,7 @@ class Model:
 
     def close(self) -> None:
         """Free the weights (device memory included) and unmap the file."""
-        self.weights = None
+        self.weights = self._prefill = None
         self.backend.close()
         self.gguf.close()
 

@@ -77,6 +77,21 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   rotates the new key into its tile and writes the cache row), replacing ``rope.rope_qk_append``: one
   launch less per layer, but measured slower on the H200 (757 tok/s against v6's 789): the rotation sits
   on every block's critical path. Selectable with ``LLAMA_BETA_ATTENTION=v7``.
+- v8 ``prefill_flash`` (the default of ``attention_prefill`` for head sizes 32, 64, 96, 128; ``version="v2"``
+  selects v2): flash prefill with the products in registers. v2 spent its time in shared memory: every score
+  was one thread's dot product over shared Q and K rows (2 loads per FMA), one thread per row ran the softmax
+  serially, and four barriers separated the phases (~0.5 TFLOP/s at Qwen2.5-0.5B's shape, ~900 us per layer).
+  v8 tiles like a GEMM: a warp owns a strip of 16 queries and a slice of the keys of each staged tile; each lane
+  holds a 4 x TN micro-tile of S = Q K^T (4 + TN shared loads per 4 TN FMAs), runs the online softmax on it
+  (base 2, row max over the 8 lanes of a row with 3 xor shuffles, the row sum kept per lane until the end),
+  hands P to the warp through a small shared tile and accumulates a 4 x hs/8 micro-tile of O += P V (4 + hs/8
+  loads per hs/2 FMAs). Blocks are (tile of 32 queries, query head) with 2 strips x 2 key slices (4 warps), so
+  the longest rows are split over two warps that merge their (m, l, o) at the end; a strip skips the key slices
+  past its last position and only the slices crossing the diagonal are masked; the longest query tiles are
+  launched first. The next tile's K (and this tile's V) loads are issued before the compute that hides them.
+  Reasoning for registers, shared memory and occupancy: the comment above ``_flash_kernel``. Measured on the
+  H200 at T = 512: Qwen2.5-0.5B 308 -> 49 us (tiles (1, 4, 1), the hs 64 default after the sweep), Phi-3-mini
+  923 -> 97 us (16.7 TFLOP/s).
 - ``kv_append_kernel``: copies ``T`` rows of k and v into the caches at ``pos[0]``
   (a device int32, so a captured decode step can replay it). For decode,
   ``rope.rope_qk_append`` does this together with RoPE of q and k, in one launch.
@@ -86,7 +101,8 @@ Bytes of decode: the K and V rows ``0 .. seq_len-1`` of the kv heads, read once:
 plus the partials (``n_splits * nh * hs * 4`` written and read again by v3/v4).
 
 Left out: a float16 cache, tensor cores (the prefill scores are plain FMA), and a
-split-K prefill; sequences are single (no batching).
+split-K prefill across blocks (v8 splits the keys of a query tile over two warps of one block only);
+sequences are single (no batching).
 
 References: Dao et al. 2022 "FlashAttention" (tiling + online softmax, after
 Milakov & Gimelshein 2018 "Online normalizer calculation for softmax");
@@ -98,9 +114,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 
 import numpy as np
-from numba import cuda, float32, int32, uint32
+from numba import cuda, float32, int32, uint32, uint64
 
 from numba_kernels.rope import _args as _rope_args, _rot_dims, rope_element
 from numba_kernels.softmax import _warp_max, _warp_sum  # butterfly: every lane gets the result
@@ -1084,6 +1101,313 @@ def kv_append_kernel(k, v, k_cache, v_cache, pos):
 
 
 # ---------------------------------------------------------------------------------------------
+# v8: flash prefill. Built per (HS, QW, KW, TN) by a factory (compile-time tiles and layouts).
+#
+# Block = (tile of BQ = 16 QW queries, query head); NW = QW KW warps. Warp (qs, ks) owns query strip qs
+# (16 queries) and key slice ks (KS = 8 TN keys) of every staged tile of BK = KW KS keys; its lanes form
+# 4 row groups x 8 key columns (lane = 8 ry + kx). Per tile, in registers:
+#   S = Q K^T    lane micro-tile: rows 4 ry + i (i < 4) x keys kx + 8 j (j < TN)
+#   online softmax per row: max over the lane's TN keys, then over the 8 lanes of the row (3 xor shuffles)
+#   O += P V     lane micro-tile: rows 4 ry + i x dims kx + 8 c (c < HS / 8); P goes through a warp-private
+#                shared tile (the lane holding a score is not the lane that needs it for V)
+# At the end the KW warps of a strip merge their (m, l, O) through shared memory.
+#
+# Per staged tile (two barriers): store the prefetched K tile; barrier; issue this tile's V loads; scores,
+# softmax, P; store V; issue the next tile's K loads; barrier; O += P V. K's registers are live during P V
+# and V's during the scores, never together. Causal schedule: the block walks key tiles 0 .. its last query's
+# position; a warp whose strip ends before its key slice skips both products (it still takes part in the
+# staging, the barriers and the shuffles, with its scores at -inf); the mask is applied per score but only
+# bites on the slices that cross the diagonal. Rows past T repeat the last query (never written).
+#
+# Costs (hs 64 with (QW, KW, TN) = (2, 2, 2): BQ 32 queries, BK 32 keys, 128 threads; hs 64's default became
+# (1, 4, 1) after the H200 sweep, see FLASH_TILES):
+# - Shared memory 29 KB (Q [32, 65], K [32, 65], V [32, 64], P 4 x [16, 17]); hs 96: 41.5 KB; hs 128 with one
+#   strip (1, 2, 2): 43 KB. Bank conflicts: at one d a warp reads 4 Q rows (broadcast over 8 lanes each) and
+#   8 K rows at pitch hs + 1 (distinct banks); V reads are 8 consecutive floats, P reads 4 consecutive floats
+#   (pitch 17); staging writes 32 consecutive floats. P writes are at most 2-way (pitch 17).
+# - Instructions (PTX of an offline sm_90 build): the scores' loop is 125 instructions per 8 dims
+#   (48 LDS + 64 FMA, every load base + immediate), P V 53 per key (12 LDS + 32 FMA); the softmax ~300 per tile.
+#   Shared loads per FMA: 3/4 (scores), 3/8 (P V), so ~1 LDS per 1.8 FMA: the MIO pipe (1 warp-LDS per clock
+#   per SM) caps a fully busy SM at ~45% of its FMA peak, far above what Qwen2.5-0.5B's 0.5 GFLOP needs.
+# - Registers: 160 unbounded, 128 with launch bounds (128 threads, 4 blocks per SM) and no spill: 16 warps
+#   per SM (hs 96: 168 registers, 3 blocks; hs 128: 255 registers, 64 threads, 4 blocks).
+# - Grid (nh, ceil(T / BQ)): Qwen2.5-0.5B at T 512: 14 x 16 = 224 blocks, all resident at once (132 SMs x 4),
+#   the 14 longest (16 key tiles) started first on SMs of their own; Phi-3-mini: 32 x 16 = 512 blocks.
+#   The critical path is the last query tile: 16 tiles x ~2300 instructions per warp, each key tile's work
+#   split over 2 warps per strip.
+# ---------------------------------------------------------------------------------------------
+FLASH_STRIP = 16        # queries per warp: 4 row groups of 4 rows
+FLASH_TILES = {32: (2, 2, 2), 64: (1, 4, 1), 96: (2, 2, 2), 128: (1, 2, 2)}  # hs -> (QW, KW, TN)
+# hs 64: (1, 4, 1) measured 49 us against (2, 2, 2)'s 61 at Qwen2.5-0.5B's T = 512 on the H200 (hs 96: 97 vs 107-140)
+# ptxas launch bounds (threads, blocks per SM): 65536 / (128 * 4) = 128 registers, no spill at hs 64 (160 unbounded)
+FLASH_BLOCKS_PER_SM = {32: 4, 64: 4}
+
+
+def flash_smem_floats(hs: int, qw: int, kw: int, tn: int) -> int:
+    """v8's shared memory in floats: Q [BQ, hs+1], K [BK, hs+1], V [BK, hs], P [NW, KS, 17]."""
+    bq, ks = FLASH_STRIP * qw, 8 * tn
+    bk = kw * ks
+    return bq * (hs + 1) + bk * (hs + 1) + bk * hs + qw * kw * ks * (FLASH_STRIP + 1)
+
+
+def flash_supported(hs: int, tiles=None) -> bool:
+    """v8 serves the head sizes of its tile table (multiples of 32: a tile row is staged in 32-float chunks)."""
+    qw, kw, tn = tiles or FLASH_TILES.get(hs, (0, 0, 0))
+    return (qw > 0 and hs % 32 == 0 and (8 * tn * kw) % (qw * kw) == 0
+            and 4 * flash_smem_floats(hs, qw, kw, tn) <= SMEM_LIMIT)
+
+
+@cuda.jit(device=True, inline=True)
+def _row_max8(v):
+    """max over the 8 lanes of a row group (lanes 8 ry .. 8 ry + 7); every lane gets it."""
+    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 1))
+    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 2))
+    return max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 4))
+
+
+@cuda.jit(device=True, inline=True)
+def _row_sum8(v):
+    """sum over the 8 lanes of a row group; every lane gets it."""
+    v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 1)
+    v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 2)
+    return v + cuda.shfl_xor_sync(0xFFFFFFFF, v, 4)
+
+
+def _flash_jit_options(hs: int, nt: int) -> dict:
+    """cuda.jit options of v8: launch bounds where FLASH_BLOCKS_PER_SM asks (the simulator's jit takes none)."""
+    from numba import config
+
+    blocks = FLASH_BLOCKS_PER_SM.get(hs)
+    bounds = None if config.ENABLE_CUDASIM or blocks is None else (nt, blocks)
+    return {"cache": JIT_CACHE, **({"launch_bounds": bounds} if bounds else {})}
+
+
+@functools.cache
+def _flash_kernel(HS: int, QW: int, KW: int, TN: int):
+    """v8 for head size HS: QW query strips x KW key slices of TN * 8 keys (the tile table: FLASH_TILES)."""
+    NW = QW * KW
+    NT = 32 * NW
+    BQ = FLASH_STRIP * QW          # queries per block
+    KS = 8 * TN                    # keys per warp per tile
+    BK = KW * KS                   # keys per staged tile
+    DT = HS // 8                   # head dims per lane of O
+    NS, NO = 4 * TN, 4 * DT        # scores, accumulators per lane
+    QP = HS + 1                    # Q and K rows padded: the 4 (8) rows a warp reads at one d hit distinct banks
+    PP = FLASH_STRIP + 1           # P stored key-major [KS, 16 rows], padded
+    DU = 8                         # head dims per unrolled step of the scores
+    TILE = BK * HS                 # floats of one K (or V) tile
+    CH = HS // 32                  # 32-float chunks of a row
+    RPW = BK // NW                 # tile rows each warp stages
+    LD = RPW * CH                  # K (or V) floats each thread stages per tile
+    QSM, KSM = 0, BQ * QP          # shared layout (floats): Q, K, V, P
+    VSM = KSM + BK * QP
+    PSM = VSM + TILE
+    SMEM = PSM + NW * KS * PP
+    MO = FLASH_STRIP * HS + 2 * FLASH_STRIP  # one merge slot: o [16, HS], m [16], l [16] (in the K/V area)
+    assert flash_supported(HS, (QW, KW, TN)), f"v8 prefill: {(HS, QW, KW, TN)} ({4 * SMEM} bytes of shared memory)"
+    assert QW * (KW - 1) * MO <= BK * QP + TILE, "v8 prefill: the merge slots do not fit the K/V area"
+    NEG_INF = float32(-math.inf)
+
+    @cuda.jit(device=True, inline=True)
+    def fetch(flat, row_stride, col, j0, last, warp, lane, regs):
+        # regs[it*CH + c] <- cache[min(j0 + warp + it*NW, last), kv head, 32 c + lane]: warp w stages tile rows
+        # w, w + NW, ..., 32 consecutive floats (128 bytes) per load; flat view, 32-bit index arithmetic
+        # (row_stride = nkv*HS, col = kv_head*HS + lane); rows past `last` are clamped, loaded and never used
+        for it in range(RPW):
+            row = uint32(min(uint32(j0 + warp + it * NW), uint32(last)))
+            at = uint32(row * row_stride) + col
+            for c in range(CH):
+                regs[it * CH + c] = flat[at + uint32(32 * c)]
+
+    @cuda.jit(device=True, inline=True)
+    def store(regs, smem, at, pitch):
+        # smem[at + it*NW*pitch + 32 c] <- the staged floats (at: this lane's float of tile row `warp`); a warp
+        # writes 32 consecutive floats: no bank conflict
+        for it in range(RPW):
+            for c in range(CH):
+                smem[at + uint64(it * NW * pitch + 32 * c)] = regs[it * CH + c]
+
+    @cuda.jit(device=True, inline=True)
+    def scores(smem, qb, kb, s):
+        # s[i*TN + j] = sum_d Q[4 ry + i, d] K[kx + 8 j, d]: per d, 4 + TN shared loads for 4 TN FMAs. The
+        # inner DU dims are unrolled: every load is base + a constant (an immediate offset in the SASS)
+        qv = cuda.local.array(4, float32)
+        kv = cuda.local.array(TN, float32)
+        for x in range(NS):
+            s[x] = 0.0
+        for d0 in range(0, HS, DU):
+            qd = qb + uint64(d0)
+            kd = kb + uint64(d0)
+            dd = 0
+            while dd < DU:
+                for i in range(4):
+                    qv[i] = smem[qd + uint64(i * QP + dd)]
+                for j in range(TN):
+                    kv[j] = smem[kd + uint64(8 * j * QP + dd)]
+                for i in range(4):
+                    for j in range(TN):
+                        s[i * TN + j] += qv[i] * kv[j]
+                dd += 1
+
+    @cuda.jit(device=True, inline=True)
+    def softmax_step(s, pos, key0, active, m, l, o, smem, pb):
+        # mask (key > pos: -inf), then per row m' = max(m, max_j s), alpha = 2^(m - m'), p = 2^(s - m'),
+        # l <- alpha l + sum_j p (the lane's own keys; the 8 lanes are summed at the end), o <- alpha o,
+        # P[key, row] -> the warp's shared tile. Every lane runs it (the shuffles), active or not.
+        for i in range(4):
+            mx = NEG_INF
+            for j in range(TN):
+                x = s[i * TN + j] if active and key0 + 8 * j <= pos[i] else NEG_INF
+                s[i * TN + j] = x
+                mx = max(mx, x)
+            m_new = max(m[i], _row_max8(mx))
+            base = m_new if m_new != NEG_INF else float32(0.0)  # a row with no key yet: p = 0, not NaN
+            alpha = math.exp2(m[i] - base)  # 2^(-inf) = 0 before the row's first key
+            tot = float32(0.0)
+            for j in range(TN):
+                p = math.exp2(s[i * TN + j] - base)
+                smem[pb + uint64(8 * j * PP + i)] = p
+                tot += p
+            l[i] = l[i] * alpha + tot
+            m[i] = m_new
+            for c in range(DT):
+                o[i * DT + c] *= alpha
+
+    @cuda.jit(device=True, inline=True)
+    def accumulate(smem, pb, vb, o):
+        # o[i*DT + c] += sum_k P[k, 4 ry + i] V[k, kx + 8 c] over the warp's KS keys: per key 4 + DT loads
+        # (base + constant offsets, the bases stepped once per key), 4 DT FMAs
+        pv = cuda.local.array(4, float32)
+        pk = pb
+        vk = vb
+        k = 0
+        while k < KS:
+            for i in range(4):
+                pv[i] = smem[pk + uint64(i)]
+            for c in range(DT):
+                v = smem[vk + uint64(8 * c)]
+                for i in range(4):
+                    o[i * DT + c] += pv[i] * v
+            pk += uint64(PP)
+            vk += uint64(HS)
+            k += 1
+
+    @cuda.jit(device=True, inline=True)
+    def merge_strip(smem, qs, ks, ry, kx, m, l, o):
+        # the KW warps of strip qs: warps ks > 0 put (m, l, o) in slot (qs, ks - 1), warp ks = 0 folds them in:
+        # M = max_k m_k, o = sum_k 2^(m_k - M) o_k, l = sum_k 2^(m_k - M) l_k (m_0 is finite: key 0 is in slice 0)
+        cuda.syncthreads()  # every warp is done with the K/V area
+        if ks > 0:
+            at = uint32(KSM + (qs * (KW - 1) + ks - 1) * MO)
+            for i in range(4):
+                r = ry * 4 + i
+                for c in range(DT):
+                    smem[at + uint32(r * HS + kx + 8 * c)] = o[i * DT + c]
+                if kx == 0:
+                    smem[at + uint32(FLASH_STRIP * HS + r)] = m[i]
+                    smem[at + uint32(FLASH_STRIP * HS + FLASH_STRIP + r)] = l[i]
+        cuda.syncthreads()
+        if ks == 0:
+            for i in range(4):
+                r = ry * 4 + i
+                mx = m[i]
+                for k in range(1, KW):
+                    at = uint32(KSM + (qs * (KW - 1) + k - 1) * MO)
+                    mx = max(mx, smem[at + uint32(FLASH_STRIP * HS + r)])
+                w = math.exp2(m[i] - mx)
+                l[i] *= w
+                for c in range(DT):
+                    o[i * DT + c] *= w
+                for k in range(1, KW):
+                    at = uint32(KSM + (qs * (KW - 1) + k - 1) * MO)
+                    w = math.exp2(smem[at + uint32(FLASH_STRIP * HS + r)] - mx)  # 0 for a warp that saw no key
+                    l[i] += w * smem[at + uint32(FLASH_STRIP * HS + FLASH_STRIP + r)]
+                    for c in range(DT):
+                        o[i * DT + c] += w * smem[at + uint32(r * HS + kx + 8 * c)]
+
+    @cuda.jit(**_flash_jit_options(HS, NT))
+    def prefill_flash(q, k_flat, v_flat, T, nh, nkv, start_pos, out):
+        # grid (nh, ceil(T / BQ)), NT threads; block (h, y) = query head h, query tile n_tiles - 1 - y (the
+        # longest first). q, out: flat [T nh HS]; k_flat, v_flat: flat views of the caches [S_max, nkv, HS].
+        h = cuda.blockIdx.x
+        t0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * BQ
+        T32, nh32, start = int32(T), int32(nh), int32(start_pos)
+        tid = cuda.threadIdx.x
+        warp = tid // 32
+        lane = tid - warp * 32
+        col = uint32(h // (nh32 // int32(nkv)) * HS + lane)  # this lane's float of the kv head in a cache row
+        row_stride = uint32(nkv * HS)                  # floats per cache row (position)
+        qs = warp // KW                # query strip of this warp
+        ks = warp - qs * KW            # key slice of this warp
+        ry = lane // 8                 # row group: rows 4 ry .. 4 ry + 3 of the strip
+        kx = lane - ry * 8             # key column: keys kx + 8 j of the slice, dims kx + 8 c of O
+        smem = cuda.shared.array(SMEM, float32)
+        kreg = cuda.local.array(LD, float32)
+        vreg = cuda.local.array(LD, float32)
+        last = start + min(t0 + BQ, T32) - 1             # the block's last query position: its last key
+        fetch(k_flat, row_stride, col, 0, last, warp, lane, kreg)     # the first K tile flies while Q is staged
+        scale = float32(LOG2E / math.sqrt(HS))           # scores in base 2: e^a = 2^(a log2 e)
+        for it in range((BQ * HS + NT - 1) // NT):  # Q tile, pre-scaled; rows past T repeat the last query
+            e = uint32(tid) + uint32(it * NT)
+            r = e // uint32(HS)
+            d = e - r * uint32(HS)
+            t = uint32(min(t0 + int32(r), T32 - 1))
+            if e < uint32(BQ * HS):
+                smem[uint32(QSM) + r * uint32(QP) + d] = q[(t * uint32(nh32) + uint32(h)) * uint32(HS) + d] * scale
+        row0 = t0 + qs * FLASH_STRIP + ry * 4            # this lane's first query
+        pos = cuda.local.array(4, int32)
+        m = cuda.local.array(4, float32)
+        l = cuda.local.array(4, float32)
+        o = cuda.local.array(NO, float32)
+        s = cuda.local.array(NS, float32)
+        for i in range(4):
+            pos[i] = start + min(row0 + i, T32 - 1)
+            m[i] = NEG_INF
+            l[i] = 0.0
+        for x in range(NO):
+            o[x] = 0.0
+        warp_last = start + min(t0 + qs * FLASH_STRIP + FLASH_STRIP - 1, T32 - 1)  # the strip's last position
+        # this lane's shared-memory bases, as uint64: no negative-index check, and base + constant folds
+        qb = uint64(QSM + (qs * FLASH_STRIP + ry * 4) * QP)   # Q row 4 ry of the strip
+        kb = uint64(KSM + (ks * KS + kx) * QP)                # K row kx of the slice
+        pb = uint64(PSM + warp * KS * PP + ry * 4)            # P[0, 4 ry] of the warp's tile
+        vb = uint64(VSM + ks * KS * HS + kx)                  # V[0, kx] of the slice
+        pw = uint64(PSM + warp * KS * PP + kx * PP + ry * 4)  # where this lane writes its p (key kx, row 4 ry)
+        ks_at = uint64(KSM + warp * QP + lane)                # where this lane stages K (tile row warp, dim lane)
+        vs_at = uint64(VSM + warp * HS + lane)
+        n_tiles = last // BK + 1
+        for step in range(n_tiles):
+            j0 = step * BK
+            store(kreg, smem, ks_at, QP)
+            cuda.syncthreads()                            # K tile ready; every warp is done with the last V tile
+            fetch(v_flat, row_stride, col, j0, last, warp, lane, vreg)  # this tile's V flies during the scores
+            key0 = j0 + ks * KS + kx
+            active = j0 + ks * KS <= warp_last           # causal skip: the slice holds a key this strip sees
+            if active:
+                scores(smem, qb, kb, s)
+            softmax_step(s, pos, key0, active, m, l, o, smem, pw)
+            store(vreg, smem, vs_at, HS)
+            if step + 1 < n_tiles:                        # the next K tile flies during P V
+                fetch(k_flat, row_stride, col, j0 + BK, last, warp, lane, kreg)
+            cuda.syncthreads()                            # V tile and P ready; every warp is done with K
+            if active:
+                accumulate(smem, pb, vb, o)
+        for i in range(4):
+            l[i] = _row_sum8(l[i])
+        if KW > 1:
+            merge_strip(smem, qs, ks, ry, kx, m, l, o)
+        if ks == 0:
+            for i in range(4):
+                t = row0 + i
+                if t < T32:
+                    at = uint32((t * nh32 + h) * HS + kx)
+                    for c in range(DT):
+                        out[at + uint32(8 * c)] = o[i * DT + c] / l[i]
+
+    return prefill_flash
+
+
+# ---------------------------------------------------------------------------------------------
 # launch helpers: the grid arithmetic, spelled out
 # ---------------------------------------------------------------------------------------------
 def prefill_tiles(hs: int) -> tuple[int, int]:
@@ -1167,6 +1491,35 @@ def launch_prefill(q, k_cache, v_cache, start_pos, out, stream=0):
     prefill_tiled, _ = _tiled_kernels(hs, bq, bk)
     grid = ((T + bq - 1) // bq, nh)  # x: tiles of BQ queries, y: query heads
     prefill_tiled[grid, NT, stream](q, k_cache, v_cache, start_pos, out)
+
+
+def flash_tiles(hs: int) -> tuple[int, int, int]:
+    """(QW, KW, TN) of v8 for head size hs: QW query strips of 16 and KW key slices of 8 TN keys per block.
+    hs 32, 96: 2 x 2 warps, BQ = 32 queries, BK = 32 keys (41.5 KB of shared memory at hs 96); hs 64: 1 x 4
+    warps, BQ = 16, BK = 32 (measured faster on the H200);
+    hs 128: 1 x 2 warps, BQ = 16 (43.3 KB; two strips would need 53.5 KB)."""
+    if hs not in FLASH_TILES:
+        raise ValueError(f"attention v8: head size {hs}, want one of {sorted(FLASH_TILES)}")
+    return FLASH_TILES[hs]
+
+
+def launch_prefill_flash(q, k_cache, v_cache, start_pos, out, stream=0, tiles=None):
+    """v8: causal flash prefill. q, out: device [T, nh, hs]; caches: device [S_max, nkv, hs]; no allocation."""
+    T, nh, hs = q.shape
+    nkv = k_cache.shape[1]
+    qw, kw, tn = tiles or flash_tiles(hs)
+    if T == 0:
+        return
+    bq = FLASH_STRIP * qw                  # queries per block
+    n_tiles = (T + bq - 1) // bq
+    # grid x: the query head (the kv_mul heads of one kv head are neighbours, so their K/V reads meet in L2);
+    # grid y: the rank of the query tile, longest first: block (h, y) takes tile n_tiles - 1 - y, which walks
+    # the keys 0 .. start_pos + min((n_tiles - y) bq, T) - 1. Blocks start in x-then-y order, so the longest
+    # tiles of every head start first and the short ones fill the SMs at the end.
+    grid = (nh, n_tiles)
+    _flash_kernel(hs, qw, kw, tn)[grid, 32 * qw * kw, stream](
+        q.reshape(q.size), k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size), T, nh, nkv,
+        int(start_pos), out.reshape(out.size))
 
 
 def launch_decode(q, k_cache, v_cache, seq_len, workspace, out, stream=0):
@@ -1310,14 +1663,29 @@ def kv_append(k, v, k_cache, v_cache, pos, stream=0):
     launch_kv_append(k_d, v_d, k_cache, v_cache, pos_d, stream)
 
 
-def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0):
-    """Causal attention of q [T, nh, hs] (positions start_pos..start_pos+T-1) over caches [S, nkv, hs]."""
+PREFILL_VERSIONS = {"v2": launch_prefill, "v8": launch_prefill_flash}
+
+
+def prefill_version(hs: int) -> str:
+    """attention_prefill's default: v8 for the head sizes of its tile table (32, 64, 96, 128), else v2."""
+    return "v8" if flash_supported(hs) else "v2"
+
+
+def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0, version=None):
+    """Causal attention of q [T, nh, hs] (positions start_pos..start_pos+T-1) over caches [S, nkv, hs].
+
+    version: None (``prefill_version``: v8 where it serves the head size, else v2), "v8" or "v2". With
+    device arrays and ``out`` given, nothing is allocated."""
     _check(q, k_cache, v_cache)
+    version = version or prefill_version(q.shape[2])
+    if version not in PREFILL_VERSIONS or (version == "v8" and not flash_supported(q.shape[2])):
+        raise ValueError(f"attention_prefill: version={version!r} for head size {q.shape[2]}, want one of "
+                         f"{sorted(PREFILL_VERSIONS)} (v8: head sizes {sorted(FLASH_TILES)})")
     q_d, host = _device(q, stream=stream)
     k_d, _ = _device(k_cache, stream=stream)
     v_d, _ = _device(v_cache, stream=stream)
     out_d = out if out is not None else cuda.device_array(q.shape, dtype=np.float32, stream=stream)
-    launch_prefill(q_d, k_d, v_d, int(start_pos), out_d, stream)
+    PREFILL_VERSIONS[version](q_d, k_d, v_d, int(start_pos), out_d, stream)
     return out_d.copy_to_host(stream=stream) if host and out is None else out_d
 
 
@@ -1390,7 +1758,8 @@ def _check_versions(rng, sim: bool) -> None:
     from ref import attention as ref
 
     cases = ([(1, 7, 1, 64, 40), (3, 4, 2, 96, 20), (1, 2, 1, 128, 70)] if sim else
-             [(1, 14, 2, 64, 1000), (9, 14, 2, 64, 37), (33, 32, 32, 96, 5), (5, 7, 1, 128, 300), (1, 32, 32, 96, 4000)])
+             [(1, 14, 2, 64, 1000), (9, 14, 2, 64, 37), (33, 32, 32, 96, 5), (5, 7, 1, 128, 300), (1, 32, 32, 96, 4000),
+              (512, 14, 2, 64, 0), (300, 32, 32, 96, 200), (77, 8, 2, 128, 50)])
     for T, nh, nkv, hs, start in cases:
         S = start + T + 3
         q = rng.standard_normal((T, nh, hs), dtype=np.float32)
@@ -1407,7 +1776,9 @@ def _check_versions(rng, sim: bool) -> None:
             out = cuda.device_array(q.shape, np.float32)
             launch_naive(cuda.to_device(q), kc_d, vc_d, cuda.to_device(np.array([start + T], np.int32)), out)
             got["v1 naive"] = np.abs(out.copy_to_host() - expected).max()
-        got["v2 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start) - expected).max()  # NumPy q -> NumPy out
+        got["v2 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start, version="v2") - expected).max()  # NumPy out
+        if flash_supported(hs):
+            got["v8 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start, version="v8") - expected).max()
         if T == 1:
             got["v3 decode"] = np.abs(attention_decode(q, kc_d, vc_d, start + 1, version="v3") - expected).max()
             # v4, replayed: one workspace, only the device seq_len changes (the counters must come back to 0)
@@ -1519,14 +1890,41 @@ def _sweep_gqa(rng, name, nh, nkv, hs, contexts, splits) -> None:
                                nkv, hs, seq_len) + mark)
 
 
-def _time_prefill(name, nh, nkv, hs, T, rng) -> None:
+def _prefill_flops(nh, hs, T, start_pos=0) -> float:
+    """4 hs FLOPs (q.k and p v, a multiply-add each per dim) per visible (query, key) pair per head."""
+    pairs = T * start_pos + T * (T + 1) / 2  # query t sees start_pos + t + 1 keys
+    return 4 * hs * nh * pairs
+
+
+def _time_prefill(name, nh, nkv, hs, T, rng, start_pos=0, sweep=()) -> None:
+    """v2 and v8 (its default tiles, then the tile shapes in ``sweep``) at one shape: us and TFLOP/s."""
+    S = start_pos + T
     q = cuda.to_device(rng.standard_normal((T, nh, hs), dtype=np.float32))
-    kc = cuda.to_device(rng.standard_normal((T, nkv, hs), dtype=np.float32))
-    vc = cuda.to_device(rng.standard_normal((T, nkv, hs), dtype=np.float32))
+    kc = cuda.to_device(rng.standard_normal((S, nkv, hs), dtype=np.float32))
+    vc = cuda.to_device(rng.standard_normal((S, nkv, hs), dtype=np.float32))
     out = cuda.device_array((T, nh, hs), np.float32)
-    us = _time_us(lambda st, i: launch_prefill(q, kc, vc, 0, out, st), reps=10)
-    flops = 4 * nh * hs * T * (T + 1) / 2  # QK^T and PV over the causal half
-    print(f"prefill {name:<11} T={T:<5} {us:8.1f} us  {flops / us / 1e6:6.1f} TFLOP/s (fp32 FMA)")
+    flops = _prefill_flops(nh, hs, T, start_pos)
+    runs = [("v2", lambda st, i: launch_prefill(q, kc, vc, start_pos, out, st))]
+    if flash_supported(hs):
+        default = flash_tiles(hs)
+        for tiles in [default] + [t for t in sweep if t != default and flash_supported(hs, t)]:
+            label = f"v8 {tiles}" + (" (default)" if tiles == default else "")
+            runs.append((label, lambda st, i, t=tiles: launch_prefill_flash(q, kc, vc, start_pos, out, st, tiles=t)))
+    for label, launch in runs:
+        us = _time_us(launch, reps=20)
+        print(f"prefill {name:<12} T={T:<4} start={start_pos:<4} {label:<24} {us:8.1f} us  "
+              f"{flops / us / 1e6:6.2f} TFLOP/s (fp32 FMA)")
+
+
+FLASH_SWEEP = [(2, 2, 2), (4, 1, 2), (4, 1, 4), (1, 4, 1), (1, 2, 2), (2, 1, 4), (2, 1, 2)]  # (QW, KW, TN)
+
+
+def _time_prefill_all(rng) -> None:
+    print("prefill: device time per call; FLOPs = 4 hs per visible (query, key) pair per head; (QW, KW, TN) = v8 tiles")
+    _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng, sweep=FLASH_SWEEP)
+    _time_prefill("Phi-3-mini", 32, 32, 96, 512, rng, sweep=FLASH_SWEEP)
+    _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 128, rng, start_pos=512)  # a chunk continuing a prompt
+    _time_prefill("Llama-3-8B", 32, 8, 128, 512, rng)
 
 
 def _main() -> None:
@@ -1540,6 +1938,9 @@ def _main() -> None:
     if sim:
         print("simulator: checks only, no timings")
         return
+    if sys.argv[1:] == ["prefill"]:  # python -m numba_kernels.attention prefill: the prefill timings alone
+        _time_prefill_all(rng)
+        return
     print(f"decode: device time per call; bytes = K and V rows read; % of {COPY_BW / 1e12:.1f} TB/s copy bandwidth")
     # short caches (S_max = seq_len + 128, as in a decode step): v4 next to v5
     _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, [(n, n + 128) for n in (128, 512, 1024)], ("v4", "v5", "v6"))
@@ -1548,8 +1949,7 @@ def _main() -> None:
     _time_decode(rng, "Qwen2.5-0.5B", 14, 2, 64, contexts + [(4096, 32768)], ("v4", "v6"))
     _time_decode(rng, "Phi-3-mini", 32, 32, 96, contexts, ("v4",))
     _sweep_gqa(rng, "Qwen2.5-0.5B", 14, 2, 64, [(512, 641), (4096, 4096)], (4, 8, 16, 32, 64, 128))
-    _time_prefill("Qwen2.5-0.5B", 14, 2, 64, 512, rng)
-    _time_prefill("Phi-3-mini", 32, 32, 96, 512, rng)
+    _time_prefill_all(rng)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,21 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``rope._cos_sin`` at position pos[0]: q's rows go to q, k's straight into row pos[0] of the key
   cache, v's (two consecutive rows, unrotated) into the value cache. Same arithmetic as the
   two launches it replaces (products, then bias, then the rotation).
+- v10 ``matmul_prefill`` / ``matmul_prefill_swiglu`` (``_prefill_kernel``): the prefill product, replacing v3
+  as ``matmul``'s default. v3 measured 7.8 TFLOP/s at 4864 x 896 and 2-3 at the 896- and 128-row shapes: per
+  4 FMAs it issues 2 scalar shared loads (plus int64 index arithmetic), it waits for every step's global
+  loads, and its 64 x 64 tiles give the small matrices 16-112 blocks. v10: register micro-tiles of 8 x 8 or
+  8 x 4 (tokens x rows) read from shared memory as float4 along k (``ld.shared.v4``: tiles declared 16-byte
+  aligned, rows padded to KC + 4 floats: conflict-free), so 12-16 vector loads feed 128-256 FMAs; two tile
+  buffers, the next K-step's x values and decoded weights loaded into registers before the current step is
+  computed, one barrier per step; a family of tiles (``PREFILL_CONFIGS``: 128 x 128, 128 x 64, 64 x 64 with 2
+  groups, 64 x 32 with 4 groups) of which ``prefill_config`` takes the largest that still gives 2 blocks per
+  SM; "groups" split each K-step inside the block and add their partial tiles in a fixed order at the end
+  (split-K without atomics or a workspace: deterministic). Epilogues: bias, ``accumulate`` (out += result:
+  the residual add of W_o / W_down), and the SwiGLU pair (gate and up rows in one tile, two accumulators per
+  output, ``silu(g) u`` stored). Offline ptxas (sm_90): 126-128 registers for the 8 x 4 tiles (launch bounds
+  256 x 2 blocks), 161 (168 SwiGLU) for 8 x 8, no spills. Measured on the H200 (T = 512): 15.5-24.0 TFLOP/s
+  on the large shapes (v3: 8.8-12.7), 3.6 at 128 x 896 (v3: 1.3); docs/matmul.md has the table.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -116,7 +131,11 @@ Left out (later optimizations, noted here so nobody repeats the analysis):
 - 32-bit loads with a funnel shift for the 2-byte aligned blocks (Q6_K reads 34 uint16 per
   32 weights in v4), vector (``ld.shared.v4``) reads of x' (needs 16-byte aligned padding),
   nibbles masked in place (``w & 0xF0F0F0F0`` = 16 q, the 1/16 folded into the scale).
-- a half-precision / tensor-core (``mma``) prefill path: v3 is plain float32 FMA.
+- a half-precision / tensor-core (``mma``) prefill path: v3 and v10 are plain float32 FMA.
+- v10: a split of K across blocks (grid z; needs atomics, nondeterministic, or a workspace), warming the next
+  cache lines of W one step ahead (the decode8 calls of step s + 1 wait for an L2 trip whenever a row crosses
+  into a new 128-byte line: every 2-14 steps by type), KC = 32 for the 8 x 8 tile (two buffers would need
+  more than the 48 KiB of static shared memory).
 
 References: llama.cpp ``ggml-cuda/mmvq.cu``, ``dmmv.cu`` (per-type fused decode in
 matrix-vector products), ``ggml-cuda/vecdotq.cuh``; llm.c ``dev/cuda/matmul_forward.cu``
@@ -125,12 +144,13 @@ memory bank conflicts".
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
 
 import numpy as np
-from numba import config, cuda, float32, int32, uint32
+from numba import config, cuda, float32, int32, uint32, uint64
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
@@ -1351,9 +1371,13 @@ def matvec(x, w_raw, ggml_type, K, bias=None, out=None, stream=0):
     return y.copy_to_host(stream=stream) if host else y
 
 
-def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0):
-    """y [T, N] = x [T, K] W^T (+ bias); the prefill path (tiled, float32 accumulation)."""
+def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0, version=10):
+    """y [T, N] = x [T, K] W^T (+ bias); the prefill path (tiled, float32 accumulation).
+
+    ``version``: 10 (default, ``matmul_prefill``'s kernels) or 3 (``matmul_tiled``, kept for comparisons)."""
     ggml_type = _check(w_raw, ggml_type, K)
+    if version not in (3, 10):
+        raise ValueError(f"matmul: version must be 3 or 10, got {version}")
     if len(x.shape) != 2 or x.shape[1] != K:
         raise ValueError(f"matmul: x must be [T, K] with K={K}, got {tuple(x.shape)}")
     host = not _is_device(x)
@@ -1362,7 +1386,10 @@ def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0):
     w_d = _device(w_raw, np.uint8, stream)
     b_d = _device(bias, np.float32, stream)
     out_d = out if out is not None else cuda.device_array((T, N), np.float32, stream=stream)
-    launch_matmul_tiled(x_d, w_d, ggml_type, K, b_d, out_d, stream)
+    if version == 3:
+        launch_matmul_tiled(x_d, w_d, ggml_type, K, b_d, out_d, stream)
+    else:
+        launch_matmul_prefill(x_d, w_d, ggml_type, K, out_d, b_d, stream=stream)
     if out is not None or not host:
         return out_d
     return out_d.copy_to_host(stream=stream)
@@ -1472,6 +1499,404 @@ def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, 
         w_u, up_row0 = _device(w_up, np.uint8), 0
     launch_decode_swiglu(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
                          norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
+    return out
+
+
+# =============================================================================================
+# v10: prefill (matrix-matrix) products with register micro-tiles, double-buffered tiles, the
+# bias / residual add / SwiGLU in the epilogue. (v1-v9 above are unchanged.)
+#
+# Tiling. A block of NTH = groups * tx * ty threads owns an output tile of BM = ty * mt tokens x
+# BN = tx * nt rows. Per K-step of KC = groups * kg weights the block decodes the W tile [BN, KC]
+# once into shared memory (every token of the tile reuses it) and copies the x tile [BM, KC];
+# thread (tx, ty) of group g accumulates the mt x nt products of tokens ty + ty_n i and rows
+# tx + tx_n j over the group's kg weights of the step (g kg .. g kg + kg): groups split K inside
+# the block, and group 0 adds the other groups' partial tiles at the end, in a fixed order (a
+# deterministic split-K that needs neither atomics nor a workspace).
+#
+# Shared memory: both tiles are row-major along k with rows of KP = KC + 4 floats (16-byte
+# aligned, KP / 4 odd). A thread reads 4 consecutive k of a row as one ld.shared.v4 (checked in
+# the PTX: the arrays are declared 16-byte aligned), and the 8 lanes of a quarter warp read rows
+# tx .. tx + 7, whose starts KP * tx mod 32 are 8 distinct multiples of 4 banks: conflict-free;
+# lanes of one ty read the same x row (a broadcast). Per 4 weights a thread loads mt + nt float4
+# and does 4 mt nt FMAs: 16 loads per 256 FMAs at 8 x 8 (v3: 2 scalar loads per 4 FMAs).
+#
+# Pipelining: two tile buffers. Step s computes from buffer s & 1 while the thread's share of step
+# s + 1 (x values, and W decoded by decode8) is loaded into registers before the compute and
+# written to buffer (s + 1) & 1 after it: one barrier per step (buffer (s + 1) & 1 was last read
+# in step s - 1, before the previous barrier). Past the last step the loads are clamped to valid
+# addresses and never used; weights past K are clamped to the row's last octet and meet x = 0;
+# rows past N and tokens past T re-read row N - 1 / token T - 1 and are not stored.
+#
+# Registers: the micro-tile, the nt float4 of W of one 4-weight step and the prefetched values
+# are cuda.local.arrays indexed only by constants in loops of constant trip count, which LLVM
+# unrolls, so SROA keeps them in registers. Checked offline (PTX from numba-cuda, ptxas -v for
+# sm_90): the 4-weight step is one basic block of 128 (8 x 4) or 256 (8 x 8) FMAs, 11-15 ld.shared.v4
+# and ~8 other instructions; 126-128 registers for the 8 x 4 tiles under launch bounds (256, 2), so
+# two blocks fit an SM; 161 for the 8 x 8 tile (168 SwiGLU), one block per SM; no spills. (The
+# 8 x 8 plain kernel's epilogue loop is not unrolled: the micro-tile goes through a 256-byte stack
+# frame once per block, after the K loop.) Indices into shared memory are uint64 (no negative-index
+# wrapping; the constant offsets of the unrolled loads fold into the address); x and out are flat
+# views indexed with uint32.
+#
+# Per K-step a thread also loads XPT = 8 x values and decodes (at most) one octet of W: ~300
+# instructions against 1024 FMAs (128 x 128), 512 (128 x 64, 64 x 64) or 256 (64 x 32, whose groups
+# have 8 weights a step): FMAs are roughly 75 %, 60 % and 45 % of the issued instructions.
+# =============================================================================================
+PrefillConfig = collections.namedtuple("PrefillConfig", "mt nt tx ty groups kg")
+PrefillConfig.__doc__ = ("v10 tile: mt x nt (tokens x rows) outputs per thread, tx x ty threads per group "
+                         "(tx along rows), groups splitting each K-step of groups * kg weights")
+
+# The family, largest tile first (all 256 threads; shared memory for two buffers in brackets):
+PREFILL_CONFIGS = (
+    PrefillConfig(8, 8, 16, 16, 1, 16),     # 128 tokens x 128 rows, KC 16 [40 KiB]
+    PrefillConfig(8, 4, 16, 16, 1, 16),     # 128 tokens x 64 rows, KC 16 [30 KiB]
+    PrefillConfig(8, 4, 16, 8, 2, 16),      # 64 tokens x 64 rows, 2 groups, KC 32 [36 KiB]
+    PrefillConfig(8, 4, 8, 8, 4, 8),        # 64 tokens x 32 rows, 4 groups, KC 32 [27 KiB]
+)
+# The simulator pays per thread and per FMA: small blocks (32 threads, 8 x 8 tiles, 2 groups).
+SIM_PREFILL_CONFIG = PrefillConfig(2, 2, 4, 4, 2, 8)
+PREFILL_BLOCKS_PER_SM = 2   # prefill_config takes the largest tile that still gives this many blocks per SM
+SMEM_ALIGN = None if config.ENABLE_CUDASIM else 16   # 16-byte aligned tiles (the simulator rejects alignment=)
+# (threads, blocks per SM) for ptxas: at most 65536 / (256 * 2) = 128 registers for the 8 x 4 tiles, so two
+# blocks fit an SM; the 8 x 8 tile keeps its registers (one block per SM)
+LAUNCH_BOUNDS = {cfg: (256, 2) for cfg in PREFILL_CONFIGS[1:]}
+
+
+def _jit_options(cfg):
+    """cuda.jit options of a v10 kernel (the simulator's jit takes no launch_bounds)."""
+    bounds = None if config.ENABLE_CUDASIM else LAUNCH_BOUNDS.get(tuple(cfg))
+    return {"cache": JIT_CACHE, **({"launch_bounds": bounds} if bounds else {})}
+
+
+def prefill_sizes(cfg):
+    """(BM tokens, BN rows, KC weights per step, KP padded row, threads) of a v10 configuration."""
+    mt, nt, tx, ty, g, kg = cfg
+    return ty * mt, tx * nt, g * kg, g * kg + 4, g * tx * ty
+
+
+def prefill_smem(cfg):
+    """Bytes of shared memory of a configuration: two buffers of the x and W tiles."""
+    bm, bn, _, kp, _ = prefill_sizes(cfg)
+    return 2 * (bm + bn) * kp * 4
+
+
+def _check_prefill_config(cfg, swiglu):
+    mt, nt, tx, ty, g, kg = cfg
+    bm, bn, kc, kp, nth = prefill_sizes(cfg)
+    dt = bn * kc // 8                                   # octets of W per step
+    ok = (kg % 4 == 0 and kc % 8 == 0 and nth % kc == 0 and (bm * kc) % nth == 0 and nth % bn == 0
+          and (dt % nth == 0 or dt < nth) and (g - 1) * nth // g * mt * nt <= 2 * (bm + bn) * kp
+          and prefill_smem(cfg) <= SMEM_LIMIT and (nt % 2 == 0 or not swiglu))
+    if not ok:
+        raise ValueError(f"matmul_prefill: config {tuple(cfg)} does not tile (kg % 4, KC % 8, threads % KC, "
+                         f"threads % BN, the x and W shares per thread, the group reduction, 48 KiB of shared memory, "
+                         f"even nt for SwiGLU)")
+
+
+@functools.lru_cache(maxsize=None)
+def _prefill_kernel(gate_type, up_type, cfg, swiglu):
+    """v10 kernel for one configuration. ``swiglu`` False: out (+)= x W^T (+ b) over W = gate (of
+    ``gate_type``; up_type is ignored). True: tile rows [0, BN/2) are gate rows and [BN/2, BN) the
+    matching up rows, so thread column j < nt/2 (row tx + TX j) pairs with column j + nt/2 and the
+    epilogue writes out[t, f] = silu(g) u. Every size and type is a compile-time constant.
+
+    Thread roles per step: x value u of thread tid is x[t0 + tid // KC + u NTH / KC, k0 + tid % KC]
+    (16 or 32 consecutive threads read one token's consecutive weights); thread tid < BN KC / 8
+    decodes octet tid // BN (+ u NTH / BN) of tile row tid % BN (a warp: 32 consecutive rows)."""
+    _check_prefill_config(cfg, swiglu)
+    MT, NT, TX, TY, G, KG = cfg
+    BM, BN, KC, KP, NTH = prefill_sizes(cfg)
+    TG = TX * TY                        # threads per group
+    XS = BM * KP                        # a buffer: the x tile [BM, KP], then the W tile [BN, KP]
+    BUF = XS + BN * KP                  # floats per buffer
+    DT = BN * KC // 8                   # octets of W per step, one decode8 each
+    DPT = -(-DT // NTH)                 # ... per thread
+    ALL_DECODE = DT >= NTH              # else threads >= DT decode nothing
+    XPT = BM * KC // NTH                # x values per thread per step
+    XROWS, OROWS = NTH // KC, NTH // BN  # token rows / octets between a thread's x values / W octets
+    HALF = BN // 2
+    SMF, ACC, WF, WN = 2 * BUF, MT * NT, 4 * NT, 8 * DPT   # array sizes (literals for the typing)
+    OUT_COLS = NT // 2 if swiglu else NT
+    dec_g, dec_u = DECODERS[gate_type], DECODERS[up_type]
+
+    @cuda.jit(device=True, inline=True)
+    def load_x(x, T, K, t0, k0, xr):
+        # xr[u] = x[t0 + tid // KC + XROWS u, k0 + tid % KC]: 0 past K, token rows past T re-read row T - 1
+        tid = int32(cuda.threadIdx.x)
+        k = int32(k0 + tid % KC)
+        kk = min(k, K - 1)
+        for u in range(XPT):
+            t = min(int32(t0 + tid // KC + XROWS * u), T - 1)
+            v = x[uint32(t * K + kk)]
+            xr[u] = v if k < K else float32(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def decode_w(wga, wgb, wua, wub, row, k0, K, wn):
+        # wn[8u:8u+8] = W[row, k0 + 8 (tid // BN + OROWS u) : + 8] (clamped to the row's last octet)
+        tid = int32(cuda.threadIdx.x)
+        if ALL_DECODE or tid < DT:
+            for u in range(DPT):
+                k = min(int32(k0 + 8 * (tid // BN + OROWS * u)), K - 8)
+                if swiglu and tid % BN >= HALF:
+                    dec_u(wua, wub, row, k, wn, 8 * u)
+                else:
+                    dec_g(wga, wgb, row, k, wn, 8 * u)
+
+    @cuda.jit(device=True, inline=True)
+    def stage(sm, base, xr, wn):
+        # the prefetched values into the buffer at sm[base:] (a thread's positions are base + constants)
+        tid = int32(cuda.threadIdx.x)
+        xat = uint64(base + (tid // KC) * KP + tid % KC)
+        for u in range(XPT):
+            sm[xat + uint64(XROWS * KP * u)] = xr[u]
+        if ALL_DECODE or tid < DT:
+            wat = uint64(base + XS + (tid % BN) * KP + 8 * (tid // BN))
+            for u in range(DPT):
+                for i in range(8):
+                    sm[wat + uint64(8 * OROWS * u + i)] = wn[8 * u + i]
+
+    @cuda.jit(device=True, inline=True)
+    def compute(sm, xb, wb, acc, wf):
+        # acc[i NT + j] += sum_k x[ty + TY i, k] W[tx + TX j, k] over the group's KG weights of the step;
+        # xb, wb: the thread's first x row and W row in the buffer, at the group's slice; k ascending
+        for q in range(KG // 4):
+            for j in range(NT):
+                at = wb + uint64(TX * KP * j + 4 * q)
+                w0, w1, w2, w3 = sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)]
+                wf[4 * j], wf[4 * j + 1], wf[4 * j + 2], wf[4 * j + 3] = w0, w1, w2, w3
+            for i in range(MT):
+                at = xb + uint64(TY * KP * i + 4 * q)
+                a0, a1, a2, a3 = sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)]
+                for j in range(NT):
+                    s = acc[i * NT + j]
+                    s += a0 * wf[4 * j]
+                    s += a1 * wf[4 * j + 1]
+                    s += a2 * wf[4 * j + 2]
+                    s += a3 * wf[4 * j + 3]
+                    acc[i * NT + j] = s
+
+    @cuda.jit(device=True, inline=True)
+    def reduce_groups(sm, g, lt, acc):
+        # groups 1..G-1 leave their partial tiles in shared memory (the buffers are free after the last
+        # barrier); group 0 adds them in the order g = 1, 2, ..: deterministic
+        if g > 0:
+            at = uint64((g - 1) * ACC * TG + lt)
+            for m in range(ACC):
+                sm[at + uint64(m * TG)] = acc[m]
+        cuda.syncthreads()
+        if g == 0:
+            for h in range(G - 1):
+                for m in range(ACC):
+                    acc[m] += sm[uint64((h * ACC + m) * TG + lt)]
+
+    @cuda.jit(device=True, inline=True)
+    def store(acc, t0, n0, T, N, tx, ty, bias, has_bias, accumulate, out):
+        # out[t, n] (flat [T N]): v (+ bias[n]), += with accumulate; SwiGLU: silu(gate) * up (columns j, j + NT/2)
+        for i in range(MT):
+            t = int32(t0 + ty + TY * i)
+            for j in range(OUT_COLS):
+                n = int32(n0 + tx + TX * j)
+                if t < T and n < N:
+                    v = acc[i * NT + j]
+                    at = uint32(t * N + n)
+                    if swiglu:
+                        out[at] = _silu(v) * acc[i * NT + j + NT // 2]
+                    else:
+                        v = v + bias[n] if has_bias else v
+                        out[at] = out[at] + v if accumulate else v
+
+    @cuda.jit(**_jit_options(cfg))
+    def prefill(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out):
+        # x flat [T K]; out flat [T N] (plain) or [T F], F = N (swiglu); block (bx, by): rows bx BN
+        # (features bx BN / 2) .., tokens by BM ..
+        sm = cuda.shared.array(SMF, float32, alignment=SMEM_ALIGN)
+        acc = cuda.local.array(ACC, float32)
+        wf = cuda.local.array(WF, float32)
+        xr = cuda.local.array(XPT, float32)
+        wn = cuda.local.array(WN, float32)
+        tid = int32(cuda.threadIdx.x)
+        g, lt = tid // TG, tid % TG
+        tx, ty = lt % TX, lt // TX
+        n0 = int32(cuda.blockIdx.x * (HALF if swiglu else BN))
+        t0 = int32(cuda.blockIdx.y * BM)
+        r = tid % BN                                  # the tile row this thread decodes (if tid < DT)
+        if swiglu and r >= HALF:
+            row = up_row0 + min(n0 + r - HALF, N - 1)
+        else:
+            row = min(n0 + r, N - 1)                  # rows past N re-read row N - 1 (never stored)
+        xo = ty * KP + g * KG                         # the thread's first x row and W row in a buffer
+        wo = XS + tx * KP + g * KG
+        for m in range(ACC):
+            acc[m] = float32(0.0)
+        load_x(x, T, K, t0, 0, xr)
+        decode_w(wga, wgb, wua, wub, row, 0, K, wn)
+        stage(sm, 0, xr, wn)
+        cuda.syncthreads()
+        steps = int32((K + KC - 1) // KC)
+        s = int32(0)
+        while s < steps:
+            base = (s & 1) * BUF
+            k1 = int32(s * KC + KC)                   # the next step (past K on the last: clamped, unused)
+            load_x(x, T, K, t0, k1, xr)
+            decode_w(wga, wgb, wua, wub, row, k1, K, wn)
+            compute(sm, uint64(base + xo), uint64(base + wo), acc, wf)
+            stage(sm, BUF - base, xr, wn)
+            cuda.syncthreads()
+            s = int32(s + 1)
+        if G > 1:
+            reduce_groups(sm, g, lt, acc)
+        if g == 0:
+            store(acc, t0, n0, T, N, tx, ty, bias, has_bias, accumulate, out)
+
+    return prefill
+
+
+def prefill_grid(cfg, T, N, swiglu=False):
+    """(blocks along rows, blocks along tokens): ceil(N / BN) x ceil(T / BM); a SwiGLU tile covers
+    BN / 2 features (N = F). E.g. T = 512 at 4864 x 896 (128 x 64 tiles): 76 x 4 = 304 blocks."""
+    bm, bn, *_ = prefill_sizes(cfg)
+    rows = bn // 2 if swiglu else bn
+    return -(-N // rows), -(-T // bm)
+
+
+def prefill_config(T, N, swiglu=False):
+    """The largest tile of PREFILL_CONFIGS with at least PREFILL_BLOCKS_PER_SM blocks per SM, else the
+    smallest (which splits K four ways inside the block). At T = 512 on 132 SMs (264 blocks wanted):
+    9216 and 16384 rows -> 128 x 128 (288, 512 blocks); 4864 rows -> 128 x 64 (304); the 4864-feature
+    SwiGLU -> 128 x 128 (64 gate + 64 up rows a tile: 304); 3072 rows -> 64 x 64 (384); 896 and 128
+    rows -> 64 x 32 (224 and 32 blocks: the 128-row product is too small to fill the GPU; its 4 groups
+    per block split K). The simulator gets SIM_PREFILL_CONFIG."""
+    sms = _sm_count()
+    if not sms:
+        return SIM_PREFILL_CONFIG
+    for cfg in PREFILL_CONFIGS:
+        bx, by = prefill_grid(cfg, T, N, swiglu)
+        if bx * by >= PREFILL_BLOCKS_PER_SM * sms:
+            return cfg
+    return PREFILL_CONFIGS[-1]
+
+
+def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0):
+    """v10 on device arrays: out [T, N] (+)= x [T, K] W^T (+ bias); grid ``prefill_grid``."""
+    T, N = out.shape
+    if T * N == 0:
+        return                                        # (a grid of 0 blocks is a launch error)
+    cfg = PrefillConfig(*(config or prefill_config(T, N)))
+    wa, wb = _views(w_raw, ggml_type)
+    b, has = _bias(bias, out)
+    kern = _prefill_kernel(ggml_type, ggml_type, cfg, False)
+    kern[prefill_grid(cfg, T, N), prefill_sizes(cfg)[4], stream](
+        x.reshape(T * K), T, K, wa, wb, wa, wb, 0, N, b, has, accumulate, out.reshape(T * N))
+
+
+def launch_matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, config=None, stream=0):
+    """v10 SwiGLU pair on device arrays: out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T)."""
+    T, F = out.shape
+    if T * F == 0:
+        return
+    cfg = PrefillConfig(*(config or prefill_config(T, F, swiglu=True)))
+    ga, gb = _views(w_gate, gate_type)
+    ua, ub = _views(w_up, up_type)
+    kern = _prefill_kernel(gate_type, up_type, cfg, True)
+    flat = out.reshape(T * F)
+    kern[prefill_grid(cfg, T, F, True), prefill_sizes(cfg)[4], stream](
+        x.reshape(T * K), T, K, ga, gb, ua, ub, up_row0, F, flat, False, False, flat)
+
+
+class PrefillProduct:
+    """v10 for one weight matrix with everything that does not depend on the tokens decided once: the
+    views of W, the bias arguments, and per token count T the tile (``prefill_config``), kernel and grid.
+    Calling it with flat device buffers only launches. For the prefill fast path
+    (``llama_beta/backends/cuda_prefill.py``), where host time per launch is what bounds a small model:
+    on the H200 ``matmul_prefill``'s checks and views cost 140-180 us of host time per launch, about as
+    much as the GPU time of the launch, on top of Numba's own typing and marshalling of the arguments.
+
+    Plain: out [T, N] (+)= x [T, K] W^T (+ b). With ``up = (w_up, up_type, up_row0)``, the SwiGLU pair:
+    out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T), F = ``w_raw``'s rows (or ``up_row0`` when
+    w_up is w_raw: Phi-3's fused gate_up). Arguments are checked as ``matmul_prefill`` checks them."""
+
+    def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None):
+        gate_type = _check(w_raw, ggml_type, K)
+        if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
+            raise ValueError("PrefillProduct: the weight and bias must be device arrays")
+        self.K, self.swiglu, self.accumulate = K, up is not None, accumulate and up is None
+        ga, gb = _views(w_raw, gate_type)
+        if up is None:
+            ua, ub, up_type, up_row0, self.N = ga, gb, gate_type, 0, w_raw.shape[0]
+        else:
+            w_up, up_type, up_row0 = up
+            up_type = _check(w_up, up_type, K)
+            ua, ub = _views(w_up, up_type)
+            self.N = up_row0 if w_up is w_raw else w_raw.shape[0]        # F
+            if w_up.shape[0] - up_row0 < self.N:
+                raise ValueError(f"PrefillProduct: up needs {self.N} rows from {up_row0}, has {w_up.shape[0]}")
+        if bias is not None and tuple(bias.shape) != (self.N,):
+            raise ValueError(f"PrefillProduct: bias must be [{self.N}], got {tuple(bias.shape)}")
+        self._types, self._weights, self._bias = (gate_type, up_type), (ga, gb, ua, ub, up_row0), bias
+        self._by_tokens = {}                                              # T -> (kernel, grid, threads)
+
+    def __call__(self, x_flat, out_flat, T: int, stream=0) -> None:
+        """x_flat: device float32 [>= T K] (x row-major), out_flat: device float32 [>= T N]."""
+        launch = self._by_tokens.get(T)
+        if launch is None:
+            cfg = prefill_config(T, self.N, self.swiglu)
+            launch = self._by_tokens[T] = (_prefill_kernel(*self._types, cfg, self.swiglu),
+                                           prefill_grid(cfg, T, self.N, self.swiglu), prefill_sizes(cfg)[4])
+        kern, grid, threads = launch
+        has = self._bias is not None
+        kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
+                                    has, self.accumulate, out_flat)
+
+
+def _prefill_matrix(a, shape, what):
+    """A device float32 array of ``shape`` (a NumPy array is copied: allocates)."""
+    if a is None or tuple(a.shape) != shape:
+        raise ValueError(f"matmul_prefill: {what} must be {list(shape)}, got {None if a is None else tuple(a.shape)}")
+    return _device(a, np.float32)
+
+
+def matmul_prefill(x, w_raw, ggml_type, K, out, *, bias=None, accumulate=False, config=None, stream=0):
+    r"""v10: out [T, N] = x [T, K] W^T (+ bias), or out += that with ``accumulate`` (the residual add of
+    W_o and W_down fused in). ``out`` is a device array (nothing is allocated when x, w_raw and bias are
+    device arrays, nothing synchronized); ``config``: a PrefillConfig, default ``prefill_config``."""
+    ggml_type = _check(w_raw, ggml_type, K)
+    N = w_raw.shape[0]
+    T = x.shape[0] if len(x.shape) == 2 else -1
+    if not _is_device(out):
+        raise ValueError("matmul_prefill: out must be a device array (the result is written into it)")
+    x_d = _prefill_matrix(x, (T, K), "x")
+    _prefill_matrix(out, (T, N), "out")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"matmul_prefill: bias must be [{N}], got {tuple(bias.shape)}")
+    launch_matmul_prefill(x_d, _device(w_raw, np.uint8), ggml_type, K, out, _device(bias, np.float32),
+                          accumulate, config, stream)
+    return out
+
+
+def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config=None, stream=0):
+    r"""v10 SwiGLU pair: out[t, f] = silu(x_t . gate_f) * (x_t . up_f), silu(g) = g / (1 + e^{-g}), the
+    gate and up products and the SwiGLU in one launch. out [T, F] device; ``w_up=None``: Phi-3's fused
+    gate_up tensor (``w_gate`` [2F, row_bytes]: gate rows, then up rows; ``up_type`` ignored)."""
+    gate_type = _check(w_gate, gate_type, K)
+    T = x.shape[0] if len(x.shape) == 2 else -1
+    F = tuple(out.shape)[-1]
+    if not _is_device(out):
+        raise ValueError("matmul_prefill_swiglu: out must be a device array (the result is written into it)")
+    x_d = _prefill_matrix(x, (T, K), "x")
+    _prefill_matrix(out, (T, F), "out")
+    w_g = _device(w_gate, np.uint8)
+    if w_up is None:
+        if w_gate.shape[0] != 2 * F:
+            raise ValueError(f"matmul_prefill_swiglu: fused gate_up needs 2F = {2 * F} rows, got {w_gate.shape[0]}")
+        w_u, up_type, up_row0 = w_g, gate_type, F
+    else:
+        up_type = _check(w_up, up_type, K)
+        if w_gate.shape[0] != F or w_up.shape[0] != F:
+            raise ValueError(f"matmul_prefill_swiglu: gate and up need F = {F} rows, got "
+                             f"{w_gate.shape[0]} and {w_up.shape[0]}")
+        w_u, up_row0 = _device(w_up, np.uint8), 0
+    launch_matmul_prefill_swiglu(x_d, w_g, gate_type, w_u, up_type, up_row0, K, out, config, stream)
     return out
 
 
@@ -1650,6 +2075,88 @@ def _time_fused_main(rng):
         print(line)
 
 
+PREFILL_T = 512
+PREFILL_SHAPES = [  # (name, kind, N or F, K, type(s)): the prefill products at T = PREFILL_T
+    ("qwen ffn_gate/up", "plain", 4864, 896, (GGMLType.Q5_0,)),
+    ("qwen attn_q/o", "plain", 896, 896, (GGMLType.Q5_0,)),
+    ("qwen attn_k/v", "plain", 128, 896, (GGMLType.Q8_0,)),
+    ("qwen ffn_down", "plain", 896, 4864, (GGMLType.Q4_K,)),
+    ("qwen ffn_down", "plain", 896, 4864, (GGMLType.Q6_K,)),
+    ("qwen gate/up swiglu", "swiglu", 4864, 896, (GGMLType.Q5_0, GGMLType.Q5_0)),
+    ("phi3 attn_qkv", "plain", 9216, 3072, (GGMLType.Q5_K,)),
+    ("phi3 attn_q/o", "plain", 3072, 3072, (GGMLType.Q4_K,)),
+    ("phi3 ffn_gate_up", "plain", 16384, 3072, (GGMLType.Q4_K,)),
+    ("phi3 ffn_down", "plain", 3072, 8192, (GGMLType.Q6_K,)),
+]
+
+
+def _config_name(cfg):
+    bm, bn, kc, _, _ = prefill_sizes(cfg)
+    return f"{bm}x{bn}/{cfg.mt}x{cfg.nt}/g{cfg.groups}"
+
+
+def _check_prefill_main(rng, sim):
+    """v10 against ref: every type with bias and residual add (every configuration on the GPU), SwiGLU."""
+    from ref.matmul import matmul as ref_matmul, term_magnitude
+    from ref.swiglu import swiglu
+    T, N, K = (5, 10, 256) if sim else (70, 300, 2048)
+    configs = [None] if sim else list(PREFILL_CONFIGS)
+    print(f"\nv10 prefill check vs ref (T={T}, N={N}, K={K}; bias + residual add); error / sum|x w|:")
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x_d = cuda.to_device(x)
+    for gt in MAIN_TYPES:
+        w = random_weight(rng, gt, N, K)
+        b = rng.standard_normal(N).astype(np.float32)
+        res = rng.standard_normal((T, N)).astype(np.float32)
+        want = res + ref_matmul(x, w, gt, K, b)
+        mag = term_magnitude(x, w, gt, K) + np.abs(b) + np.abs(res)
+        line = f"  {gt.name:5s}"
+        for cfg in configs:
+            o = cuda.to_device(res)
+            matmul_prefill(x_d, cuda.to_device(w), gt, K, o, bias=cuda.to_device(b), accumulate=True, config=cfg)
+            err = np.max(np.abs(o.copy_to_host() - want) / mag)
+            line += f"  {_config_name(cfg or prefill_config(T, N))} {err:.1e}"
+            assert err < 1e-5, (gt.name, cfg)
+        print(line)
+    wg, wu = random_weight(rng, GGMLType.Q5_0, N, K), random_weight(rng, GGMLType.Q6_K, N, K)
+    g, u = ref_matmul(x, wg, GGMLType.Q5_0, K), ref_matmul(x, wu, GGMLType.Q6_K, K)
+    gm, um = term_magnitude(x, wg, GGMLType.Q5_0, K), term_magnitude(x, wu, GGMLType.Q6_K, K)
+    scale = (gm + np.abs(g)) * (um + np.abs(u))           # error ~ u (|g| d_u + |u| d_g), as the decode check
+    o = cuda.device_array((T, N), np.float32)
+    matmul_prefill_swiglu(x_d, wg, GGMLType.Q5_0, wu, GGMLType.Q6_K, K, o)
+    err = np.max(np.abs(o.copy_to_host() - swiglu(g, u)) / scale)
+    print(f"  swiglu Q5_0 gate + Q6_K up {err:.1e}")
+    assert err < 1e-5, "prefill swiglu"
+
+
+def _time_prefill_main(rng):
+    """TFLOP/s (2 T N K per product) of v3 and v10 at T = PREFILL_T; SwiGLU: v3 = two launches."""
+    T = PREFILL_T
+    print(f"\nmatmul prefill (T={T}) timings: v3 matmul_tiled against v10 matmul_prefill (its config: "
+          f"tile tokens x rows / micro-tile / groups)")
+    for name, kind, N, K, types in PREFILL_SHAPES:
+        x_d = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
+        ws = [cuda.to_device(random_weight(rng, t, N, K)) for t in types]
+        o = cuda.device_array((T, N), np.float32)
+        o2 = cuda.device_array((T, N), np.float32)
+        if kind == "swiglu":
+            v3 = lambda st: (launch_matmul_tiled(x_d, ws[0], types[0], K, None, o, st),
+                             launch_matmul_tiled(x_d, ws[1], types[1], K, None, o2, st))
+            v10 = lambda st: launch_matmul_prefill_swiglu(x_d, ws[0], types[0], ws[1], types[1], 0, K, o, stream=st)
+            cfg = prefill_config(T, N, swiglu=True)
+        else:
+            v3 = lambda st: launch_matmul_tiled(x_d, ws[0], types[0], K, None, o, st)
+            v10 = lambda st: launch_matmul_prefill(x_d, ws[0], types[0], K, o, stream=st)
+            cfg = prefill_config(T, N)
+        flop = 2 * T * N * K * len(ws)
+        line = f"  {name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s}"
+        for v, launch in (("v3", v3), ("v10", v10)):
+            s = _time(launch, reps=5)
+            line += f"  {v} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s"
+        print(line + f"  {_config_name(cfg)} {'x'.join(map(str, prefill_grid(cfg, T, N, kind == 'swiglu')))} blocks")
+
+
+
 def _main():
     from ref.matmul import matmul as ref_matmul, term_magnitude
 
@@ -1669,11 +2176,13 @@ def _main():
             o = cuda.device_array(N, np.float32)
             launch(x_d, w_d, gt, K, b_d, o)
             errs.append(np.max(np.abs(o.copy_to_host() - want[0]) / scale[0]))
-        got = matmul(x, w, gt, K, bias)
-        errs.append(np.max(np.abs(got - want) / scale))
-        print(f"  {gt.name:5s} v1 {errs[0]:.1e}  v2 {errs[1]:.1e}  matmul {errs[2]:.1e}")
+        for version in (3, 10):
+            got = matmul(x, w, gt, K, bias, version=version)
+            errs.append(np.max(np.abs(got - want) / scale))
+        print(f"  {gt.name:5s} v1 {errs[0]:.1e}  v2 {errs[1]:.1e}  v3 {errs[2]:.1e}  v10 {errs[3]:.1e}")
         assert max(errs) < 1e-5, gt.name
     _check_fused_main(rng, sim)
+    _check_prefill_main(rng, sim)
     if sim:
         return
     print("\nmatvec timings (weight bytes / time; % of 4.3 TB/s copy bandwidth)")
@@ -1690,14 +2199,21 @@ def _main():
             line += f"  {v} {s * 1e6:7.1f} us {gbs:6.0f} GB/s {100 * gbs * 1e9 / COPY_BW:3.0f}%"
         print(line)
     _time_fused_main(rng)
-    print("\nmatmul (prefill, T=512) timings")
-    for name, N, K, gt in SHAPES:
-        w_d = cuda.to_device(random_weight(rng, gt, N, K))
-        x_d = cuda.to_device(rng.standard_normal((512, K)).astype(np.float32))
-        o = cuda.device_array((512, N), np.float32)
-        s = _time(lambda st: launch_matmul_tiled(x_d, w_d, gt, K, None, o, st), reps=5)
-        print(f"  {name:18s} {N:6d}x{K:<5d} {gt.name:5s} {s * 1e3:8.2f} ms {2 * 512 * N * K / s / 1e9:8.0f} GFLOP/s")
+    _time_prefill_main(rng)
+
+
+def _main_prefill():
+    """``python -m numba_kernels.matmul prefill``: only v10's check and the prefill timings."""
+    rng = np.random.default_rng(0)
+    sim = bool(config.ENABLE_CUDASIM)
+    _check_prefill_main(rng, sim)
+    if not sim:
+        _time_prefill_main(rng)
 
 
 if __name__ == "__main__":
-    _main()
+    import sys
+    if config.ENABLE_CUDASIM:                      # v1, v2 and the fused kernels use warp shuffles
+        from numba_kernels.runtime import install_simulator_shuffles
+        install_simulator_shuffles()
+    _main_prefill() if sys.argv[1:] == ["prefill"] else _main()

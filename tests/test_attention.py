@@ -7,6 +7,8 @@ Tolerances (all float32):
 - ONES_ATOL 1e-5: with v = 1 the output is sum_s w_s, which is 1 up to float32 rounding of the sum.
 - The one-launch decode (v4) uses the same TOL: it computes e^a as 2^(a log2 e) with the GPU's ex2.approx
   (relative error ~2^-22, below float32 summation noise), in a different order again.
+- The flash prefill (v8) uses tol(sharpness) too: it pre-scales q by log2(e)/sqrt(hs) (a rounding of q
+  instead of the score) and sums over tiles, key slices and a final merge, in another order again.
 Data: q, k, v standard normal; q is multiplied by a drawn "sharpness" so some cases have near one-hot
 weights (large scores stress the running maximum) and some have nearly flat ones.
 """
@@ -159,8 +161,135 @@ def test_prefill_kernel_matches_ref(case):
     from numba_kernels import attention as ka
 
     q, kc, vc = make_case(**case)
-    assert_close(ka.attention_prefill(q, kc, vc, case["start_pos"]), ref.attention(q, kc, vc, case["start_pos"]),
-                 **tol(case["sharpness"]), name="prefill kernel")
+    assert_close(ka.attention_prefill(q, kc, vc, case["start_pos"], version="v2"),
+                 ref.attention(q, kc, vc, case["start_pos"]), **tol(case["sharpness"]), name="prefill kernel v2")
+
+
+# ------------------------------------------------------------------------------------------------
+# v8: flash prefill (warp = 16-query strip x key slice, S and O micro-tiles in registers)
+# ------------------------------------------------------------------------------------------------
+# The simulator pays ~0.7 s per (block, key tile) of v8 (128 Python threads, two barriers per shuffle): its
+# shapes keep heads x query tiles x key tiles <= 7
+FLASH_EXAMPLES = 3 if SIMULATOR else 40
+
+
+@st.composite
+def flash_shapes(draw):
+    """T, start_pos, heads and head size for v8 (make_case's arguments)."""
+    kv_mul = draw(st.sampled_from(KV_MULS))
+    hs = draw(st.sampled_from(HEAD_SIZES))
+    if SIMULATOR:  # 7 heads: one query tile, one key tile; 2 heads: one key tile; 1 head: up to three
+        T = draw(st.integers(1, 16 if kv_mul == 7 else 20))
+        start_pos = draw(st.integers(0, {7: 30, 2: 32, 1: 65}[kv_mul] - T))
+    else:
+        T, start_pos = draw(st.integers(1, MAX_T)), draw(st.integers(0, MAX_START))
+    return dict(seed=draw(st.integers(0, 2**32 - 1)), T=T, nkv=draw(st.integers(1, 1 if SIMULATOR else 4)),
+                kv_mul=kv_mul, hs=hs, start_pos=start_pos, sharpness=draw(st.sampled_from([0.1, 1.0, 8.0])))
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=FLASH_EXAMPLES)
+@given(flash_shapes())
+@example(dict(seed=1, T=1, nkv=1, kv_mul=7, hs=64, start_pos=0, sharpness=1.0))      # one query, one key, 7 heads
+@example(dict(seed=2, T=17, nkv=1, kv_mul=1, hs=128, start_pos=0, sharpness=8.0))    # 2 query tiles of 16, one partial
+@example(dict(seed=3, T=5, nkv=1, kv_mul=2, hs=96, start_pos=30, sharpness=1.0))     # the queries straddle keys 31|32
+def test_flash_prefill_matches_ref(case):
+    """v8 equals the reference (dense softmax(QK^T / sqrt(hs)) V with the causal mask) for T = 1, T not a
+    multiple of the query tile, start_pos > 0 (a continued prompt), head sizes 64/96/128 and GQA ratios 1/2/7;
+    cache rows past the context hold NaN (a read past the last query's position fails)."""
+    from numba_kernels import attention as ka
+
+    q, kc, vc = make_case(**case)
+    got = ka.attention_prefill(q, kc, vc, case["start_pos"], version="v8")
+    # tol: float32 sums in another order (tiles, slices, base-2 exponentials) than the reference's einsum
+    assert_close(got, ref.attention_dense(q, kc, vc, case["start_pos"]), **tol(case["sharpness"]), name="v8 prefill")
+
+
+@requires_cuda
+@pytest.mark.parametrize("hs, kv_mul", [(64, 2), (128, 1)])
+def test_flash_prefill_first_query_sees_only_key_0(hs, kv_mul):
+    """start_pos = 0: query 0 sees key 0 alone, so its output is v_0 whatever the later keys are (here huge,
+    so a masking slip would dominate); and with v = 1 every output is 1 (the weights sum to one)."""
+    from numba_kernels import attention as ka
+
+    T = 3
+    q, kc, vc = make_case(4, T, 1, kv_mul, hs, 0, sharpness=2.0)
+    kc[1:T] *= 1e3  # scores of keys 1, 2 ~ 1e3 sqrt(hs): a key past query 0 leaking in would swamp v_0
+    got = ka.attention_prefill(q, kc, vc, 0, version="v8")
+    # tol: out_0 = (1 * v_0) / 1 exactly, up to one rounding of the division by l = 2^0 = 1
+    assert_close(got[0], np.broadcast_to(vc[0], got[0].shape), atol=0, rtol=1e-7, name="query 0")
+    ones = np.ones_like(vc)
+    # tol: with v = 1 the output is sum_s w_s = 1 up to float32 rounding of the sum (ONES_ATOL)
+    assert_close(ka.attention_prefill(q, kc, ones, 0, version="v8"), np.ones_like(q), atol=ONES_ATOL, rtol=0,
+                 name="ones")
+
+
+@requires_cuda
+@pytest.mark.parametrize("hs, tiles, T, start_pos", [
+    (64, (4, 1, 2), 20, 13),   # BQ 64, one key slice per strip: no merge
+    (96, (1, 4, 1), 20, 5),    # BQ 16, 4 slices of 8 keys: 3 merge slots, two query tiles
+    (128, (2, 1, 2), 9, 40),   # BQ 32, BK 16: 4 key tiles
+])
+def test_flash_prefill_other_tiles(hs, tiles, T, start_pos):
+    """The other tile shapes that __main__ sweeps give the reference's answer too."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    q, kc, vc = make_case(6, T, 1, 1, hs, start_pos, sharpness=4.0)
+    out_d = cuda.device_array(q.shape, np.float32)
+    ka.launch_prefill_flash(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), start_pos, out_d, tiles=tiles)
+    out = out_d.copy_to_host()
+    # tol: float32 sums in another order than the reference, scores scaled by sharpness 4
+    assert_close(out, ref.attention_dense(q, kc, vc, start_pos), **tol(4.0), name=f"v8 tiles {tiles}")
+
+
+@requires_cuda
+def test_flash_prefill_fills_out_without_allocating(monkeypatch):
+    """With device arrays and out given, attention_prefill allocates nothing and returns out itself; a prompt
+    processed in two chunks (the second with start_pos > 0) equals the whole prompt at once."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    T, start = 6, 0
+    q, kc, vc = make_case(8, T, 1, 2, 64, start, sharpness=1.0)
+    q_d, kc_d, vc_d = cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc)
+    out = cuda.device_array(q.shape, np.float32)
+
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("attention_prefill allocated device memory")
+
+    monkeypatch.setattr(cuda, "device_array", no_alloc)
+    monkeypatch.setattr(cuda, "to_device", no_alloc)
+    assert ka.attention_prefill(q_d, kc_d, vc_d, start, out=out) is out
+    monkeypatch.undo()
+    whole = out.copy_to_host()
+    first = ka.attention_prefill(q[:4], kc, vc, 0)       # chunk 1: positions 0..3
+    second = ka.attention_prefill(q[4:], kc, vc, 4)      # chunk 2: positions 4..5 over keys 0..5
+    expected = ref.attention(q, kc, vc, start)
+    # tol: float32 sums in another order than the reference; the chunks run the very same per-row arithmetic
+    assert_close(whole, expected, **TOL, name="whole prompt")
+    assert_close(np.concatenate([first, second]), whole, atol=0, rtol=0, name="two chunks")
+
+
+def test_prefill_version_choice():
+    """v8 by default for the head sizes of its table (its shared memory fits), v2 otherwise; unknown versions
+    and v8 for a head size it lacks are refused."""
+    from numba_kernels import attention as ka
+
+    for hs in (32, 64, 96, 128):
+        assert ka.prefill_version(hs) == "v8" and ka.flash_supported(hs)
+        qw, kw, tn = ka.flash_tiles(hs)
+        assert 4 * ka.flash_smem_floats(hs, qw, kw, tn) <= ka.SMEM_LIMIT
+        ka._flash_kernel(hs, qw, kw, tn)  # the factory's assertions, without compiling
+    for hs in (40, 80, 256):
+        assert ka.prefill_version(hs) == "v2" and not ka.flash_supported(hs)
+    q, kc, vc = make_case(0, 2, 1, 1, 80, 0)
+    with pytest.raises(ValueError, match="v8"):
+        ka.attention_prefill(q, kc, vc, 0, version="v8")
+    with pytest.raises(ValueError, match="v9"):
+        ka.attention_prefill(q, kc, vc, 0, version="v9")
 
 
 @requires_cuda
@@ -208,7 +337,8 @@ def test_decode_kernel_matches_ref_and_prefill(case):
     got = ka.attention_decode(q[0], kc, vc, np.array([n], np.int32), n_splits=n_splits, version=version)  # [nh, hs]
     assert got.shape == q[0].shape
     assert_close(got, expected[0], **tol(case["sharpness"]), name="decode kernel")
-    assert_close(got, ka.attention_prefill(q, kc, vc, n - 1)[0], **tol(case["sharpness"]), name="decode vs prefill T=1")
+    assert_close(got, ka.attention_prefill(q, kc, vc, n - 1, version="v2")[0], **tol(case["sharpness"]),
+                 name="decode vs prefill T=1")  # v2: v8 at T = 1 is test_flash_prefill_matches_ref's
 
 
 @requires_cuda

@@ -34,7 +34,8 @@ BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"])
 
 @requires_cuda
 @pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True),
-                                                   ("qwen2-qkv-rope", True)])
+                                                   ("qwen2-qkv-rope", True)]
+                         + ([("phi3-qkv-rope", True)] if ON_GPU else []))
 def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
     from llama_beta.backends import cuda_decode
     from llama_beta.backends.cuda_decode import CudaDecoder

@@ -219,3 +219,203 @@ def test_real_model_rows(qwen_model_path):
         mag = term_magnitude(x, rows, gt, K)
         assert_close_terms(km.matvec(x[0], rows, gt, K), want[0], mag[0], K, f"{name} ({gt.name})")
     assert {GGMLType.Q8_0, GGMLType.Q5_0} <= seen, f"expected Q8_0 and Q5_0 tensors, saw {seen}"
+
+
+# --- v10: the prefill kernels (matmul_prefill, matmul_prefill_swiglu) ---------------------------
+# In the simulator the launches use SIM_PREFILL_CONFIG (8 tokens x 8 rows, 2 groups splitting K),
+# so T and N up to 12-20 cover several tiles and partial tiles; the real configurations get one
+# tiny launch each below. Shapes stay small: the simulator runs every thread in Python.
+PREFILL_T = 100 if ON_GPU else 12
+PREFILL_N = 300 if ON_GPU else 12
+PREFILL_EXAMPLES = 40 if ON_GPU else 15
+
+
+def prefill_problem(seed, gt, N, nb, T):
+    """x [T, K], w [N, row_bytes], K, a residual [T, N] and a bias [N]; K-quants get one block per
+    row in the simulator (256 weights is already a few seconds there)."""
+    rng = np.random.default_rng(seed)
+    elems = BLOCK_SIZES[gt][0]
+    K = (nb if elems < 256 or ON_GPU else 1) * max(elems, 8)
+    w = random_weight(rng, gt, N, K)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    return x, w, K, rng.standard_normal((T, N)).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+
+
+def _prefill(km, x, w, gt, K, out, bias=None, accumulate=False, config=None):
+    from numba import cuda
+    o = cuda.to_device(out)
+    km.matmul_prefill(cuda.to_device(x), cuda.to_device(w), gt, K, o, accumulate=accumulate, config=config,
+                      bias=None if bias is None else cuda.to_device(bias))
+    return o.copy_to_host()
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=PREFILL_EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.integers(1, PREFILL_T),
+       st.integers(1, PREFILL_N), st.integers(1, 2), st.booleans(), st.booleans())
+def test_prefill_matches_ref(seed, gt, T, N, nb, with_bias, accumulate):
+    km = _kernels()
+    x, w, K, res, bias = prefill_problem(seed, gt, N, nb, T)
+    bias = bias if with_bias else None
+    start = res if accumulate else np.full((T, N), np.nan, np.float32)   # plain mode must overwrite
+    got = _prefill(km, x, w, gt, K, start, bias, accumulate)
+    want = ref_matmul(x, w, gt, K, bias) + (res if accumulate else 0)
+    mag = term_magnitude(x, w, gt, K) + (0 if bias is None else np.abs(bias)) + (np.abs(res) if accumulate else 0)
+    # two float32 sums of K terms (the kernel's per-group partial sums, then the groups in order) plus
+    # the bias and residual additions: within assert_close_terms' 2 gamma_K + 8u of the terms' magnitude
+    assert_close_terms(got, want, mag, K, f"matmul_prefill {gt.name} T={T} N={N} K={K}")
+
+
+def _swiglu_want(x, wg, gt, wu, ut, K):
+    """ref: silu(g) u and the error scale (sum|x w_g| + |g|) (sum|x w_u| + |u|) of the product."""
+    from ref.swiglu import swiglu
+    g, u = ref_matmul(x, wg, gt, K), ref_matmul(x, wu, ut, K)
+    gm, um = term_magnitude(x, wg, gt, K), term_magnitude(x, wu, ut, K)
+    return swiglu(g, u), (gm + np.abs(g)) * (um + np.abs(u))
+
+
+def _assert_swiglu_close(got, want, scale, K, name):
+    # error of silu(g) u: |silu'| <= 1.1 times g's error times |u|, plus |silu(g)| <= |g| times u's error,
+    # each error within 2 gamma_K + 8u of its terms' magnitude (as assert_close_terms), plus a few ulps of
+    # exp, the division and the product: twice assert_close_terms' bound relative to `scale`
+    gamma = K * U / (1 - K * U)
+    assert_close(got / scale, want / scale, atol=2 * (2 * gamma + 8 * U), rtol=0.0, name=name)
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=max(PREFILL_EXAMPLES - 2, 4), suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.sampled_from(KERNEL_TYPES),
+       st.integers(1, PREFILL_T), st.integers(1, PREFILL_N))
+def test_prefill_swiglu_matches_ref(seed, gt, ut, T, F):
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(seed)
+    K = max(BLOCK_SIZES[gt][0], BLOCK_SIZES[ut][0], 8)         # one block of the larger type
+    wg, wu = random_weight(rng, gt, F, K), random_weight(rng, ut, F, K)
+    x = (4 * rng.standard_normal((T, K))).astype(np.float32)    # |g| up to ~20: silu's tails too
+    o = cuda.to_device(np.full((T, F), np.nan, np.float32))
+    km.matmul_prefill_swiglu(cuda.to_device(x), cuda.to_device(wg), gt, cuda.to_device(wu), ut, K, o)
+    want, scale = _swiglu_want(x, wg, gt, wu, ut, K)
+    _assert_swiglu_close(o.copy_to_host(), want, scale, K, f"swiglu {gt.name}/{ut.name} T={T} F={F}")
+
+
+@requires_cuda
+def test_prefill_swiglu_fused_gate_up_equals_two_tensors():
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(11)
+    T, F, K, gt = 5, 6, 64, GGMLType.Q4_0
+    wgu = random_weight(rng, gt, 2 * F, K)                        # Phi-3 ffn_up: gate rows, then up rows
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    fused, two = cuda.device_array((T, F), np.float32), cuda.device_array((T, F), np.float32)
+    km.matmul_prefill_swiglu(x, wgu, gt, None, None, K, fused)
+    km.matmul_prefill_swiglu(x, wgu[:F], gt, np.ascontiguousarray(wgu[F:]), gt, K, two)
+    # the same rows, decoded and summed in the same order: bit for bit
+    np.testing.assert_array_equal(fused.copy_to_host(), two.copy_to_host())
+
+
+@requires_cuda
+def test_prefill_product_equals_matmul_prefill():
+    """PrefillProduct (weight views and tiles decided once, flat buffers) launches what matmul_prefill and
+    matmul_prefill_swiglu launch: the same kernel on the same bytes, so the results are bit for bit equal,
+    for two token counts through one object, and a mismatched bias is refused."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(13)
+    K, N, t = 64, 6, GGMLType.Q8_0
+    w, wu = cuda.to_device(random_weight(rng, t, N, K)), cuda.to_device(random_weight(rng, GGMLType.Q4_0, N, K))
+    bias = cuda.to_device(rng.standard_normal(N).astype(np.float32))
+    plain = km.PrefillProduct(w, t, K, bias=bias, accumulate=True)
+    pair = km.PrefillProduct(w, t, K, up=(wu, GGMLType.Q4_0, 0))
+    for T in (3, 5):
+        x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
+        start = rng.standard_normal((T, N)).astype(np.float32)
+        want, got = cuda.to_device(start), cuda.to_device(start)
+        km.matmul_prefill(x, w, t, K, want, bias=bias, accumulate=True)
+        plain(x.reshape(T * K), got.reshape(T * N), T)
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+        want, got = cuda.device_array((T, N), np.float32), cuda.device_array((T, N), np.float32)
+        km.matmul_prefill_swiglu(x, w, t, wu, GGMLType.Q4_0, K, want)
+        pair(x.reshape(T * K), got.reshape(T * N), T)
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    with pytest.raises(ValueError, match="bias"):
+        km.PrefillProduct(w, t, K, bias=cuda.to_device(np.zeros(N + 1, np.float32)))
+
+
+@requires_cuda
+@pytest.mark.parametrize("ci", range(4))
+def test_prefill_every_config_one_partial_tile(ci):
+    """Each production configuration once (one block: T, N smaller than its tile; F32 with K = 40 ends
+    mid-step), plain with bias and, for the largest tile, SwiGLU with two types."""
+    km = _kernels()
+    cfg = km.PREFILL_CONFIGS[ci]
+    gt = (GGMLType.Q8_0, GGMLType.F32, GGMLType.Q5_0, GGMLType.F16)[ci]
+    x, w, K, res, bias = prefill_problem(ci, gt, 5, 5 if gt == GGMLType.F32 else 1, 3)   # F32: K = 40
+    got = _prefill(km, x, w, gt, K, res, bias, True, cfg)
+    mag = term_magnitude(x, w, gt, K) + np.abs(bias) + np.abs(res)
+    # as test_prefill_matches_ref: two sums of K terms, the bias and the residual addition
+    assert_close_terms(got, res + ref_matmul(x, w, gt, K, bias), mag, K, f"config {tuple(cfg)} {gt.name}")
+    if ci == 1:
+        from numba import cuda
+        rng = np.random.default_rng(5)
+        wg, wu = random_weight(rng, GGMLType.Q5_0, 4, 32), random_weight(rng, GGMLType.Q8_0, 4, 32)
+        xs = rng.standard_normal((3, 32)).astype(np.float32)
+        o = cuda.device_array((3, 4), np.float32)
+        km.matmul_prefill_swiglu(xs, wg, GGMLType.Q5_0, wu, GGMLType.Q8_0, 32, o, config=cfg)
+        want, scale = _swiglu_want(xs, wg, GGMLType.Q5_0, wu, GGMLType.Q8_0, 32)
+        _assert_swiglu_close(o.copy_to_host(), want, scale, 32, f"swiglu config {tuple(cfg)}")
+
+
+@requires_cuda
+def test_prefill_bias_and_residual_are_one_addition_each():
+    km = _kernels()
+    gt = GGMLType.Q5_0
+    x, w, K, res, bias = prefill_problem(3, gt, 9, 2, 10)
+    plain = _prefill(km, x, w, gt, K, np.zeros_like(res))
+    # the same sums (same configuration, fixed order), then float32(y + b), then float32(r + that)
+    np.testing.assert_array_equal(_prefill(km, x, w, gt, K, res, bias, True), res + (plain + bias))
+    # T = 1 is an ordinary (partial) tile; matmul() runs v10 by default and v3 on request
+    np.testing.assert_array_equal(km.matmul(x[:1], w, gt, K), plain[:1])
+    mag = term_magnitude(x, w, gt, K)
+    # v3 sums in another order (32-weight steps, one thread per output): the usual bound
+    assert_close_terms(km.matmul(x, w, gt, K, version=3), plain, mag, K, "v3 vs v10")
+
+
+@requires_cuda
+def test_prefill_rejects_bad_shapes():
+    km = _kernels()
+    from numba import cuda
+    gt = GGMLType.Q8_0
+    w = np.zeros((4, row_bytes(gt, 64)), np.uint8)
+    x, out = np.zeros((2, 64), np.float32), cuda.device_array((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"x must be \[2, 64\]"):
+        km.matmul_prefill(np.zeros((2, 32), np.float32), w, gt, 64, out)
+    with pytest.raises(ValueError, match=r"out must be \[2, 4\]"):
+        km.matmul_prefill(x, w, gt, 64, cuda.device_array((2, 5), np.float32))
+    with pytest.raises(ValueError, match="device array"):
+        km.matmul_prefill(x, w, gt, 64, np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"bias must be \[4\]"):
+        km.matmul_prefill(x, w, gt, 64, out, bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="does not tile"):
+        km.matmul_prefill(x, w, gt, 64, out, config=(8, 8, 16, 16, 1, 12))
+    with pytest.raises(ValueError, match="gate and up need F = 4 rows"):
+        km.matmul_prefill_swiglu(x, w, gt, w[:3], gt, 64, out)
+    with pytest.raises(ValueError, match="fused gate_up needs 2F = 8 rows"):
+        km.matmul_prefill_swiglu(x, w, gt, None, None, 64, out)
+    with pytest.raises(ValueError, match="version must be 3 or 10"):
+        km.matmul(x, w, gt, 64, version=4)
+
+
+def test_prefill_config_grid_arithmetic(monkeypatch):
+    """The launch heuristic on an H200 (132 SMs) at T = 512: the tiles prefill_config's docstring lists."""
+    km = _kernels()
+    monkeypatch.setattr(km, "_sm_count", lambda: 132)
+    big, tall, square, small = km.PREFILL_CONFIGS
+    for N, want in ((16384, big), (9216, big), (4864, tall), (3072, square), (896, small), (128, small)):
+        assert km.prefill_config(512, N) == want, N
+    assert km.prefill_config(512, 4864, swiglu=True) == big           # 64 gate + 64 up rows a tile
+    assert km.prefill_grid(tall, 512, 4864) == (76, 4)
+    assert km.prefill_grid(big, 512, 4864, swiglu=True) == (76, 4)
+    assert km.prefill_grid(small, 512, 896) == (28, 8)
+    for cfg in km.PREFILL_CONFIGS:
+        assert km.prefill_smem(cfg) <= km.SMEM_LIMIT and km.prefill_sizes(cfg)[4] == 256

@@ -22,9 +22,9 @@ Two layer bodies, chosen with ``fused``:
 - readable: one launch per stage, as in the forward pass (16 launches per layer);
 - fused (default): RMSNorm inside the following products, Q/K/V in one launch, RoPE with the
   KV-cache append (``rope.rope_qk_append``), one-launch split attention, W_o and W_down adding
-  into the residual stream, gate/up with SwiGLU (6 launches per layer). ``LLAMA_BETA_QKV_ROPE=1``
-  moves RoPE and the append into the Q/K/V launch (``matmul.decode_qkv_rope``, 5 launches; faster
-  on the H200, not yet the default: see ``QKV_ROPE``); with ``LLAMA_BETA_ATTENTION=v7`` (grouped-query
+  into the residual stream, gate/up with SwiGLU; RoPE and the KV append happen inside the Q/K/V
+  launch (``matmul.decode_qkv_rope``): 5 launches per layer (``LLAMA_BETA_QKV_ROPE=0``: RoPE and the
+  append as ``rope.rope_qk_append``, 6 launches; see ``QKV_ROPE``); with ``LLAMA_BETA_ATTENTION=v7`` (grouped-query
   heads) they happen inside the attention launch instead, measured slower (757 against 789 tok/s).
 The results are checked against the readable forward pass in ``tests/test_cuda_decode.py``.
 """
@@ -41,9 +41,9 @@ from numba_kernels.runtime import JIT_CACHE
 
 TOKEN, POS, SEQ_LEN, STEP = range(4)      # the fields of ``state``
 RUN_AHEAD = 2                             # decode steps queued beyond the one whose token is being read
-# "1": Q/K/V, RoPE and the KV append in one launch (matmul v9): 1012 against 960 tok/s on the H200, but off by
-# default until its tests have run on the GPU (they passed in the simulator; the GPU run was cut short)
-QKV_ROPE = os.environ.get("LLAMA_BETA_QKV_ROPE", "0") == "1"
+# Q/K/V, RoPE and the KV append in one launch (matmul v9): 1012 against 960 tok/s on the H200; the default
+# since its tests passed on the GPU (fifth session). "0" keeps them as two launches (for comparisons).
+QKV_ROPE = os.environ.get("LLAMA_BETA_QKV_ROPE", "1") != "0"
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -165,8 +165,8 @@ class CudaDecoder:
         residual.add(self.x, self.tmp, out=self.x, stream=s)
 
     def _layer_fused(self, i, L):
-        """Six launches: norm+QKV, RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual
-        (five with LLAMA_BETA_QKV_ROPE=1 or attention v7: see ``fused_launches``)."""
+        """Five launches: norm+QKV+RoPE+append, attention, W_o+residual, norm+gate/up+SwiGLU, W_down+residual
+        (six with LLAMA_BETA_QKV_ROPE=0; attention v7 moves RoPE into attention: see ``fused_launches``)."""
         for _, queue in self.fused_launches(i, L):
             queue()
 

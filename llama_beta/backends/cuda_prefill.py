@@ -1,0 +1,137 @@
+"""The CUDA prefill as a fixed sequence of launches over preallocated buffers (a fast path).
+
+The readable forward pass (``llama_beta/model.py``) allocates every activation as it goes:
+about 390 launches and as many device allocations for a 24-layer model, and Numba's
+deferred frees synchronize the device now and then. Measured on the H200 (512 tokens,
+Qwen2.5-0.5B): the allocations and the unfused elementwise launches (add 0.23 ms, RMSNorm
+0.20 ms, RoPE 0.23 ms per call, synchronized) cost as much as the products themselves.
+
+This version runs the same math for a prompt (or the part of it not yet in the cache):
+
+- every activation buffer is allocated once, for ``chunk`` tokens ([chunk, C], [chunk, F] ...);
+  a longer prompt is processed ``chunk`` tokens at a time (attention sees the cache rows the
+  earlier chunks wrote, exactly as it sees a continued prompt);
+- the products are the tiled prefill kernels (``matmul.matmul_prefill``, v10) with their
+  epilogues: W_o and W_down add into the residual stream (``accumulate``), and gate/up run as
+  one launch with the SwiGLU (``matmul.matmul_prefill_swiglu``);
+- only the last token's logits are computed: the final RMSNorm is fused into the output
+  product (``matmul.decode_matvec`` with ``norm_weight``), one row of [V].
+
+Per layer: RMSNorm, Q, K, V, RoPE of q and k with the KV append (``rope.rope_qk_append``),
+attention, W_o+residual, RMSNorm, gate/up+SwiGLU, W_down+residual: 10 launches (the readable
+pass has 16, plus the allocations). ``tests/test_cuda_prefill.py`` checks it against the readable pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from numba_kernels import attention, embedding, matmul, rmsnorm, rope
+
+DEFAULT_CHUNK = 512                          # tokens per pass: larger tiles fill the GPU better
+
+
+class CudaPrefill:
+    """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call."""
+
+    def __init__(self, model, chunk: int = DEFAULT_CHUNK):
+        c, p = model.config, model.rope
+        self.model, self.chunk = model, chunk
+
+        def buf(n, dtype=np.float32):
+            return cuda.device_array(n, dtype)
+
+        # flat buffers (token-major): a T-token view is a prefix, [:T * width]
+        self.x, self.n = buf(chunk * c.dim), buf(chunk * c.dim)                       # [T, C]
+        self.q, self.att = buf(chunk * c.n_heads * c.head_size), buf(chunk * c.n_heads * c.head_size)
+        self.k, self.v = buf(chunk * c.n_kv_heads * c.head_size), buf(chunk * c.n_kv_heads * c.head_size)
+        self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
+        self.logits = cuda.device_array((1, c.vocab_size), np.float32)                # [1, V]
+        self.ids, self.start = buf(chunk, np.int32), buf(1, np.int32)                 # [T], first position
+        self._ids_host = cuda.pinned_array(chunk, np.int32)
+        self._start_host = cuda.pinned_array(1, np.int32)
+        factors = None if p.factors is None else model.backend._factors(p.factors)
+        self._rope_args = rope._args(self.q, self.start, p.base, rope._rot_dims(c.head_size, p.dims), p.neox,
+                                     p.freq_scale, factors, p.attn_factor)
+        self._flash = attention.prefill_version(c.head_size) == "v8"
+        # the products of every layer, their weight views and tiles decided once
+        self._products = [dict(
+            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias),
+            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias),
+            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias),
+            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True),
+            gate_up=matmul.PrefillProduct(L.w_gate.raw, L.w_gate.ggml_type, L.w_gate.k,
+                                          up=(L.w_up.raw, L.w_up.ggml_type, 0)),
+            down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
+                                       accumulate=True),
+        ) for L in model.weights.layers]
+
+    def __call__(self, ids, start_pos: int, cache) -> np.ndarray:
+        """Host logits [V] of the last of ``ids`` [T] at positions start_pos..; ``cache`` gains T rows."""
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        if len(ids) == 0:
+            raise ValueError("prefill: no tokens")
+        if start_pos + len(ids) > cache[0].shape[1]:
+            raise ValueError(f"context full: {start_pos + len(ids)} tokens exceed the cache of {cache[0].shape[1]}")
+        starts = range(0, len(ids), self.chunk)
+        for at in starts:
+            self._chunk(ids[at:at + self.chunk], start_pos + at, cache)
+        self._output(len(ids) - starts[-1])          # x holds the last chunk
+        return self.logits.copy_to_host()[0]
+
+    def _chunk(self, ids, start: int, cache) -> None:
+        """Run ``ids`` [T <= chunk] at positions start.. through every layer (x holds the result)."""
+        T, c, W = len(ids), self.model.config, self.model.weights
+        self._ids_host[:T] = ids
+        self._start_host[0] = start
+        self.ids[:T].copy_to_device(self._ids_host[:T])
+        self.start.copy_to_device(self._start_host)
+        E = W.token_embd
+        embedding.embed(E.raw, E.ggml_type, c.dim, self.ids[:T], out=self.x[:T * c.dim].reshape(T, c.dim))
+        for i, L in enumerate(W.layers):
+            for _, queue in self.launches(i, L, T, start, cache):
+                queue()
+
+    def launches(self, i, L, T: int, start: int, cache):
+        """Layer ``i``'s launches for T tokens at positions start.. as ``[(name, queue)]``: x += Attention(
+        RMSNorm(x)); x += FFN(RMSNorm(x)). Each ``queue()`` queues one launch (``benchmarks/profile_prefill.py``
+        times them one kind at a time)."""
+        c, P = self.model.config, self._products[i]
+        nh, nkv, hs, C = c.n_heads, c.n_kv_heads, c.head_size, c.dim
+        x, n, q, k, v, att, h = (b[:T * (len(b) // self.chunk)] for b in
+                                 (self.x, self.n, self.q, self.k, self.v, self.att, self.h))
+        x2, n2 = x.reshape(T, C), n.reshape(T, C)                                    # [T, C]
+        q3, k3, v3, att3 = q.reshape(T, nh, hs), k.reshape(T, nkv, hs), v.reshape(T, nkv, hs), att.reshape(T, nh, hs)
+        k_cache, v_cache = cache[0][i], cache[1][i]
+
+        def norm(weight):                                                            # n = RMSNorm(x) w
+            return lambda: rmsnorm.rmsnorm(x2, weight, c.norm_eps, out=n2)
+
+        def product(name, a, out):                                                   # out (+)= a W^T + b
+            return lambda: P[name](a, out, T)
+
+        def rope_append():                      # RoPE(q) in place; cache rows start.. = RoPE(k), v
+            rope.launch_qk_append(q3, k3, v3, k_cache, v_cache, self._rope_args)
+
+        def attend():                                                                # att [T, nh, hs]
+            if self._flash:
+                attention.launch_prefill_flash(q3, k_cache, v_cache, start, att3)
+            else:
+                attention.attention_prefill(q3, k_cache, v_cache, start, out=att3)
+
+        return [("rmsnorm", norm(L.attn_norm)),
+                ("q", product("q", n, q)), ("k", product("k", n, k)), ("v", product("v", n, v)),
+                ("rope+append", rope_append),
+                ("attention", attend),
+                ("w_o+residual", product("o", att, x)),                                 # x += W_o att
+                ("rmsnorm", norm(L.ffn_norm)),
+                ("gate/up+swiglu", product("gate_up", n, h)),                           # h = silu(W_g n) W_u n
+                ("w_down+residual", product("down", h, x))]                             # x += W_down h
+
+    def _output(self, T: int) -> None:
+        """logits [1, V] = W_out RMSNorm(x[T-1]): the last token only, the norm inside the product."""
+        c, W = self.model.config, self.model.weights
+        out = W.output
+        C = c.dim
+        matmul.decode_matvec(self.x[(T - 1) * C:T * C], out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
+                             norm_weight=W.output_norm, eps=c.norm_eps)
