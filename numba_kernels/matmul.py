@@ -105,7 +105,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   buffers, the next K-step's x values and decoded weights loaded into registers before the current step is
   computed, one barrier per step; a family of tiles (``PREFILL_CONFIGS``: 128 x 128, 128 x 64, 64 x 64 with 2
   groups, 64 x 32 with 4 groups) of which ``prefill_config`` takes the largest that still gives 2 blocks per
-  SM; "groups" split each K-step inside the block and add their partial tiles in a fixed order at the end
+  SM, leaving out 128 x 128 (one block per SM: measured slower than 128 x 64 at every shape); "groups" split each K-step inside the block and add their partial tiles in a fixed order at the end
   (split-K without atomics or a workspace: deterministic). Epilogues: bias, ``accumulate`` (out += result:
   the residual add of W_o / W_down), and the SwiGLU pair (gate and up rows in one tile, two accumulators per
   output, ``silu(g) u`` stored). Offline ptxas (sm_90): 126-128 registers for the 8 x 4 tiles (launch bounds
@@ -1477,6 +1477,21 @@ def decode_qkv_rope(x, mats, q, k_cache, v_cache, pos, base, *, norm_weight=None
     return q
 
 
+def _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, what, check):
+    """(gate bytes, up bytes, up type, first up row) of a SwiGLU pair on the device: separate gate and up
+    tensors [F, row_bytes], or (``w_up`` None) Phi-3's fused gate_up [2F, row_bytes], up in rows F..2F-1.
+    ``check`` validates the up tensor's type and row size; errors name ``what``."""
+    w_g = _device(w_gate, np.uint8)
+    if w_up is None:
+        if w_gate.shape[0] != 2 * F:
+            raise ValueError(f"{what}: fused gate_up needs 2F = {2 * F} rows, got {w_gate.shape[0]}")
+        return w_g, w_g, gate_type, F
+    up_type = check(w_up, up_type, K)
+    if w_gate.shape[0] != F or w_up.shape[0] != F:
+        raise ValueError(f"{what}: gate and up need F = {F} rows, got {w_gate.shape[0]} and {w_up.shape[0]}")
+    return w_g, _device(w_up, np.uint8), up_type, 0
+
+
 def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, *, norm_weight=None,
                          eps=1e-6, stream=0):
     r"""out[n] = silu(g_n) u_n, g = W_gate x', u = W_up x' (x' as in ``decode_matvec``), one launch.
@@ -1486,17 +1501,7 @@ def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, 
     """
     gt = _check_fused(w_gate, ggml_type_gate, K)
     F = tuple(out.shape)[-1]                       # (the simulator's shapes reject shape[-1])
-    w_g = _device(w_gate, np.uint8)
-    if w_up is None:
-        if w_gate.shape[0] != 2 * F:
-            raise ValueError(f"decode_matvec_swiglu: fused gate_up needs 2F = {2 * F} rows, got {w_gate.shape[0]}")
-        w_u, ut, up_row0 = w_g, gt, F
-    else:
-        ut = _check_fused(w_up, ggml_type_up, K)
-        if w_gate.shape[0] != F or w_up.shape[0] != F:
-            raise ValueError(f"decode_matvec_swiglu: gate and up need F = {F} rows, got "
-                             f"{w_gate.shape[0]} and {w_up.shape[0]}")
-        w_u, up_row0 = _device(w_up, np.uint8), 0
+    w_g, w_u, ut, up_row0 = _gate_up_rows(w_gate, gt, w_up, ggml_type_up, K, F, "decode_matvec_swiglu", _check_fused)
     launch_decode_swiglu(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
                          norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
     return out
@@ -1554,6 +1559,10 @@ PREFILL_CONFIGS = (
     PrefillConfig(8, 4, 16, 8, 2, 16),      # 64 tokens x 64 rows, 2 groups, KC 32 [36 KiB]
     PrefillConfig(8, 4, 8, 8, 4, 8),        # 64 tokens x 32 rows, 4 groups, KC 32 [27 KiB]
 )
+# The tiles prefill_config chooses from: all but the 8 x 8 one, which measured slower than 128 x 64 at every
+# shape of Qwen2.5-0.5B and Phi-3-mini on the H200 (fifth session, benchmarks/sweep_prefill_tiles.py: e.g.
+# Qwen's gate/up SwiGLU 444 -> 368 us, Phi-3's attn_qkv 1740 -> 1484 us): it fits one block per SM.
+PREFILL_AUTO = PREFILL_CONFIGS[1:]
 # The simulator pays per thread and per FMA: small blocks (32 threads, 8 x 8 tiles, 2 groups).
 SIM_PREFILL_CONFIG = PrefillConfig(2, 2, 4, 4, 2, 8)
 PREFILL_BLOCKS_PER_SM = 2   # prefill_config takes the largest tile that still gives this many blocks per SM
@@ -1761,20 +1770,20 @@ def prefill_grid(cfg, T, N, swiglu=False):
 
 
 def prefill_config(T, N, swiglu=False):
-    """The largest tile of PREFILL_CONFIGS with at least PREFILL_BLOCKS_PER_SM blocks per SM, else the
+    """The largest tile of PREFILL_AUTO with at least PREFILL_BLOCKS_PER_SM blocks per SM, else the
     smallest (which splits K four ways inside the block). At T = 512 on 132 SMs (264 blocks wanted):
-    9216 and 16384 rows -> 128 x 128 (288, 512 blocks); 4864 rows -> 128 x 64 (304); the 4864-feature
-    SwiGLU -> 128 x 128 (64 gate + 64 up rows a tile: 304); 3072 rows -> 64 x 64 (384); 896 and 128
+    9216 and 16384 rows -> 128 x 64 (576, 1024 blocks); 4864 rows -> 128 x 64 (304); the 4864-feature
+    SwiGLU -> 128 x 64 (32 gate + 32 up rows a tile: 608); 3072 rows -> 64 x 64 (384); 896 and 128
     rows -> 64 x 32 (224 and 32 blocks: the 128-row product is too small to fill the GPU; its 4 groups
     per block split K). The simulator gets SIM_PREFILL_CONFIG."""
     sms = _sm_count()
     if not sms:
         return SIM_PREFILL_CONFIG
-    for cfg in PREFILL_CONFIGS:
+    for cfg in PREFILL_AUTO:
         bx, by = prefill_grid(cfg, T, N, swiglu)
         if bx * by >= PREFILL_BLOCKS_PER_SM * sms:
             return cfg
-    return PREFILL_CONFIGS[-1]
+    return PREFILL_AUTO[-1]
 
 
 def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0):
@@ -1885,17 +1894,7 @@ def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config
         raise ValueError("matmul_prefill_swiglu: out must be a device array (the result is written into it)")
     x_d = _prefill_matrix(x, (T, K), "x")
     _prefill_matrix(out, (T, F), "out")
-    w_g = _device(w_gate, np.uint8)
-    if w_up is None:
-        if w_gate.shape[0] != 2 * F:
-            raise ValueError(f"matmul_prefill_swiglu: fused gate_up needs 2F = {2 * F} rows, got {w_gate.shape[0]}")
-        w_u, up_type, up_row0 = w_g, gate_type, F
-    else:
-        up_type = _check(w_up, up_type, K)
-        if w_gate.shape[0] != F or w_up.shape[0] != F:
-            raise ValueError(f"matmul_prefill_swiglu: gate and up need F = {F} rows, got "
-                             f"{w_gate.shape[0]} and {w_up.shape[0]}")
-        w_u, up_row0 = _device(w_up, np.uint8), 0
+    w_g, w_u, up_type, up_row0 = _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, "matmul_prefill_swiglu", _check)
     launch_matmul_prefill_swiglu(x_d, w_g, gate_type, w_u, up_type, up_row0, K, out, config, stream)
     return out
 
