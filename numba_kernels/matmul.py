@@ -1787,30 +1787,20 @@ def prefill_config(T, N, swiglu=False):
 
 
 def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0):
-    """v10 on device arrays: out [T, N] (+)= x [T, K] W^T (+ bias); grid ``prefill_grid``."""
+    """v10 on device arrays: out [T, N] (+)= x [T, K] W^T (+ bias), a ``PrefillProduct`` used once (grid:
+    ``prefill_grid``)."""
     T, N = out.shape
-    if T * N == 0:
-        return                                        # (a grid of 0 blocks is a launch error)
-    cfg = PrefillConfig(*(config or prefill_config(T, N)))
-    wa, wb = _views(w_raw, ggml_type)
-    b, has = _bias(bias, out)
-    kern = _prefill_kernel(ggml_type, ggml_type, cfg, False)
-    kern[prefill_grid(cfg, T, N), prefill_sizes(cfg)[4], stream](
-        x.reshape(T * K), T, K, wa, wb, wa, wb, 0, N, b, has, accumulate, out.reshape(T * N))
+    if T * N:                                         # (a grid of 0 blocks is a launch error)
+        PrefillProduct(w_raw, ggml_type, K, bias=bias, accumulate=accumulate, config=config)(
+            x.reshape(T * K), out.reshape(T * N), T, stream)
 
 
 def launch_matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, config=None, stream=0):
     """v10 SwiGLU pair on device arrays: out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T)."""
     T, F = out.shape
-    if T * F == 0:
-        return
-    cfg = PrefillConfig(*(config or prefill_config(T, F, swiglu=True)))
-    ga, gb = _views(w_gate, gate_type)
-    ua, ub = _views(w_up, up_type)
-    kern = _prefill_kernel(gate_type, up_type, cfg, True)
-    flat = out.reshape(T * F)
-    kern[prefill_grid(cfg, T, F, True), prefill_sizes(cfg)[4], stream](
-        x.reshape(T * K), T, K, ga, gb, ua, ub, up_row0, F, flat, False, False, flat)
+    if T * F:
+        PrefillProduct(w_gate, gate_type, K, up=(w_up, up_type, up_row0), config=config)(
+            x.reshape(T * K), out.reshape(T * F), T, stream)
 
 
 class PrefillProduct:
@@ -1823,9 +1813,11 @@ class PrefillProduct:
 
     Plain: out [T, N] (+)= x [T, K] W^T (+ b). With ``up = (w_up, up_type, up_row0)``, the SwiGLU pair:
     out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T), F = ``w_raw``'s rows (or ``up_row0`` when
-    w_up is w_raw: Phi-3's fused gate_up). Arguments are checked as ``matmul_prefill`` checks them."""
+    w_up is w_raw: Phi-3's fused gate_up). ``config``: one PrefillConfig for every T (default: ``prefill_config``
+    of T). Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so
+    the kernel's arguments are spelled out in one place.)"""
 
-    def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None):
+    def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None):
         gate_type = _check(w_raw, ggml_type, K)
         if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
             raise ValueError("PrefillProduct: the weight and bias must be device arrays")
@@ -1843,13 +1835,14 @@ class PrefillProduct:
         if bias is not None and tuple(bias.shape) != (self.N,):
             raise ValueError(f"PrefillProduct: bias must be [{self.N}], got {tuple(bias.shape)}")
         self._types, self._weights, self._bias = (gate_type, up_type), (ga, gb, ua, ub, up_row0), bias
+        self._config = None if config is None else PrefillConfig(*config)
         self._by_tokens = {}                                              # T -> (kernel, grid, threads)
 
     def __call__(self, x_flat, out_flat, T: int, stream=0) -> None:
         """x_flat: device float32 [>= T K] (x row-major), out_flat: device float32 [>= T N]."""
         launch = self._by_tokens.get(T)
         if launch is None:
-            cfg = prefill_config(T, self.N, self.swiglu)
+            cfg = self._config or prefill_config(T, self.N, self.swiglu)
             launch = self._by_tokens[T] = (_prefill_kernel(*self._types, cfg, self.swiglu),
                                            prefill_grid(cfg, T, self.N, self.swiglu), prefill_sizes(cfg)[4])
         kern, grid, threads = launch

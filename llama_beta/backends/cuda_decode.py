@@ -58,6 +58,15 @@ def advance_kernel(state, history):
         state[STEP] = step + 1
 
 
+def output_logits(model, x, logits, stream=0) -> None:
+    """logits [1, V] = W_out RMSNorm(x) (+ bias) for one token x [C] or [1, C]: the final norm inside the
+    output product, one launch (the decode step's last launch, and the prefill's for its last token)."""
+    c, W = model.config, model.weights
+    out = W.output
+    matmul.decode_matvec(x, out.raw, out.ggml_type, out.k, logits, bias=out.bias, norm_weight=W.output_norm,
+                         eps=c.norm_eps, stream=stream)
+
+
 def graphs_supported() -> bool:
     """CUDA graphs need a real GPU and ``cuda.core`` (the simulator runs the launches directly)."""
     if config.ENABLE_CUDASIM:
@@ -242,10 +251,7 @@ class CudaDecoder:
 
     def output_fused(self) -> None:
         """logits = W_out rmsnorm(x), one launch."""
-        c, W = self.model.config, self.model.weights
-        out = W.output
-        matmul.decode_matvec(self.x, out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
-                             norm_weight=W.output_norm, eps=c.norm_eps, stream=self.stream)
+        output_logits(self.model, self.x, self.logits, self.stream)
 
     def _choose(self, sampler) -> None:
         """Queue the choice of the next token into ``state.token``, then advance the state."""

@@ -25,9 +25,12 @@ pass has 16, plus the allocations). ``tests/test_cuda_prefill.py`` checks it aga
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import cuda
 
+from llama_beta.backends.cuda_decode import output_logits
 from numba_kernels import attention, embedding, matmul, rmsnorm, rope
 
 DEFAULT_CHUNK = 512                          # tokens per pass: larger tiles fill the GPU better
@@ -56,6 +59,7 @@ class CudaPrefill:
         self._rope_args = rope._args(self.q, self.start, p.base, rope._rot_dims(c.head_size, p.dims), p.neox,
                                      p.freq_scale, factors, p.attn_factor)
         self._flash = attention.prefill_version(c.head_size) == "v8"
+        self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
         self._products = [dict(
             q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias),
@@ -89,7 +93,7 @@ class CudaPrefill:
         self.ids[:T].copy_to_device(self._ids_host[:T])
         self.start.copy_to_device(self._start_host)
         E = W.token_embd
-        embedding.embed(E.raw, E.ggml_type, c.dim, self.ids[:T], out=self.x[:T * c.dim].reshape(T, c.dim))
+        embedding.embed(E.raw, E.ggml_type, c.dim, self.ids[:T], out=self._views(T).x2)
         for i, L in enumerate(W.layers):
             for _, queue in self.launches(i, L, T, start, cache):
                 queue()
@@ -98,42 +102,50 @@ class CudaPrefill:
         """Layer ``i``'s launches for T tokens at positions start.. as ``[(name, queue)]``: x += Attention(
         RMSNorm(x)); x += FFN(RMSNorm(x)). Each ``queue()`` queues one launch (``benchmarks/profile_prefill.py``
         times them one kind at a time)."""
-        c, P = self.model.config, self._products[i]
-        nh, nkv, hs, C = c.n_heads, c.n_kv_heads, c.head_size, c.dim
-        x, n, q, k, v, att, h = (b[:T * (len(b) // self.chunk)] for b in
-                                 (self.x, self.n, self.q, self.k, self.v, self.att, self.h))
-        x2, n2 = x.reshape(T, C), n.reshape(T, C)                                    # [T, C]
-        q3, k3, v3, att3 = q.reshape(T, nh, hs), k.reshape(T, nkv, hs), v.reshape(T, nkv, hs), att.reshape(T, nh, hs)
+        c, P, V = self.model.config, self._products[i], self._views(T)
         k_cache, v_cache = cache[0][i], cache[1][i]
 
         def norm(weight):                                                            # n = RMSNorm(x) w
-            return lambda: rmsnorm.rmsnorm(x2, weight, c.norm_eps, out=n2)
+            return lambda: rmsnorm.rmsnorm(V.x2, weight, c.norm_eps, out=V.n2)
 
         def product(name, a, out):                                                   # out (+)= a W^T + b
             return lambda: P[name](a, out, T)
 
         def rope_append():                      # RoPE(q) in place; cache rows start.. = RoPE(k), v
-            rope.launch_qk_append(q3, k3, v3, k_cache, v_cache, self._rope_args)
+            rope.launch_qk_append(V.q3, V.k3, V.v3, k_cache, v_cache, self._rope_args)
 
         def attend():                                                                # att [T, nh, hs]
             if self._flash:
-                attention.launch_prefill_flash(q3, k_cache, v_cache, start, att3)
+                attention.launch_prefill_flash(V.q3, k_cache, v_cache, start, V.att3)
             else:
-                attention.attention_prefill(q3, k_cache, v_cache, start, out=att3)
+                attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3)
 
         return [("rmsnorm", norm(L.attn_norm)),
-                ("q", product("q", n, q)), ("k", product("k", n, k)), ("v", product("v", n, v)),
+                ("q", product("q", V.n, V.q)), ("k", product("k", V.n, V.k)), ("v", product("v", V.n, V.v)),
                 ("rope+append", rope_append),
                 ("attention", attend),
-                ("w_o+residual", product("o", att, x)),                                 # x += W_o att
+                ("w_o+residual", product("o", V.att, V.x)),                             # x += W_o att
                 ("rmsnorm", norm(L.ffn_norm)),
-                ("gate/up+swiglu", product("gate_up", n, h)),                           # h = silu(W_g n) W_u n
-                ("w_down+residual", product("down", h, x))]                             # x += W_down h
+                ("gate/up+swiglu", product("gate_up", V.n, V.h)),                       # h = silu(W_g n) W_u n
+                ("w_down+residual", product("down", V.h, V.x))]                         # x += W_down h
+
+    def _views(self, T: int):
+        """The buffers' first T tokens, flat ([T * width]) and shaped, made once per token count (every
+        layer launches on the same views; creating a device-array view costs host time)."""
+        views = self._views_by_tokens.get(T)
+        if views is None:
+            c = self.model.config
+            nh, nkv, hs = c.n_heads, c.n_kv_heads, c.head_size
+            flat = {name: getattr(self, name)[:T * width] for name, width in
+                    (("x", c.dim), ("n", c.dim), ("q", nh * hs), ("k", nkv * hs), ("v", nkv * hs),
+                     ("att", nh * hs), ("h", c.ffn_dim))}
+            views = self._views_by_tokens[T] = types.SimpleNamespace(
+                **flat, x2=flat["x"].reshape(T, c.dim), n2=flat["n"].reshape(T, c.dim),      # [T, C]
+                q3=flat["q"].reshape(T, nh, hs), att3=flat["att"].reshape(T, nh, hs),      # [T, nh, hs]
+                k3=flat["k"].reshape(T, nkv, hs), v3=flat["v"].reshape(T, nkv, hs))        # [T, nkv, hs]
+        return views
 
     def _output(self, T: int) -> None:
         """logits [1, V] = W_out RMSNorm(x[T-1]): the last token only, the norm inside the product."""
-        c, W = self.model.config, self.model.weights
-        out = W.output
-        C = c.dim
-        matmul.decode_matvec(self.x[(T - 1) * C:T * C], out.raw, out.ggml_type, out.k, self.logits, bias=out.bias,
-                             norm_weight=W.output_norm, eps=c.norm_eps)
+        C = self.model.config.dim
+        output_logits(self.model, self.x[(T - 1) * C:T * C], self.logits)
