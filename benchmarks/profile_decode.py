@@ -39,14 +39,14 @@ def _empty(x):
 def time_graph(dec: CudaDecoder, key, queue, reps: int) -> float:
     """Seconds per replay of the graph of ``queue()`` (captured on first use)."""
     dec._replay(key, queue)
-    graph = dec._graphs[key]
+    graph = dec.graphs.get(key)
     for _ in range(3):
-        graph.launch(dec._cc_stream)
-    dec._synchronize()
+        dec.graphs.launch(graph)
+    dec.graphs.synchronize()
     t = time.perf_counter()
     for _ in range(reps):
-        graph.launch(dec._cc_stream)
-    dec._synchronize()
+        dec.graphs.launch(graph)
+    dec.graphs.synchronize()
     return (time.perf_counter() - t) / reps
 
 

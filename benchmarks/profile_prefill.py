@@ -4,7 +4,8 @@
 
 Default: the preallocated prefill (``llama_beta/backends/cuda_prefill.py``). Each kind of launch is
 queued for every layer while the GPU is held busy by a spin kernel, so the host's queueing time and
-the GPU's time (CUDA events around the batch) are measured apart; then the whole prefill, wall clock.
+the GPU's time (CUDA events around the batch) are measured apart; then the whole prefill, wall clock
+(from its second call a CUDA graph, captured then replayed; ``LLAMA_BETA_PREFILL_GRAPH=0``: launched directly).
 ``--readable``: the forward pass (``model.step``), one row per backend stage, the device synchronized
 after every call (kernels plus host launch cost), and the unsynchronized prefill for comparison.
 Both end with a cProfile of the host side (skip it with ``--no-cprofile``).
@@ -64,15 +65,15 @@ def fused_table(model, ids, cache, reps=5):
     total_gpu = total_host = 0.0
     for name, queues in kinds.items():
         cuda.synchronize()
-        _hold[1, 1](hold_ms)                            # the GPU sleeps while the host queues the batch
+        _hold[1, 1, prefill.stream](hold_ms)            # the GPU sleeps while the host queues the batch
         e0, e1 = cuda.event(), cuda.event()
-        e0.record()
+        e0.record(prefill.stream)                       # the prefill queues everything on its own stream
         t = time.perf_counter()
         for _ in range(reps):
             for q in queues:
                 q()
         host = (time.perf_counter() - t) / (reps * len(queues))
-        e1.record()
+        e1.record(prefill.stream)
         e1.synchronize()
         gpu = e0.elapsed_time(e1) / 1e3 / (reps * len(queues))
         total_gpu += gpu * len(queues)
@@ -86,7 +87,8 @@ def fused_table(model, ids, cache, reps=5):
         prefill(ids, 0, cache)
         walls.append(time.perf_counter() - t)
     w = sorted(walls)[2]
-    print(f"prefill {T}: {w * 1e3:.1f} ms wall (median of 5) = {T / w:.0f} tok/s")
+    graphs = "graph replayed" if prefill.graphs.use_graph else "launched directly"   # the 2nd call captures
+    print(f"prefill {T}: {w * 1e3:.1f} ms wall (median of 5, {graphs}) = {T / w:.0f} tok/s")
     return prefill
 
 

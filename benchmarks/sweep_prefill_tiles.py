@@ -1,9 +1,11 @@
-"""Time every v10 tile configuration at the prefill shapes (device time, T tokens), to choose ``prefill_config``.
+"""Time every prefill tile configuration at the prefill shapes (device time, T tokens), to choose
+``prefill_config`` (v10) and ``mma_config`` (v11).
 
-    python benchmarks/sweep_prefill_tiles.py [T] [NAME]      # NAME: only the shapes whose name contains it
+    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11]   # NAME: shapes whose name contains it
 
-One line per (shape, configuration): microseconds per launch and TFLOP/s (2 T N K per product), the grid, and
-a '*' on the configuration ``prefill_config`` picks now.
+One line per (shape, configuration, v11 split-K factor): microseconds per launch and TFLOP/s (2 T N K per
+product), the grid (rows x tokens x splits), and a '*' on the choice of the heuristics now. v11 is timed over ``MMA_SWEEP`` (a wider family than the
+heuristic's ``MMA_CONFIGS``); both kernels by default.
 """
 import sys
 
@@ -12,10 +14,33 @@ from numba import cuda
 
 from numba_kernels import matmul as mm
 
+# v11 candidates: (warps along tokens, along rows, m16-tiles, n8-tiles per warp, K-step / 32)
+MMA_SWEEP = [mm.MmaConfig(*c) for c in (
+    (4, 2, 2, 4, 1), (2, 4, 2, 4, 1), (4, 4, 2, 2, 1), (2, 4, 2, 2, 1), (2, 4, 2, 2, 2), (4, 2, 2, 2, 1),
+    (4, 2, 1, 2, 2), (2, 4, 1, 2, 2), (2, 2, 2, 2, 1), (2, 2, 2, 2, 2), (2, 2, 1, 2, 2), (2, 2, 1, 2, 4))]
+
+
+def _configs(kernels):
+    """(label, config, product factory) for the chosen kernels."""
+    out = []
+    if "v10" in kernels:
+        out += [(mm._config_name(c), c, False) for c in mm.PREFILL_CONFIGS]
+    if "v11" in kernels:
+        out += [("mma " + "x".join(map(str, mm.mma_sizes(c)[:2])) + f"/k{32 * c.ks}/{mm.mma_sizes(c)[2]}t", c, True)
+                for c in MMA_SWEEP]
+    return out
+
+
+def _splits(mma, K):
+    """v11 split-K factors to time: 1, 2, 4 for long rows (K >= 2048), else 1; v10: None."""
+    return ((1, 2, 4) if K >= 2048 else (1,)) if mma else (None,)
+
 
 def main():
-    T = int(sys.argv[1]) if len(sys.argv) > 1 else mm.PREFILL_T
-    only = sys.argv[2] if len(sys.argv) > 2 else ""
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    kernels = [k for k in ("v10", "v11") if f"--{k}" in sys.argv] or ["v10", "v11"]
+    T = int(args[0]) if args else mm.PREFILL_T
+    only = args[1] if len(args) > 1 else ""
     rng = np.random.default_rng(0)
     for name, kind, N, K, types in mm.PREFILL_SHAPES:
         if only not in name:
@@ -24,19 +49,18 @@ def main():
         ws = [cuda.to_device(mm.random_weight(rng, t, N, K)) for t in types]
         out = cuda.device_array((T, N), np.float32)
         swiglu = kind == "swiglu"
-        chosen = mm.prefill_config(T, N, swiglu=swiglu)
+        chosen = (mm.prefill_config(T, N, swiglu=swiglu), mm.mma_config(T, N, K, swiglu=swiglu))
         flop = 2 * T * N * K * len(ws)
-        for cfg in mm.PREFILL_CONFIGS:
-            if swiglu:
-                launch = lambda st, c=cfg: mm.launch_matmul_prefill_swiglu(x, ws[0], types[0], ws[1], types[1], 0, K,
-                                                                           out, config=c, stream=st)
-            else:
-                launch = lambda st, c=cfg: mm.launch_matmul_prefill(x, ws[0], types[0], K, out, config=c, stream=st)
-            s = mm._time(launch, reps=5)
-            grid = "x".join(map(str, mm.prefill_grid(cfg, T, N, swiglu)))
-            mark = "*" if cfg == chosen else " "
-            print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} {mm._config_name(cfg):16s} "
-                  f"{grid:>8s} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s {mark}", flush=True)
+        for label, cfg, mma in _configs(kernels):
+            for split in _splits(mma, K):
+                product = mm.PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None,
+                                            config=cfg, mma=mma, split=split)
+                s = mm._time(lambda st, p=product: p(x.reshape(T * K), out.reshape(T * N), T, st), reps=5)
+                grid = "x".join(map(str, (mm.mma_grid if mma else mm.prefill_grid)(cfg, T, N, swiglu) + (split or 1,)))
+                picked = cfg == chosen[mma] and (not mma or split == mm.mma_split(cfg, T, N, K, swiglu))
+                print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} {label:22s} "
+                      f"{grid:>10s} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s {'*' if picked else ' '}",
+                      flush=True)
 
 
 if __name__ == "__main__":

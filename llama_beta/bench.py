@@ -87,6 +87,9 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         "fraction_of_copy_bandwidth": bytes_step * med_decode / bandwidth,
         "bandwidth_assumed": bandwidth,
         "prefill_variant": model.prefill_variant,
+        # the prefill's switches: the tensor-core products (numba_kernels.matmul v11) and the captured graphs
+        "prefill_settings": {"mma": os.environ.get("LLAMA_BETA_PREFILL_MMA", "1") != "0",
+                             "graph": os.environ.get("LLAMA_BETA_PREFILL_GRAPH", "1") != "0"},
         "decode_variant": {"body": os.environ.get("LLAMA_BETA_DECODE", "fused"),
                            "graph": os.environ.get("LLAMA_BETA_GRAPH", "1") != "0",
                            # the kernel switches read at import (numba_kernels.attention / .matmul)

@@ -91,7 +91,9 @@ Kernel versions (llm.c dev/cuda style; each is checked against ``ref`` in ``__ma
   launched first. The next tile's K (and this tile's V) loads are issued before the compute that hides them.
   Reasoning for registers, shared memory and occupancy: the comment above ``_flash_kernel``. Measured on the
   H200 at T = 512: Qwen2.5-0.5B 308 -> 49 us (tiles (1, 4, 1), the hs 64 default after the sweep), Phi-3-mini
-  923 -> 97 us (16.7 TFLOP/s).
+  923 -> 97 us (16.7 TFLOP/s). The first query's position is read on the device (``pos[0]``, an int32 [1]
+  array; sixth session, same math and tiles), so a prefill captured as a CUDA graph replays at any position
+  (``llama_beta/backends/cuda_prefill.py``); ``attention_prefill`` uploads an int.
 - ``kv_append_kernel``: copies ``T`` rows of k and v into the caches at ``pos[0]``
   (a device int32, so a captured decode step can replay it). For decode,
   ``rope.rope_qk_append`` does this together with RoPE of q and k, in one launch.
@@ -1326,12 +1328,13 @@ def _flash_kernel(HS: int, QW: int, KW: int, TN: int):
                         o[i * DT + c] += w * smem[at + uint32(r * HS + kx + 8 * c)]
 
     @cuda.jit(**_flash_jit_options(HS, NT))
-    def prefill_flash(q, k_flat, v_flat, T, nh, nkv, start_pos, out):
+    def prefill_flash(q, k_flat, v_flat, T, nh, nkv, pos0, out):
         # grid (nh, ceil(T / BQ)), NT threads; block (h, y) = query head h, query tile n_tiles - 1 - y (the
-        # longest first). q, out: flat [T nh HS]; k_flat, v_flat: flat views of the caches [S_max, nkv, HS].
+        # longest first). q, out: flat [T nh HS]; k_flat, v_flat: flat views of the caches [S_max, nkv, HS];
+        # pos0: device int32 [1], the first query's position (read here, so a captured launch replays anywhere).
         h = cuda.blockIdx.x
         t0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * BQ
-        T32, nh32, start = int32(T), int32(nh), int32(start_pos)
+        T32, nh32, start = int32(T), int32(nh), int32(pos0[0])
         tid = cuda.threadIdx.x
         warp = tid // 32
         lane = tid - warp * 32
@@ -1503,8 +1506,9 @@ def flash_tiles(hs: int) -> tuple[int, int, int]:
     return FLASH_TILES[hs]
 
 
-def launch_prefill_flash(q, k_cache, v_cache, start_pos, out, stream=0, tiles=None):
-    """v8: causal flash prefill. q, out: device [T, nh, hs]; caches: device [S_max, nkv, hs]; no allocation."""
+def launch_prefill_flash(q, k_cache, v_cache, pos, out, stream=0, tiles=None):
+    """v8: causal flash prefill. q, out: device [T, nh, hs]; caches: device [S_max, nkv, hs]; pos: device int32
+    [1], the position of q's first row (start_pos), read by the kernel; no allocation."""
     T, nh, hs = q.shape
     nkv = k_cache.shape[1]
     qw, kw, tn = tiles or flash_tiles(hs)
@@ -1519,7 +1523,7 @@ def launch_prefill_flash(q, k_cache, v_cache, start_pos, out, stream=0, tiles=No
     grid = (nh, n_tiles)
     _flash_kernel(hs, qw, kw, tn)[grid, 32 * qw * kw, stream](
         q.reshape(q.size), k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size), T, nh, nkv,
-        int(start_pos), out.reshape(out.size))
+        pos, out.reshape(out.size))
 
 
 def launch_decode(q, k_cache, v_cache, seq_len, workspace, out, stream=0):
@@ -1671,11 +1675,13 @@ def prefill_version(hs: int) -> str:
     return "v8" if flash_supported(hs) else "v2"
 
 
-def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0, version=None):
+def attention_prefill(q, k_cache, v_cache, start_pos, out=None, stream=0, version=None):
     """Causal attention of q [T, nh, hs] (positions start_pos..start_pos+T-1) over caches [S, nkv, hs].
 
-    version: None (``prefill_version``: v8 where it serves the head size, else v2), "v8" or "v2". With
-    device arrays and ``out`` given, nothing is allocated."""
+    start_pos: an int, or a device int32 [1] holding it. version: None (``prefill_version``: v8 where it
+    serves the head size, else v2), "v8" or "v2". v8 reads the position on the device (an int is uploaded),
+    v2 takes it as a scalar (a device position is read back). With device arrays, a device start_pos and
+    ``out`` given, v8 allocates nothing."""
     _check(q, k_cache, v_cache)
     version = version or prefill_version(q.shape[2])
     if version not in PREFILL_VERSIONS or (version == "v8" and not flash_supported(q.shape[2])):
@@ -1685,7 +1691,11 @@ def attention_prefill(q, k_cache, v_cache, start_pos: int, out=None, stream=0, v
     k_d, _ = _device(k_cache, stream=stream)
     v_d, _ = _device(v_cache, stream=stream)
     out_d = out if out is not None else cuda.device_array(q.shape, dtype=np.float32, stream=stream)
-    PREFILL_VERSIONS[version](q_d, k_d, v_d, int(start_pos), out_d, stream)
+    if version == "v8":
+        start, _ = _device(start_pos if _is_device(start_pos) else np.atleast_1d(start_pos), np.int32, stream)
+    else:
+        start = int(start_pos.copy_to_host(stream=stream)[0]) if _is_device(start_pos) else int(start_pos)
+    PREFILL_VERSIONS[version](q_d, k_d, v_d, start, out_d, stream)
     return out_d.copy_to_host(stream=stream) if host and out is None else out_d
 
 
@@ -1905,11 +1915,12 @@ def _time_prefill(name, nh, nkv, hs, T, rng, start_pos=0, sweep=()) -> None:
     out = cuda.device_array((T, nh, hs), np.float32)
     flops = _prefill_flops(nh, hs, T, start_pos)
     runs = [("v2", lambda st, i: launch_prefill(q, kc, vc, start_pos, out, st))]
+    pos = cuda.to_device(np.array([start_pos], np.int32))           # v8 reads the first position on the device
     if flash_supported(hs):
         default = flash_tiles(hs)
         for tiles in [default] + [t for t in sweep if t != default and flash_supported(hs, t)]:
             label = f"v8 {tiles}" + (" (default)" if tiles == default else "")
-            runs.append((label, lambda st, i, t=tiles: launch_prefill_flash(q, kc, vc, start_pos, out, st, tiles=t)))
+            runs.append((label, lambda st, i, t=tiles: launch_prefill_flash(q, kc, vc, pos, out, st, tiles=t)))
     for label, launch in runs:
         us = _time_us(launch, reps=20)
         print(f"prefill {name:<12} T={T:<4} start={start_pos:<4} {label:<24} {us:8.1f} us  "

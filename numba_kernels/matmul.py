@@ -154,6 +154,7 @@ from numba import config, cuda, float32, int32, uint32, uint64
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
+from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
 from numba_kernels.rope import _args as _rope_args, _cos_sin, _rot_dims
 from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, to_device as _device
@@ -1374,10 +1375,11 @@ def matvec(x, w_raw, ggml_type, K, bias=None, out=None, stream=0):
 def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0, version=10):
     """y [T, N] = x [T, K] W^T (+ bias); the prefill path (tiled, float32 accumulation).
 
-    ``version``: 10 (default, ``matmul_prefill``'s kernels) or 3 (``matmul_tiled``, kept for comparisons)."""
+    ``version``: 10 (default, ``matmul_prefill``'s kernels), 11 (the tensor-core kernel: float16 operands,
+    float32 sums; ``matmul_prefill(..., mma=True)``) or 3 (``matmul_tiled``, kept for comparisons)."""
     ggml_type = _check(w_raw, ggml_type, K)
-    if version not in (3, 10):
-        raise ValueError(f"matmul: version must be 3 or 10, got {version}")
+    if version not in (3, 10, 11):
+        raise ValueError(f"matmul: version must be 3, 10 or 11, got {version}")
     if len(x.shape) != 2 or x.shape[1] != K:
         raise ValueError(f"matmul: x must be [T, K] with K={K}, got {tuple(x.shape)}")
     host = not _is_device(x)
@@ -1389,7 +1391,7 @@ def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0, version=10):
     if version == 3:
         launch_matmul_tiled(x_d, w_d, ggml_type, K, b_d, out_d, stream)
     else:
-        launch_matmul_prefill(x_d, w_d, ggml_type, K, out_d, b_d, stream=stream)
+        launch_matmul_prefill(x_d, w_d, ggml_type, K, out_d, b_d, stream=stream, mma=version == 11)
     if out is not None or not host:
         return out_d
     return out_d.copy_to_host(stream=stream)
@@ -1604,6 +1606,41 @@ def _check_prefill_config(cfg, swiglu):
 
 
 @functools.lru_cache(maxsize=None)
+def _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu):
+    """The W-tile staging v10 and v11 share, as two device functions: ``tile_row(n0, N, up_row0)`` -> (the W
+    row thread tid decodes, whether it is an up row) and ``decode_w(wga, wgb, wua, wub, row, is_up, k0, K, wn)``
+    -> wn[8u:8u+8] = W[row, k0 + 8 (tid // BN + NTH / BN u) : + 8] for u < DPT (the thread's octets of the
+    step's KC weights; clamped to the row's last octet). Tile row r = tid % BN is row n0 + r, or with the
+    SwiGLU pair (r >= BN / 2) up row up_row0 + n0 + r - BN / 2; rows past N re-read row N - 1 (never stored).
+    Threads tid >= BN KC / 8 decode nothing when the tile has fewer octets than threads."""
+    DT = BN * KC // 8                   # octets of W per step, one decode8 each
+    DPT = -(-DT // NTH)                 # ... per thread
+    ALL_DECODE = DT >= NTH
+    OSTEP, HALF = NTH // BN, BN // 2    # octets between a thread's octets; the first up row of a SwiGLU tile
+    dec_g, dec_u = DECODERS[gate_type], DECODERS[up_type]
+
+    @cuda.jit(device=True, inline=True)
+    def tile_row(n0, N, up_row0):
+        r = int32(cuda.threadIdx.x) % BN
+        if swiglu and r >= HALF:
+            return int32(up_row0 + min(n0 + r - HALF, N - 1)), True
+        return int32(min(n0 + r, N - 1)), False
+
+    @cuda.jit(device=True, inline=True)
+    def decode_w(wga, wgb, wua, wub, row, is_up, k0, K, wn):
+        tid = int32(cuda.threadIdx.x)
+        if ALL_DECODE or tid < DT:
+            for u in range(DPT):
+                k = min(int32(k0 + 8 * (tid // BN + OSTEP * u)), K - 8)
+                if is_up:
+                    dec_u(wua, wub, row, k, wn, 8 * u)
+                else:
+                    dec_g(wga, wgb, row, k, wn, 8 * u)
+
+    return tile_row, decode_w, DPT
+
+
+@functools.lru_cache(maxsize=None)
 def _prefill_kernel(gate_type, up_type, cfg, swiglu):
     """v10 kernel for one configuration. ``swiglu`` False: out (+)= x W^T (+ b) over W = gate (of
     ``gate_type``; up_type is ignored). True: tile rows [0, BN/2) are gate rows and [BN/2, BN) the
@@ -1627,7 +1664,7 @@ def _prefill_kernel(gate_type, up_type, cfg, swiglu):
     HALF = BN // 2
     SMF, ACC, WF, WN = 2 * BUF, MT * NT, 4 * NT, 8 * DPT   # array sizes (literals for the typing)
     OUT_COLS = NT // 2 if swiglu else NT
-    dec_g, dec_u = DECODERS[gate_type], DECODERS[up_type]
+    tile_row, decode_w, _ = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
 
     @cuda.jit(device=True, inline=True)
     def load_x(x, T, K, t0, k0, xr):
@@ -1639,18 +1676,6 @@ def _prefill_kernel(gate_type, up_type, cfg, swiglu):
             t = min(int32(t0 + tid // KC + XROWS * u), T - 1)
             v = x[uint32(t * K + kk)]
             xr[u] = v if k < K else float32(0.0)
-
-    @cuda.jit(device=True, inline=True)
-    def decode_w(wga, wgb, wua, wub, row, k0, K, wn):
-        # wn[8u:8u+8] = W[row, k0 + 8 (tid // BN + OROWS u) : + 8] (clamped to the row's last octet)
-        tid = int32(cuda.threadIdx.x)
-        if ALL_DECODE or tid < DT:
-            for u in range(DPT):
-                k = min(int32(k0 + 8 * (tid // BN + OROWS * u)), K - 8)
-                if swiglu and tid % BN >= HALF:
-                    dec_u(wua, wub, row, k, wn, 8 * u)
-                else:
-                    dec_g(wga, wgb, row, k, wn, 8 * u)
 
     @cuda.jit(device=True, inline=True)
     def stage(sm, base, xr, wn):
@@ -1729,17 +1754,13 @@ def _prefill_kernel(gate_type, up_type, cfg, swiglu):
         tx, ty = lt % TX, lt // TX
         n0 = int32(cuda.blockIdx.x * (HALF if swiglu else BN))
         t0 = int32(cuda.blockIdx.y * BM)
-        r = tid % BN                                  # the tile row this thread decodes (if tid < DT)
-        if swiglu and r >= HALF:
-            row = up_row0 + min(n0 + r - HALF, N - 1)
-        else:
-            row = min(n0 + r, N - 1)                  # rows past N re-read row N - 1 (never stored)
+        row, is_up = tile_row(n0, N, up_row0)         # the W row this thread decodes (if tid < DT)
         xo = ty * KP + g * KG                         # the thread's first x row and W row in a buffer
         wo = XS + tx * KP + g * KG
         for m in range(ACC):
             acc[m] = float32(0.0)
         load_x(x, T, K, t0, 0, xr)
-        decode_w(wga, wgb, wua, wub, row, 0, K, wn)
+        decode_w(wga, wgb, wua, wub, row, is_up, 0, K, wn)
         stage(sm, 0, xr, wn)
         cuda.syncthreads()
         steps = int32((K + KC - 1) // KC)
@@ -1748,7 +1769,7 @@ def _prefill_kernel(gate_type, up_type, cfg, swiglu):
             base = (s & 1) * BUF
             k1 = int32(s * KC + KC)                   # the next step (past K on the last: clamped, unused)
             load_x(x, T, K, t0, k1, xr)
-            decode_w(wga, wgb, wua, wub, row, k1, K, wn)
+            decode_w(wga, wgb, wua, wub, row, is_up, k1, K, wn)
             compute(sm, uint64(base + xo), uint64(base + wo), acc, wf)
             stage(sm, BUF - base, xr, wn)
             cuda.syncthreads()
@@ -1786,25 +1807,27 @@ def prefill_config(T, N, swiglu=False):
     return PREFILL_AUTO[-1]
 
 
-def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0):
-    """v10 on device arrays: out [T, N] (+)= x [T, K] W^T (+ bias), a ``PrefillProduct`` used once (grid:
-    ``prefill_grid``)."""
+def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0,
+                          mma=False):
+    """v10 (v11 with ``mma``) on device arrays: out [T, N] (+)= x [T, K] W^T (+ bias), a ``PrefillProduct``
+    used once (grid: ``prefill_grid`` / ``mma_grid``)."""
     T, N = out.shape
     if T * N:                                         # (a grid of 0 blocks is a launch error)
-        PrefillProduct(w_raw, ggml_type, K, bias=bias, accumulate=accumulate, config=config)(
+        PrefillProduct(w_raw, ggml_type, K, bias=bias, accumulate=accumulate, config=config, mma=mma)(
             x.reshape(T * K), out.reshape(T * N), T, stream)
 
 
-def launch_matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, config=None, stream=0):
-    """v10 SwiGLU pair on device arrays: out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T)."""
+def launch_matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, config=None, stream=0,
+                                 mma=False):
+    """v10 (v11 with ``mma``) SwiGLU pair on device arrays: out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T)."""
     T, F = out.shape
     if T * F:
-        PrefillProduct(w_gate, gate_type, K, up=(w_up, up_type, up_row0), config=config)(
+        PrefillProduct(w_gate, gate_type, K, up=(w_up, up_type, up_row0), config=config, mma=mma)(
             x.reshape(T * K), out.reshape(T * F), T, stream)
 
 
 class PrefillProduct:
-    """v10 for one weight matrix with everything that does not depend on the tokens decided once: the
+    """v10 or v11 for one weight matrix with everything that does not depend on the tokens decided once: the
     views of W, the bias arguments, and per token count T the tile (``prefill_config``), kernel and grid.
     Calling it with flat device buffers only launches. For the prefill fast path
     (``llama_beta/backends/cuda_prefill.py``), where host time per launch is what bounds a small model:
@@ -1813,11 +1836,14 @@ class PrefillProduct:
 
     Plain: out [T, N] (+)= x [T, K] W^T (+ b). With ``up = (w_up, up_type, up_row0)``, the SwiGLU pair:
     out [T, F] = silu(x W_gate^T) * (x W_up[up_row0:]^T), F = ``w_raw``'s rows (or ``up_row0`` when
-    w_up is w_raw: Phi-3's fused gate_up). ``config``: one PrefillConfig for every T (default: ``prefill_config``
-    of T). Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so
-    the kernel's arguments are spelled out in one place.)"""
+    w_up is w_raw: Phi-3's fused gate_up). ``mma``: the kernel, v11 on the tensor cores (float16 operands,
+    float32 sums) or v10 (float32); default v11 where supported unless ``LLAMA_BETA_PREFILL_MMA=0``.
+    ``config``: one tile for every T (a PrefillConfig for v10, an MmaConfig for v11; default:
+    ``prefill_config`` / ``mma_config`` of T). Arguments are checked as ``matmul_prefill`` checks them. (The
+    launch helpers above use one too, so the kernel's arguments are spelled out in one place.)"""
 
-    def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None):
+    def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
+                 split=None):
         gate_type = _check(w_raw, ggml_type, K)
         if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
             raise ValueError("PrefillProduct: the weight and bias must be device arrays")
@@ -1835,20 +1861,329 @@ class PrefillProduct:
         if bias is not None and tuple(bias.shape) != (self.N,):
             raise ValueError(f"PrefillProduct: bias must be [{self.N}], got {tuple(bias.shape)}")
         self._types, self._weights, self._bias = (gate_type, up_type), (ga, gb, ua, ub, up_row0), bias
-        self._config = None if config is None else PrefillConfig(*config)
-        self._by_tokens = {}                                              # T -> (kernel, grid, threads)
+        self.mma = (PREFILL_MMA and mma_supported()) if mma is None else bool(mma)     # v11, else v10
+        self._config = None if config is None else (MmaConfig if self.mma else PrefillConfig)(*config)
+        self._split = split                                               # v11 split-K (default: mma_split)
+        self._by_tokens = {}                                              # T -> (kernel, grid, threads, extra)
 
     def __call__(self, x_flat, out_flat, T: int, stream=0) -> None:
         """x_flat: device float32 [>= T K] (x row-major), out_flat: device float32 [>= T N]."""
         launch = self._by_tokens.get(T)
         if launch is None:
-            cfg = self._config or prefill_config(T, self.N, self.swiglu)
-            launch = self._by_tokens[T] = (_prefill_kernel(*self._types, cfg, self.swiglu),
-                                           prefill_grid(cfg, T, self.N, self.swiglu), prefill_sizes(cfg)[4])
-        kern, grid, threads = launch
+            launch = self._by_tokens[T] = self._launch_for(T)
+        kern, grid, threads, split_args = launch
         has = self._bias is not None
         kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
-                                    has, self.accumulate, out_flat)
+                                    has, self.accumulate, out_flat, *split_args)
+
+    def _launch_for(self, T: int):
+        """(kernel, grid, threads, extra arguments) for T tokens: v11 (tensor cores; split-K workspace and
+        counters) or v10, tile from the token count."""
+        if self.mma:
+            cfg = self._config or mma_config(T, self.N, self.K, self.swiglu)
+            split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
+            bx, by = mma_grid(cfg, T, self.N, self.swiglu)
+            return (_mma_kernel(*self._types, cfg, self.swiglu, split), (bx, by, split), mma_sizes(cfg)[2],
+                    split_workspace(split * bx * by * mma_sizes(cfg)[2] * 4 * cfg.mi * cfg.nj, bx * by)
+                    if split > 1 else split_workspace(1, 1))
+        cfg = self._config or prefill_config(T, self.N, self.swiglu)
+        return (_prefill_kernel(*self._types, cfg, self.swiglu), prefill_grid(cfg, T, self.N, self.swiglu),
+                prefill_sizes(cfg)[4], ())
+
+
+# =============================================================================================
+# v11: the prefill product on the tensor cores (mma.sync m16n8k16, float16 inputs, float32 sums).
+#
+# v10 is float32 FMA on the CUDA cores: 15-24 TFLOP/s at Qwen2.5-0.5B's FFN shapes, so a 512-token
+# prefill spends ~16 of its ~22 GPU milliseconds in two products. The H200's tensor cores multiply
+# float16 matrices many times faster; Numba has no API for them, so ``numba_kernels/ptx.py`` emits the
+# PTX instruction (``ptx.mma_f16``) and the float32 -> float16x2 conversion (``ptx.pack_f16x2``).
+#
+# Numerics: x and the decoded weights are rounded to float16 (11 significant bits; range 6e-5 ..
+# 65504) before the product; products are exact and summed in float32. So the result equals the
+# float32 product of the ROUNDED operands up to float32 summation order (the tests compare against
+# exactly that), and differs from v10 by the rounding of the operands: relative 2^-11 per term. The
+# issue allows half precision for the prefill "where accuracy allows"; the real model's greedy tokens
+# are checked against the NumPy backend on the GPU (``benchmarks/real_model_checks.py``).
+# ``LLAMA_BETA_PREFILL_MMA=0`` keeps v10 (float32 throughout).
+#
+# Tiling. A block of NTH = 32 wm wn threads owns BM = 16 wm mi tokens x BN = 8 wn nj rows; warp (wr, wc)
+# owns mi m16-tiles of tokens x nj n8-tiles of rows, mi nj accumulators of 4 floats per lane. Per K-step
+# of KC = 32 ks weights (2 ks k16 slices) the block stages the x tile [BM, KC] and the decoded W tile
+# [BN, KC] in shared memory as float16 pairs (one uint32 = two consecutive k), rows padded to KPW =
+# 16 ks + 4 words (4 mod 32): the 32 lanes of a fragment load read words (row g) KPW + t, g < 8, t < 4,
+# which fall in 32 distinct banks. Per k16 slice a warp loads 4 mi + 2 nj words per lane and issues
+# mi nj mma. Staging is v10's: x pairs (two consecutive k of one token per thread, 16 ks threads per
+# token row: coalesced), decode8 octets (thread tid decodes row tid % BN, octets tid // BN + NTH / BN u),
+# two buffers, the next step's loads in registers before the current step's mma, one barrier a step.
+#
+# Split-K (``mma_split``): the products with few rows and long rows (W_down: 896 x 4864) have too few
+# tiles to fill 132 SMs with large tiles, and small tiles re-decode W for every 32 tokens. Grid z then cuts
+# the K-steps into ``split`` stretches; each block leaves its partial tile in a workspace and the last
+# block of the tile (an atomic counter per tile) adds the parts in order z = 0, 1, .. and runs the
+# epilogue: deterministic, one launch, counters reset by the block that used them (graph-replay safe).
+#
+# Row order for the SwiGLU epilogue: the warp's n8-tile j covers tile rows
+#   row_of(wc, j) = (j // H) (BN / 2) + wc H 8 + (j % H) 8,   H = nj / 2,
+# so tiles j < H hold gate rows and tile j + H the up rows of the same features, in the same lanes and
+# registers: the epilogue writes silu(gate) up without an exchange. (For plain products it is only a
+# permutation of the block's rows.)
+# =============================================================================================
+MmaConfig = collections.namedtuple("MmaConfig", "wm wn mi nj ks")
+MmaConfig.__doc__ = ("v11 tile: wm x wn warps, each mi m16-tiles (tokens) x nj n8-tiles (rows); K-steps of "
+                     "32 ks weights")
+# The tiles mma_config chooses from, by the shape of the product. Measured on the H200 at T = 512
+# (benchmarks/sweep_prefill_tiles.py, twelve tiles per shape; sixth session): the largest tile wins wherever
+# the grid has a few blocks per SM, and small-N products want more blocks but long K-steps.
+MMA_WIDE = MmaConfig(4, 2, 2, 4, 1)      # 128 tokens x 64 rows, 256 threads, K-steps of 32 [30 KiB]:
+#                                          gate/up + SwiGLU 137 us (65 TFLOP/s; 64x64: 187), 4864 x 896 100 us
+MMA_MID = MmaConfig(4, 2, 2, 2, 1)       # 128 x 32, K-steps of 32 [25 KiB]: 896 x 896 29 us (64x64: 41)
+MMA_LONG = MmaConfig(4, 4, 2, 2, 1)      # 128 x 64, 512 threads [30 KiB], with mma_split 2: 896 x 4864 Q4_K
+#                                          112 us, Q6_K 123 (unsplit 186 / 215; 64x32/k64: 141 / 169);
+#                                          Phi-3's 3072 x 8192 Q6_K 705 (best: MMA_WIDE split 2, 646)
+MMA_NARROW = MmaConfig(2, 2, 1, 2, 4)    # 32 x 32, 128 threads, K-steps of 128 [34 KiB]: 128 x 896 19 us
+MMA_CONFIGS = (MMA_WIDE, MMA_MID, MMA_LONG, MMA_NARROW)
+SIM_MMA_CONFIG = MmaConfig(1, 1, 1, 2, 1)   # 16 x 16, one warp (the simulator pays per thread)
+MMA_BLOCKS_PER_SM = 2                    # mma_config / mma_split want this many blocks per SM
+MMA_MAX_SPLIT = 2                        # mma_split: at most this many blocks along K per tile (4: slower) ...
+MMA_MIN_STEPS = 8                        # ... each with at least this many K-steps
+PREFILL_MMA = os.environ.get("LLAMA_BETA_PREFILL_MMA", "1") != "0"
+
+
+def mma_sizes(cfg):
+    """(BM tokens, BN rows, threads) of a v11 configuration."""
+    wm, wn, mi, nj, _ = cfg
+    return 16 * wm * mi, 8 * wn * nj, 32 * wm * wn
+
+
+def mma_smem(cfg):
+    """Bytes of shared memory of a v11 configuration: two buffers of [BM + BN, 16 ks + 4] words."""
+    bm, bn, _ = mma_sizes(cfg)
+    return 2 * (bm + bn) * (16 * cfg.ks + 4) * 4
+
+
+def mma_supported() -> bool:
+    """v11 needs mma.sync with float16 inputs (compute capability 8.0+), or the simulator's stand-in."""
+    if config.ENABLE_CUDASIM:
+        return True
+    return cuda.is_available() and cuda.get_current_device().compute_capability >= (8, 0)
+
+
+def _check_mma_config(cfg):
+    bm, bn, nth = mma_sizes(cfg)
+    pc, dt = 16 * cfg.ks, 4 * cfg.ks * bn          # x pairs per tile row, W octets per step
+    ok = (cfg.nj % 2 == 0 and cfg.ks >= 1 and nth % pc == 0 and (bm * pc) % nth == 0 and nth % bn == 0
+          and (dt % nth == 0 or dt < nth) and mma_smem(cfg) <= SMEM_LIMIT)
+    if not ok:
+        raise ValueError(f"matmul_prefill: mma config {tuple(cfg)} does not tile (even nj, x pairs and W octets "
+                         f"per thread, 48 KiB of shared memory)")
+
+
+@functools.lru_cache(maxsize=None)
+def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
+    """v11 kernel for one configuration; v10's arguments and epilogues (``_prefill_kernel``) plus the split-K
+    workspace ``ws`` and tile ``counters`` (read only when ``split`` > 1: grid z = split, see ``_finish_split``)."""
+    _check_mma_config(cfg)
+    WM, WN, MI, NJ, KS = cfg
+    BM, BN, NTH = mma_sizes(cfg)
+    H = NJ // 2
+    KC = 32 * KS                         # weights per K-step
+    PC = KC // 2                         # float16 pairs (words) per tile row
+    KPW = PC + 4                         # padded row: 4 mod 32 words apart, fragment loads conflict-free
+    XW = BM * KPW                        # words of the x tile in a buffer; the W tile follows
+    BUF = XW + BN * KPW                  # words per buffer
+    PAIRS = BM * PC // NTH               # x pairs a thread stages per step
+    PROWS = NTH // PC                    # token rows between a thread's pairs
+    DT = BN * KC // 8                    # W octets per step
+    DPT = max(1, DT // NTH)              # ... per thread (threads >= DT decode nothing when DT < NTH)
+    ALL_DECODE = DT >= NTH
+    OSTEP = max(1, NTH // BN)            # octets between a thread's W octets
+    ACC = MI * NJ * 4
+    SMW, XR, WN8 = 2 * BUF, 2 * PAIRS, 8 * DPT
+    SPLIT = split
+    tile_row, decode_w, _ = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
+
+    @cuda.jit(device=True, inline=True)
+    def row_of(wc, j):
+        return (j // H) * (BN // 2) + wc * (H * 8) + (j % H) * 8
+
+    @cuda.jit(device=True, inline=True)
+    def load_x(x, T, K, t0, k0, xr):
+        # xr[2u], xr[2u+1] = x[t0 + tid // PC + PROWS u, k0 + 2 (tid % PC) + (0, 1)]: 0 past K
+        tid = int32(cuda.threadIdx.x)
+        k = int32(k0 + 2 * (tid % PC))
+        kk = min(k, K - 2)
+        for u in range(PAIRS):
+            t = min(int32(t0 + tid // PC + PROWS * u), T - 1)
+            at = uint32(t * K + kk)
+            a, b = x[at], x[at + uint32(1)]
+            xr[2 * u] = a if k < K else float32(0.0)
+            xr[2 * u + 1] = b if k < K else float32(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def stage(sm, base, xr, wn):
+        # the prefetched values, rounded to float16 pairs, into the buffer at sm[base:]
+        tid = int32(cuda.threadIdx.x)
+        xat = uint32(base + (tid // PC) * KPW + tid % PC)
+        for u in range(PAIRS):
+            sm[xat + uint32(PROWS * KPW * u)] = ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
+        if ALL_DECODE or tid < DT:
+            wat = uint32(base + XW + (tid % BN) * KPW + 4 * (tid // BN))
+            for u in range(DPT):
+                for i in range(4):
+                    sm[wat + uint32(4 * OSTEP * u + i)] = ptx.pack_f16x2(wn[8 * u + 2 * i], wn[8 * u + 2 * i + 1])
+
+    @cuda.jit(device=True, inline=True)
+    def compute(sm, base, wr, wc, g, t, acc):
+        # acc[(i NJ + j) 4 + r] += the warp's mma over the step's 2 KS k16 slices
+        for kk in range(2 * KS):
+            for i in range(MI):
+                ra = uint32(base + (wr * MI * 16 + i * 16 + g) * KPW + kk * 8 + t)
+                a0, a1 = sm[ra], sm[ra + uint32(8 * KPW)]
+                a2, a3 = sm[ra + uint32(4)], sm[ra + uint32(8 * KPW + 4)]
+                for j in range(NJ):
+                    rb = uint32(base + XW + (row_of(wc, j) + g) * KPW + kk * 8 + t)
+                    m = (i * NJ + j) * 4
+                    acc[m], acc[m + 1], acc[m + 2], acc[m + 3] = ptx.mma_f16(
+                        a0, a1, a2, a3, sm[rb], sm[rb + uint32(4)], acc[m], acc[m + 1], acc[m + 2], acc[m + 3])
+
+    @cuda.jit(device=True, inline=True)
+    def store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out):
+        # lane (g, t) of tile (i, j) holds out[token g (+8), tile row 2t (+1)]; SwiGLU pairs tile j with j + H
+        for i in range(MI):
+            for j in range(H if swiglu else NJ):
+                for r in range(4):
+                    tok = int32(t0 + wr * MI * 16 + i * 16 + g + 8 * (r // 2))
+                    n = int32(n0 + row_of(wc, j) + 2 * t + r % 2)
+                    if tok < T and n < N:
+                        v = acc[(i * NJ + j) * 4 + r]
+                        at = uint32(tok * N + n)
+                        if swiglu:
+                            out[at] = _silu(v) * acc[(i * NJ + j + H) * 4 + r]
+                        else:
+                            v = v + bias[n] if has_bias else v
+                            out[at] = out[at] + v if accumulate else v
+
+    @cuda.jit(device=True, inline=True)
+    def finish_split(acc, ws, counters, last):
+        # every block of a tile leaves its partial sums in ws[z, tile]; the last of the tile's SPLIT blocks to
+        # finish (one atomic counter per tile) adds the SPLIT partials in the order z = 0, 1, .. (deterministic)
+        # and resets the counter for the next launch. Returns True in that block only.
+        tid = int32(cuda.threadIdx.x)
+        tile = int32(cuda.blockIdx.x + cuda.gridDim.x * cuda.blockIdx.y)
+        tiles = int32(cuda.gridDim.x * cuda.gridDim.y)
+        at = uint32(((int32(cuda.blockIdx.z) * tiles + tile) * NTH + tid) * ACC)
+        for m in range(ACC):
+            ws[at + uint32(m)] = acc[m]
+        cuda.threadfence()                            # the partials are visible before the count
+        cuda.syncthreads()
+        if tid == 0:
+            last[0] = cuda.atomic.add(counters, tile, 1)
+        cuda.syncthreads()
+        if last[0] != SPLIT - 1:
+            return False
+        cuda.threadfence()
+        for m in range(ACC):
+            acc[m] = float32(0.0)
+        for z in range(SPLIT):
+            at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
+            for m in range(ACC):
+                acc[m] += ws[at + uint32(m)]
+        if tid == 0:
+            counters[tile] = 0
+        return True
+
+    @cuda.jit(cache=JIT_CACHE)
+    def prefill_mma(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters):
+        # x flat [T K]; out flat [T N] (plain) or [T F], F = N (swiglu); block (bx, by, z): tile rows bx BN
+        # (features bx BN / 2 for swiglu), tokens by BM, the z-th of SPLIT stretches of K-steps
+        sm = cuda.shared.array(SMW, uint32)
+        last = cuda.shared.array(1, int32)
+        acc = cuda.local.array(ACC, float32)
+        xr = cuda.local.array(XR, float32)
+        wn = cuda.local.array(WN8, float32)
+        tid = int32(cuda.threadIdx.x)
+        warp, lane = tid // 32, tid % 32
+        wr, wc = warp // WN, warp % WN
+        g, t = lane // 4, lane % 4
+        n0 = int32(cuda.blockIdx.x * (BN // 2 if swiglu else BN))
+        t0 = int32(cuda.blockIdx.y * BM)
+        row, is_up = tile_row(n0, N, up_row0)         # the W row this thread decodes
+        for m in range(ACC):
+            acc[m] = float32(0.0)
+        steps = int32((K + KC - 1) // KC)
+        per = int32((steps + SPLIT - 1) // SPLIT)
+        s = int32(cuda.blockIdx.z * per)              # this block's K-steps: s .. s_end - 1
+        s_end = min(steps, int32(s + per))
+        load_x(x, T, K, t0, s * KC, xr)
+        decode_w(wga, wgb, wua, wub, row, is_up, s * KC, K, wn)
+        stage(sm, (s & 1) * BUF, xr, wn)
+        cuda.syncthreads()
+        while s < s_end:
+            base = (s & 1) * BUF
+            k1 = int32(s * KC + KC)                   # the next step (past K on the last: clamped, unused)
+            load_x(x, T, K, t0, k1, xr)
+            decode_w(wga, wgb, wua, wub, row, is_up, k1, K, wn)
+            compute(sm, base, wr, wc, g, t, acc)
+            stage(sm, BUF - base, xr, wn)
+            cuda.syncthreads()
+            s = int32(s + 1)
+        if SPLIT > 1 and not finish_split(acc, ws, counters, last):
+            return
+        store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)
+
+    return prefill_mma
+
+
+def mma_grid(cfg, T, N, swiglu=False):
+    """(blocks along rows, blocks along tokens) of v11: ceil(N / BN) x ceil(T / BM) (BN / 2 features for SwiGLU)."""
+    bm, bn, _ = mma_sizes(cfg)
+    return -(-N // (bn // 2 if swiglu else bn)), -(-T // bm)
+
+
+def mma_config(T, N, K, swiglu=False):
+    """The v11 tile for a product (rules from the measured sweep, see MMA_CONFIGS): MMA_WIDE when its grid
+    has at least MMA_BLOCKS_PER_SM blocks per SM; else, for at least 512 rows, MMA_LONG for long rows
+    (K >= 2048) and MMA_MID for short ones; MMA_NARROW for fewer rows. The simulator: SIM_MMA_CONFIG."""
+    sms = _sm_count()
+    if not sms:
+        return SIM_MMA_CONFIG
+    bx, by = mma_grid(MMA_WIDE, T, N, swiglu)
+    if bx * by >= MMA_BLOCKS_PER_SM * sms:
+        return MMA_WIDE
+    if N >= 512:
+        return MMA_LONG if K >= 2048 else MMA_MID
+    return MMA_NARROW
+
+
+def mma_split(cfg, T, N, K, swiglu=False):
+    """Blocks per tile along K for v11 (grid z): long rows (K >= 2048) whose grid has fewer than
+    MMA_BLOCKS_PER_SM blocks per SM are split until it has (at most MMA_MAX_SPLIT ways, each part at least
+    MMA_MIN_STEPS K-steps); 1 otherwise and in the simulator."""
+    sms = _sm_count()
+    bx, by = mma_grid(cfg, T, N, swiglu)
+    steps = -(-K // (32 * cfg.ks))
+    split = 1
+    while (sms and K >= 2048 and bx * by * split < MMA_BLOCKS_PER_SM * sms and split < MMA_MAX_SPLIT
+           and steps // (2 * split) >= MMA_MIN_STEPS):
+        split *= 2
+    return split
+
+
+_SPLIT_BUFFERS = []        # [(workspace, counters)], largest last; never freed (captured graphs keep pointers)
+
+
+def split_workspace(floats: int, tiles: int):
+    """(workspace float32 [>= floats], counters int32 [>= tiles], all zero) shared by every v11 split-K launch.
+    The launches of one stream run one after another, and each leaves its counters at zero, so one buffer
+    serves them all; a larger request allocates a larger pair and keeps the old one alive (a captured graph
+    may hold its address)."""
+    if not _SPLIT_BUFFERS or _SPLIT_BUFFERS[-1][0].size < floats or _SPLIT_BUFFERS[-1][1].size < tiles:
+        have = _SPLIT_BUFFERS[-1] if _SPLIT_BUFFERS else None
+        floats = max(floats, 1, have[0].size if have else 0)
+        tiles = max(tiles, 1, have[1].size if have else 0)
+        _SPLIT_BUFFERS.append((cuda.device_array(floats, np.float32), cuda.to_device(np.zeros(tiles, np.int32))))
+    return _SPLIT_BUFFERS[-1]
 
 
 def _prefill_matrix(a, shape, what):
@@ -1858,10 +2193,11 @@ def _prefill_matrix(a, shape, what):
     return _device(a, np.float32)
 
 
-def matmul_prefill(x, w_raw, ggml_type, K, out, *, bias=None, accumulate=False, config=None, stream=0):
+def matmul_prefill(x, w_raw, ggml_type, K, out, *, bias=None, accumulate=False, config=None, stream=0, mma=False):
     r"""v10: out [T, N] = x [T, K] W^T (+ bias), or out += that with ``accumulate`` (the residual add of
     W_o and W_down fused in). ``out`` is a device array (nothing is allocated when x, w_raw and bias are
-    device arrays, nothing synchronized); ``config``: a PrefillConfig, default ``prefill_config``."""
+    device arrays, nothing synchronized); ``config``: a PrefillConfig, default ``prefill_config``.
+    ``mma=True``: v11 on the tensor cores (x and W rounded to float16, float32 sums; ``config`` an MmaConfig)."""
     ggml_type = _check(w_raw, ggml_type, K)
     N = w_raw.shape[0]
     T = x.shape[0] if len(x.shape) == 2 else -1
@@ -1872,14 +2208,15 @@ def matmul_prefill(x, w_raw, ggml_type, K, out, *, bias=None, accumulate=False, 
     if bias is not None and tuple(bias.shape) != (N,):
         raise ValueError(f"matmul_prefill: bias must be [{N}], got {tuple(bias.shape)}")
     launch_matmul_prefill(x_d, _device(w_raw, np.uint8), ggml_type, K, out, _device(bias, np.float32),
-                          accumulate, config, stream)
+                          accumulate, config, stream, mma)
     return out
 
 
-def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config=None, stream=0):
+def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config=None, stream=0, mma=False):
     r"""v10 SwiGLU pair: out[t, f] = silu(x_t . gate_f) * (x_t . up_f), silu(g) = g / (1 + e^{-g}), the
     gate and up products and the SwiGLU in one launch. out [T, F] device; ``w_up=None``: Phi-3's fused
-    gate_up tensor (``w_gate`` [2F, row_bytes]: gate rows, then up rows; ``up_type`` ignored)."""
+    gate_up tensor (``w_gate`` [2F, row_bytes]: gate rows, then up rows; ``up_type`` ignored).
+    ``mma=True``: v11 (tensor cores, float16 operands)."""
     gate_type = _check(w_gate, gate_type, K)
     T = x.shape[0] if len(x.shape) == 2 else -1
     F = tuple(out.shape)[-1]
@@ -1888,7 +2225,7 @@ def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config
     x_d = _prefill_matrix(x, (T, K), "x")
     _prefill_matrix(out, (T, F), "out")
     w_g, w_u, up_type, up_row0 = _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, "matmul_prefill_swiglu", _check)
-    launch_matmul_prefill_swiglu(x_d, w_g, gate_type, w_u, up_type, up_row0, K, out, config, stream)
+    launch_matmul_prefill_swiglu(x_d, w_g, gate_type, w_u, up_type, up_row0, K, out, config, stream, mma)
     return out
 
 
@@ -2119,13 +2456,60 @@ def _check_prefill_main(rng, sim):
     err = np.max(np.abs(o.copy_to_host() - swiglu(g, u)) / scale)
     print(f"  swiglu Q5_0 gate + Q6_K up {err:.1e}")
     assert err < 1e-5, "prefill swiglu"
+    _check_mma_main(rng, sim)
+
+
+def _half(a):
+    """a rounded to float16 and back (v11's operands)."""
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _check_mma_main(rng, sim):
+    """v11 against ref on float16-rounded operands (the product v11 computes, float32 sums) and, for scale,
+    against the float32 ref: every type with bias and residual add, every configuration, SwiGLU."""
+    from ref.quants import dequantize
+    T, N, K = (5, 10, 256) if sim else (70, 300, 2048)
+    configs = [None] if sim else list(MMA_CONFIGS)
+    print(f"\nv11 (tensor cores) check (T={T}, N={N}, K={K}; bias + residual add); error / sum|x w| against "
+          f"the product of float16-rounded x and W, then against the float32 product:")
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x_d, xh = cuda.to_device(x), _half(x).astype(np.float64)
+    for gt in MAIN_TYPES:
+        w = random_weight(rng, gt, N, K)
+        W = dequantize(w, gt, (N, K))
+        b = rng.standard_normal(N).astype(np.float32)
+        res = rng.standard_normal((T, N)).astype(np.float32)
+        mag = np.abs(x) @ np.abs(W).T + np.abs(b) + np.abs(res)
+        want16, want32 = res + (xh @ _half(W).astype(np.float64).T + b), res + (x @ W.T + b)
+        line = f"  {gt.name:5s}"
+        for cfg in configs:
+            o = cuda.to_device(res)
+            matmul_prefill(x_d, cuda.to_device(w), gt, K, o, bias=cuda.to_device(b), accumulate=True, config=cfg,
+                           mma=True)
+            got = o.copy_to_host()
+            err16, err32 = np.max(np.abs(got - want16) / mag), np.max(np.abs(got - want32) / mag)
+            name = "x".join(map(str, mma_sizes(cfg or mma_config(T, N, K))[:2]))
+            line += f"  {name} {err16:.1e} ({err32:.1e})"
+            assert err16 < 1e-5, (gt.name, cfg)
+        print(line)
+    wg, wu = random_weight(rng, GGMLType.Q5_0, N, K), random_weight(rng, GGMLType.Q6_K, N, K)
+    Wg = _half(dequantize(wg, GGMLType.Q5_0, (N, K))).astype(np.float64)
+    Wu = _half(dequantize(wu, GGMLType.Q6_K, (N, K))).astype(np.float64)
+    g, u = xh @ Wg.T, xh @ Wu.T
+    scale = (np.abs(xh) @ np.abs(Wg).T + np.abs(g)) * (np.abs(xh) @ np.abs(Wu).T + np.abs(u))   # as v10's check
+    o = cuda.device_array((T, N), np.float32)
+    matmul_prefill_swiglu(x_d, wg, GGMLType.Q5_0, wu, GGMLType.Q6_K, K, o, mma=True)
+    from ref.swiglu import swiglu
+    err = np.max(np.abs(o.copy_to_host() - swiglu(g.astype(np.float32), u.astype(np.float32))) / scale)
+    print(f"  swiglu Q5_0 gate + Q6_K up {err:.1e}")
+    assert err < 1e-5, "v11 swiglu"
 
 
 def _time_prefill_main(rng):
-    """TFLOP/s (2 T N K per product) of v3 and v10 at T = PREFILL_T; SwiGLU: v3 = two launches."""
+    """TFLOP/s (2 T N K per product) of v3, v10 and v11 at T = PREFILL_T; SwiGLU: v3 = two launches."""
     T = PREFILL_T
-    print(f"\nmatmul prefill (T={T}) timings: v3 matmul_tiled against v10 matmul_prefill (its config: "
-          f"tile tokens x rows / micro-tile / groups)")
+    print(f"\nmatmul prefill (T={T}) timings: v3 matmul_tiled, v10 matmul_prefill (its config: "
+          f"tile tokens x rows / micro-tile / groups), v11 on the tensor cores")
     for name, kind, N, K, types in PREFILL_SHAPES:
         x_d = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
         ws = [cuda.to_device(random_weight(rng, t, N, K)) for t in types]
@@ -2140,12 +2524,16 @@ def _time_prefill_main(rng):
             v3 = lambda st: launch_matmul_tiled(x_d, ws[0], types[0], K, None, o, st)
             v10 = lambda st: launch_matmul_prefill(x_d, ws[0], types[0], K, o, stream=st)
             cfg = prefill_config(T, N)
+        swiglu = kind == "swiglu"
+        v11 = PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None, mma=True)
         flop = 2 * T * N * K * len(ws)
         line = f"  {name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s}"
-        for v, launch in (("v3", v3), ("v10", v10)):
+        for v, launch in (("v3", v3), ("v10", v10), ("v11", lambda st: v11(x_d.reshape(T * K), o.reshape(T * N), T, st))):
             s = _time(launch, reps=5)
             line += f"  {v} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s"
-        print(line + f"  {_config_name(cfg)} {'x'.join(map(str, prefill_grid(cfg, T, N, kind == 'swiglu')))} blocks")
+        mcfg = mma_config(T, N, K, swiglu)
+        print(line + f"  {_config_name(cfg)} {'x'.join(map(str, prefill_grid(cfg, T, N, swiglu)))} blocks; v11 "
+              f"{'x'.join(map(str, mma_sizes(mcfg)[:2]))} {'x'.join(map(str, mma_grid(mcfg, T, N, swiglu)))} blocks")
 
 
 

@@ -238,16 +238,36 @@ def test_flash_prefill_other_tiles(hs, tiles, T, start_pos):
 
     q, kc, vc = make_case(6, T, 1, 1, hs, start_pos, sharpness=4.0)
     out_d = cuda.device_array(q.shape, np.float32)
-    ka.launch_prefill_flash(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), start_pos, out_d, tiles=tiles)
+    pos = cuda.to_device(np.array([start_pos], np.int32))
+    ka.launch_prefill_flash(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), pos, out_d, tiles=tiles)
     out = out_d.copy_to_host()
     # tol: float32 sums in another order than the reference, scores scaled by sharpness 4
     assert_close(out, ref.attention_dense(q, kc, vc, start_pos), **tol(4.0), name=f"v8 tiles {tiles}")
 
 
 @requires_cuda
+def test_flash_prefill_replays_with_new_position():
+    """v8 reads the start position on the device: the very same launch arguments, only pos[0] changed in
+    between (as in a replayed CUDA graph), give the reference's answer at each position."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    T = 3
+    q, kc, vc = make_case(9, T, 1, 2, 64, 6, sharpness=2.0)
+    args = [cuda.to_device(a) for a in (q, kc, vc)]
+    pos, out = cuda.to_device(np.array([0], np.int32)), cuda.device_array(q.shape, np.float32)
+    for start in (6, 2):
+        pos.copy_to_device(np.array([start], np.int32))
+        ka.launch_prefill_flash(*args, pos, out)
+        # tol: float32 sums in another order than the reference, scores scaled by sharpness 2
+        assert_close(out.copy_to_host(), ref.attention_dense(q, kc, vc, start), **tol(2.0), name=f"start {start}")
+
+
+@requires_cuda
 def test_flash_prefill_fills_out_without_allocating(monkeypatch):
-    """With device arrays and out given, attention_prefill allocates nothing and returns out itself; a prompt
-    processed in two chunks (the second with start_pos > 0) equals the whole prompt at once."""
+    """With device arrays (the start position too) and out given, attention_prefill allocates nothing and returns
+    out itself; a prompt processed in two chunks (the second with start_pos > 0) equals the whole prompt at once."""
     from numba import cuda
 
     from numba_kernels import attention as ka
@@ -255,6 +275,7 @@ def test_flash_prefill_fills_out_without_allocating(monkeypatch):
     T, start = 6, 0
     q, kc, vc = make_case(8, T, 1, 2, 64, start, sharpness=1.0)
     q_d, kc_d, vc_d = cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc)
+    start_d = cuda.to_device(np.array([start], np.int32))
     out = cuda.device_array(q.shape, np.float32)
 
     def no_alloc(*args, **kwargs):
@@ -262,7 +283,7 @@ def test_flash_prefill_fills_out_without_allocating(monkeypatch):
 
     monkeypatch.setattr(cuda, "device_array", no_alloc)
     monkeypatch.setattr(cuda, "to_device", no_alloc)
-    assert ka.attention_prefill(q_d, kc_d, vc_d, start, out=out) is out
+    assert ka.attention_prefill(q_d, kc_d, vc_d, start_d, out=out) is out
     monkeypatch.undo()
     whole = out.copy_to_host()
     first = ka.attention_prefill(q[:4], kc, vc, 0)       # chunk 1: positions 0..3

@@ -31,6 +31,15 @@ MAX_BLOCKS_K = 24 if ON_GPU else 4   # blocks per row (of 32 or 256 weights)
 EXAMPLES = 60 if ON_GPU else 10
 
 
+def compose_decorators(*decorators):
+    """One decorator applying ``decorators`` (the first outermost)."""
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return apply
+
+
 def random_weight(rng, ggml_type, N, K):
     """Random valid raw blocks [N, row_bytes]: random bytes with finite float16 scales."""
     from numba_kernels.matmul import random_weight as rw
@@ -241,24 +250,35 @@ def prefill_problem(seed, gt, N, nb, T):
     return x, w, K, rng.standard_normal((T, N)).astype(np.float32), rng.standard_normal(N).astype(np.float32)
 
 
-def _prefill(km, x, w, gt, K, out, bias=None, accumulate=False, config=None):
+# (seed, type, T, N, blocks per row, with bias, accumulate): the draws of the prefill product tests
+prefill_cases = compose_decorators(
+    settings(deadline=None, max_examples=PREFILL_EXAMPLES, suppress_health_check=[HealthCheck.too_slow]),
+    given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.integers(1, PREFILL_T),
+          st.integers(1, PREFILL_N), st.integers(1, 2), st.booleans(), st.booleans()))
+
+
+def _prefill(km, x, w, gt, K, out, bias=None, accumulate=False, config=None, mma=False):
     from numba import cuda
     o = cuda.to_device(out)
     km.matmul_prefill(cuda.to_device(x), cuda.to_device(w), gt, K, o, accumulate=accumulate, config=config,
-                      bias=None if bias is None else cuda.to_device(bias))
+                      bias=None if bias is None else cuda.to_device(bias), mma=mma)
     return o.copy_to_host()
 
 
-@requires_cuda
-@settings(deadline=None, max_examples=PREFILL_EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.integers(1, PREFILL_T),
-       st.integers(1, PREFILL_N), st.integers(1, 2), st.booleans(), st.booleans())
-def test_prefill_matches_ref(seed, gt, T, N, nb, with_bias, accumulate):
-    km = _kernels()
+def _prefill_case(km, seed, gt, T, N, nb, with_bias, accumulate, mma=False):
+    """A random problem run through matmul_prefill (v10, or v11 with ``mma``): x, w, K, res, bias, the result
+    (``res`` is the start of ``out`` with ``accumulate``, else NaN: plain mode must overwrite)."""
     x, w, K, res, bias = prefill_problem(seed, gt, N, nb, T)
     bias = bias if with_bias else None
-    start = res if accumulate else np.full((T, N), np.nan, np.float32)   # plain mode must overwrite
-    got = _prefill(km, x, w, gt, K, start, bias, accumulate)
+    start = res if accumulate else np.full((T, N), np.nan, np.float32)
+    return x, w, K, res, bias, _prefill(km, x, w, gt, K, start, bias, accumulate, mma=mma)
+
+
+@requires_cuda
+@prefill_cases
+def test_prefill_matches_ref(seed, gt, T, N, nb, with_bias, accumulate):
+    km = _kernels()
+    x, w, K, res, bias, got = _prefill_case(km, seed, gt, T, N, nb, with_bias, accumulate)
     want = ref_matmul(x, w, gt, K, bias) + (res if accumulate else 0)
     mag = term_magnitude(x, w, gt, K) + (0 if bias is None else np.abs(bias)) + (np.abs(res) if accumulate else 0)
     # two float32 sums of K terms (the kernel's per-group partial sums, then the groups in order) plus
@@ -287,16 +307,22 @@ def _assert_swiglu_close(got, want, scale, K, name):
 @given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.sampled_from(KERNEL_TYPES),
        st.integers(1, PREFILL_T), st.integers(1, PREFILL_N))
 def test_prefill_swiglu_matches_ref(seed, gt, ut, T, F):
-    km = _kernels()
+    x, wg, wu, K, got = _swiglu_case(seed, gt, ut, T, F)
+    want, scale = _swiglu_want(x, wg, gt, wu, ut, K)
+    _assert_swiglu_close(got, want, scale, K, f"swiglu {gt.name}/{ut.name} T={T} F={F}")
+
+
+def _swiglu_case(seed, gt, ut, T, F, mma=False):
+    """A random SwiGLU pair (one block of the larger type per row) through matmul_prefill_swiglu (v10, or v11
+    with ``mma``): x, w_gate, w_up, K, the result."""
     from numba import cuda
     rng = np.random.default_rng(seed)
-    K = max(BLOCK_SIZES[gt][0], BLOCK_SIZES[ut][0], 8)         # one block of the larger type
+    K = max(BLOCK_SIZES[gt][0], BLOCK_SIZES[ut][0], 8)
     wg, wu = random_weight(rng, gt, F, K), random_weight(rng, ut, F, K)
     x = (4 * rng.standard_normal((T, K))).astype(np.float32)    # |g| up to ~20: silu's tails too
     o = cuda.to_device(np.full((T, F), np.nan, np.float32))
-    km.matmul_prefill_swiglu(cuda.to_device(x), cuda.to_device(wg), gt, cuda.to_device(wu), ut, K, o)
-    want, scale = _swiglu_want(x, wg, gt, wu, ut, K)
-    _assert_swiglu_close(o.copy_to_host(), want, scale, K, f"swiglu {gt.name}/{ut.name} T={T} F={F}")
+    _kernels().matmul_prefill_swiglu(cuda.to_device(x), cuda.to_device(wg), gt, cuda.to_device(wu), ut, K, o, mma=mma)
+    return x, wg, wu, K, o.copy_to_host()
 
 
 @requires_cuda
@@ -325,8 +351,8 @@ def test_prefill_product_equals_matmul_prefill():
     K, N, t = 64, 6, GGMLType.Q8_0
     w, wu = cuda.to_device(random_weight(rng, t, N, K)), cuda.to_device(random_weight(rng, GGMLType.Q4_0, N, K))
     bias = cuda.to_device(rng.standard_normal(N).astype(np.float32))
-    plain = km.PrefillProduct(w, t, K, bias=bias, accumulate=True)
-    pair = km.PrefillProduct(w, t, K, up=(wu, GGMLType.Q4_0, 0))
+    plain = km.PrefillProduct(w, t, K, bias=bias, accumulate=True, mma=False)      # v10, as matmul_prefill
+    pair = km.PrefillProduct(w, t, K, up=(wu, GGMLType.Q4_0, 0), mma=False)
     for T in (3, 5):
         x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
         start = rng.standard_normal((T, N)).astype(np.float32)
@@ -402,7 +428,7 @@ def test_prefill_rejects_bad_shapes():
         km.matmul_prefill_swiglu(x, w, gt, w[:3], gt, 64, out)
     with pytest.raises(ValueError, match="fused gate_up needs 2F = 8 rows"):
         km.matmul_prefill_swiglu(x, w, gt, None, None, 64, out)
-    with pytest.raises(ValueError, match="version must be 3 or 10"):
+    with pytest.raises(ValueError, match="version must be 3, 10 or 11"):
         km.matmul(x, w, gt, 64, version=4)
 
 
@@ -421,3 +447,155 @@ def test_prefill_config_grid_arithmetic(monkeypatch):
     assert km.prefill_grid(small, 512, 896) == (28, 8)
     for cfg in km.PREFILL_CONFIGS:
         assert km.prefill_smem(cfg) <= km.SMEM_LIMIT and km.prefill_sizes(cfg)[4] == 256
+
+
+# --- v11: the prefill product on the tensor cores (float16 operands, float32 sums) ----------------
+# v11 rounds x and the decoded W to float16 and sums exact products in float32, so it is compared with
+# the float32 product of the ROUNDED operands (the same float32 bound as v10), and separately with the
+# float32 reference within the rounding of the operands. In the simulator ``ptx.mma_f16`` is the Python
+# statement of the instruction's fragment layout; on the GPU these tests check the real instruction.
+def _half(a):
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _rounded_ref(x, w, gt, K, bias=None):
+    """(x16 W16^T (+ bias), sum|x16 W16|): the product v11 computes, and its rounding scale."""
+    W = _half(dequantize(w, gt, (w.shape[0], K))).astype(np.float64)
+    xh = _half(x).astype(np.float64)
+    y = xh @ W.T + (0 if bias is None else bias)
+    return y, np.abs(xh) @ np.abs(W).T
+
+
+@requires_cuda
+@prefill_cases
+def test_prefill_mma_matches_rounded_ref(seed, gt, T, N, nb, with_bias, accumulate):
+    km = _kernels()
+    x, w, K, res, bias, got = _prefill_case(km, seed, gt, T, N, nb, with_bias, accumulate, mma=True)
+    y, mag = _rounded_ref(x, w, gt, K, bias)
+    want = y + (res if accumulate else 0)
+    mag = mag + (0 if bias is None else np.abs(bias)) + (np.abs(res) if accumulate else 0)
+    # exact float16 products summed in float32 (the tensor cores' order), then the bias and residual
+    # additions: the float32 bound of assert_close_terms
+    assert_close_terms(got, want, mag, K, f"v11 {gt.name} T={T} N={N} K={K}")
+    # against the float32 product: each operand rounded to float16 moves a term by at most 2^-11 of
+    # its size (x and W: 2 * 2^-11 + 2^-22), on top of the float32 sums
+    scale = term_magnitude(x, w, gt, K) + (0 if bias is None else np.abs(bias)) + (np.abs(res) if accumulate else 0)
+    want32 = ref_matmul(x, w, gt, K, bias) + (res if accumulate else 0)
+    gamma = K * U / (1 - K * U)
+    assert_close(got / scale, want32 / scale, atol=2 * 2.0 ** -11 + 2.0 ** -22 + 2 * gamma + 8 * U, rtol=0.0,
+                 name="v11 vs float32")
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=max(PREFILL_EXAMPLES - 5, 4), suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(KERNEL_TYPES), st.sampled_from(KERNEL_TYPES),
+       st.integers(1, PREFILL_T), st.integers(1, PREFILL_N))
+def test_prefill_mma_swiglu_matches_rounded_ref(seed, gt, ut, T, F):
+    from ref.swiglu import swiglu
+    x, wg, wu, K, got = _swiglu_case(seed, gt, ut, T, F, mma=True)
+    (g, gm), (u, um) = _rounded_ref(x, wg, gt, K), _rounded_ref(x, wu, ut, K)
+    # as _assert_swiglu_close, with the gate and up products of the rounded operands
+    _assert_swiglu_close(got, swiglu(g.astype(np.float32), u.astype(np.float32)),
+                         (gm + np.abs(g)) * (um + np.abs(u)), K, f"v11 swiglu {gt.name}/{ut.name} T={T} F={F}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("ci", range(4))
+def test_prefill_mma_every_config(ci):
+    """Each v11 tile once on a problem of several tiles with partial ones at both edges (the simulator:
+    small tiles of its own), plain with bias and residual, and the SwiGLU pair of two types."""
+    km = _kernels()
+    from numba import cuda
+    # the simulator: one warp with K-steps of 32 and 64, four n8-tiles, two warps
+    cfg = km.MMA_CONFIGS[ci] if ON_GPU else km.MmaConfig(*((1, 1, 1, 2, 1), (1, 1, 1, 2, 2), (1, 1, 1, 4, 1),
+                                                            (2, 1, 1, 2, 1))[ci])
+    bm, bn, _ = km.mma_sizes(cfg)
+    T, N = (2 * bm + 3, 2 * bn + 5) if ON_GPU else (bm + 3, bn + 5)
+    gt = (GGMLType.Q8_0, GGMLType.F32, GGMLType.Q5_0, GGMLType.F16)[ci]
+    x, w, K, res, bias = prefill_problem(ci, gt, N, 2, T)
+    got = _prefill(km, x, w, gt, K, res, bias, True, cfg, mma=True)
+    y, mag = _rounded_ref(x, w, gt, K, bias)
+    # as test_prefill_mma_matches_rounded_ref
+    assert_close_terms(got, res + y, mag + np.abs(bias) + np.abs(res), K, f"v11 config {tuple(cfg)} {gt.name}")
+    rng = np.random.default_rng(ci)
+    wg, wu = random_weight(rng, GGMLType.Q5_0, N, 64), random_weight(rng, GGMLType.Q8_0, N, 64)
+    xs = rng.standard_normal((T, 64)).astype(np.float32)
+    o = cuda.device_array((T, N), np.float32)
+    km.matmul_prefill_swiglu(xs, wg, GGMLType.Q5_0, wu, GGMLType.Q8_0, 64, o, config=cfg, mma=True)
+    from ref.swiglu import swiglu
+    (g, gm), (u, um) = _rounded_ref(xs, wg, GGMLType.Q5_0, 64), _rounded_ref(xs, wu, GGMLType.Q8_0, 64)
+    _assert_swiglu_close(o.copy_to_host(), swiglu(g.astype(np.float32), u.astype(np.float32)),
+                         (gm + np.abs(g)) * (um + np.abs(u)), 64, f"v11 swiglu config {tuple(cfg)}")
+
+
+@requires_cuda
+def test_prefill_product_picks_v11_and_matches_matmul_prefill():
+    """PrefillProduct(mma=True) launches what matmul_prefill(mma=True) launches (bit for bit), v11 is
+    PrefillProduct's default where the tensor cores are there, and a v10 tile is refused for v11."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(17)
+    K, N, T, t = 64, 6, 5, GGMLType.Q5_0
+    w = cuda.to_device(random_weight(rng, t, N, K))
+    x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
+    want, got = cuda.device_array((T, N), np.float32), cuda.device_array((T, N), np.float32)
+    km.matmul_prefill(x, w, t, K, want, mma=True)
+    km.PrefillProduct(w, t, K, mma=True)(x.reshape(T * K), got.reshape(T * N), T)
+    np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    assert km.PrefillProduct(w, t, K).mma == (km.PREFILL_MMA and km.mma_supported())
+    assert not km.PrefillProduct(w, t, K, mma=False).mma
+    with pytest.raises(ValueError, match="does not tile"):
+        km.PrefillProduct(w, t, K, mma=True, config=(1, 1, 1, 3, 1))(x.reshape(T * K), got.reshape(T * N), T)
+
+
+def test_mma_config_rules(monkeypatch):
+    """v11's tile choice on an H200 (132 SMs) at T = 512, as mma_config's docstring states it."""
+    km = _kernels()
+    monkeypatch.setattr(km, "_sm_count", lambda: 132)
+    for N, K, swiglu, want in ((4864, 896, True, km.MMA_WIDE), (4864, 896, False, km.MMA_WIDE),
+                               (16384, 3072, False, km.MMA_WIDE), (896, 896, False, km.MMA_MID),
+                               (896, 4864, False, km.MMA_LONG), (3072, 8192, False, km.MMA_LONG),
+                               (128, 896, False, km.MMA_NARROW)):
+        assert km.mma_config(512, N, K, swiglu) == want, (N, K, swiglu)
+    # split-K only for long rows on a grid short of 2 blocks per SM: 896 x 4864 (56 blocks) in 2 parts
+    assert km.mma_split(km.MMA_LONG, 512, 896, 4864) == 2
+    assert km.mma_split(km.MMA_LONG, 512, 3072, 8192) == 2                  # Phi-3's down: 192 blocks
+    assert km.mma_split(km.MMA_WIDE, 512, 4864, 896, swiglu=True) == 1
+    assert km.mma_split(km.MMA_MID, 512, 896, 896) == 1                      # short rows: never split
+    assert km.mma_grid(km.MMA_WIDE, 512, 4864, swiglu=True) == (152, 4)      # 32 gate + 32 up rows a tile
+    for cfg in km.MMA_CONFIGS + (km.SIM_MMA_CONFIG,):
+        km._check_mma_config(cfg)                                           # every tile tiles
+        assert km.mma_smem(cfg) <= km.SMEM_LIMIT
+
+
+@requires_cuda
+@pytest.mark.parametrize("split", [2, 3])
+def test_prefill_mma_split_k_is_deterministic_and_exact(split):
+    """v11 split along K (grid z; the last block of a tile adds the parts in order): the same rounded-ref
+    bound, bit-for-bit the same result on a second launch (the counters reset themselves), and SwiGLU too."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(split)
+    gt, T, N = GGMLType.Q4_K, (70 if ON_GPU else 5), (300 if ON_GPU else 9)
+    K = 256 * (8 if ON_GPU else 1)                    # the simulator: 8 K-steps of 32 in 2-3 parts
+    w = cuda.to_device(random_weight(rng, gt, N, K))
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    res, bias = rng.standard_normal((T, N)).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+    product = km.PrefillProduct(w, gt, K, bias=cuda.to_device(bias), accumulate=True, split=split)
+    runs = []
+    for _ in range(2):
+        o = cuda.to_device(res)
+        product(cuda.to_device(x).reshape(T * K), o.reshape(T * N), T)
+        runs.append(o.copy_to_host())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    y, mag = _rounded_ref(x, w.copy_to_host(), gt, K, bias)
+    # the parts are float32 sums added in float32: still sums of K terms, the bound of assert_close_terms
+    assert_close_terms(runs[0], res + y, mag + np.abs(bias) + np.abs(res), K, f"v11 split {split}")
+    wu = cuda.to_device(random_weight(rng, GGMLType.Q6_K, N, K))
+    pair = km.PrefillProduct(w, gt, K, up=(wu, GGMLType.Q6_K, 0), split=split)
+    o = cuda.device_array((T, N), np.float32)
+    pair(cuda.to_device(x).reshape(T * K), o.reshape(T * N), T)
+    from ref.swiglu import swiglu
+    (g, gm), (u, um) = _rounded_ref(x, w.copy_to_host(), gt, K), _rounded_ref(x, wu.copy_to_host(), GGMLType.Q6_K, K)
+    _assert_swiglu_close(o.copy_to_host(), swiglu(g.astype(np.float32), u.astype(np.float32)),
+                         (gm + np.abs(g)) * (um + np.abs(u)), K, f"v11 split {split} swiglu")

@@ -34,8 +34,9 @@ import collections
 import os
 
 import numpy as np
-from numba import config, cuda
+from numba import cuda
 
+from llama_beta.backends.cuda_graphs import GraphStream, graphs_supported
 from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope, sampling, swiglu
 from numba_kernels.runtime import JIT_CACHE
 
@@ -67,25 +68,6 @@ def output_logits(model, x, logits, stream=0) -> None:
                          eps=c.norm_eps, stream=stream)
 
 
-def graphs_supported() -> bool:
-    """CUDA graphs need a real GPU and ``cuda.core`` (the simulator runs the launches directly)."""
-    if config.ENABLE_CUDASIM:
-        return False
-    return _cuda_core() is not None
-
-
-def _cuda_core():
-    """``cuda.core`` (``cuda.core.experimental`` in releases before 0.4), or None."""
-    for name in ("cuda.core", "cuda.core.experimental"):
-        try:
-            module = __import__(name, fromlist=["Device"])
-        except ImportError:
-            continue
-        if hasattr(module, "Device"):
-            return module
-    return None
-
-
 class CudaDecoder:
     """One decode step of ``model`` (cuda backend) over its KV ``cache``, buffers preallocated."""
 
@@ -98,15 +80,7 @@ class CudaDecoder:
         if use_graph is None:
             use_graph = graphs_supported() and os.environ.get("LLAMA_BETA_GRAPH", "1") != "0"
         self.model, self.cache, self.fused, self.use_graph = model, cache, fused, use_graph
-        self._cc_stream = None
-        if self.use_graph:
-            self._device = _cuda_core().Device()
-            self._device.set_current()
-            self._cc_stream = self._device.create_stream()
-            self.stream = cuda.external_stream(int(self._cc_stream.handle))
-        else:
-            self.stream = cuda.stream() if not config.ENABLE_CUDASIM else 0
-        self._graphs = {}
+        self.graphs = GraphStream(use_graph)          # the launch stream and the captured steps by key
 
         def buf(*shape, dtype=np.float32):
             return cuda.device_array(shape, dtype)
@@ -265,31 +239,24 @@ class CudaDecoder:
         advance_kernel[1, 32, self.stream](self.state, self.history)
 
     # -------------------------------------------------------------- graphs
+    @property
+    def stream(self):
+        """Where every launch goes: the graph stream's (a capture points it at the graph builder)."""
+        return self.graphs.stream
+
     def _replay(self, key, queue) -> None:
         """Run ``queue()`` (which queues launches on ``self.stream``) through a graph captured once per key."""
         if not self.use_graph:
             queue()
             return
-        graph = self._graphs.get(key)
+        graph = self.graphs.get(key)
         if graph is None:
             queue()                                   # once directly: JIT-compiles every kernel first
-            self._synchronize()
-            builder = self._device.create_graph_builder().begin_building("thread_local")
-            self.stream = cuda.external_stream(int(builder.stream.handle))
-            try:
-                queue()
-            finally:
-                self.stream = cuda.external_stream(int(self._cc_stream.handle))
-            graph = self._graphs[key] = builder.end_building().complete()
-            self._synchronize()
+            self.graphs.synchronize()
+            self.graphs.capture(key, queue)
+            self.graphs.synchronize()
             return                                    # the direct run already did this step's work
-        graph.launch(self._cc_stream)
-
-    def _synchronize(self) -> None:
-        if self.stream == 0:                          # the simulator's default stream
-            cuda.synchronize()
-        else:
-            self.stream.synchronize()
+        self.graphs.launch(graph)
 
     # -------------------------------------------------------------- public steps
     def step_logits(self, token: int, position: int) -> np.ndarray:
@@ -336,7 +303,7 @@ class CudaDecoder:
     def drain(self) -> None:
         """Wait for every queued step (their tokens are dropped)."""
         if self._inflight:
-            self._synchronize()
+            self.graphs.synchronize()
             self._inflight.clear()
 
     def choose_greedy(self) -> None:
@@ -345,6 +312,4 @@ class CudaDecoder:
 
     def close(self) -> None:
         self.drain()
-        for g in self._graphs.values():
-            g.close()
-        self._graphs.clear()
+        self.graphs.close()

@@ -22,26 +22,61 @@ This version runs the same math for a prompt (or the part of it not yet in the c
 Per layer: RMSNorm, Q, K, V, RoPE of q and k with the KV append (``rope.rope_qk_append``),
 attention, W_o+residual, RMSNorm, gate/up+SwiGLU, W_down+residual: 10 launches (the readable
 pass has 16, plus the allocations). ``tests/test_cuda_prefill.py`` checks it against the readable pass.
+
+Graphs and buckets. Even at ~60 us, 240 launches cost 15-29 ms of host time per 512-token chunk, as
+much as the GPU's work. So a chunk's launches (the embedding and every layer) are captured once as a
+CUDA graph and replayed (``cuda_graphs.GraphStream``, shared with the decode step), which needs launches
+whose arguments do not change between calls:
+
+- the first position lives on the device (``self.start``; RoPE and attention v8 read it there), and the
+  token ids too (``self.ids``); both are copied in on the launch stream before the graph runs;
+- the token count is part of the graph, so a chunk of T tokens runs as Tb = min(chunk, ceil(T / BUCKET)
+  BUCKET) tokens (a few graphs cover every prompt length), unless start + Tb would pass the end of the
+  cache (then Tb = T). The padded ids are 0. Their rows are computed and thrown away, and their K/V rows
+  land in cache positions start+T .. start+Tb-1. That is harmless: causal attention never lets a real
+  token see a later position, and whatever runs next (a decode step, a continued prefill) writes
+  position p before anything attends to it. The output product reads the last REAL token (row T-1).
+- a graph is keyed by (Tb, the cache's device memory and shape): it holds the cache's pointers. A key
+  seen for the first time runs directly (the kernels compile); when it comes back it is captured and
+  launched; after that it is only launched. At most ``MAX_GRAPHS`` graphs are kept (least recently used
+  dropped). The output product and the copies stay outside the graph, on the same stream.
+
+``LLAMA_BETA_PREFILL_GRAPH=0`` (or ``use_graph=False``) runs the launches directly; the simulator always
+does, and so does a head size attention v8 lacks (v2 takes the position as a host scalar).
 """
 from __future__ import annotations
 
+import collections
+import os
 import types
 
 import numpy as np
 from numba import cuda
 
 from llama_beta.backends.cuda_decode import output_logits
+from llama_beta.backends.cuda_graphs import GraphStream, graphs_supported
 from numba_kernels import attention, embedding, matmul, rmsnorm, rope
 
 DEFAULT_CHUNK = 512                          # tokens per pass: larger tiles fill the GPU better
+BUCKET = 64                                  # a chunk's token count is rounded up to a multiple of this
+MAX_GRAPHS = 8                               # captured chunks kept (each holds ~240 nodes)
 
 
 class CudaPrefill:
-    """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call."""
+    """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call.
 
-    def __init__(self, model, chunk: int = DEFAULT_CHUNK):
+    bucket: token counts are rounded up to a multiple of it (see the module docstring); use_graph: None
+    (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False."""
+
+    def __init__(self, model, chunk: int = DEFAULT_CHUNK, bucket: int = BUCKET, use_graph: bool | None = None):
         c, p = model.config, model.rope
-        self.model, self.chunk = model, chunk
+        self.model, self.chunk, self.bucket = model, chunk, bucket
+        self._flash = attention.prefill_version(c.head_size) == "v8"
+        if use_graph is None:
+            use_graph = graphs_supported() and os.environ.get("LLAMA_BETA_PREFILL_GRAPH", "1") != "0"
+        # v2 attention takes the first position as a scalar, which a graph would freeze: no graph without v8
+        self.graphs = GraphStream(use_graph and self._flash, MAX_GRAPHS)
+        self._seen = collections.deque(maxlen=4 * MAX_GRAPHS)   # keys run once directly, not yet captured
 
         def buf(n, dtype=np.float32):
             return cuda.device_array(n, dtype)
@@ -55,10 +90,10 @@ class CudaPrefill:
         self.ids, self.start = buf(chunk, np.int32), buf(1, np.int32)                 # [T], first position
         self._ids_host = cuda.pinned_array(chunk, np.int32)
         self._start_host = cuda.pinned_array(1, np.int32)
+        self._copied = cuda.event()            # recorded after the copies that read the two pinned arrays
         factors = None if p.factors is None else model.backend._factors(p.factors)
         self._rope_args = rope._args(self.q, self.start, p.base, rope._rot_dims(c.head_size, p.dims), p.neox,
                                      p.freq_scale, factors, p.attn_factor)
-        self._flash = attention.prefill_version(c.head_size) == "v8"
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
         self._products = [dict(
@@ -72,6 +107,11 @@ class CudaPrefill:
                                        accumulate=True),
         ) for L in model.weights.layers]
 
+    @property
+    def stream(self):
+        """Where every launch and copy goes: the graph stream's (a capture points it at the graph builder)."""
+        return self.graphs.stream
+
     def __call__(self, ids, start_pos: int, cache) -> np.ndarray:
         """Host logits [V] of the last of ``ids`` [T] at positions start_pos..; ``cache`` gains T rows."""
         ids = np.asarray(ids, np.int32).reshape(-1)
@@ -79,46 +119,82 @@ class CudaPrefill:
             raise ValueError("prefill: no tokens")
         if start_pos + len(ids) > cache[0].shape[1]:
             raise ValueError(f"context full: {start_pos + len(ids)} tokens exceed the cache of {cache[0].shape[1]}")
+        cuda.synchronize()              # work queued on other streams (a decoder's steps) that uses this cache
         starts = range(0, len(ids), self.chunk)
         for at in starts:
             self._chunk(ids[at:at + self.chunk], start_pos + at, cache)
         self._output(len(ids) - starts[-1])          # x holds the last chunk
-        return self.logits.copy_to_host()[0]
+        logits = self.logits.copy_to_host(stream=self.stream)
+        self.graphs.synchronize()
+        return logits[0]
+
+    def bucket_tokens(self, T: int, start: int, cache) -> int:
+        """The token count a chunk of T tokens at positions start.. runs as: T rounded up to the bucket, at
+        most ``chunk``, or T itself where the padded rows would pass the end of the cache."""
+        Tb = min(self.chunk, -(-T // self.bucket) * self.bucket)
+        return Tb if start + Tb <= cache[0].shape[1] else T
 
     def _chunk(self, ids, start: int, cache) -> None:
-        """Run ``ids`` [T <= chunk] at positions start.. through every layer (x holds the result)."""
-        T, c, W = len(ids), self.model.config, self.model.weights
+        """Run ``ids`` [T <= chunk] at positions start.. through every layer as Tb = ``bucket_tokens`` tokens
+        (x holds the result; rows T.. are padding)."""
+        T = len(ids)
+        Tb = self.bucket_tokens(T, start, cache)
+        self._copied.synchronize()              # the previous chunk's copies have read the pinned arrays
         self._ids_host[:T] = ids
+        self._ids_host[T:Tb] = 0                # padding: token 0 (any valid id)
         self._start_host[0] = start
-        self.ids[:T].copy_to_device(self._ids_host[:T])
-        self.start.copy_to_device(self._start_host)
+        self._views(Tb).ids.copy_to_device(self._ids_host[:Tb], stream=self.stream)
+        self.start.copy_to_device(self._start_host, stream=self.stream)
+        self._copied.record(self.stream)
+        self._replay(Tb, cache, lambda: self._layers(Tb, start, cache))
+
+    def _layers(self, T: int, start: int, cache) -> None:
+        """Queue x = embedding(ids) and every layer for T tokens (what a graph holds)."""
+        c, W = self.model.config, self.model.weights
         E = W.token_embd
-        embedding.embed(E.raw, E.ggml_type, c.dim, self.ids[:T], out=self._views(T).x2)
+        embedding.embed(E.raw, E.ggml_type, c.dim, self._views(T).ids, out=self._views(T).x2, stream=self.stream)
         for i, L in enumerate(W.layers):
             for _, queue in self.launches(i, L, T, start, cache):
                 queue()
 
+    def _replay(self, T: int, cache, queue) -> None:
+        """Run ``queue()`` directly the first time its key is seen (the kernels compile), capture it as a
+        graph and launch that the second time, launch the graph after that. Key: (T, the cache's memory)."""
+        if not self.graphs.use_graph:
+            queue()
+            return
+        key = (T, *((a.device_ctypes_pointer.value, a.shape) for a in cache[:2]))   # the graph holds these
+        graph = self.graphs.get(key)
+        if graph is None and key in self._seen:
+            graph = self.graphs.capture(key, queue)
+        if graph is None:
+            self._seen.append(key)
+            queue()
+            return
+        self.graphs.launch(graph)
+
     def launches(self, i, L, T: int, start: int, cache):
-        """Layer ``i``'s launches for T tokens at positions start.. as ``[(name, queue)]``: x += Attention(
-        RMSNorm(x)); x += FFN(RMSNorm(x)). Each ``queue()`` queues one launch (``benchmarks/profile_prefill.py``
+        """Layer ``i``'s launches for T tokens as ``[(name, queue)]``: x += Attention(RMSNorm(x)); x += FFN(
+        RMSNorm(x)). The first position is read from ``self.start`` (``start``, the same value, is used only
+        by attention v2). Each ``queue()`` queues one launch on ``self.stream`` (``benchmarks/profile_prefill.py``
         times them one kind at a time)."""
         c, P, V = self.model.config, self._products[i], self._views(T)
         k_cache, v_cache = cache[0][i], cache[1][i]
 
         def norm(weight):                                                            # n = RMSNorm(x) w
-            return lambda: rmsnorm.rmsnorm(V.x2, weight, c.norm_eps, out=V.n2)
+            return lambda: rmsnorm.rmsnorm(V.x2, weight, c.norm_eps, out=V.n2, stream=self.stream)
 
         def product(name, a, out):                                                   # out (+)= a W^T + b
-            return lambda: P[name](a, out, T)
+            return lambda: P[name](a, out, T, self.stream)
 
         def rope_append():                      # RoPE(q) in place; cache rows start.. = RoPE(k), v
-            rope.launch_qk_append(V.q3, V.k3, V.v3, k_cache, v_cache, self._rope_args)
+            rope.launch_qk_append(V.q3, V.k3, V.v3, k_cache, v_cache, self._rope_args, stream=self.stream)
 
         def attend():                                                                # att [T, nh, hs]
             if self._flash:
-                attention.launch_prefill_flash(V.q3, k_cache, v_cache, start, V.att3)
+                attention.launch_prefill_flash(V.q3, k_cache, v_cache, self.start, V.att3, stream=self.stream)
             else:
-                attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3)
+                attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
         return [("rmsnorm", norm(L.attn_norm)),
                 ("q", product("q", V.n, V.q)), ("k", product("k", V.n, V.k)), ("v", product("v", V.n, V.v)),
@@ -137,7 +213,7 @@ class CudaPrefill:
             c = self.model.config
             nh, nkv, hs = c.n_heads, c.n_kv_heads, c.head_size
             flat = {name: getattr(self, name)[:T * width] for name, width in
-                    (("x", c.dim), ("n", c.dim), ("q", nh * hs), ("k", nkv * hs), ("v", nkv * hs),
+                    (("ids", 1), ("x", c.dim), ("n", c.dim), ("q", nh * hs), ("k", nkv * hs), ("v", nkv * hs),
                      ("att", nh * hs), ("h", c.ffn_dim))}
             views = self._views_by_tokens[T] = types.SimpleNamespace(
                 **flat, x2=flat["x"].reshape(T, c.dim), n2=flat["n"].reshape(T, c.dim),      # [T, C]
@@ -146,6 +222,12 @@ class CudaPrefill:
         return views
 
     def _output(self, T: int) -> None:
-        """logits [1, V] = W_out RMSNorm(x[T-1]): the last token only, the norm inside the product."""
+        """logits [1, V] = W_out RMSNorm(x[T-1]): the last real token only (rows T.. of a bucket are padding),
+        the norm inside the product."""
         C = self.model.config.dim
-        output_logits(self.model, self.x[(T - 1) * C:T * C], self.logits)
+        output_logits(self.model, self.x[(T - 1) * C:T * C], self.logits, self.stream)
+
+    def close(self) -> None:
+        """Drop the captured graphs."""
+        self.graphs.synchronize()
+        self.graphs.close()

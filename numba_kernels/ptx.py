@@ -1,0 +1,137 @@
+"""Two PTX instructions that Numba does not expose, as Numba intrinsics: the tensor-core product.
+
+Numba's ``@cuda.jit`` has no tensor-core API (no ``wmma``/``mma``), but it compiles through LLVM,
+whose NVPTX backend accepts inline PTX. An ``@intrinsic`` (numba.cuda.extending) emits one inline
+``asm`` statement at the call site, so a kernel written in Python can issue the instruction. The
+prefill product (``matmul`` v11) uses:
+
+- ``pack_f16x2(lo, hi) -> uint32``: ``cvt.rn.f16x2.f32``, two float32 rounded to nearest-even float16
+  in one 32-bit register, ``lo`` in bits 0-15 and ``hi`` in bits 16-31 (sm_80+);
+- ``mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3) -> (d0, d1, d2, d3)``:
+  ``mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32``, one warp computes D = A B + C for a
+  16 x 16 float16 A (row-major), a 16 x 8 float16 B (column-major) and float32 C, D (16 x 8):
+  4096 multiply-adds, products exact in float32 and accumulated in float32 (sm_80+).
+
+The operands are spread over the 32 lanes of the warp (PTX ISA, "Matrix Fragments for
+mma.m16n8k16 with floating point type"). With ``g = lane // 4`` (the group) and ``t = lane % 4``:
+
+- A: register a0 holds A[g, 2t:2t+2] (two float16, the lower column in the low half), a1 A[g+8, 2t:2t+2],
+  a2 A[g, 2t+8:2t+10], a3 A[g+8, 2t+8:2t+10];
+- B: b0 holds B[2t:2t+2, g] (k in the low half first), b1 B[2t+8:2t+10, g];
+- C and D: c0 = C[g, 2t], c1 = C[g, 2t+1], c2 = C[g+8, 2t], c3 = C[g+8, 2t+1].
+
+So a row of A (a token of x) and a column of B (a row of W, k contiguous) are both read as pairs of
+consecutive k: the kernels store x and W in shared memory as float16 pairs, one uint32 per pair.
+
+In the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same names are plain Python functions that
+compute exactly this, lane by lane: ``mma_f16`` collects the fragments of the warp through a
+per-block table (every thread of the block must call it, as every lane of a warp must on the GPU),
+rebuilds A and B and returns the lane's four entries of D. That Python version is the reference of
+the fragment layout above; ``tests/test_matmul.py`` checks the real instruction against NumPy on the GPU.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba.cuda import config
+
+WARP = 32
+MMA_M, MMA_N, MMA_K = 16, 8, 16          # the shape of one mma.sync
+
+
+def _simulator_pack_f16x2(lo, hi):
+    """uint32 with float16(lo) in bits 0-15 and float16(hi) in bits 16-31 (round to nearest even)."""
+    pair = np.array([lo, hi], np.float32).astype(np.float16).view(np.uint16)
+    return np.uint32(int(pair[0]) | (int(pair[1]) << 16))
+
+
+def _halves(word):
+    """The two float16 of a packed uint32 as float32: (low, high)."""
+    return np.array([int(word) & 0xFFFF, int(word) >> 16], np.uint16).view(np.float16).astype(np.float32)
+
+
+def _a_row(frags, r):
+    """Row r of A [16] from the lanes holding it: lanes 4 (r % 8) + tt carry columns 2tt, 2tt+1 in
+    register a0 (r < 8) / a1 (r >= 8) and columns 2tt+8, 2tt+9 in a2 / a3."""
+    row = np.zeros(MMA_K, np.float32)
+    for tt in range(4):
+        a = frags[4 * (r % 8) + tt]
+        row[2 * tt:2 * tt + 2] = _halves(a[r // 8])
+        row[2 * tt + 8:2 * tt + 10] = _halves(a[2 + r // 8])
+    return row
+
+
+def _b_col(frags, n):
+    """Column n of B [16]: lanes 4 n + tt carry rows 2tt, 2tt+1 in b0 and rows 2tt+8, 2tt+9 in b1."""
+    col = np.zeros(MMA_K, np.float32)
+    for tt in range(4):
+        b = frags[4 * n + tt]
+        col[2 * tt:2 * tt + 2] = _halves(b[4])
+        col[2 * tt + 8:2 * tt + 10] = _halves(b[5])
+    return col
+
+
+def _simulator_mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    """One lane's share of D = A B + C (the simulator's stand-in for the warp-wide instruction):
+    lane (g, t) returns D[g, 2t], D[g, 2t+1], D[g+8, 2t], D[g+8, 2t+1]."""
+    me = threading.current_thread()
+    table = me._manager.__dict__.setdefault("_mma_table", {})
+    tid = me.thread_id
+    table[tid] = (a0, a1, a2, a3, b0, b1)
+    me.syncthreads()                                   # every lane has published its fragments
+    lane = tid % WARP
+    frags = [table[tid - lane + j] for j in range(WARP)]
+    me.syncthreads()                                   # the table may be reused after this
+    g, t = lane // 4, lane % 4
+    rows = (_a_row(frags, g), _a_row(frags, g + 8))
+    cols = (_b_col(frags, 2 * t), _b_col(frags, 2 * t + 1))
+    # products of float16 are exact in float64; the sum is rounded to float32 once (the hardware
+    # accumulates in float32 in an order it does not document)
+    dot = [float(np.dot(rows[i].astype(np.float64), cols[j].astype(np.float64))) for i in (0, 1) for j in (0, 1)]
+    return tuple(np.float32(d + c) for d, c in zip(dot, (c0, c1, c2, c3)))
+
+
+if config.ENABLE_CUDASIM:
+    pack_f16x2 = _simulator_pack_f16x2
+    mma_f16 = _simulator_mma_f16
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    def _cast_all(context, builder, values, from_types, to_type):
+        return [context.cast(builder, v, t, to_type) for v, t in zip(values, from_types)]
+
+    @intrinsic
+    def pack_f16x2(typingctx, lo, hi):
+        sig = types.uint32(lo, hi)
+
+        def codegen(context, builder, signature, args):
+            lo_v, hi_v = _cast_all(context, builder, args, signature.args, types.float32)
+            fn = ir.FunctionType(ir.IntType(32), [ir.FloatType(), ir.FloatType()])
+            # cvt.rn.f16x2.f32 d, a, b: a goes to the upper half, b to the lower half
+            asm = ir.InlineAsm(fn, "cvt.rn.f16x2.f32 $0, $1, $2;", "=r,f,f")
+            return builder.call(asm, [hi_v, lo_v])
+
+        return sig, codegen
+
+    @intrinsic
+    def mma_f16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        sig = types.UniTuple(types.float32, 4)(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+
+        def codegen(context, builder, signature, args):
+            words = _cast_all(context, builder, args[:6], signature.args[:6], types.uint32)
+            accs = _cast_all(context, builder, args[6:], signature.args[6:], types.float32)
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            fn = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+            asm = ir.InlineAsm(
+                fn,
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f")
+            d = builder.call(asm, words + accs)
+            parts = [builder.extract_value(d, i) for i in range(4)]
+            return context.make_tuple(builder, signature.return_type, parts)
+
+        return sig, codegen
