@@ -1980,9 +1980,13 @@ def _check_mma_config(cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
-    """v11 kernel for one configuration; v10's arguments and epilogues (``_prefill_kernel``) plus the split-K
-    workspace ``ws`` and tile ``counters`` (read only when ``split`` > 1: grid z = split, see ``_finish_split``)."""
+def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
+    """v11's work for one output tile, as a device function ``tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0,
+    N, bias, has_bias, accumulate, out, ws, counters, bx, by, z)`` (block (bx, by, z) of the product's grid;
+    ``sm``: the block's shared uint32 [smem words], ``last``: shared int32 [1]), and the shared words it needs.
+    Arguments and epilogues are v10's (``_prefill_kernel``) plus the split-K workspace ``ws`` and tile
+    ``counters`` (read only when ``split`` > 1: grid z = split, see ``finish_split``). The kernels below wrap
+    it: one product per launch (``_mma_kernel``), or Q, K and V in one launch (``_mma_qkv_kernel``)."""
     _check_mma_config(cfg)
     WM, WN, MI, NJ, KS = cfg
     BM, BN, NTH = mma_sizes(cfg)
@@ -2065,14 +2069,14 @@ def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
                             out[at] = out[at] + v if accumulate else v
 
     @cuda.jit(device=True, inline=True)
-    def finish_split(acc, ws, counters, last):
+    def finish_split(acc, ws, counters, last, z):
         # every block of a tile leaves its partial sums in ws[z, tile]; the last of the tile's SPLIT blocks to
         # finish (one atomic counter per tile) adds the SPLIT partials in the order z = 0, 1, .. (deterministic)
         # and resets the counter for the next launch. Returns True in that block only.
         tid = int32(cuda.threadIdx.x)
         tile = int32(cuda.blockIdx.x + cuda.gridDim.x * cuda.blockIdx.y)
         tiles = int32(cuda.gridDim.x * cuda.gridDim.y)
-        at = uint32(((int32(cuda.blockIdx.z) * tiles + tile) * NTH + tid) * ACC)
+        at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
         for m in range(ACC):
             ws[at + uint32(m)] = acc[m]
         cuda.threadfence()                            # the partials are visible before the count
@@ -2093,12 +2097,11 @@ def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
             counters[tile] = 0
         return True
 
-    @cuda.jit(cache=JIT_CACHE)
-    def prefill_mma(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters):
-        # x flat [T K]; out flat [T N] (plain) or [T F], F = N (swiglu); block (bx, by, z): tile rows bx BN
+    @cuda.jit(device=True, inline=True)
+    def tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters,
+             bx, by, z):
+        # x flat [T K]; out flat [T N] (plain) or [T F], F = N (swiglu); tile (bx, by, z): rows bx BN
         # (features bx BN / 2 for swiglu), tokens by BM, the z-th of SPLIT stretches of K-steps
-        sm = cuda.shared.array(SMW, uint32)
-        last = cuda.shared.array(1, int32)
         acc = cuda.local.array(ACC, float32)
         xr = cuda.local.array(XR, float32)
         wn = cuda.local.array(WN8, float32)
@@ -2106,14 +2109,14 @@ def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
         warp, lane = tid // 32, tid % 32
         wr, wc = warp // WN, warp % WN
         g, t = lane // 4, lane % 4
-        n0 = int32(cuda.blockIdx.x * (BN // 2 if swiglu else BN))
-        t0 = int32(cuda.blockIdx.y * BM)
+        n0 = int32(bx * (BN // 2 if swiglu else BN))
+        t0 = int32(by * BM)
         row, is_up = tile_row(n0, N, up_row0)         # the W row this thread decodes
         for m in range(ACC):
             acc[m] = float32(0.0)
         steps = int32((K + KC - 1) // KC)
         per = int32((steps + SPLIT - 1) // SPLIT)
-        s = int32(cuda.blockIdx.z * per)              # this block's K-steps: s .. s_end - 1
+        s = int32(z * per)                            # this block's K-steps: s .. s_end - 1
         s_end = min(steps, int32(s + per))
         load_x(x, T, K, t0, s * KC, xr)
         decode_w(wga, wgb, wua, wub, row, is_up, s * KC, K, wn)
@@ -2128,11 +2131,53 @@ def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
             stage(sm, BUF - base, xr, wn)
             cuda.syncthreads()
             s = int32(s + 1)
-        if SPLIT > 1 and not finish_split(acc, ws, counters, last):
+        if SPLIT > 1 and not finish_split(acc, ws, counters, last, z):
             return
         store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)
 
+    return tile, SMW
+
+
+@functools.lru_cache(maxsize=None)
+def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
+    """v11 kernel: one product (or SwiGLU pair) per launch, grid (tiles along rows, along tokens, split)."""
+    tile, SMW = _mma_tile(gate_type, up_type, cfg, swiglu, split)
+
+    @cuda.jit(cache=JIT_CACHE)
+    def prefill_mma(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters):
+        sm = cuda.shared.array(SMW, uint32)
+        last = cuda.shared.array(1, int32)
+        tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters,
+             int32(cuda.blockIdx.x), int32(cuda.blockIdx.y), int32(cuda.blockIdx.z))
+
     return prefill_mma
+
+
+@functools.lru_cache(maxsize=None)
+def _mma_qkv_kernel(q_type, k_type, v_type, cfg):
+    """v11 kernel for the Q, K and V products of one x in ONE launch (three small products: one launch fills
+    the GPU better than three, and the graph has two nodes less). Grid x: q's row tiles, then k's, then v's
+    (each block one tile of one matrix, its type a compile-time constant); grid y: token tiles."""
+    tq, SMW = _mma_tile(q_type, q_type, cfg, False)
+    tk, _ = _mma_tile(k_type, k_type, cfg, False)
+    tv, _ = _mma_tile(v_type, v_type, cfg, False)
+
+    @cuda.jit(cache=JIT_CACHE)
+    def prefill_qkv(x, T, K, qa, qb, q_n, q_bias, q_has, q_out, ka, kb, k_n, k_bias, k_has, k_out,
+                    va, vb, v_n, v_bias, v_has, v_out, q_tiles, k_tiles, counters):
+        sm = cuda.shared.array(SMW, uint32)
+        last = cuda.shared.array(1, int32)
+        bx, by = int32(cuda.blockIdx.x), int32(cuda.blockIdx.y)
+        if bx < q_tiles:
+            tq(sm, last, x, T, K, qa, qb, qa, qb, 0, q_n, q_bias, q_has, False, q_out, q_out, counters, bx, by, 0)
+        elif bx < q_tiles + k_tiles:
+            tk(sm, last, x, T, K, ka, kb, ka, kb, 0, k_n, k_bias, k_has, False, k_out, k_out, counters,
+               bx - q_tiles, by, 0)
+        else:
+            tv(sm, last, x, T, K, va, vb, va, vb, 0, v_n, v_bias, v_has, False, v_out, v_out, counters,
+               bx - q_tiles - k_tiles, by, 0)
+
+    return prefill_qkv
 
 
 def mma_grid(cfg, T, N, swiglu=False):
@@ -2154,6 +2199,41 @@ def mma_config(T, N, K, swiglu=False):
     if N >= 512:
         return MMA_LONG if K >= 2048 else MMA_MID
     return MMA_NARROW
+
+
+class PrefillQKV:
+    """v11's Q, K and V products of one x in one launch (``_mma_qkv_kernel``): out_m [T, N_m] = x [T, K] W_m^T
+    (+ b_m) for ``mats`` = [(w_raw, ggml_type, bias or None)] * 3, with one tile for the three (``config``,
+    default ``mma_config`` of their rows together). Bit for bit what three ``PrefillProduct(..., mma=True)``
+    launches with that tile compute. Called as ``(x_flat, (q_flat, k_flat, v_flat), T, stream)``."""
+
+    def __init__(self, mats, K, *, config=None):
+        if len(mats) != 3:
+            raise ValueError(f"PrefillQKV: needs 3 matrices (Q, K, V), got {len(mats)}")
+        self.K, self._mats = K, []
+        for w, t, b in mats:
+            t = _check(w, t, K)
+            if not _is_device(w) or (b is not None and not _is_device(b)):
+                raise ValueError("PrefillQKV: the weights and biases must be device arrays")
+            if b is not None and tuple(b.shape) != (w.shape[0],):
+                raise ValueError(f"PrefillQKV: bias must be [{w.shape[0]}], got {tuple(b.shape)}")
+            self._mats.append((t, *_views(w, t), w.shape[0], b))
+        self._config = None if config is None else MmaConfig(*config)
+        self._by_tokens = {}                                              # T -> (kernel, grid, threads, tiles)
+
+    def __call__(self, x_flat, outs, T: int, stream=0) -> None:
+        launch = self._by_tokens.get(T)
+        if launch is None:
+            cfg = self._config or mma_config(T, sum(m[3] for m in self._mats), self.K)
+            bn = mma_sizes(cfg)[1]
+            tiles = [-(-m[3] // bn) for m in self._mats]
+            kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg)
+            launch = self._by_tokens[T] = (kern, (sum(tiles), -(-T // mma_sizes(cfg)[0])), mma_sizes(cfg)[2], tiles)
+        kern, grid, threads, tiles = launch
+        args = []
+        for (_, wa, wb, n, b), out in zip(self._mats, outs):
+            args += [wa, wb, n, out if b is None else b, b is not None, out]
+        kern[grid, threads, stream](x_flat, T, self.K, *args, tiles[0], tiles[1], split_workspace(1, 1)[1])
 
 
 def mma_split(cfg, T, N, K, swiglu=False):

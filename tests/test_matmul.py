@@ -599,3 +599,28 @@ def test_prefill_mma_split_k_is_deterministic_and_exact(split):
     (g, gm), (u, um) = _rounded_ref(x, w.copy_to_host(), gt, K), _rounded_ref(x, wu.copy_to_host(), GGMLType.Q6_K, K)
     _assert_swiglu_close(o.copy_to_host(), swiglu(g.astype(np.float32), u.astype(np.float32)),
                          (gm + np.abs(g)) * (um + np.abs(u)), K, f"v11 split {split} swiglu")
+
+
+@requires_cuda
+def test_prefill_qkv_one_launch_equals_three_products():
+    """PrefillQKV (Q, K and V of one x in one launch, each matrix its own type and bias) computes what three
+    v11 PrefillProducts with the same tile compute: the same tiles and sums, so bit for bit; several tiles
+    per matrix and a partial last one (the simulator: 16-row tiles)."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(23)
+    K, T = 64, (70 if ON_GPU else 5)
+    cfg = km.MMA_MID if ON_GPU else km.SIM_MMA_CONFIG
+    rows = (300, 40, 72) if ON_GPU else (20, 9, 16)
+    types = (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0)
+    mats = [(cuda.to_device(random_weight(rng, t, n, K)), t, cuda.to_device(rng.standard_normal(n).astype(np.float32))
+             if i != 1 else None) for i, (t, n) in enumerate(zip(types, rows))]
+    x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32)).reshape(T * K)
+    got = [cuda.to_device(np.full(T * n, np.nan, np.float32)) for n in rows]
+    km.PrefillQKV(mats, K, config=cfg)(x, got, T)
+    for (w, t, b), g, n in zip(mats, got, rows):
+        want = cuda.device_array(T * n, np.float32)
+        km.PrefillProduct(w, t, K, bias=b, mma=True, config=cfg)(x, want, T)
+        np.testing.assert_array_equal(g.copy_to_host(), want.copy_to_host())
+    with pytest.raises(ValueError, match="3 matrices"):
+        km.PrefillQKV(mats[:2], K)

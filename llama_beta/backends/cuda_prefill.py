@@ -19,8 +19,9 @@ This version runs the same math for a prompt (or the part of it not yet in the c
 - only the last token's logits are computed: the final RMSNorm is fused into the output
   product (``matmul.decode_matvec`` with ``norm_weight``), one row of [V].
 
-Per layer: RMSNorm, Q, K, V, RoPE of q and k with the KV append (``rope.rope_qk_append``),
-attention, W_o+residual, RMSNorm, gate/up+SwiGLU, W_down+residual: 10 launches (the readable
+Per layer: RMSNorm, Q/K/V (one launch with the tensor-core products, ``matmul.PrefillQKV``; three with v10),
+RoPE of q and k with the KV append (``rope.rope_qk_append``), attention, W_o+residual, RMSNorm,
+gate/up+SwiGLU, W_down+residual: 8 launches (10 with v10; the readable
 pass has 16, plus the allocations). ``tests/test_cuda_prefill.py`` checks it against the readable pass.
 
 Graphs and buckets. Even at ~60 us, 240 launches cost 15-29 ms of host time per 512-token chunk, as
@@ -106,6 +107,10 @@ class CudaPrefill:
             down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
                                        accumulate=True),
         ) for L in model.weights.layers]
+        for P, L in zip(self._products, model.weights.layers):
+            if P["q"].mma:                      # v11: Q, K and V in one launch (PrefillQKV)
+                P["qkv"] = matmul.PrefillQKV([(L.wq.raw, L.wq.ggml_type, L.wq.bias), (L.wk.raw, L.wk.ggml_type, L.wk.bias),
+                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k)
 
     @property
     def stream(self):
@@ -196,8 +201,12 @@ class CudaPrefill:
             else:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
+        if "qkv" in P:                                                               # one launch (v11)
+            qkv = [("q/k/v", lambda: P["qkv"](V.n, (V.q, V.k, V.v), T, self.stream))]
+        else:
+            qkv = [("q", product("q", V.n, V.q)), ("k", product("k", V.n, V.k)), ("v", product("v", V.n, V.v))]
         return [("rmsnorm", norm(L.attn_norm)),
-                ("q", product("q", V.n, V.q)), ("k", product("k", V.n, V.k)), ("v", product("v", V.n, V.v)),
+                *qkv,
                 ("rope+append", rope_append),
                 ("attention", attend),
                 ("w_o+residual", product("o", V.att, V.x)),                             # x += W_o att
