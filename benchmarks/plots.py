@@ -39,7 +39,9 @@ def prefill_label(r: dict) -> str:
     """'llama-beta cuda prefill fused (H200, real)': the prefill path of a ``llama-beta bench`` record
     (records from before the preallocated prefill ran the readable forward pass)."""
     kind = "synthetic" if "synth" in r["model"] or r["name"].startswith("synthetic") else "real"
-    return f"llama-beta {r['backend']} prefill {r.get('prefill_variant', 'readable')} (H200, {kind})"
+    st = r.get("prefill_settings")             # recorded from the sixth session on: products and graphs
+    extra = "" if not st else (" v11" if st["mma"] else " v10") + ("+graph" if st["graph"] else "")
+    return f"llama-beta {r['backend']} prefill {r.get('prefill_variant', 'readable')}{extra} (H200, {kind})"
 
 
 def run_label(r: dict) -> str:

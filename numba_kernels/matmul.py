@@ -111,6 +111,15 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   output, ``silu(g) u`` stored). Offline ptxas (sm_90): 126-128 registers for the 8 x 4 tiles (launch bounds
   256 x 2 blocks), 161 (168 SwiGLU) for 8 x 8, no spills. Measured on the H200 (T = 512): 15.5-24.0 TFLOP/s
   on the large shapes (v3: 8.8-12.7), 3.6 at 128 x 896 (v3: 1.3); docs/matmul.md has the table.
+- v11 ``PrefillProduct(..., mma=True)`` / ``matmul_prefill(..., mma=True)`` / ``PrefillQKV`` (``_mma_tile``,
+  ``_mma_kernel``, ``_mma_qkv_kernel``): the prefill product on the tensor cores, the default of the prefill fast
+  path. ``mma.sync.m16n8k16`` with float16 operands and float32 sums, issued through the two inline-PTX
+  intrinsics of ``numba_kernels/ptx.py`` (Numba has no tensor-core API). x and the decoded W tiles are staged in
+  shared memory as float16 pairs; v10's staging and double buffering; SwiGLU gate/up tiles paired in registers;
+  a deterministic split along K for W_down (grid z, the last block of a tile adds the parts in order); the Q, K
+  and V products of one x in one launch. Measured on the H200 (T = 512): gate/up + SwiGLU 137 us (65 TFLOP/s,
+  v10 368 us), W_down 112-123 us (v10 288), whole 512-token prefill 22.2 -> 10.1 ms of GPU time. Numerics: the
+  float32 product of the float16-rounded operands (section "v11" below).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -131,7 +140,6 @@ Left out (later optimizations, noted here so nobody repeats the analysis):
 - 32-bit loads with a funnel shift for the 2-byte aligned blocks (Q6_K reads 34 uint16 per
   32 weights in v4), vector (``ld.shared.v4``) reads of x' (needs 16-byte aligned padding),
   nibbles masked in place (``w & 0xF0F0F0F0`` = 16 q, the 1/16 folded into the scale).
-- a half-precision / tensor-core (``mma``) prefill path: v3 and v10 are plain float32 FMA.
 - v10: a split of K across blocks (grid z; needs atomics, nondeterministic, or a workspace), warming the next
   cache lines of W one step ahead (the decode8 calls of step s + 1 wait for an L2 trip whenever a row crosses
   into a new 128-byte line: every 2-14 steps by type), KC = 32 for the 8 x 8 tile (two buffers would need

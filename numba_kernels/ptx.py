@@ -26,8 +26,9 @@ consecutive k: the kernels store x and W in shared memory as float16 pairs, one 
 In the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same names are plain Python functions that
 compute exactly this, lane by lane: ``mma_f16`` collects the fragments of the warp through a
 per-block table (every thread of the block must call it, as every lane of a warp must on the GPU),
-rebuilds A and B and returns the lane's four entries of D. That Python version is the reference of
-the fragment layout above; ``tests/test_matmul.py`` checks the real instruction against NumPy on the GPU.
+rebuilds the two rows of A and two columns of B it needs and returns the lane's four entries of D. That
+Python version is the reference of the fragment layout above; ``tests/test_matmul.py`` checks the real
+instruction against NumPy on the GPU (sixth session: it passed on the H200).
 """
 from __future__ import annotations
 
