@@ -193,6 +193,16 @@ def _rot_dims(hs, rot_dims):
     return d
 
 
+def kernel_args(x, positions, base, head_size, rot_dims=None, neox=True, freq_scale=1.0, freq_factors=None,
+                attn_factor=1.0):
+    """The RoPE kernels' trailing arguments, computed once for callers that launch many times
+    (``launch_qk_append(q, k, v, k_cache, v_cache, args)``; the prefill fast path): positions (a device int32
+    array), the frequency base as theta_scale = base^(-2/rot_dims) in float32, freq_scale, the frequency
+    factors (or a stand-in ``x`` never read), attn_factor, rot_dims / 2 and the layout. ``x``: any device
+    float32 array (the stand-in); rot_dims checked as ``rope`` checks it."""
+    return _args(x, positions, base, _rot_dims(head_size, rot_dims), neox, freq_scale, freq_factors, attn_factor)
+
+
 def _dev(x, dtype, stream):
     return x if x is None or _is_device(x) else cuda.to_device(np.ascontiguousarray(x, dtype), stream=stream)
 

@@ -240,3 +240,26 @@ def test_rope_qk_append_rejects_bad_shapes():
         kern.rope_qk_append(q, k[:, :1], k, kc, kc, [0], 1e4)            # k heads != cache heads
     with pytest.raises(ValueError):
         kern.rope_qk_append(q, k, k, np.zeros((8, 2, 64), np.float32), kc, [0], 1e4)  # host cache
+
+
+@requires_cuda
+def test_kernel_args_launch_like_rope_qk_append():
+    """rope.kernel_args computed once and passed to launch_qk_append (the prefill fast path) writes what
+    rope_qk_append writes for the same tokens: same kernel, same arguments, bit for bit; bad rot_dims refused."""
+    from numba import cuda
+
+    from numba_kernels import rope as kern
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((3, n, 64)).astype(np.float32) for n in (4, 2, 2))
+    dpos = cuda.to_device(np.array([5], np.int32))
+    caches = [[cuda.to_device(np.zeros((16, 2, 64), np.float32)) for _ in range(2)] for _ in range(2)]
+    dq1, dq2 = cuda.to_device(q), cuda.to_device(q)
+    kern.rope_qk_append(dq1, cuda.to_device(k), cuda.to_device(v), *caches[0], dpos, 1e6, rot_dims=32)
+    args = kern.kernel_args(dq2, dpos, 1e6, 64, rot_dims=32)
+    kern.launch_qk_append(dq2, cuda.to_device(k), cuda.to_device(v), *caches[1], args)
+    np.testing.assert_array_equal(dq1.copy_to_host(), dq2.copy_to_host())
+    for a, b in zip(*caches):
+        np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
+    with pytest.raises(ValueError, match="rot_dims"):
+        kern.kernel_args(dq2, dpos, 1e6, 64, rot_dims=33)

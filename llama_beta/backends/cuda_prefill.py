@@ -93,8 +93,8 @@ class CudaPrefill:
         self._start_host = cuda.pinned_array(1, np.int32)
         self._copied = cuda.event()            # recorded after the copies that read the two pinned arrays
         factors = None if p.factors is None else model.backend._factors(p.factors)
-        self._rope_args = rope._args(self.q, self.start, p.base, rope._rot_dims(c.head_size, p.dims), p.neox,
-                                     p.freq_scale, factors, p.attn_factor)
+        self._rope_args = rope.kernel_args(self.q, self.start, p.base, c.head_size, p.dims, p.neox, p.freq_scale,
+                                           factors, p.attn_factor)
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
         self._products = [dict(
