@@ -35,6 +35,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from numba import cuda, float32, uint32
 from numba.cuda import config
 
 WARP = 32
@@ -136,3 +137,41 @@ else:
             return context.make_tuple(builder, signature.return_type, parts)
 
         return sig, codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# One warp, one instruction: D = A B + C from fragments loaded as the layout above says
+# (``python -m numba_kernels.ptx`` checks it against NumPy; tests/test_ptx.py does the same)
+# ---------------------------------------------------------------------------------------------
+@cuda.jit
+def _one_mma(a, b, c, d):
+    # lane (g, t) packs its fragments of A [16, 16] and B [16, 8], issues the instruction, writes its D entries
+    lane = cuda.threadIdx.x
+    g, t = lane // 4, lane % 4
+    regs_a = cuda.local.array(4, uint32)
+    for i in range(4):                   # a0: (g, 2t), a1: (g+8, 2t), a2: (g, 2t+8), a3: (g+8, 2t+8)
+        r, k = g + 8 * (i % 2), 2 * t + 8 * (i // 2)
+        regs_a[i] = pack_f16x2(a[r, k], a[r, k + 1])
+    b0 = pack_f16x2(b[2 * t, g], b[2 * t + 1, g])
+    b1 = pack_f16x2(b[2 * t + 8, g], b[2 * t + 9, g])
+    d0, d1, d2, d3 = mma_f16(regs_a[0], regs_a[1], regs_a[2], regs_a[3], b0, b1, float32(c[g, 2 * t]),
+                             float32(c[g, 2 * t + 1]), float32(c[g + 8, 2 * t]), float32(c[g + 8, 2 * t + 1]))
+    d[g, 2 * t], d[g, 2 * t + 1], d[g + 8, 2 * t], d[g + 8, 2 * t + 1] = d0, d1, d2, d3
+
+
+def mma_once(A, B, C):
+    """D [16, 8] float32 = A [16, 16] B [16, 8] + C [16, 8] by one ``mma_f16`` on the device (A and B are
+    rounded to float16 first), through ``_one_mma``."""
+    d = cuda.device_array((MMA_M, MMA_N), np.float32)
+    _one_mma[1, WARP](cuda.to_device(np.asarray(A, np.float32)), cuda.to_device(np.asarray(B, np.float32)),
+                      cuda.to_device(np.asarray(C, np.float32)), d)
+    return d.copy_to_host()
+
+
+if __name__ == "__main__":
+    rng = np.random.default_rng(0)
+    A, B, C = (rng.standard_normal(s).astype(np.float32) for s in ((16, 16), (16, 8), (16, 8)))
+    want = A.astype(np.float16).astype(np.float64) @ B.astype(np.float16).astype(np.float64) + C
+    err = np.abs(mma_once(A, B, C) - want).max()
+    print(f"mma.sync m16n8k16 (f16 in, f32 out) against NumPy: max error {err:.1e}")
+    assert err < 1e-5, "the fragment layout or the instruction disagrees with NumPy"

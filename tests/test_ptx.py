@@ -1,0 +1,34 @@
+"""The two PTX intrinsics of numba_kernels/ptx.py: one warp's mma.sync m16n8k16 from fragments laid out as
+the PTX ISA says equals the float64 product of the float16-rounded matrices (in the simulator: the Python
+statement of the layout; on the GPU: the real instruction), and pack_f16x2 rounds to nearest even."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import requires_cuda
+
+
+@requires_cuda
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_mma_equals_numpy(seed):
+    from numba_kernels.ptx import mma_once
+
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((16, 16)).astype(np.float32) * 4
+    B = rng.standard_normal((16, 8)).astype(np.float32)
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+    A[3, 5] = 1.0 + 2.0 ** -12                       # rounds to 1.0 in float16 (the tie goes to even)
+    want = A.astype(np.float16).astype(np.float64) @ B.astype(np.float16).astype(np.float64) + C
+    got = mma_once(A, B, C)
+    # exact float16 products summed in float32: a few float32 ulps of the terms' magnitude (|A||B| ~ 16 * 4)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * (np.abs(A) @ np.abs(B) + np.abs(C)).max())
+
+
+def test_simulator_pack_rounds_to_nearest_even():
+    from numba_kernels.ptx import _halves, _simulator_pack_f16x2
+
+    word = _simulator_pack_f16x2(np.float32(1.0 + 2.0 ** -11), np.float32(-2.5))   # a tie: to even (1.0)
+    lo, hi = _halves(word)
+    assert lo == 1.0 and hi == -2.5
+    assert int(word) >> 16 == int(np.float16(-2.5).view(np.uint16))
