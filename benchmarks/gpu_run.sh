@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [phi3] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [phi3] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -35,7 +35,7 @@ for step in "$@"; do
       wait
       for log in "$OUT"/pytest-gpu-*.log; do echo "== $log"; grep -E "passed|failed|FAILED|ERROR" "$log" | tail -5; done ;;
     kernels)  # every kernel file's __main__: check against ref, then time
-      for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul bpe; do
+      for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue
         echo "== numba_kernels.$k"; timeout 120 python3 -m "numba_kernels.$k" 2>&1 | grep -v Warning | tail -30
       done 2>&1 | tee "$OUT/kernels-gpu.log" ;;
@@ -78,6 +78,16 @@ for step in "$@"; do
       timeout 200 python3 -m llama_beta.cli generate --model /tmp/phi3-mini.gguf --backend cuda --max-tokens 16 --seed 1 "Hello" 2>&1 | tail -2
       timeout 250 python3 -m llama_beta.cli bench --model /tmp/phi3-mini.gguf --backend cuda -p 512 -n 128 -r 3 \
         -o "$OUT/bench-phi3-mini-synth-fused-graph1.json" 2>&1 | tail -6 ;;
+    prefill)  # the prefill's kernels and whole prompts on the Qwen2.5-0.5B-shaped twin: the tensor-core check
+      #          (one mma), the v11 tile sweep at $SWEEP_SHAPES (default: qwen), the per-launch profile
+      timeout 60 python3 -m numba_kernels.ptx 2>&1 | tail -2
+      model=/tmp/qwen-synth.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset qwen2.5-0.5b \
+        --vocab .dev-model/vocab/ggml-vocab-qwen2.gguf --force -q
+      timeout 300 python3 benchmarks/sweep_prefill_tiles.py 512 "${SWEEP_SHAPES:-qwen}" --v11 2>&1 | grep -v -i warn \
+        | tee "$OUT/sweep-prefill-v11.txt"
+      timeout 120 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | tail -12 \
+        | tee "$OUT/profile-prefill.txt" ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
