@@ -1847,8 +1847,9 @@ class PrefillProduct:
     w_up is w_raw: Phi-3's fused gate_up). ``mma``: the kernel, v11 on the tensor cores (float16 operands,
     float32 sums) or v10 (float32); default v11 where supported unless ``LLAMA_BETA_PREFILL_MMA=0``.
     ``config``: one tile for every T (a PrefillConfig for v10, an MmaConfig for v11; default:
-    ``prefill_config`` / ``mma_config`` of T). Arguments are checked as ``matmul_prefill`` checks them. (The
-    launch helpers above use one too, so the kernel's arguments are spelled out in one place.)"""
+    ``prefill_config`` / ``mma_config`` of T). ``split``: v11's blocks per tile along K (default ``mma_split``).
+    Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so the
+    kernel's arguments are spelled out in one place.)"""
 
     def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
                  split=None):
