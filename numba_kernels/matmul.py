@@ -1613,6 +1613,9 @@ def _check_prefill_config(cfg, swiglu):
                          f"even nt for SwiGLU)")
 
 
+TileOctets = collections.namedtuple("TileOctets", "DT DPT ALL OSTEP")
+
+
 @functools.lru_cache(maxsize=None)
 def _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu):
     """The W-tile staging v10 and v11 share, as two device functions: ``tile_row(n0, N, up_row0)`` -> (the W
@@ -1620,7 +1623,9 @@ def _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu):
     -> wn[8u:8u+8] = W[row, k0 + 8 (tid // BN + NTH / BN u) : + 8] for u < DPT (the thread's octets of the
     step's KC weights; clamped to the row's last octet). Tile row r = tid % BN is row n0 + r, or with the
     SwiGLU pair (r >= BN / 2) up row up_row0 + n0 + r - BN / 2; rows past N re-read row N - 1 (never stored).
-    Threads tid >= BN KC / 8 decode nothing when the tile has fewer octets than threads."""
+    Threads tid >= BN KC / 8 decode nothing when the tile has fewer octets than threads. Also returned, for the
+    kernels' staging of the decoded octets: ``TileOctets`` (DT octets a step, DPT per thread, ALL: every thread
+    decodes, OSTEP octets between a thread's octets)."""
     DT = BN * KC // 8                   # octets of W per step, one decode8 each
     DPT = -(-DT // NTH)                 # ... per thread
     ALL_DECODE = DT >= NTH
@@ -1645,7 +1650,7 @@ def _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu):
                 else:
                     dec_g(wga, wgb, row, k, wn, 8 * u)
 
-    return tile_row, decode_w, DPT
+    return tile_row, decode_w, TileOctets(DT, DPT, ALL_DECODE, OSTEP)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1664,15 +1669,12 @@ def _prefill_kernel(gate_type, up_type, cfg, swiglu):
     TG = TX * TY                        # threads per group
     XS = BM * KP                        # a buffer: the x tile [BM, KP], then the W tile [BN, KP]
     BUF = XS + BN * KP                  # floats per buffer
-    DT = BN * KC // 8                   # octets of W per step, one decode8 each
-    DPT = -(-DT // NTH)                 # ... per thread
-    ALL_DECODE = DT >= NTH              # else threads >= DT decode nothing
+    tile_row, decode_w, (DT, DPT, ALL_DECODE, OROWS) = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
     XPT = BM * KC // NTH                # x values per thread per step
-    XROWS, OROWS = NTH // KC, NTH // BN  # token rows / octets between a thread's x values / W octets
+    XROWS = NTH // KC                   # token rows between a thread's x values (OROWS: octets between its octets)
     HALF = BN // 2
     SMF, ACC, WF, WN = 2 * BUF, MT * NT, 4 * NT, 8 * DPT   # array sizes (literals for the typing)
     OUT_COLS = NT // 2 if swiglu else NT
-    tile_row, decode_w, _ = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
 
     @cuda.jit(device=True, inline=True)
     def load_x(x, T, K, t0, k0, xr):
@@ -2007,14 +2009,10 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
     BUF = XW + BN * KPW                  # words per buffer
     PAIRS = BM * PC // NTH               # x pairs a thread stages per step
     PROWS = NTH // PC                    # token rows between a thread's pairs
-    DT = BN * KC // 8                    # W octets per step
-    DPT = max(1, DT // NTH)              # ... per thread (threads >= DT decode nothing when DT < NTH)
-    ALL_DECODE = DT >= NTH
-    OSTEP = max(1, NTH // BN)            # octets between a thread's W octets
+    tile_row, decode_w, (DT, DPT, ALL_DECODE, OSTEP) = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
     ACC = MI * NJ * 4
     SMW, XR, WN8 = 2 * BUF, 2 * PAIRS, 8 * DPT
     SPLIT = split
-    tile_row, decode_w, _ = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
 
     @cuda.jit(device=True, inline=True)
     def row_of(wc, j):
