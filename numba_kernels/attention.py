@@ -121,6 +121,7 @@ import sys
 import numpy as np
 from numba import cuda, float32, int32, uint32, uint64
 
+from numba_kernels import ptx
 from numba_kernels.rope import _args as _rope_args, _rot_dims, rope_element
 from numba_kernels.softmax import _warp_max, _warp_sum  # butterfly: every lane gets the result
 from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device, kernel_time_us
@@ -307,6 +308,8 @@ def _tiled_kernels(HS: int, R: int, BK: int):
     @cuda.jit(cache=JIT_CACHE)
     def decode_split(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc):
         # grid (n_splits, nkv * groups): block = (chunk of positions, up to R query heads of one kv head)
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         nh = q.shape[0]
         kv_mul = nh // k_cache.shape[1]
         groups = (kv_mul + R - 1) // R
@@ -412,6 +415,8 @@ def _tree_sum(red):
 @cuda.jit(cache=JIT_CACHE)
 def decode_combine(seq_len, ws_m, ws_l, ws_acc, out):
     # grid (nh,), block COMBINE_THREADS: block = query head h. Merges the chunks that were not empty.
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     h = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     hs = out.shape[1]
@@ -653,6 +658,8 @@ def _fused_kernel(HS: int, R: int, KG: int, NW: int, U: int):
     def decode_fused(q, k_cache, v_cache, seq_len, ws_m, ws_l, ws_acc, count, out):
         # grid (n_splits, nkv * groups), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs];
         # ws_m, ws_l: [nh, n_splits] (m in base 2); ws_acc: [nh, n_splits, hs]; count: int32 [>= grid y]
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         n = seq_len[0]
         row, kv_head, h0, rows, j_begin, j_end, n_used = _one_launch_block(q.shape[0], k_cache.shape[1], n, R)
         if j_begin >= n:
@@ -759,6 +766,8 @@ def _short_kernel(HS: int, NW: int):
     @cuda.jit(cache=JIT_CACHE)
     def decode_short(q, k_cache, v_cache, seq_len, out):
         # grid (nh,), NT threads. q, out: [nh, hs]; caches: [S_max, nkv, hs] with S_max <= SHORT_MAX_S
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         h = cuda.blockIdx.x
         kv_head = h // (q.shape[0] // k_cache.shape[1])
         n = seq_len[0]
@@ -949,6 +958,8 @@ def _gqa_kernel(HS: int, R: int):
         # fuse (v7): q is rotated at position pos[0] while it is staged, and the new token's key and value
         # (k_new, v_new [nkv, hs]; the key rotated here) fill cache row pos[0] = seq_len[0] - 1; the
         # rotation's constants are rope._args'. Without fuse those arguments are stand-ins, never read.
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         n = seq_len[0]
         row, kv_head, h0, rows, j_begin, j_end, n_used = _one_launch_block(q.shape[0], k_cache.shape[1], n, R)
         if j_begin >= n:
@@ -1092,6 +1103,8 @@ def launch_decode_gqa(q, k_cache, v_cache, seq_len, workspace, out, stream=0, k_
 @cuda.jit(cache=JIT_CACHE)
 def kv_append_kernel(k, v, k_cache, v_cache, pos):
     # one thread per element of k: [T, nkv, hs] -> cache rows pos[0] .. pos[0] + T - 1
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     T, nkv, hs = k.shape
     i = cuda.grid(1)
     if i < T * nkv * hs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from numba_kernels import ptx
 from numba_kernels.dequant import DECODERS, as_blocks
 from numba_kernels.runtime import JIT_CACHE
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
@@ -30,6 +31,8 @@ THREADS = 256
 def _make_kernel(get, qk):
     @cuda.jit(fastmath=False, cache=JIT_CACHE)
     def embed_kernel(table, row_stride, block_stride, ids, out):
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         t = cuda.blockIdx.x                                      # one thread block per token
         table_row = ids[t] * row_stride                          # where its encoded row starts
         for c in range(cuda.threadIdx.x, out.shape[1], THREADS):

@@ -787,7 +787,15 @@ def _stage_x(x, nw, has_norm, eps, K, xs, red):
     """x' = x, or RMSNorm(x) * nw, into shared memory padded one float per 32 (xs[p + p // 32]).
 
     Every block computes the sum of squares itself (K floats, from L2), so no separate
-    rmsnorm launch is needed; same arithmetic as ``numba_kernels.rmsnorm`` (float32 sums)."""
+    rmsnorm launch is needed; same arithmetic as ``numba_kernels.rmsnorm`` (float32 sums).
+
+    x is the previous launch's output: under programmatic dependent launch (``ptx.py``) the block waits
+    for that launch here, after its weight rows were touched (``_warm_rows``) and before reading x.
+    (Seventh session: loading x in rounds of four independent loads per thread made the products faster
+    alone in a graph, 3.20 -> 2.82 us for W_o, but the whole decode step slower, 1026 -> 998 tok/s in two
+    runs each; this one-load loop stays.)"""
+    ptx.allow_next_grid()
+    ptx.wait_previous_grid()
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     scale = float32(1.0)
@@ -1137,7 +1145,6 @@ def _qkv_rope_kernel(types, width, NW):
         acc = cuda.local.array(2, float32)
         blk = cuda.blockIdx.x
         warp = cuda.threadIdx.x // WARP
-        p = pos_arr[0]
         if blk < blk1:
             slot = blk * NW + warp
             r0, step, pair = _pair_rows(slot, hs, half, neox)
@@ -1160,6 +1167,7 @@ def _qkv_rope_kernel(types, width, NW):
                 t = _warm_row(c16, crb, r0, cN) ^ _warm_row(c16, crb, r0 + 1, cN)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, aN)
+        p = pos_arr[0]                               # (state: read after _stage_x's wait)
         if 2 * slot >= n_rows:
             return                                   # whole warp leaves: past the matrix's slots
         if blk < blk1:
@@ -1425,8 +1433,19 @@ def _vector(a, n, what):
     return d[0] if len(d.shape) == 2 else d   # (NumPy may give a [1, n] array a 0 stride that reshape rejects)
 
 
+def _use_mma(mma, types, K, what):
+    """v12 or not: ``mma`` None = the default (LLAMA_BETA_DECODE_MMA=1 and ``decode_mma_supported``),
+    True = v12 or an error, False = the float32 kernels."""
+    if mma is None:
+        return DECODE_MMA and decode_mma_supported(types, K)
+    if mma and not decode_mma_supported(types, K):
+        raise ValueError(f"{what}: the tensor-core kernel (v12) takes Q5_0/Q8_0 weights with K a multiple of 32 "
+                         f"on sm_80+, got {[t.name for t in types]} with K={K}")
+    return bool(mma)
+
+
 def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, eps=1e-6,
-                  accumulate=False, stream=0):
+                  accumulate=False, stream=0, mma=None):
     r"""out[n] (=, or += with ``accumulate``) $\sum_k W_{n,k} x'_k + b_n$ in one launch.
 
     $x' = x$, or $\mathrm{RMSNorm}(x) \odot$ ``norm_weight`` when given (every block sums the
@@ -1434,12 +1453,17 @@ def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, e
     the residual add: ``out`` is the residual stream (it must not alias x). x is [K] or [1, K],
     out a device array [N] or [1, N]; with device inputs nothing is allocated and nothing is
     synchronized, so the launch can be captured in a CUDA graph. Returns ``out``.
+
+    ``mma``: the tensor-core kernel v12 (x' rounded to float16; Q5_0/Q8_0 weights) always (True), never
+    (False: the float32 kernels v4-v7), or None: v12 where it applies if LLAMA_BETA_DECODE_MMA=1 (off by
+    default: measured slower on the H200).
     """
     ggml_type = _check_fused(w_raw, ggml_type, K)
     N = w_raw.shape[0]
-    launch_decode_matvec(_vector(x, K, "x"), _device(w_raw, np.uint8), ggml_type, K, _vector(out, N, "out"),
-                         bias=_device(bias, np.float32), norm_weight=_device(norm_weight, np.float32),
-                         eps=eps, accumulate=accumulate, stream=stream)
+    launch = launch_decode_mma if _use_mma(mma, (ggml_type,), K, "decode_matvec") else launch_decode_matvec
+    launch(_vector(x, K, "x"), _device(w_raw, np.uint8), ggml_type, K, _vector(out, N, "out"),
+           bias=_device(bias, np.float32), norm_weight=_device(norm_weight, np.float32),
+           eps=eps, accumulate=accumulate, stream=stream)
     return out
 
 
@@ -1503,17 +1527,20 @@ def _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, what, check):
 
 
 def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, *, norm_weight=None,
-                         eps=1e-6, stream=0):
+                         eps=1e-6, stream=0, mma=None):
     r"""out[n] = silu(g_n) u_n, g = W_gate x', u = W_up x' (x' as in ``decode_matvec``), one launch.
 
     ``w_up=None``: the fused gate_up tensor of Phi-3 (``ffn_up``, 2F rows): ``w_gate`` holds the
     gate in rows 0..F-1 and up in rows F..2F-1 (F = out's length; ``ggml_type_up`` is ignored).
+    ``mma`` as in ``decode_matvec``.
     """
     gt = _check_fused(w_gate, ggml_type_gate, K)
     F = tuple(out.shape)[-1]                       # (the simulator's shapes reject shape[-1])
     w_g, w_u, ut, up_row0 = _gate_up_rows(w_gate, gt, w_up, ggml_type_up, K, F, "decode_matvec_swiglu", _check_fused)
-    launch_decode_swiglu(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
-                         norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
+    use = _use_mma(mma, (gt, ut), K, "decode_matvec_swiglu")
+    launch = launch_decode_mma_swiglu if use else launch_decode_swiglu
+    launch(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
+           norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
     return out
 
 
@@ -2314,6 +2341,335 @@ def matmul_prefill_swiglu(x, w_gate, gate_type, w_up, up_type, K, out, *, config
     w_g, w_u, up_type, up_row0 = _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, "matmul_prefill_swiglu", _check)
     launch_matmul_prefill_swiglu(x_d, w_g, gate_type, w_u, up_type, up_row0, K, out, config, stream, mma)
     return out
+
+
+# =============================================================================================
+# v12: the decode products (one token) on the tensor cores.
+#
+# Why. In the decode step every product reads each weight once, so v4-v9 are built for memory
+# traffic; but Nsight Compute shows them issue-bound: the gate/up launch executes 3.5 M warp
+# instructions for 8.7 M weights (~13 per weight per lane-row: decode a byte, remove its bias, one
+# FMA, the x' loads and the staging around them) at 0.45 instructions per cycle per scheduler.
+# One mma.sync m16n8k16 does 16 rows x 16 weights of multiply-adds for a warp, so the FMAs leave the
+# CUDA cores and what is left per weight is turning quantized codes into float16.
+#
+# One token. B's 8 columns all hold x (the same column eight times), so D's 8 columns are equal and
+# lane (g, t) = (lane // 4, lane % 4) receives rows g and g + 8 of the tile (d0 and d2).
+#
+# The k order. A sum over k may take its terms in any order as long as x and W agree. In a group of
+# 32 weights (one Q5_0/Q8_0 block) lane t puts weights 4t..4t+3 into the first mma's k slots 2t, 2t+1,
+# 2t+8, 2t+9 and weights 16+4t..16+4t+3 into the second's. Then the x fragments are x's float16 pairs
+# in their natural order (pairs 2t, 2t+1 and 8+2t, 9+2t of the group), and a lane's 8 weights of a row
+# come from one 4-byte word of quants (Q5_0: its low and high nibbles; Q8_0: two words).
+#
+# Codes to float16: a code u < 1024 in the low bits of 0x6400 is the float16 1024 + u, exactly; one
+# prmt builds a pair from two code bytes, one sub.f16x2 takes 1024 + z off both (w = d (u - z); Q5_0: u
+# the 5-bit code, z = 16; Q8_0: u = q + 128, z = 128): the integers u - z, exact. The mma sums
+# x (u - z) over the group in float32 (products exact) and the lane scales the sum by d.
+#
+# Numerics, as v11's prefill: x' is rounded to float16 (relative 2^-11 per term), everything else is
+# float32.
+#
+# Measured (H200, seventh session, ``benchmarks/sweep_decode_mma.py``: 24 weight copies in a graph, PDL):
+# SLOWER than the float32 kernels at every Qwen2.5-0.5B shape, so it is opt-in (LLAMA_BETA_DECODE_MMA=1):
+# W_o 896 x 896 3.0 us (float32 2.8), gate/up + SwiGLU 10.0 us (6.6), output 151936 x 896 Q8_0 69 us (68).
+# The time grows with the groups per warp (W_o: s = 1 12 us, s = 14 3.0 us; each round of 8 groups ~2 us):
+# the chain of a warp is latency-bound - load, convert, mma, per round - not issue-bound. What would
+# change that is not built: more rows per warp in flight (two or more tiles per warp), 4-byte loads
+# (Q5_0's 22-byte blocks are only 2-byte aligned: 5 loads per row and group), x' fragments kept in
+# registers across tiles.
+#
+# Blocks. NW = TM x S warps: TM 16-row tiles, each dotted by S warps that split its groups (warp s takes
+# groups s, s + S, ...: C = K / 32 / S of them, a compile-time count, like K itself), in rounds of up to
+# V12_UNROLL groups whose loads are all issued before the round's first mma. The S partial sums of a row
+# meet in shared memory and one thread adds them in order (deterministic), then the epilogue: + bias,
+# += into the residual stream (accumulate), or silu(gate) up (SwiGLU: tile 0 gate rows, tile 1 the same
+# rows of up). Before waiting for the previous launch (PDL) one lane per tile asks L2 for the tile's
+# bytes (16 consecutive rows are one stretch of memory). x' is staged as v4's (``_stage_x``) and then
+# packed into float16 pairs.
+# =============================================================================================
+V12_TYPES = (GGMLType.Q5_0, GGMLType.Q8_0)
+MMA_M16 = 16                             # rows of a v12 tile (the mma's M)
+H1024 = 0x64646464                       # the high byte of float16 1024 + u, u < 256, in every byte
+Z_Q5_0, Z_Q8_0 = 0x64106410, 0x64806480  # float16 pairs (1024 + z, 1024 + z): z = 16, 128
+V12_UNROLL = 8                           # groups a warp loads and multiplies per round (in flight together)
+# Opt-in: measured slower than the float32 kernels on the H200 (seventh session, see the notes above
+# decode_mma_supported); "1" makes decode_matvec / decode_matvec_swiglu take v12 for Q5_0/Q8_0 weights.
+DECODE_MMA = os.environ.get("LLAMA_BETA_DECODE_MMA", "0") == "1"
+V12_WARM = os.environ.get("LLAMA_BETA_V12_WARM", "1") != "0"   # touch the first round's groups before staging
+MmaDecodeConfig = collections.namedtuple("MmaDecodeConfig", "tm s")
+MmaDecodeConfig.__doc__ = "v12 block: tm 16-row tiles, each split along K over s warps (tm * s warps)"
+
+
+@cuda.jit(device=True, inline=True)
+def _codes_f16(lo, hi, zero):
+    """Four float16 pairs u - z from two words of code bytes: (lo bytes 0, 1), (lo 2, 3), (hi 0, 1), (hi 2, 3)."""
+    return (ptx.sub_f16x2(_prmt(lo, H1024, 0x4140), zero), ptx.sub_f16x2(_prmt(lo, H1024, 0x4342), zero),
+            ptx.sub_f16x2(_prmt(hi, H1024, 0x4140), zero), ptx.sub_f16x2(_prmt(hi, H1024, 0x4342), zero))
+
+
+@cuda.jit(device=True, inline=True)
+def _grp_q5_0(w16, wh, g, t):
+    """Lane t's A fragments of one Q5_0 block (22 bytes at byte g: d f16 @0, qh u32 @2, qs @6) of
+    one row: float16 pairs of weights (4t, 4t+1), (4t+2, 4t+3), (16+4t, ..), (18+4t, ..) as codes
+    u - 16, and d. Weight j < 16 is the low nibble of qs[j], j >= 16 the high nibble of qs[j - 16];
+    its fifth bit is bit j of qh."""
+    d = float32(wh[g >> 1])
+    qh = _u32(w16, uint32((g + 2) >> 1))
+    qs = _u32(w16, uint32((g + 6 + 4 * t) >> 1))
+    lo = (qs & 0x0F0F0F0F) | _spread4(qh >> (4 * t))
+    hi = ((qs >> 4) & 0x0F0F0F0F) | _spread4(qh >> (16 + 4 * t))
+    p0, p1, p2, p3 = _codes_f16(lo, hi, Z_Q5_0)
+    return p0, p1, p2, p3, d
+
+
+@cuda.jit(device=True, inline=True)
+def _grp_q8_0(w16, wh, g, t):
+    """The same for a Q8_0 block (34 bytes: d f16 @0, int8 q @2): u = q + 128 (the byte xor 0x80)."""
+    d = float32(wh[g >> 1])
+    a = _u32(w16, uint32((g + 2 + 4 * t) >> 1)) ^ 0x80808080
+    b = _u32(w16, uint32((g + 18 + 4 * t) >> 1)) ^ 0x80808080
+    p0, p1, p2, p3 = _codes_f16(a, b, Z_Q8_0)
+    return p0, p1, p2, p3, d
+
+
+V12_GROUPS = {GGMLType.Q5_0: _grp_q5_0, GGMLType.Q8_0: _grp_q8_0}
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_dot(ggml_type, C, S):
+    """Device function (v12): (row r0 + g, row r0 + g + 8) . x' over groups s, s + S, .. (C of them) for
+    lane (g, t); rows past N re-read row N - 1. Every lane of the warp must call it (mma.sync).
+
+    Rounds of UF = min(C, V12_UNROLL) groups written out (``if UF > u`` folds at compile time: one
+    basic block, so the round's loads are all issued before its first mma waits; a loop over them was
+    not unrolled). A round past the last group re-reads group C - 1 and adds it times 0."""
+    grp = V12_GROUPS[ggml_type]
+    bb = BLOCK_SIZES[ggml_type][1]
+    zero = float32(0.0)
+    UF = min(C, V12_UNROLL)
+    ROUNDS = -(-C // UF)
+
+    @cuda.jit(device=True, inline=True)
+    def group(w16, wh, ba, bc, t, xp, s, c):
+        # the contributions of group min(c, C - 1) (times 0 past C) to rows g and g + 8
+        j = s + min(c, C - 1) * S
+        pa0, pa1, pa2, pa3, da = grp(w16, wh, uint32(ba + j * bb), t)
+        pc0, pc1, pc2, pc3, dc = grp(w16, wh, uint32(bc + j * bb), t)
+        xo = uint32(16 * j + 2 * t)
+        d0, d1, d2, d3 = ptx.mma_f16(pa0, pc0, pa1, pc1, xp[xo], xp[xo + uint32(1)], zero, zero, zero, zero)
+        d0, d1, d2, d3 = ptx.mma_f16(pa2, pc2, pa3, pc3, xp[xo + uint32(8)], xp[xo + uint32(9)], d0, d1, d2, d3)
+        keep = float32(1.0) if c < C else zero
+        return (keep * da) * d0, (keep * dc) * d2
+
+    @cuda.jit(device=True, inline=True)
+    def warm_group(w16, ba, bc, t, s, c):
+        # touch group min(c, C - 1) of both rows at byte 8t of the block (its 32-byte sectors, into L1)
+        j = s + min(c, C - 1) * S
+        off = uint32(j * bb + min(8 * t, bb - 2))
+        return int32(w16[(uint32(ba) + off) >> 1]) ^ int32(w16[(uint32(bc) + off) >> 1])
+
+    @cuda.jit(device=True, inline=True)
+    def warm(w16, rb, r0, N, s):
+        """The first round's groups of the lane's two rows, touched before x' is staged (as v8's
+        ``_warm_rows``): an xor of the loads for ``_keep``, written out so that all are in flight."""
+        lane = cuda.threadIdx.x & (WARP - 1)
+        g, t = lane >> 2, lane & 3
+        ba = int32(min(r0 + g, N - 1) * rb)
+        bc = int32(min(r0 + g + 8, N - 1) * rb)
+        h = warm_group(w16, ba, bc, t, s, 0)
+        if UF > 1:
+            h ^= warm_group(w16, ba, bc, t, s, 1)
+        if UF > 2:
+            h ^= warm_group(w16, ba, bc, t, s, 2)
+        if UF > 3:
+            h ^= warm_group(w16, ba, bc, t, s, 3)
+        if UF > 4:
+            h ^= warm_group(w16, ba, bc, t, s, 4)
+        if UF > 5:
+            h ^= warm_group(w16, ba, bc, t, s, 5)
+        if UF > 6:
+            h ^= warm_group(w16, ba, bc, t, s, 6)
+        if UF > 7:
+            h ^= warm_group(w16, ba, bc, t, s, 7)
+        return h
+
+    @cuda.jit(device=True, inline=True)
+    def tile_dot(w16, wh, rb, r0, N, xp, s):
+        lane = cuda.threadIdx.x & (WARP - 1)
+        g, t = lane >> 2, lane & 3
+        ba = int32(min(r0 + g, N - 1) * rb)
+        bc = int32(min(r0 + g + 8, N - 1) * rb)
+        acc_a = acc_c = zero
+        for r in range(ROUNDS):
+            c = r * UF
+            a0, c0 = group(w16, wh, ba, bc, t, xp, s, c)
+            a1 = c1 = a2 = c2 = a3 = c3 = a4 = c4 = a5 = c5 = a6 = c6 = a7 = c7 = zero
+            if UF > 1:
+                a1, c1 = group(w16, wh, ba, bc, t, xp, s, c + 1)
+            if UF > 2:
+                a2, c2 = group(w16, wh, ba, bc, t, xp, s, c + 2)
+            if UF > 3:
+                a3, c3 = group(w16, wh, ba, bc, t, xp, s, c + 3)
+            if UF > 4:
+                a4, c4 = group(w16, wh, ba, bc, t, xp, s, c + 4)
+            if UF > 5:
+                a5, c5 = group(w16, wh, ba, bc, t, xp, s, c + 5)
+            if UF > 6:
+                a6, c6 = group(w16, wh, ba, bc, t, xp, s, c + 6)
+            if UF > 7:
+                a7, c7 = group(w16, wh, ba, bc, t, xp, s, c + 7)
+            acc_a += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+            acc_c += ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))
+        return acc_a, acc_c
+    return tile_dot, warm
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_x16(x, nw, has_norm, eps, K, xs, xp, red):
+    """x' (x, or RMSNorm(x) * nw) as float16 pairs xp[i] = (x'[2i], x'[2i+1]) in shared memory: staged
+    in float32 by ``_stage_x`` (which waits for the previous launch), then packed."""
+    _stage_x(x, nw, has_norm, eps, K, xs, red)
+    i = cuda.threadIdx.x
+    while i < K // 2:
+        p = 2 * i
+        xp[uint32(i)] = ptx.pack_f16x2(xs[uint32(p + (p >> 5))], xs[uint32(p + 1 + ((p + 1) >> 5))])
+        i += cuda.blockDim.x
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _prefetch_tile(w16, rb, r0, N):
+    """Lane 0 of the warp: ask L2 for rows r0 .. r0 + 15 (clamped to N), one stretch of bytes."""
+    if cuda.threadIdx.x % WARP == 0 and r0 < N:
+        ptx.prefetch_l2(w16, r0 * rb, (min(r0 + MMA_M16, N) - r0) * rb)
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_mma_kernel(kind, types, K, cfg):
+    """v12 kernel for ``kind`` "matvec" (types[0]) or "swiglu" (gate types[0], up types[1]); K and the
+    block configuration are compile-time constants."""
+    TM, S = cfg
+    NG = K // 32
+    C = NG // S
+    assert K % 32 == 0 and NG % S == 0 and (kind != "swiglu" or TM == 2), (kind, K, cfg)
+    (dot_a, warm_a), (dot_b, warm_b) = _tile_dot(types[0], C, S), _tile_dot(types[-1], C, S)
+    ROWS = TM * MMA_M16
+    XS, XP, PARTS = K + K // 32, K // 2, S * ROWS
+
+    @cuda.jit(device=True, inline=True)
+    def store_parts(part, s, tm, acc_a, acc_c):
+        # lanes (g, 0) hold rows g and g + 8 of the warp's tile (the other three lanes of g the same)
+        lane = cuda.threadIdx.x & (WARP - 1)
+        if lane % 4 == 0:
+            part[s * ROWS + tm * MMA_M16 + (lane >> 2)] = acc_a
+            part[s * ROWS + tm * MMA_M16 + (lane >> 2) + 8] = acc_c
+        cuda.syncthreads()
+
+    @cuda.jit(cache=JIT_CACHE)
+    def matvec_mma(x, nw, has_norm, eps, w16, wh, rb, N, bias, has_bias, accumulate, out):
+        xs = cuda.shared.array(XS, float32)
+        xp = cuda.shared.array(XP, uint32)
+        part = cuda.shared.array(PARTS, float32)
+        red = cuda.shared.array(WARP, float32)
+        warp = cuda.threadIdx.x >> 5
+        tm, s = warp % TM, warp // TM
+        r0 = (cuda.blockIdx.x * TM + tm) * MMA_M16
+        if s == 0:
+            _prefetch_tile(w16, rb, r0, N)
+        h = warm_a(w16, rb, r0, N, s) if V12_WARM else int32(0)
+        _stage_x16(x, nw, has_norm, eps, K, xs, xp, red)
+        _keep(h, N)
+        acc_a, acc_c = dot_a(w16, wh, rb, r0, N, xp, s)
+        store_parts(part, s, tm, acc_a, acc_c)
+        i = cuda.threadIdx.x
+        n = cuda.blockIdx.x * ROWS + i
+        if i < ROWS and n < N:
+            v = part[i]
+            for j in range(1, S):
+                v += part[j * ROWS + i]
+            v = v + bias[n] if has_bias else v
+            out[n] = out[n] + v if accumulate else v
+
+    @cuda.jit(cache=JIT_CACHE)
+    def swiglu_mma(x, nw, has_norm, eps, g16, gh, grb, u16, uh, urb, up_row0, F, out):
+        # out[n] = silu(W_gate[n] . x') * (W_up[up_row0 + n] . x'); tile 0 gate rows, tile 1 up rows
+        xs = cuda.shared.array(XS, float32)
+        xp = cuda.shared.array(XP, uint32)
+        part = cuda.shared.array(PARTS, float32)
+        red = cuda.shared.array(WARP, float32)
+        warp = cuda.threadIdx.x >> 5
+        tm, s = warp % TM, warp // TM
+        r0 = cuda.blockIdx.x * MMA_M16
+        if s == 0:
+            if tm == 0:
+                _prefetch_tile(g16, grb, r0, F)
+            else:
+                _prefetch_tile(u16, urb, up_row0 + r0, up_row0 + F)
+        h = int32(0)
+        if V12_WARM:
+            h = warm_a(g16, grb, r0, F, s) if tm == 0 else warm_b(u16, urb, up_row0 + r0, up_row0 + F, s)
+        _stage_x16(x, nw, has_norm, eps, K, xs, xp, red)
+        _keep(h, F)
+        if tm == 0:
+            acc_a, acc_c = dot_a(g16, gh, grb, r0, F, xp, s)
+        else:
+            acc_a, acc_c = dot_b(u16, uh, urb, up_row0 + r0, up_row0 + F, xp, s)
+        store_parts(part, s, tm, acc_a, acc_c)
+        i = cuda.threadIdx.x
+        n = r0 + i
+        if i < MMA_M16 and n < F:
+            gv, uv = part[i], part[MMA_M16 + i]
+            for j in range(1, S):
+                gv += part[j * ROWS + i]
+                uv += part[j * ROWS + MMA_M16 + i]
+            out[n] = _silu(gv) * uv
+
+    return matvec_mma if kind == "matvec" else swiglu_mma
+
+
+def decode_mma_supported(types, K) -> bool:
+    """v12 can serve the product: mma.sync available, every type Q5_0 or Q8_0, K a multiple of 32 whose
+    staged x' fits the static shared memory. (Whether it does by default: ``DECODE_MMA``.)"""
+    return (mma_supported() and all(t in V12_TYPES for t in types) and K % 32 == 0
+            and 4 * (K + K // 32 + K // 2 + WARP + 8 * 2 * MMA_M16) <= SMEM_LIMIT)
+
+
+def decode_mma_config(N, K, swiglu=False):
+    """(tm, s) of a v12 launch: SwiGLU one row tile of gate and up (tm 2), else one tile (tm 1); s the
+    largest of 7, 4, 2, 1 that divides K's 32-weight groups (Qwen2.5-0.5B's K = 896: 28 groups, 4 per
+    warp). In the simulator: one warp (no split)."""
+    if not _sm_count():
+        return MmaDecodeConfig(2 if swiglu else 1, 1)
+    groups = K // 32
+    s = next(d for d in (7, 4, 2, 1) if groups % d == 0)
+    return MmaDecodeConfig(2 if swiglu else 1, s)
+
+
+def launch_decode_mma(x, w_raw, ggml_type, K, out, bias=None, norm_weight=None, eps=1e-6, accumulate=False,
+                      config=None, stream=0):
+    """v12 on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N] (see ``decode_matvec``)."""
+    N = w_raw.shape[0]
+    cfg = MmaDecodeConfig(*(config or decode_mma_config(N, K)))
+    kern = _decode_mma_kernel("matvec", (ggml_type,), K, cfg)
+    w16, _, wh, _, rb, _ = _fused_views(w_raw, ggml_type)
+    b, has = _bias(bias, out)
+    blocks = -(-N // (MMA_M16 * cfg.tm))
+    x_, nw_, has_norm, eps_, _, _ = _stage_args(x, norm_weight, eps, K)
+    kern[blocks, WARP * cfg.tm * cfg.s, stream](x_, nw_, has_norm, eps_, w16, wh, rb, N, b, has, accumulate, out)
+
+
+def launch_decode_mma_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, norm_weight=None, eps=1e-6,
+                             config=None, stream=0):
+    """v12 SwiGLU on device arrays (see ``decode_matvec_swiglu``): out [F]."""
+    F = out.shape[0]
+    cfg = MmaDecodeConfig(*(config or decode_mma_config(F, K, swiglu=True)))
+    kern = _decode_mma_kernel("swiglu", (gate_type, up_type), K, cfg)
+    g16, _, gh, _, grb, _ = _fused_views(w_gate, gate_type)
+    u16, _, uh, _, urb, _ = _fused_views(w_up, up_type)
+    x_, nw_, has_norm, eps_, _, _ = _stage_args(x, norm_weight, eps, K)
+    kern[-(-F // MMA_M16), WARP * cfg.tm * cfg.s, stream](x_, nw_, has_norm, eps_, g16, gh, grb, u16, uh, urb,
+                                                           up_row0, F, out)
 
 
 # ---------------------------------------------------------------------------------------------

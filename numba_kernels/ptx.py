@@ -1,4 +1,5 @@
-"""Two PTX instructions that Numba does not expose, as Numba intrinsics: the tensor-core product.
+"""PTX instructions that Numba does not expose, as Numba intrinsics: the tensor-core product and the
+programmatic dependent launch.
 
 Numba's ``@cuda.jit`` has no tensor-core API (no ``wmma``/``mma``), but it compiles through LLVM,
 whose NVPTX backend accepts inline PTX. An ``@intrinsic`` (numba.cuda.extending) emits one inline
@@ -22,6 +23,29 @@ mma.m16n8k16 with floating point type"). With ``g = lane // 4`` (the group) and 
 
 So a row of A (a token of x) and a column of B (a row of W, k contiguous) are both read as pairs of
 consecutive k: the kernels store x and W in shared memory as float16 pairs, one uint32 per pair.
+
+The decode step's kernels use two more (sm_90+, PTX ``griddepcontrol``), for programmatic dependent
+launch (PDL): a kernel launched with the launch attribute ``programmatic_stream_serialization``
+(``runtime.programmatic_launches``) may start while the launch before it in the stream is still running,
+as soon as every block of that one has called ``allow_next_grid``. Its blocks then do what does not
+depend on the previous kernel (touch their weight rows: weights never change) and stop at
+``wait_previous_grid`` until the previous kernel has finished and its writes are visible. So the launch
+latency and the first DRAM round trip of one kernel overlap the tail of the one before:
+
+- ``allow_next_grid()``: ``griddepcontrol.launch_dependents``, the next grid may be scheduled;
+- ``wait_previous_grid()``: ``griddepcontrol.wait``, block until the grids this one depends on have
+  completed and their memory is visible. Returns at once for a kernel launched without the attribute.
+
+and the decode products on the tensor cores (``matmul`` v12) two small ones:
+
+- ``round_f16(v)``: v rounded to the nearest float16 (``cvt.rn.f16.f32``), as a float32;
+- ``sub_f16x2(a, b)``: the two float16 differences of packed pairs (``sub.rn.f16x2``);
+- ``prefetch_l2(arr, start, nbytes)``: ``cp.async.bulk.prefetch.L2``, ask the L2 cache to fetch bytes
+  ``start .. start + nbytes`` of ``arr``'s memory (the 16-byte aligned part), without waiting (sm_90+).
+
+The rule every kernel launched with the attribute follows: no read of anything another kernel writes
+(activations, the cache, ``state``) and no write at all before ``wait_previous_grid``. On GPUs before
+sm_90 and in the simulator both are no-ops (a plain launch is then fully ordered anyway).
 
 In the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same names are plain Python functions that
 compute exactly this, lane by lane: ``mma_f16`` collects the fragments of the warp through a
@@ -94,9 +118,32 @@ def _simulator_mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     return tuple(np.float32(d + c) for d, c in zip(dot, (c0, c1, c2, c3)))
 
 
+def _no_op():
+    """The simulator's (and a pre-sm_90 GPU's) grid-dependency control: launches there are fully ordered."""
+
+
+def _simulator_round_f16(v):
+    """float32 -> nearest float16 (ties to even) -> float32."""
+    return np.float32(np.float16(np.float32(v)))
+
+
+def _simulator_sub_f16x2(a, b):
+    """Two float16 differences a - b, lane by lane of the packed pairs (rounded to float16)."""
+    d = (_halves(a).astype(np.float16) - _halves(b).astype(np.float16)).astype(np.float16)
+    return np.uint32(int(d.view(np.uint16)[0]) | (int(d.view(np.uint16)[1]) << 16))
+
+
+def _simulator_prefetch_l2(arr, start, nbytes):
+    """A cache hint: nothing to do in the simulator."""
+
+
 if config.ENABLE_CUDASIM:
     pack_f16x2 = _simulator_pack_f16x2
     mma_f16 = _simulator_mma_f16
+    round_f16 = _simulator_round_f16
+    sub_f16x2 = _simulator_sub_f16x2
+    prefetch_l2 = _simulator_prefetch_l2
+    allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
     from numba import types
@@ -138,6 +185,72 @@ else:
 
         return sig, codegen
 
+    def _grid_dependency_control() -> bool:
+        """griddepcontrol exists from sm_90 (Hopper) on; earlier GPUs get no instruction at all."""
+        cc = config.FORCE_CUDA_CC or cuda.get_current_device().compute_capability
+        return tuple(cc) >= (9, 0)
+
+    def _statement(ptx_text):
+        """An intrinsic with no operands that emits ``ptx_text`` (kept in place: side effect, memory clobber)."""
+        @intrinsic
+        def statement(typingctx):
+            def codegen(context, builder, signature, args):
+                if _grid_dependency_control():
+                    asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), ptx_text, "~{memory}", side_effect=True)
+                    builder.call(asm, [])
+                return context.get_dummy_value()
+            return types.void(), codegen
+        return statement
+
+    allow_next_grid = _statement("griddepcontrol.launch_dependents;")
+    wait_previous_grid = _statement("griddepcontrol.wait;")
+
+    @intrinsic
+    def round_f16(typingctx, v):
+        sig = types.float32(v)
+
+        def codegen(context, builder, signature, args):
+            (value,) = _cast_all(context, builder, args, signature.args, types.float32)
+            fn = ir.FunctionType(ir.FloatType(), [ir.FloatType()])
+            asm = ir.InlineAsm(fn, "{ .reg .b16 h; cvt.rn.f16.f32 h, $1; cvt.f32.f16 $0, h; }", "=f,f")
+            return builder.call(asm, [value])
+
+        return sig, codegen
+
+    @intrinsic
+    def sub_f16x2(typingctx, a, b):
+        sig = types.uint32(a, b)
+
+        def codegen(context, builder, signature, args):
+            av, bv = _cast_all(context, builder, args, signature.args, types.uint32)
+            fn = ir.FunctionType(ir.IntType(32), [ir.IntType(32), ir.IntType(32)])
+            return builder.call(ir.InlineAsm(fn, "sub.rn.f16x2 $0, $1, $2;", "=r,r,r"), [av, bv])
+
+        return sig, codegen
+
+    @intrinsic
+    def prefetch_l2(typingctx, arr, start, nbytes):
+        sig = types.void(arr, start, nbytes)
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            i64 = ir.IntType(64)
+            first, count = _cast_all(context, builder, args[1:], signature.args[1:], types.int64)
+            lo = builder.add(builder.ptrtoint(ary.data, i64), first)
+            hi = builder.add(lo, count)
+            lo = builder.and_(builder.add(lo, i64(15)), i64(~15))          # 16-byte aligned, inside the range
+            hi = builder.and_(hi, i64(~15))
+            size = builder.sub(hi, lo)
+            if _grid_dependency_control():                                 # (cp.async.bulk: sm_90 too)
+                with builder.if_then(builder.icmp_signed(">", size, i64(0))):
+                    fn = ir.FunctionType(ir.VoidType(), [i64, ir.IntType(32)])
+                    asm = ir.InlineAsm(fn, "{ .reg .u64 g; cvta.to.global.u64 g, $0; "
+                                           "cp.async.bulk.prefetch.L2.global [g], $1; }", "l,r", side_effect=True)
+                    builder.call(asm, [lo, builder.trunc(size, ir.IntType(32))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
 
 # ---------------------------------------------------------------------------------------------
 # One warp, one instruction: D = A B + C from fragments loaded as the layout above says
@@ -166,6 +279,25 @@ def mma_once(A, B, C):
     _one_mma[1, WARP](cuda.to_device(np.asarray(A, np.float32)), cuda.to_device(np.asarray(B, np.float32)),
                       cuda.to_device(np.asarray(C, np.float32)), d)
     return d.copy_to_host()
+
+
+@cuda.jit
+def _chain_step(counts, i):
+    # launch i of a chain: record the count it sees after waiting for launch i - 1, then count itself
+    allow_next_grid()
+    wait_previous_grid()
+    if cuda.threadIdx.x == 0:
+        counts[i + 1] = counts[0]
+        counts[0] += 1
+
+
+def dependent_chain(n):
+    """Run n launches of ``_chain_step`` in a row (inside ``runtime.programmatic_launches`` they may overlap):
+    int32 [n + 1], [0] the launches done and [i + 1] the count launch i saw, i when the order held."""
+    counts = cuda.to_device(np.zeros(n + 1, np.int32))
+    for i in range(n):
+        _chain_step[1, WARP](counts, i)
+    return counts.copy_to_host()
 
 
 if __name__ == "__main__":

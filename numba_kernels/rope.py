@@ -42,6 +42,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from numba_kernels import ptx
 from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us
 
 MAX_HALF = 256                       # rot_dims up to 512 (shared-memory table of v2)
@@ -130,6 +131,8 @@ def rope_qk_append_kernel(q, k, v, k_cache, v_cache, pos, ts, freq_scale, ff, ha
                           half, neox):
     # q: [T, nh, hs] rotated in place; k, v: [T, nkv, hs] read only; caches: [S_max, nkv, hs];
     # token t sits at position pos[0] + t (decode: T = 1)
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     nh, hs = q.shape[1], q.shape[2]
     b = cuda.blockIdx.x                                 # nh query heads, then nkv key/value heads
     t = cuda.blockIdx.y                                 # the token

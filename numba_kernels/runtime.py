@@ -6,10 +6,11 @@ launch cost).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 # Kernels are compiled on first use (seconds each); with the on-disk cache a later process loads them
 # instead. LLAMA_BETA_JIT_CACHE=0 turns the cache off (e.g. while editing device functions of another
@@ -43,6 +44,42 @@ def time_us(fn, reps: int = 50) -> float:
     end.record()
     end.synchronize()
     return cuda.event_elapsed_time(start, end) * 1000 / reps
+
+
+def programmatic_launch_supported() -> bool:
+    """Programmatic dependent launch (``ptx.py``) needs a real sm_90+ GPU and a ``cuda.core`` whose
+    LaunchConfig takes ``programmatic_stream_serialization`` (the one Numba launches through)."""
+    if config.ENABLE_CUDASIM or not cuda.is_available():
+        return False
+    try:
+        from numba.cuda import dispatcher
+        dispatcher.LaunchConfig(grid=1, block=1, programmatic_stream_serialization=True)
+    except (ImportError, AttributeError, TypeError):
+        return False
+    return cuda.get_current_device().compute_capability >= (9, 0)
+
+
+@contextlib.contextmanager
+def programmatic_launches(on: bool = True):
+    """Inside: every Numba kernel launch carries the launch attribute ``programmatic_stream_serialization``,
+    so it may start before the launch ahead of it in the stream finishes (``ptx.allow_next_grid`` /
+    ``wait_previous_grid`` say how far). Only for launches of kernels that call ``ptx.wait_previous_grid``
+    before reading what other kernels write (the decode step's). Numba builds a ``cuda.core`` LaunchConfig
+    per launch; the context swaps in one that adds the attribute, and puts Numba's back on leaving."""
+    if not on or config.ENABLE_CUDASIM:                 # (the simulator launches without a LaunchConfig)
+        yield
+        return
+    from numba.cuda import dispatcher
+    plain = dispatcher.LaunchConfig
+
+    def with_pdl(*args, **kwargs):
+        return plain(*args, programmatic_stream_serialization=True, **kwargs)
+
+    dispatcher.LaunchConfig = with_pdl
+    try:
+        yield
+    finally:
+        dispatcher.LaunchConfig = plain
 
 
 def install_simulator_shuffles() -> None:

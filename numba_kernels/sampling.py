@@ -72,6 +72,7 @@ import math
 import numpy as np
 from numba import config, cuda, float32, float64, int32, int64, uint64
 
+from numba_kernels import ptx
 from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device
 
 WARP = 32
@@ -306,6 +307,8 @@ def _radix_select(x, bits, lo, hi, by_mass, target, m, par, parf, st, k_on, k, h
 
 @cuda.jit(cache=JIT_CACHE)
 def argmax_kernel(x, out):
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     V = x.shape[0]
     tid = cuda.threadIdx.x
     vals = cuda.shared.array(WARP, float32)
@@ -322,6 +325,8 @@ def argmax_kernel(x, out):
 @cuda.jit(cache=JIT_CACHE)
 def sample_kernel(x, bits, out, step_dev, seed, temperature, k_on, k, p_on, top_p,
                   mp_on, log_min_p):
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     V = x.shape[0]
     tid = cuda.threadIdx.x
     chunk = (V + cuda.blockDim.x - 1) // cuda.blockDim.x
@@ -389,6 +394,8 @@ def sample_kernel(x, bits, out, step_dev, seed, temperature, k_on, k, p_on, top_
 
 @cuda.jit(cache=JIT_CACHE)
 def argmax_blocks_kernel(x, vals, ids, counter, out):
+    ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+    ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     V = x.shape[0]
     tid = cuda.threadIdx.x
     svals = cuda.shared.array(WARP, float32)
@@ -518,6 +525,8 @@ def _topk_kernels(S: int, TH: int):
     @cuda.jit(cache=JIT_CACHE)
     def topk_sample(x, bits, cand, counters, out, step_dev, seed, temperature, k, LK,
                     p_on, top_p, mp_on, log_min_p):
+        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
         V = x.shape[0]
         tid = cuda.threadIdx.x
         KP = 1 << LK

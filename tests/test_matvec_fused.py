@@ -1,5 +1,7 @@
-"""Fused decode kernels (numba_kernels/matmul.py v4-v6): decode_matvec, decode_matvec_multi,
+"""Fused decode kernels (numba_kernels/matmul.py v4-v9): decode_matvec, decode_matvec_multi,
 decode_matvec_swiglu against the reference composed from ref.rmsnorm, ref.matmul, ref.swiglu.
+(The public functions take the tensor-core kernel v12 for Q5_0/Q8_0 by default: these tests ask for
+the float32 kernels, ``mma=False``; v12 has tests/test_matvec_mma.py.)
 
 Tolerances, in units of the term magnitude M = sum_k |x'_k W_nk| (+ |bias| + |residual|), the
 convention of tests/test_matmul.py:
@@ -144,9 +146,10 @@ def test_public_decode_matvec_shapes_residual_and_bias_are_exact(gt):
     res = rng.standard_normal((1, 13)).astype(np.float32)
     w_d, x_d, nw_d = dev(w), dev(x[None]), dev(nw)
     plain, biased, acc = dev(np.zeros((1, 13), np.float32)), dev(np.zeros((1, 13), np.float32)), dev(res)
-    assert km().decode_matvec(x_d, w_d, gt, K, plain, norm_weight=nw_d, eps=EPS) is plain
-    km().decode_matvec(x_d, w_d, gt, K, biased, bias=dev(b), norm_weight=nw_d, eps=EPS)
-    km().decode_matvec(x_d, w_d, gt, K, acc, bias=dev(b), norm_weight=nw_d, eps=EPS, accumulate=True)
+    assert km().decode_matvec(x_d, w_d, gt, K, plain, norm_weight=nw_d, eps=EPS, mma=False) is plain
+    km().decode_matvec(x_d, w_d, gt, K, biased, bias=dev(b), norm_weight=nw_d, eps=EPS, mma=False)
+    km().decode_matvec(x_d, w_d, gt, K, acc, bias=dev(b), norm_weight=nw_d, eps=EPS, accumulate=True,
+                       mma=False)
     p, bb, a = plain.copy_to_host(), biased.copy_to_host(), acc.copy_to_host()
     np.testing.assert_array_equal(bb, (p + b).astype(np.float32))
     np.testing.assert_array_equal(a, (res + bb).astype(np.float32))
@@ -204,7 +207,7 @@ def test_multi_matches_ref_and_separate_launches(seed, types, rows, norm, with_b
     # each row's sum does not depend on its neighbours: one launch each gives the same bits
     w0, t0, _, b0 = dmats[-1]
     alone = dev(np.zeros(mats[-1][0].shape[0], np.float32))
-    km().decode_matvec(dev(x), w0, t0, K, alone, bias=b0, norm_weight=dev(nw), eps=EPS)
+    km().decode_matvec(dev(x), w0, t0, K, alone, bias=b0, norm_weight=dev(nw), eps=EPS, mma=False)
     np.testing.assert_array_equal(alone.copy_to_host(), outs[-1].copy_to_host()[0])
 
 

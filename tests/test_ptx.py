@@ -32,3 +32,32 @@ def test_simulator_pack_rounds_to_nearest_even():
     lo, hi = _halves(word)
     assert lo == 1.0 and hi == -2.5
     assert int(word) >> 16 == int(np.float16(-2.5).view(np.uint16))
+
+
+def test_simulator_sub_f16x2_is_exact_on_codes():
+    """sub_f16x2 of the code pairs (1024 + u) - (1024 + z) is u - z exactly (v12's weights as float16)."""
+    from numba_kernels.ptx import _halves, _simulator_pack_f16x2, _simulator_sub_f16x2
+
+    for u, z in ((0, 16), (31, 16), (255, 128), (7, 7)):
+        codes = _simulator_pack_f16x2(np.float32(1024 + u), np.float32(1024 + 255 - u))
+        zero = _simulator_pack_f16x2(np.float32(1024 + z), np.float32(1024 + z))
+        lo, hi = _halves(_simulator_sub_f16x2(codes, zero))
+        assert (lo, hi) == (u - z, 255 - u - z)
+
+
+@requires_cuda
+def test_programmatic_launches_keep_the_order():
+    """A chain of launches that each read a counter after ``wait_previous_grid`` and add 1 to it: under
+    programmatic dependent launch (on an sm_90 GPU; elsewhere plain launches) every launch sees the previous
+    one's increment, and the context puts Numba's LaunchConfig back on leaving."""
+    from numba_kernels import runtime
+    from numba_kernels.ptx import dependent_chain
+
+    supported = runtime.programmatic_launch_supported()
+    with runtime.programmatic_launches(supported):
+        counts = dependent_chain(64)
+    # counts[0] = launches done; counts[i + 1] = the count launch i saw after its wait (i)
+    np.testing.assert_array_equal(counts, np.r_[64, np.arange(64)].astype(np.int32))
+    if supported:
+        from numba.cuda import dispatcher
+        assert not dispatcher.LaunchConfig(grid=1, block=1).programmatic_stream_serialization
