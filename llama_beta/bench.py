@@ -103,13 +103,16 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
 
 
 def _decode_step_settings(model) -> dict:
-    """The cuda decode step's own switches, as that module decided them (zero / off on other backends):
-    steps queued ahead of the host, and RoPE inside the Q/K/V launch."""
+    """The cuda decode step's own switches, as those modules decided them (zero / off on other backends):
+    steps queued ahead of the host, RoPE inside the Q/K/V launch, programmatic dependent launch (asked for:
+    it also needs an sm_90 GPU) and the tensor-core decode products (matmul v12)."""
     if model.backend.name != "cuda":
-        return {"run_ahead": 0, "qkv_rope": False}
+        return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False}
     from llama_beta.backends import cuda_decode
+    from numba_kernels import matmul
 
-    return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE}
+    return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE, "pdl": cuda_decode.PDL,
+            "decode_mma": matmul.DECODE_MMA}
 
 
 def format_report(r: dict) -> str:
