@@ -31,8 +31,8 @@ THREADS = 256
 def _make_kernel(get, qk):
     @cuda.jit(fastmath=False, cache=JIT_CACHE)
     def embed_kernel(table, row_stride, block_stride, ids, out):
-        ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
-        ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
+        ptx.allow_next_grid()                                    # PDL (see ptx.py): the next launch may start;
+        ptx.wait_previous_grid()                                 # nothing another kernel writes is read before
         t = cuda.blockIdx.x                                      # one thread block per token
         table_row = ids[t] * row_stride                          # where its encoded row starts
         for c in range(cuda.threadIdx.x, out.shape[1], THREADS):

@@ -38,7 +38,6 @@ latency and the first DRAM round trip of one kernel overlap the tail of the one 
 
 and the decode products on the tensor cores (``matmul`` v12) two small ones:
 
-- ``round_f16(v)``: v rounded to the nearest float16 (``cvt.rn.f16.f32``), as a float32;
 - ``sub_f16x2(a, b)``: the two float16 differences of packed pairs (``sub.rn.f16x2``);
 - ``prefetch_l2(arr, start, nbytes)``: ``cp.async.bulk.prefetch.L2``, ask the L2 cache to fetch bytes
   ``start .. start + nbytes`` of ``arr``'s memory (the 16-byte aligned part), without waiting (sm_90+).
@@ -119,12 +118,7 @@ def _simulator_mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
 
 
 def _no_op():
-    """The simulator's (and a pre-sm_90 GPU's) grid-dependency control: launches there are fully ordered."""
-
-
-def _simulator_round_f16(v):
-    """float32 -> nearest float16 (ties to even) -> float32."""
-    return np.float32(np.float16(np.float32(v)))
+    """The simulator's grid-dependency control: its launches are fully ordered."""
 
 
 def _simulator_sub_f16x2(a, b):
@@ -140,7 +134,6 @@ def _simulator_prefetch_l2(arr, start, nbytes):
 if config.ENABLE_CUDASIM:
     pack_f16x2 = _simulator_pack_f16x2
     mma_f16 = _simulator_mma_f16
-    round_f16 = _simulator_round_f16
     sub_f16x2 = _simulator_sub_f16x2
     prefetch_l2 = _simulator_prefetch_l2
     allow_next_grid = wait_previous_grid = _no_op
@@ -204,18 +197,6 @@ else:
 
     allow_next_grid = _statement("griddepcontrol.launch_dependents;")
     wait_previous_grid = _statement("griddepcontrol.wait;")
-
-    @intrinsic
-    def round_f16(typingctx, v):
-        sig = types.float32(v)
-
-        def codegen(context, builder, signature, args):
-            (value,) = _cast_all(context, builder, args, signature.args, types.float32)
-            fn = ir.FunctionType(ir.FloatType(), [ir.FloatType()])
-            asm = ir.InlineAsm(fn, "{ .reg .b16 h; cvt.rn.f16.f32 h, $1; cvt.f32.f16 $0, h; }", "=f,f")
-            return builder.call(asm, [value])
-
-        return sig, codegen
 
     @intrinsic
     def sub_f16x2(typingctx, a, b):
