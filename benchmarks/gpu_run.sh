@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [phi3] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -88,6 +88,11 @@ for step in "$@"; do
         | tee "$OUT/sweep-prefill-v11.txt"
       timeout 120 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | tail -12 \
         | tee "$OUT/profile-prefill.txt" ;;
+    v12)      # the decode products: float32 kernels against the tensor-core v12 blocks ($V12_CONFIGS, default all),
+      #          and whether programmatic dependent launch overlaps launches inside a graph
+      timeout 60 python3 benchmarks/pdl_probe.py 2>&1 | grep -v -i warn | tee "$OUT/pdl-probe.txt"
+      timeout 400 python3 benchmarks/sweep_decode_mma.py qwen ${V12_CONFIGS:+--configs $V12_CONFIGS} 2>&1 \
+        | grep -v -i warn | tee "$OUT/sweep-decode-mma.txt" ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

@@ -288,3 +288,11 @@ if __name__ == "__main__":
     err = np.abs(mma_once(A, B, C) - want).max()
     print(f"mma.sync m16n8k16 (f16 in, f32 out) against NumPy: max error {err:.1e}")
     assert err < 1e-5, "the fragment layout or the instruction disagrees with NumPy"
+    from numba_kernels.runtime import programmatic_launch_supported, programmatic_launches
+
+    pdl = programmatic_launch_supported()
+    with programmatic_launches(pdl):
+        counts = dependent_chain(64)
+    ordered = bool((counts == np.r_[64, np.arange(64)]).all())
+    print(f"64 dependent launches ({'programmatic' if pdl else 'plain'}): each saw its predecessor's write: {ordered}")
+    assert ordered, "a launch read the counter before the previous launch had written it"
