@@ -2393,8 +2393,8 @@ MMA_M16 = 16                             # rows of a v12 tile (the mma's M)
 H1024 = 0x64646464                       # the high byte of float16 1024 + u, u < 256, in every byte
 Z_Q5_0, Z_Q8_0 = 0x64106410, 0x64806480  # float16 pairs (1024 + z, 1024 + z): z = 16, 128
 V12_UNROLL = 8                           # groups a warp loads and multiplies per round (in flight together)
-# Opt-in: measured slower than the float32 kernels on the H200 (seventh session, see the notes above
-# decode_mma_supported); "1" makes decode_matvec / decode_matvec_swiglu take v12 for Q5_0/Q8_0 weights.
+# Opt-in: measured slower than the float32 kernels on the H200 (seventh session, "Measured" in the header
+# above); "1" makes decode_matvec / decode_matvec_swiglu take v12 for Q5_0/Q8_0 weights.
 DECODE_MMA = os.environ.get("LLAMA_BETA_DECODE_MMA", "0") == "1"
 V12_WARM = os.environ.get("LLAMA_BETA_V12_WARM", "1") != "0"   # touch the first round's groups before staging
 MmaDecodeConfig = collections.namedtuple("MmaDecodeConfig", "tm s")
