@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from llama_beta.backends.cuda_graphs import GraphStream
+from numba_kernels.runtime import time_us
 
 
 @cuda.jit
@@ -34,17 +35,6 @@ def _no_barrier(counts, syncs):
             counts[cuda.blockIdx.x] += 1
 
 
-def _ms(stream, queue, reps=20) -> float:
-    queue()
-    start, end = cuda.event(), cuda.event()
-    start.record(stream)
-    for _ in range(reps):
-        queue()
-    end.record(stream)
-    end.synchronize()
-    return cuda.event_elapsed_time(start, end) / reps
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--syncs", type=int, default=120)
@@ -56,16 +46,16 @@ def main() -> None:
         blocks = per_sm * sms
         counts = cuda.to_device(np.zeros(blocks, np.int32))
         stream = cuda.stream()
-        with_sync = _ms(stream, lambda: _barriers[blocks, a.threads, stream](counts, syncs))
-        without = _ms(stream, lambda: _no_barrier[blocks, a.threads, stream](counts, syncs))
-        per = (with_sync - without) * 1000 / a.syncs
-        print(f"{blocks} blocks x {a.threads} threads: {a.syncs} grid barriers {with_sync * 1000:.1f} us, "
-              f"without {without * 1000:.1f} us: {per:.2f} us per barrier")
+        with_sync = time_us(lambda: _barriers[blocks, a.threads, stream](counts, syncs), reps=20, stream=stream)
+        without = time_us(lambda: _no_barrier[blocks, a.threads, stream](counts, syncs), reps=20, stream=stream)
+        per = (with_sync - without) / a.syncs
+        print(f"{blocks} blocks x {a.threads} threads: {a.syncs} grid barriers {with_sync:.1f} us, "
+              f"without {without:.1f} us: {per:.2f} us per barrier")
         graphs = GraphStream(True)
         try:
             graph = graphs.capture("sync", lambda: _barriers[blocks, a.threads, graphs.stream](counts, syncs))
-            replay = _ms(graphs.stream, lambda: graphs.launch(graph))
-            print(f"  captured in a graph and replayed: {replay * 1000:.1f} us")
+            replay = time_us(lambda: graphs.launch(graph), reps=20, stream=graphs.stream)
+            print(f"  captured in a graph and replayed: {replay:.1f} us")
         except Exception as e:                       # the probe's point is to find out
             print(f"  capturing the cooperative launch failed: {type(e).__name__}: {str(e)[:200]}")
         graphs.close()

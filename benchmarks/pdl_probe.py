@@ -5,8 +5,8 @@
 A chain of ``n`` launches of one kernel that sleeps ``us`` microseconds *before* ``ptx.wait_previous_grid``
 (work that does not depend on the previous launch). Launched plainly, the sleeps run one after another:
 about n x us. With PDL each launch starts as soon as the one before has called ``ptx.allow_next_grid``
-(at its start), so the sleeps overlap: far less than n x us. Timed with CUDA events, in a stream held by
-a sleeping kernel while the launches queue (direct) and as a captured graph replayed (graph).
+(at its start), so the sleeps overlap: far less than n x us. Timed with CUDA events (``runtime.time_us``),
+launched directly (bound by Numba's host launch cost) and as a captured graph replayed (graph).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from numba import cuda
 
 from llama_beta.backends.cuda_graphs import GraphStream
 from numba_kernels import ptx
-from numba_kernels.runtime import programmatic_launches
+from numba_kernels.runtime import programmatic_launches, time_us
 
 
 @cuda.jit
@@ -27,15 +27,6 @@ def _sleep_then_wait(ns, count):
     ptx.wait_previous_grid()
     if cuda.threadIdx.x == 0:
         count[0] += 1                      # ordered after the previous launch's increment
-
-
-def _events_ms(stream, queue) -> float:
-    start, end = cuda.event(), cuda.event()
-    start.record(stream)
-    queue()
-    end.record(stream)
-    end.synchronize()
-    return cuda.event_elapsed_time(start, end)
 
 
 def main() -> None:
@@ -53,15 +44,11 @@ def main() -> None:
                 _sleep_then_wait[1, 32, graphs.stream](ns, count)
 
         with programmatic_launches(pdl):
-            chain()                                             # compile, warm up
-            graphs.synchronize()
-            direct = _events_ms(graphs.stream, chain)
+            direct = time_us(chain, reps=1, stream=graphs.stream)   # (its warm-up call compiles)
             graph = graphs.capture("chain", chain)
-        graphs.launch(graph)
-        graphs.synchronize()
-        replay = _events_ms(graphs.stream, lambda: graphs.launch(graph))
-        print(f"PDL {'on ' if pdl else 'off'}: {a.n} launches sleeping {a.us} us each: direct {direct * 1000:7.0f} us, "
-              f"graph {replay * 1000:7.0f} us (serial would be {a.n * a.us} us)")
+        replay = time_us(lambda: graphs.launch(graph), reps=1, stream=graphs.stream)
+        print(f"PDL {'on ' if pdl else 'off'}: {a.n} launches sleeping {a.us} us each: direct {direct:7.0f} us, "
+              f"graph {replay:7.0f} us (serial would be {a.n * a.us} us)")
         graphs.close()
     total = int(count.copy_to_host()[0])
     print(f"increments: {total} of {8 * a.n} (each chain ran 4 times per setting: twice directly, twice as the graph)")

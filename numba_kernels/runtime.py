@@ -30,18 +30,19 @@ def to_device(x, dtype=np.float32, stream=0):
     return cuda.to_device(np.ascontiguousarray(x, dtype=dtype), stream=stream)
 
 
-def time_us(fn, reps: int = 50) -> float:
-    """Microseconds per call of ``fn`` (which launches work), by CUDA events after one warm-up call.
+def time_us(fn, reps: int = 50, stream=0) -> float:
+    """Microseconds per call of ``fn`` (which launches work on ``stream``), by CUDA events recorded on
+    that stream after one warm-up call.
 
     Includes the host's launch cost when launches do not queue up ahead of the GPU; kernel files
     that need pure kernel time hold the stream with a sleeping kernel first.
     """
     fn()
     start, end = cuda.event(), cuda.event()
-    start.record()
+    start.record(stream)
     for _ in range(reps):
         fn()
-    end.record()
+    end.record(stream)
     end.synchronize()
     return cuda.event_elapsed_time(start, end) * 1000 / reps
 
