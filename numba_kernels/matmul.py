@@ -782,6 +782,10 @@ def _unit(ggml_type, width):
     return {8: unit8, 16: unit16, 32: unit32}[width]
 
 
+STAGE_LOADS = int(os.environ.get("LLAMA_BETA_STAGE_LOADS", "4"))   # v13: x loads in flight per thread (1 or 4)
+SPLIT_STAGE_LOADS = int(os.environ.get("LLAMA_BETA_SPLIT_STAGE_LOADS", "1"))   # ... in the split-K kernel
+
+
 @cuda.jit(device=True, inline=True)
 def _stage_x(x, nw, has_norm, eps, K, xs, red):
     """x' = x, or RMSNorm(x) * nw, into shared memory padded one float per 32 (xs[p + p // 32]).
@@ -791,11 +795,36 @@ def _stage_x(x, nw, has_norm, eps, K, xs, red):
 
     x is the previous launch's output: under programmatic dependent launch (``ptx.py``) the block waits
     for that launch here, after its weight rows were touched (``_warm_rows``) and before reading x.
-    (Seventh session: loading x in rounds of four independent loads per thread made the products faster
-    alone in a graph, 3.20 -> 2.82 us for W_o, but the whole decode step slower, 1026 -> 998 tok/s in two
-    runs each; this one-load loop stays.)"""
+
+    Thread t handles the elements p = t + j * blockDim (j = 0, 1, ...). v13 (``STAGE_LOADS = 4``, the
+    default): x is read once, four elements a thread in flight at a time (the one-load loop waits for an
+    L2 round trip per element: K / blockDim trips, 12 per pass at Phi-3's K = 3072 and 256 threads, and it
+    read x twice when normalizing), stored raw, and scaled in place after the block sum, with the norm
+    weights again read four at a time. The per-thread order of the sum of squares and the per-element
+    product (x * scale) * nw are unchanged, so x' is bit-identical to the one-load loop's
+    (``LLAMA_BETA_STAGE_LOADS=1``)."""
     ptx.allow_next_grid()
     ptx.wait_previous_grid()
+    if STAGE_LOADS == 4:
+        _stage_x4(x, nw, has_norm, eps, K, xs, red)
+    else:
+        _stage_x1(x, nw, has_norm, eps, K, xs, red)
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_x_split(x, nw, has_norm, eps, K, xs, red):
+    """``_stage_x`` for the split-K kernel (v7), whose staging is chosen apart (``SPLIT_STAGE_LOADS``)."""
+    ptx.allow_next_grid()
+    ptx.wait_previous_grid()
+    if SPLIT_STAGE_LOADS == 4:
+        _stage_x4(x, nw, has_norm, eps, K, xs, red)
+    else:
+        _stage_x1(x, nw, has_norm, eps, K, xs, red)
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_x1(x, nw, has_norm, eps, K, xs, red):
+    """``_stage_x``'s body before v13: one element a thread at a time."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     scale = float32(1.0)
@@ -816,6 +845,69 @@ def _stage_x(x, nw, has_norm, eps, K, xs, red):
         xs[uint32(p + (p >> 5))] = v
         p = int32(p + nt)
     cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _load4(a, p, nt, last):
+    """a[p], a[p + nt], a[p + 2 nt], a[p + 3 nt], indices clamped to ``last`` so that all four loads
+    are unconditional and in flight together (the caller ignores the clamped ones)."""
+    return (a[uint32(min(p, last))], a[uint32(min(p + nt, last))],
+            a[uint32(min(p + 2 * nt, last))], a[uint32(min(p + 3 * nt, last))])
+
+
+@cuda.jit(device=True, inline=True)
+def _slot(q, K):
+    """Padded index of x'[q] in xs, or for q >= K the spare slot after the last one (``xs_floats``):
+    the element's store goes there, unconditionally, so the compiler keeps its load with the others
+    (a store under ``if q < K`` let LLVM sink the load into the branch, one round trip after the rest)."""
+    return uint32(q + (q >> 5)) if q < K else uint32(K + (K >> 5))
+
+
+@cuda.jit(device=True, inline=True)
+def _put_raw(xs, q, K, v, ss):
+    """xs[q] = v (the spare slot for q >= K) and ss + v^2 (q < K)."""
+    xs[_slot(q, K)] = v
+    return ss + (v * v if q < K else float32(0.0))
+
+
+@cuda.jit(device=True, inline=True)
+def _scale_in_place(xs, q, K, scale, w):
+    i = _slot(q, K)
+    xs[i] = (xs[i] * scale) * w
+
+
+@cuda.jit(device=True, inline=True)
+def _stage_x4(x, nw, has_norm, eps, K, xs, red):
+    """``_stage_x``'s v13 body: rounds of four elements a thread (see there). Written out rather than
+    looped over the four, so the loads stay in registers and are issued together."""
+    nt = int32(cuda.blockDim.x)
+    last = int32(K - 1)
+    ss = float32(0.0)
+    p = int32(cuda.threadIdx.x)
+    while p < K:                                     # pass 1: x -> xs raw, sum of squares
+        v0, v1, v2, v3 = _load4(x, p, nt, last)
+        ss = _put_raw(xs, p, K, v0, ss)
+        ss = _put_raw(xs, p + nt, K, v1, ss)
+        ss = _put_raw(xs, p + 2 * nt, K, v2, ss)
+        ss = _put_raw(xs, p + 3 * nt, K, v3, ss)
+        p = int32(p + 4 * nt)
+    if has_norm:                                     # pass 2: each thread scales its own elements
+        total = _block_sum(ss, red)
+        scale = float32(1.0) / math.sqrt(total / float32(K) + eps)
+        p = int32(cuda.threadIdx.x)
+        while p < K:
+            w0, w1, w2, w3 = _load4(nw, p, nt, last)
+            _scale_in_place(xs, p, K, scale, w0)
+            _scale_in_place(xs, p + nt, K, scale, w1)
+            _scale_in_place(xs, p + 2 * nt, K, scale, w2)
+            _scale_in_place(xs, p + 3 * nt, K, scale, w3)
+            p = int32(p + 4 * nt)
+    cuda.syncthreads()
+
+
+def xs_floats(K: int) -> int:
+    """Floats of a fused kernel's x' buffer: K padded one per 32, plus ``_slot``'s spare."""
+    return K + K // 32 + 1
 
 
 WARM = os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"   # v8: touch the rows before staging x'
@@ -972,7 +1064,7 @@ def _fused_kernels(types, width, R, NW):
 
     @cuda.jit(cache=JIT_CACHE)
     def matvec_fused(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
-        xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
+        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
         red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * R
         t = int32(0)
@@ -1067,7 +1159,7 @@ def _split_kernel(ggml_type, width, R, NW, S):
 
     @cuda.jit(cache=JIT_CACHE)
     def matvec_split(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
-        xs = cuda.shared.array(0, float32)          # dynamic: K + K // 32 floats
+        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
         red = cuda.shared.array(WARP, float32)       # the norm's warp sums, then the NW R parts
         tid = cuda.threadIdx.x
         warp = tid // WARP
@@ -1075,7 +1167,7 @@ def _split_kernel(ggml_type, width, R, NW, S):
         t = int32(0)
         if warm:
             t = warm_rows(w16, rb, row0, N)          # (the S warps of a row each touch it all)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _stage_x_split(x, nw, has_norm, eps, K, xs, red)
         _keep(t, N)
         part = red
         acc = cuda.local.array(R, float32)
@@ -1258,7 +1350,7 @@ def _launch(kern, blocks, nw, K, stream, *args):
     if K > MAX_K_FUSED:
         raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
                          f"K <= {MAX_K_FUSED}); use matvec")
-    smem = 4 * (K + K // 32)                           # dynamic: padded x' (+ a static 32 floats)
+    smem = 4 * xs_floats(K)                            # dynamic: padded x' (+ a static 32 floats)
     kern[blocks, nw * WARP, stream, smem](*args)
 
 
@@ -2555,7 +2647,7 @@ def _decode_mma_kernel(kind, types, K, cfg):
     assert K % 32 == 0 and NG % S == 0 and (kind != "swiglu" or TM == 2), (kind, K, cfg)
     (dot_a, warm_a), (dot_b, warm_b) = _tile_dot(types[0], C, S), _tile_dot(types[-1], C, S)
     ROWS = TM * MMA_M16
-    XS, XP, PARTS = K + K // 32, K // 2, S * ROWS
+    XS, XP, PARTS = xs_floats(K), K // 2, S * ROWS
 
     @cuda.jit(device=True, inline=True)
     def store_parts(part, s, tm, acc_a, acc_c):
@@ -2632,7 +2724,7 @@ def decode_mma_supported(types, K) -> bool:
     """v12 can serve the product: mma.sync available, every type Q5_0 or Q8_0, K a multiple of 32 whose
     staged x' fits the static shared memory. (Whether it does by default: ``DECODE_MMA``.)"""
     return (mma_supported() and all(t in V12_TYPES for t in types) and K % 32 == 0
-            and 4 * (K + K // 32 + K // 2 + WARP + 8 * 2 * MMA_M16) <= SMEM_LIMIT)
+            and 4 * (xs_floats(K) + K // 2 + WARP + 8 * 2 * MMA_M16) <= SMEM_LIMIT)
 
 
 def decode_mma_config(N, K, swiglu=False):
