@@ -283,6 +283,51 @@ def test_row_warm_up_changes_no_result(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def _stage_kernels():
+    """Kernels running v13's four-loads staging and the one-load loop before it, copying x' out of shared
+    memory (``cuda`` a module global, as the simulator needs)."""
+    global cuda
+    from numba import cuda, float32
+    k = km()
+
+    def make(body):
+        @cuda.jit
+        def stage(x, nw, has_norm, eps, K, out):
+            xs = cuda.shared.array(0, float32)
+            red = cuda.shared.array(32, float32)
+            body(x, nw, has_norm, eps, K, xs, red)
+            i = cuda.threadIdx.x
+            while i < K + K // 32 + 1:                 # the padding and the spare slot too
+                out[i] = xs[i]
+                i += cuda.blockDim.x
+        return stage
+
+    return make(k._stage_x4), make(k._stage_x1)
+
+
+@requires_cuda
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), K=st.integers(1, 700), warps=st.sampled_from([1, 2, 4]), norm=st.booleans())
+def test_staging_with_four_loads_is_bit_identical(seed, K, warps, norm):
+    """v13 stages x' with four loads in flight per thread, stores x raw and scales it in place: the same
+    per-thread order of the sum of squares and the same (x * scale) * nw per element as the one-load loop,
+    so the same bits at every padded index (K below, between and above multiples of 4 x threads)."""
+    four, one = _stage_kernels()
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(K) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+    nw = rng.standard_normal(K).astype(np.float32)
+    n = K + K // 32 + 1
+    outs = []
+    for kern in (four, one):
+        out = dev(np.zeros(n, np.float32))
+        kern[1, 32 * warps, 0, 4 * n](dev(x), dev(nw), norm, np.float32(EPS), K, out)
+        outs.append(out.copy_to_host())
+    p = np.arange(K)
+    np.testing.assert_array_equal(outs[0][p + p // 32], outs[1][p + p // 32])
+    want = rmsnorm(x, nw, EPS) if norm else x
+    assert_close(outs[0][p + p // 32], want, rtol=K * U + 1e-6, atol=0.0, name="x'")   # float32 sum of squares
+
+
 # --- errors --------------------------------------------------------------------------------------
 @requires_cuda
 def test_bad_arguments_raise():
