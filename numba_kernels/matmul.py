@@ -120,6 +120,22 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   and V products of one x in one launch. Measured on the H200 (T = 512): gate/up + SwiGLU 137 us (65 TFLOP/s,
   v10 368 us), W_down 112-123 us (v10 288), whole 512-token prefill 22.2 -> 10.1 ms of GPU time. Numerics: the
   float32 product of the float16-rounded operands (section "v11" below).
+- v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
+  opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
+- v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
+  loop before it): every fused kernel stages x' with four loads of x in flight per thread (unconditional loads
+  at clamped indices; elements past K are stored to a spare slot after x', ``xs_floats``), reads x once, stores
+  it raw and scales it in place after the block sum (the norm weights again four at a time). The one-load loop
+  waited for an L2 round trip per element and read x twice under the norm: 24 serial trips per block at Phi-3's
+  K = 3072 with 256 threads. x' is bit-identical (same per-thread order of the sum of squares, same
+  (x * scale) * nw). Measured on the H200, per launch inside the decode graph, Phi-3-mini-shaped twin: Q/K/V +
+  RoPE 29.1 -> 21.0 us, gate/up + SwiGLU 31.2 -> 24.4, output 73.3 -> 67.2, whole step 3270 -> 2836 us; Qwen2.5
+  twin: Q/K/V 5.38 -> 4.48, W_o 3.19 -> 2.35, gate/up 7.95 -> 6.82, whole step 973 -> 930 us. The split-K kernel
+  (v7) keeps the one-load loop (``SPLIT_STAGE_LOADS``): with v13 staging its launches got slower (Qwen W_down
+  6.99 -> 8.57 us, Phi-3 W_o 7.05 -> 8.59; not understood), which also explains the seventh session's
+  whole-step loss with four-load staging everywhere. Tried with it and dropped: two 32-weight units per lane
+  per loop round (their loads together): slower at every shape (Phi-3 Q/K/V 21.0 -> 24.2 us, Qwen gate/up 6.8
+  -> 10.1).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
