@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -78,6 +78,19 @@ for step in "$@"; do
       timeout 200 python3 -m llama_beta.cli generate --model /tmp/phi3-mini.gguf --backend cuda --max-tokens 16 --seed 1 "Hello" 2>&1 | tail -2
       timeout 250 python3 -m llama_beta.cli bench --model /tmp/phi3-mini.gguf --backend cuda -p 512 -n 128 -r 3 \
         -o "$OUT/bench-phi3-mini-synth-fused-graph1.json" 2>&1 | tail -6 ;;
+    phi3prof) # the Phi-3-mini-shaped twin's decode step per launch, then the sweeps the eighth session left for
+      #          the next one: attention v4 with fewer chunks per head (one wave), Q/K/V blocks of 4 or 16 warps
+      model=/tmp/phi3-mini.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
+        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 --json "$OUT/profile-decode-phi3.json" 2>&1 \
+        | grep -v -i warn
+      for blocks in 256 128; do echo "== attention v4, about $blocks blocks"
+        timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only attention --v4-blocks $blocks 2>&1 | grep -v -i warn
+      done
+      for warps in 4 16; do echo "== Q/K/V + RoPE, $warps warps per block"
+        timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only qkv --qkv-warps $warps 2>&1 | grep -v -i warn
+      done ;;
     prefill)  # the prefill's kernels and whole prompts on the Qwen2.5-0.5B-shaped twin: the tensor-core check
       #          (one mma), the v11 tile sweep at $SWEEP_SHAPES (default: qwen), the per-launch profile
       timeout 60 python3 -m numba_kernels.ptx 2>&1 | tail -2

@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--ncu", action="store_true", help="one of each launch, inside cuda.profile_start/stop")
     ap.add_argument("--gqa-splits", type=int, help="attention v6's most chunks per kv head (a sweep)")
     ap.add_argument("--gqa-min-tiles", type=int, help="attention v6's fewest tiles per chunk (a sweep)")
+    ap.add_argument("--v4-blocks", type=int, help="attention v4's FUSED_TARGET_BLOCKS: fewer chunks per head (a sweep)")
     ap.add_argument("--only", help="time only the launches whose name contains this")
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
     ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
@@ -74,6 +75,8 @@ def main() -> None:
         attention.GQA_SPLITS = a.gqa_splits
     if a.gqa_min_tiles:
         attention.GQA_MIN_TILES = a.gqa_min_tiles
+    if a.v4_blocks:
+        attention.FUSED_TARGET_BLOCKS = a.v4_blocks
     model = llama_beta.load(a.model, backend="cuda", progress=False)
     W = model.weights
     cache = model.new_cache(a.context + 64)
