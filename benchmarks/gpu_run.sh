@@ -79,7 +79,8 @@ for step in "$@"; do
       timeout 250 python3 -m llama_beta.cli bench --model /tmp/phi3-mini.gguf --backend cuda -p 512 -n 128 -r 3 \
         -o "$OUT/bench-phi3-mini-synth-fused-graph1.json" 2>&1 | tail -6 ;;
     phi3prof) # the Phi-3-mini-shaped twin's decode step per launch, then the sweeps the eighth session left for
-      #          the next one: attention v4 with fewer chunks per head (one wave), Q/K/V blocks of 4 or 16 warps
+      #          the next one: attention v4 with fewer chunks per head (one wave), Q/K/V blocks of 4 or 16 warps,
+      #          gate/up under launch bounds (matmul.DECODE_MIN_BLOCKS)
       model=/tmp/phi3-mini.gguf
       [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
         --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
@@ -90,7 +91,10 @@ for step in "$@"; do
       done
       for warps in 4 16; do echo "== Q/K/V + RoPE, $warps warps per block"
         timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only qkv --qkv-warps $warps 2>&1 | grep -v -i warn
-      done ;;
+      done
+      echo "== gate/up with launch bounds of 4 blocks per SM (one wave; spills a little)"
+      LLAMA_BETA_DECODE_MIN_BLOCKS=4 LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py $model --reps 50 \
+        --only gate 2>&1 | grep -v -i warn ;;
     prefill)  # the prefill's kernels and whole prompts on the Qwen2.5-0.5B-shaped twin: the tensor-core check
       #          (one mma), the v11 tile sweep at $SWEEP_SHAPES (default: qwen), the per-launch profile
       timeout 60 python3 -m numba_kernels.ptx 2>&1 | tail -2

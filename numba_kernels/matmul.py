@@ -1069,6 +1069,19 @@ def _store(v, n, N, bias, has_bias, accumulate, out):
         out[n] = out[n] + v if accumulate else v
 
 
+DECODE_MIN_BLOCKS = int(os.environ.get("LLAMA_BETA_DECODE_MIN_BLOCKS", "0"))   # launch bounds (0: none; an experiment)
+
+
+def _decode_jit(NW):
+    """cuda.jit options of the fused decode kernels of NW warps. With DECODE_MIN_BLOCKS = b > 0 they carry launch
+    bounds asking ptxas for b resident blocks per SM (fewer registers, perhaps spills): an experiment for shapes
+    whose grid is a little more than one wave (Phi-3's gate/up: 512 blocks, 3 per SM at 72 registers; offline
+    ptxas at b = 4: 64 registers, 68 bytes spilled). Off by default: not measured yet."""
+    if DECODE_MIN_BLOCKS and not config.ENABLE_CUDASIM:
+        return {"cache": JIT_CACHE, "launch_bounds": (NW * WARP, DECODE_MIN_BLOCKS)}
+    return {"cache": JIT_CACHE}
+
+
 @functools.lru_cache(maxsize=None)
 def _fused_kernels(types, width, R, NW):
     """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
@@ -1078,7 +1091,7 @@ def _fused_kernels(types, width, R, NW):
     pair = _rows_dot_pair(types[0], types[1], width, R)
     warm_rows = _warm_rows(R)
 
-    @cuda.jit(cache=JIT_CACHE)
+    @cuda.jit(**_decode_jit(NW))
     def matvec_fused(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
         red = cuda.shared.array(WARP, float32)
@@ -1095,7 +1108,7 @@ def _fused_kernels(types, width, R, NW):
         for r in range(R):
             _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
-    @cuda.jit(cache=JIT_CACHE)
+    @cuda.jit(**_decode_jit(NW))
     def multi_fused(x, nw, has_norm, eps, K, warm, blk1, blk2,
                     a16, a32, ah, af, arb, aN, abias, ahas, aout,
                     b16, b32, bh, bf, brb, bN, bbias, bhas, bout,
@@ -1135,7 +1148,7 @@ def _fused_kernels(types, width, R, NW):
                 for r in range(R):
                     _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
 
-    @cuda.jit(cache=JIT_CACHE)
+    @cuda.jit(**_decode_jit(NW))
     def swiglu_fused(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F,
                      out):
         # out[n] = silu(W_gate[n] . x') * (W_up[up_row0 + n] . x'), n < F
@@ -1241,7 +1254,7 @@ def _qkv_rope_kernel(types, width, NW):
             out[off + r0] = v0
             out[off + r0 + step] = v1
 
-    @cuda.jit(cache=JIT_CACHE)
+    @cuda.jit(**_decode_jit(NW))
     def qkv_rope(x, nw, has_norm, eps, K, warm, blk1, blk2, hs, pos_arr, ts, fscale, ff, has_ff, attn, half, neox,
                  a16, a32, ah, af, arb, aN, abias, ahas, q_out,
                  b16, b32, bh, bf, brb, bN, bbias, bhas, k_flat,

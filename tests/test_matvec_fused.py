@@ -283,6 +283,19 @@ def test_row_warm_up_changes_no_result(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_decode_launch_bounds_are_opt_in(monkeypatch):
+    """DECODE_MIN_BLOCKS (an experiment) puts launch bounds of NW warps x b blocks per SM on the fused decode
+    kernels; off (0) they get none, and the simulator's jit never does (it takes no launch_bounds)."""
+    k = km()
+    monkeypatch.setattr(k.config, "ENABLE_CUDASIM", False)
+    monkeypatch.setattr(k, "DECODE_MIN_BLOCKS", 0)
+    assert "launch_bounds" not in k._decode_jit(8)
+    monkeypatch.setattr(k, "DECODE_MIN_BLOCKS", 4)
+    assert k._decode_jit(8)["launch_bounds"] == (256, 4) and k._decode_jit(4)["launch_bounds"] == (128, 4)
+    monkeypatch.setattr(k.config, "ENABLE_CUDASIM", True)
+    assert "launch_bounds" not in k._decode_jit(8)
+
+
 def _stage_kernels():
     """Kernels running v13's four-loads staging and the one-load loop before it, copying x' out of shared
     memory (``cuda`` a module global, as the simulator needs)."""
