@@ -803,44 +803,8 @@ SPLIT_STAGE_LOADS = int(os.environ.get("LLAMA_BETA_SPLIT_STAGE_LOADS", "1"))   #
 
 
 @cuda.jit(device=True, inline=True)
-def _stage_x(x, nw, has_norm, eps, K, xs, red):
-    """x' = x, or RMSNorm(x) * nw, into shared memory padded one float per 32 (xs[p + p // 32]).
-
-    Every block computes the sum of squares itself (K floats, from L2), so no separate
-    rmsnorm launch is needed; same arithmetic as ``numba_kernels.rmsnorm`` (float32 sums).
-
-    x is the previous launch's output: under programmatic dependent launch (``ptx.py``) the block waits
-    for that launch here, after its weight rows were touched (``_warm_rows``) and before reading x.
-
-    Thread t handles the elements p = t + j * blockDim (j = 0, 1, ...). v13 (``STAGE_LOADS = 4``, the
-    default): x is read once, four elements a thread in flight at a time (the one-load loop waits for an
-    L2 round trip per element: K / blockDim trips, 12 per pass at Phi-3's K = 3072 and 256 threads, and it
-    read x twice when normalizing), stored raw, and scaled in place after the block sum, with the norm
-    weights again read four at a time. The per-thread order of the sum of squares and the per-element
-    product (x * scale) * nw are unchanged, so x' is bit-identical to the one-load loop's
-    (``LLAMA_BETA_STAGE_LOADS=1``)."""
-    ptx.allow_next_grid()
-    ptx.wait_previous_grid()
-    if STAGE_LOADS == 4:
-        _stage_x4(x, nw, has_norm, eps, K, xs, red)
-    else:
-        _stage_x1(x, nw, has_norm, eps, K, xs, red)
-
-
-@cuda.jit(device=True, inline=True)
-def _stage_x_split(x, nw, has_norm, eps, K, xs, red):
-    """``_stage_x`` for the split-K kernel (v7), whose staging is chosen apart (``SPLIT_STAGE_LOADS``)."""
-    ptx.allow_next_grid()
-    ptx.wait_previous_grid()
-    if SPLIT_STAGE_LOADS == 4:
-        _stage_x4(x, nw, has_norm, eps, K, xs, red)
-    else:
-        _stage_x1(x, nw, has_norm, eps, K, xs, red)
-
-
-@cuda.jit(device=True, inline=True)
 def _stage_x1(x, nw, has_norm, eps, K, xs, red):
-    """``_stage_x``'s body before v13: one element a thread at a time."""
+    """``_stager``'s body before v13: one element a thread at a time."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     scale = float32(1.0)
@@ -894,7 +858,7 @@ def _scale_in_place(xs, q, K, scale, w):
 
 @cuda.jit(device=True, inline=True)
 def _stage_x4(x, nw, has_norm, eps, K, xs, red):
-    """``_stage_x``'s v13 body: rounds of four elements a thread (see there). Written out rather than
+    """``_stager``'s v13 body: rounds of four elements a thread (see there). Written out rather than
     looped over the four, so the loads stay in registers and are issued together."""
     nt = int32(cuda.blockDim.x)
     last = int32(K - 1)
@@ -924,6 +888,36 @@ def _stage_x4(x, nw, has_norm, eps, K, xs, red):
 def xs_floats(K: int) -> int:
     """Floats of a fused kernel's x' buffer: K padded one per 32, plus ``_slot``'s spare."""
     return K + K // 32 + 1
+
+
+def _stager(loads: int):
+    """Device function: x' = x, or RMSNorm(x) * nw, into shared memory padded one float per 32 (xs[p + p // 32]).
+
+    Every block computes the sum of squares itself (K floats, from L2), so no separate
+    rmsnorm launch is needed; same arithmetic as ``numba_kernels.rmsnorm`` (float32 sums).
+
+    x is the previous launch's output: under programmatic dependent launch (``ptx.py``) the block waits
+    for that launch here, after its weight rows were touched (``_warm_rows``) and before reading x.
+
+    Thread t handles the elements p = t + j * blockDim (j = 0, 1, ...). v13 (``STAGE_LOADS = 4``, the
+    default): x is read once, four elements a thread in flight at a time (the one-load loop waits for an
+    L2 round trip per element: K / blockDim trips, 12 per pass at Phi-3's K = 3072 and 256 threads, and it
+    read x twice when normalizing), stored raw, and scaled in place after the block sum, with the norm
+    weights again read four at a time. The per-thread order of the sum of squares and the per-element
+    product (x * scale) * nw are unchanged, so x' is bit-identical to the one-load loop's
+    (``LLAMA_BETA_STAGE_LOADS=1``). ``loads``: 4 (v13, ``_stage_x4``) or 1 (``_stage_x1``)."""
+    body = _stage_x4 if loads == 4 else _stage_x1
+
+    @cuda.jit(device=True, inline=True)
+    def stage_x(x, nw, has_norm, eps, K, xs, red):
+        ptx.allow_next_grid()
+        ptx.wait_previous_grid()
+        body(x, nw, has_norm, eps, K, xs, red)
+    return stage_x
+
+
+_stage_x = _stager(STAGE_LOADS)                  # the fused decode kernels
+_stage_x_split = _stager(SPLIT_STAGE_LOADS)      # the split-K kernel (v7): with v13 staging it measured slower
 
 
 WARM = os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"   # v8: touch the rows before staging x'
