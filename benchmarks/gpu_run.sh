@@ -79,7 +79,8 @@ for step in "$@"; do
       timeout 250 python3 -m llama_beta.cli bench --model /tmp/phi3-mini.gguf --backend cuda -p 512 -n 128 -r 3 \
         -o "$OUT/bench-phi3-mini-synth-fused-graph1.json" 2>&1 | tail -6 ;;
     phi3prof) # the Phi-3-mini-shaped twin's decode step per launch, then the sweeps the eighth session left for
-      #          the next one: attention v4 with fewer chunks per head (one wave), Q/K/V blocks of 4 or 16 warps,
+      #          the next one: attention v4 with fewer chunks per head (one wave), Q/K/V blocks of 4 or 16 warps and
+      #          two RoPE pair slots per warp (matmul.QKV_ROPE_PAIRS),
       #          gate/up under launch bounds (matmul.DECODE_MIN_BLOCKS)
       model=/tmp/phi3-mini.gguf
       [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
@@ -89,8 +90,9 @@ for step in "$@"; do
       for blocks in 256 128; do echo "== attention v4, about $blocks blocks"
         timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only attention --v4-blocks $blocks 2>&1 | grep -v -i warn
       done
-      for warps in 4 16; do echo "== Q/K/V + RoPE, $warps warps per block"
-        timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only qkv --qkv-warps $warps 2>&1 | grep -v -i warn
+      for wp in 4:1 16:1 4:2 8:2; do echo "== Q/K/V + RoPE, ${wp%:*} warps per block, ${wp#*:} pair slots per warp"
+        timeout 60 python3 benchmarks/profile_decode.py $model --reps 50 --only qkv --qkv-warps ${wp%:*} \
+          --qkv-pairs ${wp#*:} 2>&1 | grep -v -i warn
       done
       echo "== gate/up with launch bounds of 4 blocks per SM (one wave; spills a little)"
       LLAMA_BETA_DECODE_MIN_BLOCKS=4 LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py $model --reps 50 \

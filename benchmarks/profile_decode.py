@@ -63,10 +63,13 @@ def main() -> None:
     ap.add_argument("--only", help="time only the launches whose name contains this")
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
     ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
+    ap.add_argument("--qkv-pairs", type=int, help="RoPE pair slots per warp of the Q/K/V + RoPE launch (1, 2)")
     ap.add_argument("--fused-configs", help="the fused matvec's (warps x rows) choices, most rows first: 16x2,8x1,...")
     a = ap.parse_args()
     if a.qkv_warps:
         matmul.QKV_ROPE_WARPS = a.qkv_warps
+    if a.qkv_pairs:
+        matmul.QKV_ROPE_PAIRS = a.qkv_pairs
     if a.fused_configs:
         matmul.FUSED_CONFIGS = tuple(tuple(map(int, c.split("x"))) for c in a.fused_configs.split(","))
     if a.blocks_per_sm:

@@ -965,9 +965,10 @@ def _keep(t, N):
 
 @functools.lru_cache(maxsize=None)
 def _rows_dot(ggml_type, width, R, S=1):
-    """Device function: the dot products of rows row0 + r * rstep, r < R (R = 1, 2 or 4; rstep = 1:
-    consecutive rows) with x', warp-reduced into ``acc`` (lane 0 holds them). Rows past N re-read
-    row N - 1 and are not stored.
+    """Device function: the dot products of the rows row0, row0 + rstep, row2, row2 + rstep2 (the first R of
+    them; R = 1, 2 or 4; consecutive rows: rstep = rstep2 = 1, row2 = row0 + 2) with x', warp-reduced into
+    ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored. (Two RoPE pairs of rows
+    per warp, v9 with ``QKV_ROPE_PAIRS = 2``, are the rows (row0, row0 + rstep) and (row2, row2 + rstep2).)
 
     S > 1 (v7 split-K, S a power of 2): S consecutive warps share the rows; warp j of the S dots
     the j-th of every S stretches of 32 units (a step of the S warps covers 32 S consecutive
@@ -982,11 +983,11 @@ def _rows_dot(ggml_type, width, R, S=1):
     smask = S - 1
 
     @cuda.jit(device=True, inline=True)
-    def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc, rstep):
+    def rows_dot(w16, w32, wh, wf, rb, row0, N, K, xs, acc, rstep, row2, rstep2):
         b0 = int32(min(row0, N - 1) * rb)           # byte offsets of the rows
         b1 = int32(min(row0 + rstep, N - 1) * rb)
-        b2 = int32(min(row0 + 2 * rstep, N - 1) * rb)
-        b3 = int32(min(row0 + 3 * rstep, N - 1) * rb)
+        b2 = int32(min(row2, N - 1) * rb)
+        b3 = int32(min(row2 + rstep2, N - 1) * rb)
         a0 = a1 = a2 = a3 = float32(0.0)
         mg = _magic(K)
         tid = cuda.threadIdx.x                      # lane l of part j: weights k .. k+width
@@ -1098,7 +1099,7 @@ def _fused_kernels(types, width, R, NW):
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
-        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1)
+        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
         for r in range(R):
             _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
@@ -1126,19 +1127,19 @@ def _fused_kernels(types, width, R, NW):
         if blk < blk1:
             row0 = (blk * NW + warp) * R
             if row0 < aN:
-                rows0(a16, a32, ah, af, arb, row0, aN, K, xs, acc, 1)
+                rows0(a16, a32, ah, af, arb, row0, aN, K, xs, acc, 1, row0 + 2, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, aN, abias, ahas, False, aout)
         elif blk < blk2:
             row0 = ((blk - blk1) * NW + warp) * R
             if row0 < bN:
-                rows1(b16, b32, bh, bf, brb, row0, bN, K, xs, acc, 1)
+                rows1(b16, b32, bh, bf, brb, row0, bN, K, xs, acc, 1, row0 + 2, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, bN, bbias, bhas, False, bout)
         else:
             row0 = ((blk - blk2) * NW + warp) * R
             if row0 < cN:
-                rows2(c16, c32, ch, cf, crb, row0, cN, K, xs, acc, 1)
+                rows2(c16, c32, ch, cf, crb, row0, cN, K, xs, acc, 1, row0 + 2, 1)
                 for r in range(R):
                     _store(acc[r], row0 + r, cN, cbias, chas, False, cout)
 
@@ -1196,7 +1197,7 @@ def _split_kernel(ggml_type, width, R, NW, S):
         acc = cuda.local.array(R, float32)
         # every warp dots (groups past N re-read row N - 1, only in the last block; their parts are
         # never read): no early return and no divergent shuffles before the barrier below
-        rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1)
+        rows(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
         if tid % WARP == 0:
             for r in range(R):
                 part[warp * R + r] = acc[r]
@@ -1230,16 +1231,18 @@ def _pair_rows(slot, hs, half, neox):
 
 
 @functools.lru_cache(maxsize=None)
-def _qkv_rope_kernel(types, width, NW):
-    """v9: NW warps per block, one RoPE pair slot (two rows) per warp; matrices a (q), b (k), c (v)
-    of types[0..2]. Every type, width and NW is a compile-time constant."""
-    rows_a, rows_b, rows_c = (_rows_dot(t, width, 2) for t in types)
+def _qkv_rope_kernel(types, width, NW, P=1):
+    """v9: NW warps per block, P RoPE pair slots (2P rows) per warp (P = 1, 2: ``QKV_ROPE_PAIRS``); matrices a
+    (q), b (k), c (v) of types[0..2]. Every type, width, NW and P is a compile-time constant. A warp's P slots
+    are consecutive and computed together (their rows' loads in flight in one loop: ``_rows_dot`` with R = 2P)."""
+    assert P in (1, 2), P
+    R = 2 * P                                        # rows per warp
+    rows_a, rows_b, rows_c = (_rows_dot(t, width, R) for t in types)
 
     @cuda.jit(device=True, inline=True)
-    def finish(acc, r0, step, pair, bias, has_bias, out, off, pos, ts, fscale, ff, has_ff, attn):
+    def finish(v0, v1, r0, step, pair, bias, has_bias, out, off, pos, ts, fscale, ff, has_ff, attn):
         # lane 0: the two rows + bias, rotated when they are a RoPE pair, stored at out[off + row]
         if cuda.threadIdx.x % WARP == 0:
-            v0, v1 = acc[0], acc[1]
             if has_bias:
                 v0, v1 = v0 + bias[r0], v1 + bias[r0 + step]
             if pair >= 0:
@@ -1247,6 +1250,20 @@ def _qkv_rope_kernel(types, width, NW):
                 v0, v1 = v0 * c - v1 * s, v0 * s + v1 * c
             out[off + r0] = v0
             out[off + r0 + step] = v1
+
+    @cuda.jit(device=True, inline=True)
+    def slot_rows(blk, blk1, blk2, warp, hs, half, neox, j):
+        # the warp's j-th slot of its matrix: (slot, first row, step, pair index or -1)
+        if blk < blk1:
+            slot = (blk * NW + warp) * P + j
+            r0, step, pair = _pair_rows(slot, hs, half, neox)
+        elif blk < blk2:
+            slot = ((blk - blk1) * NW + warp) * P + j
+            r0, step, pair = _pair_rows(slot, hs, half, neox)
+        else:
+            slot = ((blk - blk2) * NW + warp) * P + j
+            r0, step, pair = 2 * slot, 1, -1
+        return slot, r0, step, pair
 
     @cuda.jit(**_decode_jit(NW))
     def qkv_rope(x, nw, has_norm, eps, K, warm, blk1, blk2, hs, pos_arr, ts, fscale, ff, has_ff, attn, half, neox,
@@ -1257,43 +1274,50 @@ def _qkv_rope_kernel(types, width, NW):
         # q_out: [aN]; k_flat, v_flat: flat [S_max * bN] views of the layer's caches (row p at p * bN)
         xs = cuda.shared.array(0, float32)
         red = cuda.shared.array(WARP, float32)
-        acc = cuda.local.array(2, float32)
+        acc = cuda.local.array(R, float32)
         blk = cuda.blockIdx.x
         warp = cuda.threadIdx.x // WARP
-        if blk < blk1:
-            slot = blk * NW + warp
-            r0, step, pair = _pair_rows(slot, hs, half, neox)
-            n_rows = aN
-        elif blk < blk2:
-            slot = (blk - blk1) * NW + warp
-            r0, step, pair = _pair_rows(slot, hs, half, neox)
-            n_rows = bN
-        else:
-            slot = (blk - blk2) * NW + warp
-            r0, step, pair = 2 * slot, 1, -1
-            n_rows = cN
+        slot, r0, step, pair = slot_rows(blk, blk1, blk2, warp, hs, half, neox, 0)
+        r2, step2, pair2 = r0, step, pair                # (P = 1: unused)
+        if P > 1:
+            _, r2, step2, pair2 = slot_rows(blk, blk1, blk2, warp, hs, half, neox, 1)
+        n_rows = aN if blk < blk1 else (bN if blk < blk2 else cN)
         t = int32(0)
         if warm:
             if blk < blk1:
                 t = _warm_row(a16, arb, r0, aN) ^ _warm_row(a16, arb, r0 + step, aN)
+                if P > 1:
+                    t ^= _warm_row(a16, arb, r2, aN) ^ _warm_row(a16, arb, r2 + step2, aN)
             elif blk < blk2:
                 t = _warm_row(b16, brb, r0, bN) ^ _warm_row(b16, brb, r0 + step, bN)
+                if P > 1:
+                    t ^= _warm_row(b16, brb, r2, bN) ^ _warm_row(b16, brb, r2 + step2, bN)
             else:
                 t = _warm_row(c16, crb, r0, cN) ^ _warm_row(c16, crb, r0 + 1, cN)
+                if P > 1:
+                    t ^= _warm_row(c16, crb, r2, cN) ^ _warm_row(c16, crb, r2 + 1, cN)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, aN)
         p = pos_arr[0]                               # (state: read after _stage_x's wait)
         if 2 * slot >= n_rows:
             return                                   # whole warp leaves: past the matrix's slots
+        second = P > 1 and 2 * slot + 2 < n_rows     # the second slot exists (rows past N re-read row N - 1)
         if blk < blk1:
-            rows_a(a16, a32, ah, af, arb, r0, aN, K, xs, acc, step)
-            finish(acc, r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+            rows_a(a16, a32, ah, af, arb, r0, aN, K, xs, acc, step, r2, step2)
+            finish(acc[0], acc[1], r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+            if second:
+                finish(acc[2], acc[3], r2, step2, pair2, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
         elif blk < blk2:
-            rows_b(b16, b32, bh, bf, brb, r0, bN, K, xs, acc, step)
-            finish(acc, r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff, attn)
+            rows_b(b16, b32, bh, bf, brb, r0, bN, K, xs, acc, step, r2, step2)
+            finish(acc[0], acc[1], r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff, attn)
+            if second:
+                finish(acc[2], acc[3], r2, step2, pair2, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff,
+                       attn)
         else:
-            rows_c(c16, c32, ch, cf, crb, r0, cN, K, xs, acc, 1)
-            finish(acc, r0, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
+            rows_c(c16, c32, ch, cf, crb, r0, cN, K, xs, acc, 1, r2, 1)
+            finish(acc[0], acc[1], r0, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
+            if second:
+                finish(acc[2], acc[3], r2, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
 
     return qkv_rope
 
@@ -1425,22 +1449,25 @@ def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None
     _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blk1, blk2, *slots)
 
 
-QKV_ROPE_WARPS = 8     # v9: warps (pair slots) per block
+QKV_ROPE_WARPS = 8     # v9: warps per block
+QKV_ROPE_PAIRS = int(os.environ.get("LLAMA_BETA_QKV_PAIRS", "1"))   # v9: RoPE pair slots per warp (1; 2: an
+#                        experiment for Phi-3's 4608 slots, 1.09 waves of one-slot warps at 64 registers; not measured)
 
 
 def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_args, norm_weight=None, eps=1e-6,
-                           width=None, n_warps=None, stream=0):
+                           width=None, n_warps=None, pairs=None, stream=0):
     """v9: q_out [nh hs] = RoPE(W_q x' + b_q); row pos[0] of k_cache / v_cache [S_max, nkv, hs] =
     RoPE(W_k x' + b_k) and W_v x' + b_v; x' = RMSNorm(x) * norm_weight (or x). ``mats``: three
     (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1])."""
     types = tuple(t for _, t, _ in mats)
     nw = n_warps or (QKV_ROPE_WARPS if _sm_count() else 2)     # the simulator pays per thread: small blocks
+    P = pairs or QKV_ROPE_PAIRS
     flat = [q_out, k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size)]
-    blocks = [-(-(m[0].shape[0] // 2) // nw) for m in mats]     # a warp per two rows
+    blocks = [-(-(m[0].shape[0] // 2) // (nw * P)) for m in mats]     # a warp per P slots of two rows
     slots = []
     for (w, t, bias), o in zip(mats, flat):
         slots += [*_fused_views(w, t), *_bias(bias, o), o]
-    kern = _qkv_rope_kernel(types, _width(width, K), nw)
+    kern = _qkv_rope_kernel(types, _width(width, K), nw, P)
     _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blocks[0],
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import ON_GPU, assert_close, requires_cuda
@@ -427,17 +427,20 @@ def test_split_config_heuristic(monkeypatch):
 
 # --- v9: Q/K/V products, RoPE and the KV append in one launch ---------------------------------
 @requires_cuda
-@settings(max_examples=4 if not ON_GPU else 12, **SETTINGS)   # GPU: each type triple compiles three kernels
+@settings(max_examples=6 if not ON_GPU else 12, **SETTINGS)   # GPU: each type triple compiles three kernels
 @given(seed=st.integers(0, 2 ** 32 - 1), types=st.lists(st.sampled_from(TYPES), min_size=3, max_size=3),
        heads=st.sampled_from([(2, 1), (3, 3), (4, 2)] if not ON_GPU else [(2, 1), (3, 3), (14, 2), (32, 32)]),
-       hs=st.sampled_from([8, 12] if not ON_GPU else [32, 64, 96, 128]), partial=st.booleans(),
+       hs=st.sampled_from([8, 10, 12] if not ON_GPU else [32, 64, 96, 128, 80]), partial=st.booleans(),
        neox=st.booleans(), norm=st.booleans(), with_bias=st.booleans(), factors=st.booleans(),
-       pos=st.integers(0, 5 if not ON_GPU else 4000))
+       pos=st.integers(0, 5 if not ON_GPU else 4000), pairs=st.sampled_from([1, 2]))
+@example(seed=1, types=[GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.F16], heads=(2, 1), hs=10, partial=False, neox=True,
+         norm=True, with_bias=True, factors=False, pos=3, pairs=2)     # k: 5 slots, a warp's second one past the end
 def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial, neox, norm, with_bias, factors,
-                                                pos):
+                                                pos, pairs):
     """decode_qkv_rope = decode_matvec_multi into q, k, v, then rope.rope_qk_append: v's cache row and
     every row outside a rotated pair bit for bit (the same row sums); the rotated pairs up to the
-    compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|)."""
+    compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|). With one RoPE pair slot per
+    warp and with two (``QKV_ROPE_PAIRS``; odd slot counts leave a warp's second slot past the matrix)."""
     from numba_kernels import rope
 
     rng = np.random.default_rng(seed)
@@ -454,7 +457,9 @@ def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial,
     start = rng.standard_normal((2, S, nkv, hs)).astype(np.float32)
     pos_d = dev(np.array([pos], np.int32))
     q1, k1, v1 = dev(np.zeros((1, nh, hs), np.float32)), dev(start[0]), dev(start[1])
-    assert km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=dev(nw), eps=EPS, **kw) is q1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(km(), "QKV_ROPE_PAIRS", pairs)
+        assert km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=dev(nw), eps=EPS, **kw) is q1
     q2, k, v = (dev(np.zeros((1, n, hs), np.float32)) for n in (nh, nkv, nkv))
     km().decode_matvec_multi(dev(x), mats, [q2.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)],
                              norm_weight=dev(nw), eps=EPS)
