@@ -95,7 +95,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   at a time) through ``_rows_dot`` with a row step, adds the bias, and lane 0 rotates them with
   ``rope._cos_sin`` at position pos[0]: q's rows go to q, k's straight into row pos[0] of the key
   cache, v's (two consecutive rows, unrotated) into the value cache. Same arithmetic as the
-  two launches it replaces (products, then bias, then the rotation).
+  two launches it replaces (products, then bias, then the rotation). ``QKV_ROPE_PAIRS = 2`` (opt-in, eighth
+  session, not yet measured): a warp computes two consecutive pair slots (four rows, their loads in one loop),
+  for shapes with more slots than resident warps (Phi-3-mini: 4608 slots; 4224 warps fit at 64 registers).
 - v10 ``matmul_prefill`` / ``matmul_prefill_swiglu`` (``_prefill_kernel``): the prefill product, replacing v3
   as ``matmul``'s default. v3 measured 7.8 TFLOP/s at 4864 x 896 and 2-3 at the 896- and 128-row shapes: per
   4 FMAs it issues 2 scalar shared loads (plus int64 index arithmetic), it waits for every step's global
