@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
-# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof] [real]
+# Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
+#        [ncu] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -97,6 +98,23 @@ for step in "$@"; do
       echo "== gate/up with launch bounds of 4 blocks per SM (one wave; spills a little)"
       LLAMA_BETA_DECODE_MIN_BLOCKS=4 LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py $model --reps 50 \
         --only gate 2>&1 | grep -v -i warn ;;
+    ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer
+      #          of the Qwen twin with the split-K kernel's staging both ways (why v13's staging slows it)
+      for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
+        IFS=: read -r name preset vocab <<< "$m"
+        [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
+          --vocab .dev-model/vocab/$vocab.gguf --force -q
+      done
+      sections="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats"
+      timeout 240 ncu --profile-from-start off $sections --section MemoryWorkloadAnalysis \
+        python3 benchmarks/profile_prefill.py /tmp/phi3-mini.gguf 512 --ncu > "$OUT/ncu-prefill-phi3.txt" 2>&1
+      grep -E "^  [a-z_].*\(|Duration|Compute \(SM\)|Memory Throughput|Achieved Occ" "$OUT/ncu-prefill-phi3.txt" | cut -c1-110
+      for loads in 1 4; do
+        LLAMA_BETA_SPLIT_STAGE_LOADS=$loads LLAMA_BETA_JIT_CACHE=0 timeout 150 ncu --profile-from-start off $sections \
+          python3 benchmarks/profile_decode.py /tmp/qwen-synth.gguf --ncu > "$OUT/ncu-decode-split-stage$loads.txt" 2>&1
+        echo "== split-K staging with $loads loads"; grep -A12 "matvec_split" "$OUT/ncu-decode-split-stage$loads.txt" \
+          | grep -E "Duration|Registers|Achieved Occ|Theoretical Occ|Block Limit"
+      done ;;
     prefill)  # the prefill's kernels and whole prompts on the Qwen2.5-0.5B-shaped twin: the tensor-core check
       #          (one mma), the v11 tile sweep at $SWEEP_SHAPES (default: qwen), the per-launch profile
       timeout 60 python3 -m numba_kernels.ptx 2>&1 | tail -2

@@ -1,6 +1,6 @@
 """Where a cuda prefill's time goes.
 
-    python benchmarks/profile_prefill.py MODEL.gguf [T] [--readable] [--no-cprofile]
+    python benchmarks/profile_prefill.py MODEL.gguf [T] [--readable] [--no-cprofile] [--ncu]
 
 Default: the preallocated prefill (``llama_beta/backends/cuda_prefill.py``). Each kind of launch is
 queued for every layer while the GPU is held busy by a spin kernel, so the host's queueing time and
@@ -9,6 +9,8 @@ the GPU's time (CUDA events around the batch) are measured apart; then the whole
 ``--readable``: the forward pass (``model.step``), one row per backend stage, the device synchronized
 after every call (kernels plus host launch cost), and the unsynchronized prefill for comparison.
 Both end with a cProfile of the host side (skip it with ``--no-cprofile``).
+``--ncu``: only one layer's launches of the preallocated prefill, between ``cuda.profile_start()`` and
+``profile_stop()``, for Nsight Compute (``ncu --profile-from-start off ...``; ``gpu_run.sh ncu``).
 """
 import cProfile
 import collections
@@ -92,6 +94,23 @@ def fused_table(model, ids, cache, reps=5):
     return prefill
 
 
+def ncu_layer(model, ids, cache):
+    """One layer's launches (layer 1) of the preallocated prefill inside cuda.profile_start/stop, compiled first."""
+    from llama_beta.backends.cuda_prefill import CudaPrefill
+
+    prefill = CudaPrefill(model, chunk=len(ids))
+    prefill(ids, 0, cache)                              # compile every kernel outside the profiled range
+    cuda.synchronize()
+    profiling = not config.ENABLE_CUDASIM                # (the simulator has no profiler API: a dry run)
+    if profiling:
+        cuda.profile_start()
+    for _, queue in prefill.launches(1, model.weights.layers[1], len(ids), 0, cache):
+        queue()
+    cuda.synchronize()
+    if profiling:
+        cuda.profile_stop()
+
+
 def main():
     from numba import config
     if config.ENABLE_CUDASIM:                            # a dry run of this script in the simulator
@@ -103,6 +122,9 @@ def main():
     model = llama_beta.load(path, backend="cuda", progress=False)
     ids = np.random.default_rng(0).integers(0, min(1000, model.config.vocab_size), T).astype(np.int32)
     cache = model.new_cache(T + 1)
+    if "--ncu" in sys.argv:
+        ncu_layer(model, ids, cache)
+        return
     if "--readable" not in sys.argv:
         prefill = fused_table(model, ids, cache)
         if "--no-cprofile" not in sys.argv:
