@@ -435,6 +435,8 @@ def test_split_config_heuristic(monkeypatch):
        pos=st.integers(0, 5 if not ON_GPU else 4000), pairs=st.sampled_from([1, 2]))
 @example(seed=1, types=[GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.F16], heads=(2, 1), hs=10, partial=False, neox=True,
          norm=True, with_bias=True, factors=False, pos=3, pairs=2)     # k: 5 slots, a warp's second one past the end
+@example(seed=52990, types=[GGMLType.Q8_0, GGMLType.Q8_0, GGMLType.Q5_K], heads=(2, 1), hs=8, partial=False,
+         neox=False, norm=True, with_bias=False, factors=False, pos=0, pairs=1)   # once failed: blocks of two sizes
 def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial, neox, norm, with_bias, factors,
                                                 pos, pairs):
     """decode_qkv_rope = decode_matvec_multi into q, k, v, then rope.rope_qk_append: v's cache row and
@@ -461,8 +463,10 @@ def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial,
         mp.setattr(km(), "QKV_ROPE_PAIRS", pairs)
         assert km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=dev(nw), eps=EPS, **kw) is q1
     q2, k, v = (dev(np.zeros((1, n, hs), np.float32)) for n in (nh, nkv, nkv))
-    km().decode_matvec_multi(dev(x), mats, [q2.reshape(1, -1), k.reshape(1, -1), v.reshape(1, -1)],
-                             norm_weight=dev(nw), eps=EPS)
+    # blocks of the Q/K/V launch's size: x' (its float32 sum of squares over the block) is then the same bits
+    warps = km().QKV_ROPE_WARPS if km()._sm_count() else 2
+    km().launch_decode_multi(dev(x), [(w, t, b) for w, t, _, b in mats], [q2.reshape(-1), k.reshape(-1), v.reshape(-1)],
+                             K, norm_weight=dev(nw), eps=EPS, config=(warps, 1))
     k2, v2 = dev(start[0]), dev(start[1])
     rope.rope_qk_append(q2, k, v, k2, v2, pos_d, 10000.0, **kw)
     np.testing.assert_array_equal(v1.copy_to_host(), v2.copy_to_host())
