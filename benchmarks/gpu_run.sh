@@ -25,12 +25,22 @@ for step in "$@"; do
       #          alone (they read free device memory), then five groups side by side, without the disk cache.
       start=$SECONDS
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_memory.py > "$OUT/pytest-gpu-0.log" 2>&1
+      #          test_matvec_fused.py compiles a kernel per hypothesis example (3-5 s each on the H200): over 7
+      #          minutes in one process, so its tests run as four groups (-k) of their own.
       others=$(ls tests/test_*.py | grep -v -e test_memory -e test_matvec_fused -e test_attention -e test_upload -e test_tokenizer)
       i=1
-      for group in tests/test_matvec_fused.py tests/test_attention.py "tests/test_upload.py tests/test_tokenizer.py" \
+      for group in tests/test_attention.py "tests/test_upload.py tests/test_tokenizer.py" \
           "$(echo "$others" | head -15)" "$(echo "$others" | tail -n +16)"; do
         (LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider $group > "$OUT/pytest-gpu-$i.log" 2>&1
          echo "group $i exit $? at $((SECONDS - start)) s") &
+        i=$((i + 1))
+      done
+      for k in "decode_matvec_matches_ref or public_decode or split_k or split_config" "multi_matches" \
+          "swiglu" "qkv_rope" "not (decode_matvec_matches_ref or public_decode or split_k or split_config \
+          or multi_matches or swiglu or qkv_rope)"; do
+        (LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_fused.py \
+           -k "$k" > "$OUT/pytest-gpu-$i.log" 2>&1
+         echo "group $i (test_matvec_fused: $k) exit $? at $((SECONDS - start)) s") &
         i=$((i + 1))
       done
       wait
