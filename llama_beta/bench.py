@@ -59,15 +59,19 @@ def _one_run(model, cache, next_token, prompt: np.ndarray, n: int) -> dict:
 def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         bandwidth: float = H200_COPY_BANDWIDTH, progress=None) -> dict:
     """Benchmark ``model``; returns a JSON-ready dict of settings, medians and spreads."""
+    for name, value, least in (("prompt_tokens", prompt_tokens, 1), ("gen_tokens", gen_tokens, 0), ("repeat", repeat, 1)):
+        if value < least:
+            raise ValueError(f"bench: {name} must be >= {least}, got {value}")
     rng = np.random.default_rng(1234)
     prompt = rng.integers(0, min(model.config.vocab_size, 100_000), prompt_tokens).astype(np.int32)
     from llama_beta.generate import SamplingParams
 
     # One cache and one decoder for every run (a run overwrites the cache from position 0), so the
     # warm-up run pays for JIT compilation and the decode step's graph capture, once.
-    cache = model.new_cache(prompt_tokens + gen_tokens + 1)
+    warm_up_tokens = 2
+    cache = model.new_cache(prompt_tokens + max(gen_tokens, warm_up_tokens) + 1)
     next_token = model.token_fn(cache, SamplingParams(temperature=0.0), seed=0)
-    _one_run(model, cache, next_token, prompt, 2)         # the same prompt length: the same kernels
+    _one_run(model, cache, next_token, prompt, warm_up_tokens)   # the same prompt length: the same kernels
     runs = []
     for r in range(repeat):
         runs.append(_one_run(model, cache, next_token, prompt, gen_tokens))
@@ -121,7 +125,8 @@ def format_report(r: dict) -> str:
     return "\n".join([
         f"model    {r['name'] or r['model']}  ({r['backend']} backend)",
         f"prefill  {r['prompt_tokens']} tokens: {p['median']:.1f} tok/s (min {p['min']:.1f}, max {p['max']:.1f})",
-        f"decode   {r['gen_tokens']} tokens: {d['median']:.1f} tok/s (min {d['min']:.1f}, max {d['max']:.1f})",
+        f"decode   {r['gen_tokens']} tokens: {d['median']:.1f} tok/s (min {d['min']:.1f}, max {d['max']:.1f})"
+        if r["gen_tokens"] else "decode   none (-n 0: prefill only)",
         f"TTFT     {r['ttft_s'] * 1000:.1f} ms",
         f"traffic  {r['bytes_per_decode_step'] / 1e6:.1f} MB per decode step = "
         f"{100 * r['fraction_of_copy_bandwidth']:.1f}% of {r['bandwidth_assumed'] / 1e12:.1f} TB/s",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -20,12 +21,13 @@ class CLIError(Exception):
 
 
 def _user_errors() -> tuple[type, ...]:
+    from llama_beta.backends import BackendUnavailable
     from llama_beta.chat import TemplateError
     from llama_beta.config import ModelError
     from llama_beta.registry import RegistryError
     from ref.gguf import GGUFError
 
-    return (GGUFError, ModelError, RegistryError, TemplateError, CLIError, OSError, ValueError)
+    return (GGUFError, ModelError, RegistryError, TemplateError, CLIError, BackendUnavailable, OSError, ValueError)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -274,18 +276,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _number(kind, low=None, high=None, above=False):
+    """An argparse ``type``: ``kind`` (int or float) within [low, high] ((low, high] if ``above``), finite;
+    otherwise argparse's one-line usage error naming the option and what it expected."""
+    noun = "an integer" if kind is int else "a number"
+    if high is not None:
+        expected = f"{noun} in {'(' if above else '['}{low}, {high}]"
+    else:
+        expected = f"{noun} {'>' if above else '>='} {low}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    return parse
+
+
 def _add_sampling_options(p, registry) -> None:
     p.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run (default: auto)")
-    p.add_argument("--context", type=int, default=None, help="context length to allocate (default: 4096)")
+    p.add_argument("--context", type=_number(int, 1), default=None, help="context length to allocate (default: 4096)")
     p.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
     p.add_argument("--system", default=None, help="system message for the chat template")
-    p.add_argument("--max-tokens", "-n", type=int, default=256, help="tokens to generate at most (default 256)")
-    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
-    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top probability")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalize the last 64 tokens (1.0: off)")
+    p.add_argument("--max-tokens", "-n", type=_number(int, 0), default=256, help="tokens to generate at most (default 256)")
+    p.add_argument("--temperature", "-t", type=_number(float, 0), default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=_number(int, 0), default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
+    p.add_argument("--top-p", type=_number(float, 0, 1, above=True), default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--min-p", type=_number(float, 0, 1), default=0.05, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repeat-penalty", type=_number(float, 0, above=True), default=1.0, help="penalize the last 64 tokens (1.0: off)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")
     p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
 
@@ -340,10 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="prefill and decode speed (median and spread over repeated runs)")
     b.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
     b.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto")
-    b.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length (default 512)")
-    b.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens to decode (default 128)")
-    b.add_argument("-r", "--repeat", type=int, default=3, help="timed runs after one warm-up (default 3)")
-    b.add_argument("--context", type=int, default=None, help=argparse.SUPPRESS)
+    b.add_argument("-p", "--prompt-tokens", type=_number(int, 1), default=512, help="prompt length (default 512)")
+    b.add_argument("-n", "--gen-tokens", type=_number(int, 0), default=128,
+                   help="tokens to decode (default 128; 0: prefill only)")
+    b.add_argument("-r", "--repeat", type=_number(int, 1), default=3, help="timed runs after one warm-up (default 3)")
+    b.add_argument("--context", type=_number(int, 1), default=None, help=argparse.SUPPRESS)
     b.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB")
     b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     b.add_argument("--json", action="store_true", help="print JSON")

@@ -31,6 +31,15 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
 
+    def __post_init__(self):
+        """Refuse settings that mean nothing (the CLI's parser checks the same ranges first)."""
+        for name, ok, expected in (("temperature", self.temperature >= 0, ">= 0"), ("top_k", self.top_k >= 0, ">= 0"),
+                                   ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                                   ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+                                   ("repeat_penalty", self.repeat_penalty > 0, "> 0")):
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise ValueError(f"sampling: {name} must be {expected}, got {getattr(self, name)}")
+
     def resolved_seed(self) -> int:
         return int.from_bytes(os.urandom(4), "little") if self.seed is None else int(self.seed)
 
@@ -102,6 +111,8 @@ def generate(model, prompt: str, max_tokens: int = 256, temperature: float = 0.8
              prompt_ids: list[int] | None = None) -> GenerationResult:
     """Generate up to ``max_tokens`` tokens after ``prompt``; ``on_text`` receives streamed text."""
     params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
     seed_value = params.resolved_seed()
     tok = model.tokenizer
     ids_in = prompt_ids if prompt_ids is not None else encode_prompt(model, prompt, chat, system)

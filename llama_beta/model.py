@@ -131,6 +131,9 @@ class Model:
 
             backend = "cuda" if cuda_usable() else "numpy"
         if backend == "cuda":
+            from llama_beta.backends import require_cuda
+
+            require_cuda()                  # a clear error on a machine without a GPU, before anything else
             self._check_memory(vram_limit)  # before the backend exists: nothing allocated yet
         options = {"total_bytes": self.memory_plan.weights, "progress": progress} if backend == "cuda" else {}
         self.backend = get_backend(backend, **options)

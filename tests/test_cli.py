@@ -125,3 +125,45 @@ def test_non_finite_norm_weights_are_refused(tmp_path):
     path = write_gguf(tmp_path / "nan.gguf", _metadata(PRESETS["micro"], vocab), tensors)
     assert_one_line_error(run_cli("generate", "--model", path, "hi", "--backend", "numpy"),
                           "'output_norm.weight': expected finite values")
+
+
+@pytest.mark.parametrize("args, option, expected", [
+    (["generate", "--max-tokens", "-1", "hi"], "--max-tokens", "an integer >= 0"),
+    (["generate", "--temperature", "nan", "hi"], "--temperature", "a number >= 0"),
+    (["generate", "--top-p", "0", "hi"], "--top-p", "a number in (0, 1]"),
+    (["generate", "--min-p", "x", "hi"], "--min-p", "a number in [0, 1]"),
+    (["generate", "--repeat-penalty", "0", "hi"], "--repeat-penalty", "a number > 0"),
+    (["chat", "--context", "0"], "--context", "an integer >= 1"),
+    (["bench", "-p", "0"], "--prompt-tokens", "an integer >= 1"),
+    (["bench", "-r", "0"], "--repeat", "an integer >= 1"),
+])
+def test_out_of_range_options_are_usage_errors(args, option, expected):
+    """Refused by the parser (exit 2, its usage line and one error line) before any model is loaded."""
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == ""
+    last = r.stderr.strip().splitlines()[-1]
+    assert option in last and f"expected {expected}" in last, last
+
+
+def test_sampling_params_refuse_meaningless_values():
+    from llama_beta.generate import SamplingParams
+
+    assert SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0).top_p == 1.0   # the edges are allowed
+    for bad in (dict(temperature=-0.5), dict(top_k=-1), dict(top_p=0.0), dict(top_p=float("nan")), dict(min_p=1.5),
+                dict(repeat_penalty=0.0)):
+        with pytest.raises(ValueError, match=f"sampling: {next(iter(bad))} must be"):
+            SamplingParams(**bad)
+
+
+def test_cuda_backend_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    """On a machine where Numba finds no GPU, ``--backend cuda`` says so (with Numba's reason) and exits 1."""
+    from llama_beta import backends, cli
+
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(backends, "cuda_usable", lambda: False)
+    monkeypatch.setattr(backends, "_why_no_gpu", lambda: "CUDA driver library cannot be found.")
+    path = synth_model(tmp_path / "m.gguf", "micro")
+    assert cli.main(["generate", "--model", str(path), "--backend", "cuda", "hi"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["llama-beta: error: the cuda backend needs an NVIDIA GPU that Numba can use: "
+                   "CUDA driver library cannot be found; --backend numpy runs on the CPU"]

@@ -27,11 +27,28 @@ Every backend offers the same methods (shapes in the project's vocabulary):
 """
 from __future__ import annotations
 
+import os
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run on this machine (``cuda`` without a usable GPU)."""
+
+
+def _why_no_gpu() -> str:
+    """Numba's reason for having no GPU, in one line (its message spans several)."""
+    try:
+        from numba import cuda
+
+        cuda.current_context()
+    except Exception as exc:  # CudaSupportError, CudaDriverError, ImportError ...
+        lines = [ln.strip(" :") for ln in str(exc).splitlines() if ln.strip(" :")]
+        useful = [ln for ln in lines if not ln.startswith("Error at driver init")]
+        return (useful or lines or [type(exc).__name__])[0]
+    return "Numba reports no CUDA device"
+
 
 def cuda_usable() -> bool:
     """True when Numba can launch kernels on a real GPU (not the simulator)."""
-    import os
-
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return False
     try:
@@ -40,6 +57,14 @@ def cuda_usable() -> bool:
         return bool(cuda.is_available())
     except Exception:
         return False
+
+
+def require_cuda() -> None:
+    """Raise ``BackendUnavailable`` (one line: Numba's reason) unless kernels can run: on a GPU, or in
+    Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, the tests)."""
+    if not cuda_usable() and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        raise BackendUnavailable(f"the cuda backend needs an NVIDIA GPU that Numba can use: "
+                                 f"{_why_no_gpu().rstrip('.')}; --backend numpy runs on the CPU")
 
 
 def get_backend(name: str = "auto", **options):
@@ -53,6 +78,7 @@ def get_backend(name: str = "auto", **options):
 
         return NumpyBackend()
     if name == "cuda":
+        require_cuda()
         from llama_beta.backends.cuda_backend import CudaBackend
 
         return CudaBackend(**options)
