@@ -305,7 +305,8 @@ def _add_sampling_options(p, registry) -> None:
     p.add_argument("--max-tokens", "-n", type=_number(int, 0), default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--temperature", "-t", type=_number(float, 0), default=0.8, help="0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=_number(int, 0), default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
-    p.add_argument("--top-p", type=_number(float, 0, 1, above=True), default=0.95, help="nucleus sampling mass (default 0.95)")
+    p.add_argument("--top-p", type=_number(float, 0, 1), default=0.95,
+                   help="nucleus sampling mass; 0 keeps the top token (default 0.95)")
     p.add_argument("--min-p", type=_number(float, 0, 1), default=0.05, help="drop tokens below min-p x the top probability")
     p.add_argument("--repeat-penalty", type=_number(float, 0, above=True), default=1.0, help="penalize the last 64 tokens (1.0: off)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")

@@ -34,7 +34,7 @@ class SamplingParams:
     def __post_init__(self):
         """Refuse settings that mean nothing (the CLI's parser checks the same ranges first)."""
         for name, ok, expected in (("temperature", self.temperature >= 0, ">= 0"), ("top_k", self.top_k >= 0, ">= 0"),
-                                   ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                                   ("top_p", 0 <= self.top_p <= 1, "in [0, 1]"),
                                    ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
                                    ("repeat_penalty", self.repeat_penalty > 0, "> 0")):
             if not ok:  # NaN fails every comparison, so it lands here too

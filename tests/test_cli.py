@@ -130,7 +130,7 @@ def test_non_finite_norm_weights_are_refused(tmp_path):
 @pytest.mark.parametrize("args, option, expected", [
     (["generate", "--max-tokens", "-1", "hi"], "--max-tokens", "an integer >= 0"),
     (["generate", "--temperature", "nan", "hi"], "--temperature", "a number >= 0"),
-    (["generate", "--top-p", "0", "hi"], "--top-p", "a number in (0, 1]"),
+    (["generate", "--top-p", "1.5", "hi"], "--top-p", "a number in [0, 1]"),
     (["generate", "--min-p", "x", "hi"], "--min-p", "a number in [0, 1]"),
     (["generate", "--repeat-penalty", "0", "hi"], "--repeat-penalty", "a number > 0"),
     (["chat", "--context", "0"], "--context", "an integer >= 1"),
@@ -148,8 +148,8 @@ def test_out_of_range_options_are_usage_errors(args, option, expected):
 def test_sampling_params_refuse_meaningless_values():
     from llama_beta.generate import SamplingParams
 
-    assert SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0).top_p == 1.0   # the edges are allowed
-    for bad in (dict(temperature=-0.5), dict(top_k=-1), dict(top_p=0.0), dict(top_p=float("nan")), dict(min_p=1.5),
+    assert SamplingParams(temperature=0.0, top_k=0, top_p=0.0, min_p=1.0).top_p == 0.0   # the edges are allowed
+    for bad in (dict(temperature=-0.5), dict(top_k=-1), dict(top_p=-0.1), dict(top_p=float("nan")), dict(min_p=1.5),
                 dict(repeat_penalty=0.0)):
         with pytest.raises(ValueError, match=f"sampling: {next(iter(bad))} must be"):
             SamplingParams(**bad)
