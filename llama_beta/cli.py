@@ -296,11 +296,22 @@ def _number(kind, low=None, high=None, above=False):
     return parse
 
 
+def _memory_size(text: str) -> str:
+    """An argparse ``type`` for --vram-limit: checked here (``memory.parse_size``), kept as written."""
+    from llama_beta.memory import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_sampling_options(p, registry) -> None:
     p.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run (default: auto)")
     p.add_argument("--context", type=_number(int, 1), default=None, help="context length to allocate (default: 4096)")
-    p.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
+    p.add_argument("--vram-limit", type=_memory_size, default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument("--max-tokens", "-n", type=_number(int, 0), default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--temperature", "-t", type=_number(float, 0), default=0.8, help="0 is greedy (default 0.8)")
@@ -368,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to decode (default 128; 0: prefill only)")
     b.add_argument("-r", "--repeat", type=_number(int, 1), default=3, help="timed runs after one warm-up (default 3)")
     b.add_argument("--context", type=_number(int, 1), default=None, help=argparse.SUPPRESS)
-    b.add_argument("--vram-limit", default=None, help="GPU memory the model may use, e.g. 8GiB")
+    b.add_argument("--vram-limit", type=_memory_size, default=None, help="GPU memory the model may use, e.g. 8GiB")
     b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)

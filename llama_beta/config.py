@@ -182,13 +182,18 @@ def common_hparams(gguf, arch: str) -> dict:
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
 
 
+def _first(numbers: list[int], shown: int = 3) -> str:
+    """'0, 1, 2, ...': the first few of a sorted list, for a one-line message."""
+    return ", ".join(map(str, numbers[:shown])) + (", ..." if len(numbers) > shown else "")
+
+
 def check_block_count(gguf, cfg: ModelConfig) -> None:
     present = {int(m.group(1)) for name in gguf.tensors if (m := _BLOCK_RE.match(name))}
     expected = set(range(cfg.n_layers))
     if present != expected:
-        extra = sorted(present - expected)[:3]
-        missing = sorted(expected - present)[:3]
-        what = f"blocks {missing} missing" if missing else f"unexpected blocks {extra}"
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        what = (f"{len(missing)} of them missing ({_first(missing)})" if missing
+                else f"unexpected blocks {_first(extra)}")
         raise ModelError(f"{gguf.path}: metadata '{cfg.arch}.block_count': expected {cfg.n_layers} blocks "
                          f"blk.0..blk.{cfg.n_layers - 1} in the tensors, but {what}")
 

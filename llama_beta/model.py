@@ -125,6 +125,8 @@ class Model:
         self.gguf = GGUFFile(path)
         self.config, self.adapter = load_config(self.gguf)
         self.tokenizer = ref_tokenizer.load(self.gguf)
+        if context is not None and context < 1:
+            raise ValueError(f"context: expected at least 1 token, got {context}")
         self.context = min(context or 4096, self.config.context_length)
         if backend == "auto":
             from llama_beta.backends import cuda_usable

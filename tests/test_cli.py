@@ -136,6 +136,7 @@ def test_non_finite_norm_weights_are_refused(tmp_path):
     (["chat", "--context", "0"], "--context", "an integer >= 1"),
     (["bench", "-p", "0"], "--prompt-tokens", "an integer >= 1"),
     (["bench", "-r", "0"], "--repeat", "an integer >= 1"),
+    (["generate", "--vram-limit", "8XB", "hi"], "--vram-limit", "a number with an optional unit"),
 ])
 def test_out_of_range_options_are_usage_errors(args, option, expected):
     """Refused by the parser (exit 2, its usage line and one error line) before any model is loaded."""

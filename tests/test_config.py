@@ -71,7 +71,9 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     ({"qwen2.embedding_length": "wide"}, r"'qwen2.embedding_length': expected an integer"),
     ({"qwen2.rope.dimension_count": 15}, r"rope.dimension_count': expected an even number"),
     ({"qwen2.attention.layer_norm_rms_epsilon": float("nan")}, r"layer_norm_rms_epsilon': expected a number in"),
-    ({"qwen2.block_count": 3}, r"expected 3 blocks blk.0..blk.2 in the tensors, but blocks \[2\] missing"),
+    ({"qwen2.block_count": 3}, r"expected 3 blocks blk.0..blk.2 in the tensors, but 1 of them missing \(2\)$"),
+    ({"qwen2.block_count": 9}, r"blk.0..blk.8 in the tensors, but 7 of them missing \(2, 3, 4, ...\)$"),
+    ({"qwen2.block_count": 1}, r"expected 1 blocks blk.0..blk.0 in the tensors, but unexpected blocks 1$"),
 ])
 def test_bad_hyperparameters_are_named(tmp_path, changes, pattern):
     path = _write(tmp_path / "m.gguf", md_changes=changes)

@@ -89,6 +89,15 @@ def test_generation_stops_at_stop_string(numpy_tiny):
     assert cut.finish_reason == "stop" and cut.text == r.text[:r.text.find(stop)]
 
 
+def test_meaningless_settings_are_refused(tiny_qwen, numpy_tiny):
+    for context in (0, -5):
+        with pytest.raises(ValueError, match=f"context: expected at least 1 token, got {context}"):
+            Model(tiny_qwen, backend="numpy", context=context)
+    with pytest.raises(ValueError, match="max_tokens must be >= 0, got -1"):
+        numpy_tiny.generate("the", chat=False, max_tokens=-1)
+    assert numpy_tiny.generate("the", chat=False, max_tokens=0).ids == []
+
+
 # ------------------------------------------------------------------ real model
 
 @pytest.fixture(scope="module")
