@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ncu] [real]
+#        [ladder] [ncu] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -108,6 +108,17 @@ for step in "$@"; do
       echo "== gate/up with launch bounds of 4 blocks per SM (one wave; spills a little)"
       LLAMA_BETA_DECODE_MIN_BLOCKS=4 LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py $model --reps 50 \
         --only gate 2>&1 | grep -v -i warn ;;
+    ladder)   # where a decode product's time goes (benchmarks/ladder.py): each launch with its dot product's work
+      #          removed (skeleton), with the loads only (loads), and real (full), on both twins; ~1 min a run
+      for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
+        IFS=: read -r name preset vocab <<< "$m"
+        [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
+          --vocab .dev-model/vocab/$vocab.gguf --force -q
+        for rung in skeleton loads full; do echo "== $name, ladder rung $rung"
+          LLAMA_BETA_JIT_CACHE=0 timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 \
+            --ladder $rung --json "$OUT/ladder-$name-$rung.json" 2>&1 | grep -v -i warn
+        done
+      done ;;
     ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer
       #          of the Qwen twin with the split-K kernel's staging both ways (why v13's staging slows it)
       for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do

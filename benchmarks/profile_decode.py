@@ -21,6 +21,9 @@ each between ``cuda.profile_start()`` and ``profile_stop()``, for Nsight Compute
 
     ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section WarpStateStats \
         python benchmarks/profile_decode.py MODEL.gguf --ncu
+
+With ``--ladder skeleton|loads`` the products' dot is replaced (``benchmarks/ladder.py``): what a launch costs
+without its loop's work, and with its loads but no arithmetic.
 """
 from __future__ import annotations
 
@@ -71,6 +74,8 @@ def main() -> None:
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
     ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
     ap.add_argument("--qkv-pairs", type=int, help="RoPE pair slots per warp of the Q/K/V + RoPE launch (1, 2)")
+    ap.add_argument("--ladder", choices=("skeleton", "loads", "full"),
+                    help="the products' dot replaced (benchmarks/ladder.py; needs LLAMA_BETA_JIT_CACHE=0)")
     ap.add_argument("--fused-configs", help="the fused matvec's (warps x rows) choices, most rows first: 16x2,8x1,...")
     a = ap.parse_args()
     if a.qkv_warps:
@@ -87,6 +92,10 @@ def main() -> None:
         attention.GQA_MIN_TILES = a.gqa_min_tiles
     if a.v4_blocks:
         attention.FUSED_TARGET_BLOCKS = a.v4_blocks
+    if a.ladder:
+        import ladder                                  # benchmarks/ladder.py, beside this script
+
+        ladder.install(a.ladder)
     model = llama_beta.load(a.model, backend="cuda", progress=False)
     W = model.weights
     cache = model.new_cache(a.context + 64)
