@@ -109,7 +109,8 @@ for step in "$@"; do
       LLAMA_BETA_DECODE_MIN_BLOCKS=4 LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py $model --reps 50 \
         --only gate 2>&1 | grep -v -i warn ;;
     ladder)   # where a decode product's time goes (benchmarks/ladder.py): each launch with its dot product's work
-      #          removed (skeleton), with the loads only (loads), and real (full), on both twins; ~1 min a run
+      #          removed (skeleton), with the loads only (loads), and real (full), on both twins; ~1 min a run;
+      #          then the whole step with the K/V cache prefetched into L2 by the Q/K/V launch (opt-in, unmeasured)
       for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
         IFS=: read -r name preset vocab <<< "$m"
         [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
@@ -118,6 +119,9 @@ for step in "$@"; do
           LLAMA_BETA_JIT_CACHE=0 timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 \
             --ladder $rung --json "$OUT/ladder-$name-$rung.json" 2>&1 | grep -v -i warn
         done
+        echo "== $name, the Q/K/V launch prefetching the K/V cache into L2 (matmul.KV_PREFETCH; compare whole steps)"
+        timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 --kv-prefetch \
+          --json "$OUT/kv-prefetch-$name.json" 2>&1 | grep -v -i warn | tail -3
       done ;;
     ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer
       #          of the Qwen twin with the split-K kernel's staging both ways (why v13's staging slows it)

@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
     ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
     ap.add_argument("--qkv-pairs", type=int, help="RoPE pair slots per warp of the Q/K/V + RoPE launch (1, 2)")
+    ap.add_argument("--kv-prefetch", action="store_true",
+                    help="the Q/K/V launch asks L2 for the layer's K/V cache (matmul.KV_PREFETCH; only the whole "
+                         "step shows the effect: a per-kind graph of attention launches has no Q/K/V launch before them)")
     ap.add_argument("--ladder", choices=("skeleton", "loads", "full"),
                     help="the products' dot replaced (benchmarks/ladder.py; needs LLAMA_BETA_JIT_CACHE=0)")
     ap.add_argument("--fused-configs", help="the fused matvec's (warps x rows) choices, most rows first: 16x2,8x1,...")
@@ -92,6 +95,8 @@ def main() -> None:
         attention.GQA_MIN_TILES = a.gqa_min_tiles
     if a.v4_blocks:
         attention.FUSED_TARGET_BLOCKS = a.v4_blocks
+    if a.kv_prefetch:
+        matmul.KV_PREFETCH = True
     if a.ladder:
         import ladder                                  # benchmarks/ladder.py, beside this script
 

@@ -96,8 +96,11 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``rope._cos_sin`` at position pos[0]: q's rows go to q, k's straight into row pos[0] of the key
   cache, v's (two consecutive rows, unrotated) into the value cache. Same arithmetic as the
   two launches it replaces (products, then bias, then the rotation). ``QKV_ROPE_PAIRS = 2`` (opt-in, eighth
-  session, not yet measured): a warp computes two consecutive pair slots (four rows, their loads in one loop),
-  for shapes with more slots than resident warps (Phi-3-mini: 4608 slots; 4224 warps fit at 64 registers).
+  session): a warp computes two consecutive pair slots (four rows, their loads in one loop),
+  for shapes with more slots than resident warps (Phi-3-mini: 4608 slots; 4224 warps fit at 64 registers);
+  measured slower (ninth session). ``KV_PREFETCH`` (``LLAMA_BETA_KV_PREFETCH=1``, opt-in, not yet measured):
+  before its wait each block asks L2 for a share of the layer's K/V cache rows before pos (``_prefetch_cache``),
+  which the attention launch reads next.
 - v10 ``matmul_prefill`` / ``matmul_prefill_swiglu`` (``_prefill_kernel``): the prefill product, replacing v3
   as ``matmul``'s default. v3 measured 7.8 TFLOP/s at 4864 x 896 and 2-3 at the 896- and 128-row shapes: per
   4 FMAs it issues 2 scalar shared loads (plus int64 index arithmetic), it waits for every step's global
@@ -1232,11 +1235,29 @@ def _pair_rows(slot, hs, half, neox):
     return head * hs + 2 * k, 1, -1
 
 
+@cuda.jit(device=True, inline=True)
+def _prefetch_cache(k_flat, v_flat, pos_arr, width):
+    """Thread 0 of each block asks L2 (``ptx.prefetch_l2``, one bulk hint each) for its share of the bytes of
+    cache rows 0 .. pos - 1 of K and of V (``width`` floats a row; at most KV_PREFETCH_MAX bytes in all), which
+    the attention launch after this one reads. Issued before ``wait_previous_grid``: rows before pos were
+    written by earlier steps, and a prefetch is only a hint - it cannot change a value any kernel reads, even
+    if pos (``state``, advanced at the end of the step before) were read early."""
+    if cuda.threadIdx.x == 0:
+        total = min(int(pos_arr[0]) * width * 4, KV_PREFETCH_MAX // 2)      # bytes of K (and as many of V)
+        share = (total + 16 * cuda.gridDim.x - 1) // (16 * cuda.gridDim.x) * 16
+        start = cuda.blockIdx.x * share
+        if start < total:
+            ptx.prefetch_l2(k_flat, start, min(share, total - start))
+            ptx.prefetch_l2(v_flat, start, min(share, total - start))
+
+
 @functools.lru_cache(maxsize=None)
-def _qkv_rope_kernel(types, width, NW, P=1):
+def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
     """v9: NW warps per block, P RoPE pair slots (2P rows) per warp (P = 1, 2: ``QKV_ROPE_PAIRS``); matrices a
     (q), b (k), c (v) of types[0..2]. Every type, width, NW and P is a compile-time constant. A warp's P slots
-    are consecutive and computed together (their rows' loads in flight in one loop: ``_rows_dot`` with R = 2P)."""
+    are consecutive and computed together (their rows' loads in flight in one loop: ``_rows_dot`` with R = 2P).
+    KVP (``KV_PREFETCH``): before waiting for the previous kernel, the blocks ask L2 for the cache rows the
+    layer's attention will read next (``_prefetch_cache``)."""
     assert P in (1, 2), P
     R = 2 * P                                        # rows per warp
     rows_a, rows_b, rows_c = (_rows_dot(t, width, R) for t in types)
@@ -1298,6 +1319,8 @@ def _qkv_rope_kernel(types, width, NW, P=1):
                 t = _warm_row(c16, crb, r0, cN) ^ _warm_row(c16, crb, r0 + 1, cN)
                 if P > 1:
                     t ^= _warm_row(c16, crb, r2, cN) ^ _warm_row(c16, crb, r2 + 1, cN)
+        if KVP:
+            _prefetch_cache(k_flat, v_flat, pos_arr, bN)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, aN)
         p = pos_arr[0]                               # (state: read after _stage_x's wait)
@@ -1453,14 +1476,18 @@ def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None
 
 QKV_ROPE_WARPS = 8     # v9: warps per block
 QKV_ROPE_PAIRS = int(os.environ.get("LLAMA_BETA_QKV_PAIRS", "1"))   # v9: RoPE pair slots per warp (1; 2: an
-#                        experiment for Phi-3's 4608 slots, 1.09 waves of one-slot warps at 64 registers; not measured)
+#                        experiment for Phi-3's 4608 slots, 1.09 waves of one-slot warps at 64 registers; measured
+#                        slower in the ninth session: 22.4 us with 4-warp blocks, 26.5 with 8, against 20.9)
+KV_PREFETCH = os.environ.get("LLAMA_BETA_KV_PREFETCH", "0") == "1"   # v9: ask L2 for the layer's K/V cache (opt-in)
+KV_PREFETCH_MAX = 16 << 20   # ... at most this many bytes of it (K and V together): L2 holds 50 MB on an H200
 
 
 def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_args, norm_weight=None, eps=1e-6,
-                           width=None, n_warps=None, pairs=None, stream=0):
+                           width=None, n_warps=None, pairs=None, prefetch=None, stream=0):
     """v9: q_out [nh hs] = RoPE(W_q x' + b_q); row pos[0] of k_cache / v_cache [S_max, nkv, hs] =
     RoPE(W_k x' + b_k) and W_v x' + b_v; x' = RMSNorm(x) * norm_weight (or x). ``mats``: three
-    (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1])."""
+    (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1]).
+    ``prefetch``: ask L2 for cache rows 0 .. pos - 1 (default ``KV_PREFETCH``)."""
     types = tuple(t for _, t, _ in mats)
     nw = n_warps or (QKV_ROPE_WARPS if _sm_count() else 2)     # the simulator pays per thread: small blocks
     P = pairs or QKV_ROPE_PAIRS
@@ -1469,7 +1496,7 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
     slots = []
     for (w, t, bias), o in zip(mats, flat):
         slots += [*_fused_views(w, t), *_bias(bias, o), o]
-    kern = _qkv_rope_kernel(types, _width(width, K), nw, P)
+    kern = _qkv_rope_kernel(types, _width(width, K), nw, P, KV_PREFETCH if prefetch is None else prefetch)
     _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blocks[0],
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 

@@ -432,17 +432,18 @@ def test_split_config_heuristic(monkeypatch):
        heads=st.sampled_from([(2, 1), (3, 3), (4, 2)] if not ON_GPU else [(2, 1), (3, 3), (14, 2), (32, 32)]),
        hs=st.sampled_from([8, 10, 12] if not ON_GPU else [32, 64, 96, 128, 80]), partial=st.booleans(),
        neox=st.booleans(), norm=st.booleans(), with_bias=st.booleans(), factors=st.booleans(),
-       pos=st.integers(0, 5 if not ON_GPU else 4000), pairs=st.sampled_from([1, 2]))
+       pos=st.integers(0, 5 if not ON_GPU else 4000), pairs=st.sampled_from([1, 2]), prefetch=st.booleans())
 @example(seed=1, types=[GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.F16], heads=(2, 1), hs=10, partial=False, neox=True,
-         norm=True, with_bias=True, factors=False, pos=3, pairs=2)     # k: 5 slots, a warp's second one past the end
+         norm=True, with_bias=True, factors=False, pos=3, pairs=2, prefetch=True)   # k: 5 slots, a warp's second past the end
 @example(seed=52990, types=[GGMLType.Q8_0, GGMLType.Q8_0, GGMLType.Q5_K], heads=(2, 1), hs=8, partial=False,
-         neox=False, norm=True, with_bias=False, factors=False, pos=0, pairs=1)   # once failed: blocks of two sizes
+         neox=False, norm=True, with_bias=False, factors=False, pos=0, pairs=1, prefetch=False)   # once failed: blocks of two sizes
 def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial, neox, norm, with_bias, factors,
-                                                pos, pairs):
+                                                pos, pairs, prefetch):
     """decode_qkv_rope = decode_matvec_multi into q, k, v, then rope.rope_qk_append: v's cache row and
     every row outside a rotated pair bit for bit (the same row sums); the rotated pairs up to the
     compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|). With one RoPE pair slot per
-    warp and with two (``QKV_ROPE_PAIRS``; odd slot counts leave a warp's second slot past the matrix)."""
+    warp and with two (``QKV_ROPE_PAIRS``; odd slot counts leave a warp's second slot past the matrix), with and
+    without the L2 prefetch of the cache rows before pos (``KV_PREFETCH``: a hint, it must change nothing)."""
     from numba_kernels import rope
 
     rng = np.random.default_rng(seed)
@@ -461,6 +462,7 @@ def test_qkv_rope_equals_multi_then_rope_append(seed, types, heads, hs, partial,
     q1, k1, v1 = dev(np.zeros((1, nh, hs), np.float32)), dev(start[0]), dev(start[1])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(km(), "QKV_ROPE_PAIRS", pairs)
+        mp.setattr(km(), "KV_PREFETCH", prefetch)
         assert km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=dev(nw), eps=EPS, **kw) is q1
     q2, k, v = (dev(np.zeros((1, n, hs), np.float32)) for n in (nh, nkv, nkv))
     # blocks of the Q/K/V launch's size: x' (its float32 sum of squares over the block) is then the same bits
