@@ -276,24 +276,29 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _number(kind, low=None, high=None, above=False):
-    """An argparse ``type``: ``kind`` (int or float) within [low, high] ((low, high] if ``above``), finite;
+def _number(kind, low, high=None, above=False):
+    """An argparse ``type``: ``kind`` (int or float), finite, in the range ``generate.describe_range`` names;
     otherwise argparse's one-line usage error naming the option and what it expected."""
-    noun = "an integer" if kind is int else "a number"
-    if high is not None:
-        expected = f"{noun} in {'(' if above else '['}{low}, {high}]"
-    else:
-        expected = f"{noun} {'>' if above else '>='} {low}"
+    from llama_beta.generate import describe_range, in_range
+
+    expected = f"{'an integer' if kind is int else 'a number'} {describe_range(low, high, above)}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+        if not (math.isfinite(value) and in_range(value, low, high, above)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
     return parse
+
+
+def _sampling(kind, name):
+    """The argparse ``type`` of a sampling option: ``generate.SAMPLING_RANGES``, as SamplingParams checks it."""
+    from llama_beta.generate import SAMPLING_RANGES
+
+    return _number(kind, *SAMPLING_RANGES[name])
 
 
 def _memory_size(text: str) -> str:
@@ -314,12 +319,12 @@ def _add_sampling_options(p, registry) -> None:
     p.add_argument("--vram-limit", type=_memory_size, default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument("--max-tokens", "-n", type=_number(int, 0), default=256, help="tokens to generate at most (default 256)")
-    p.add_argument("--temperature", "-t", type=_number(float, 0), default=0.8, help="0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=_number(int, 0), default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
-    p.add_argument("--top-p", type=_number(float, 0, 1), default=0.95,
+    p.add_argument("--temperature", "-t", type=_sampling(float, "temperature"), default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=_sampling(int, "top_k"), default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
+    p.add_argument("--top-p", type=_sampling(float, "top_p"), default=0.95,
                    help="nucleus sampling mass; 0 keeps the top token (default 0.95)")
-    p.add_argument("--min-p", type=_number(float, 0, 1), default=0.05, help="drop tokens below min-p x the top probability")
-    p.add_argument("--repeat-penalty", type=_number(float, 0, above=True), default=1.0, help="penalize the last 64 tokens (1.0: off)")
+    p.add_argument("--min-p", type=_sampling(float, "min_p"), default=0.05, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repeat-penalty", type=_sampling(float, "repeat_penalty"), default=1.0, help="penalize the last 64 tokens (1.0: off)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")
     p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
 

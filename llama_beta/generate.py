@@ -22,6 +22,24 @@ from ref import sampling
 REPEAT_LAST_N = 64  # tokens the repetition penalty looks back over (llama.cpp's default)
 
 
+# The meaningful values of each sampling setting: (lowest, highest or None, lowest excluded). SamplingParams
+# refuses the rest, and the CLI's parser checks the same table before a model is loaded.
+SAMPLING_RANGES = {"temperature": (0, None, False), "top_k": (0, None, False), "top_p": (0, 1, False),
+                   "min_p": (0, 1, False), "repeat_penalty": (0, None, True)}
+
+
+def describe_range(low, high=None, above=False) -> str:
+    """'>= 0', '> 0' or 'in [0, 1]' / 'in (0, 1]' for a range of SAMPLING_RANGES' form."""
+    if high is None:
+        return f"{'>' if above else '>='} {low}"
+    return f"in {'(' if above else '['}{low}, {high}]"
+
+
+def in_range(value, low, high=None, above=False) -> bool:
+    """``value`` within the range (NaN never is)."""
+    return (value > low if above else value >= low) and (high is None or value <= high)
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.8
@@ -32,13 +50,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
-        """Refuse settings that mean nothing (the CLI's parser checks the same ranges first)."""
-        for name, ok, expected in (("temperature", self.temperature >= 0, ">= 0"), ("top_k", self.top_k >= 0, ">= 0"),
-                                   ("top_p", 0 <= self.top_p <= 1, "in [0, 1]"),
-                                   ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
-                                   ("repeat_penalty", self.repeat_penalty > 0, "> 0")):
-            if not ok:  # NaN fails every comparison, so it lands here too
-                raise ValueError(f"sampling: {name} must be {expected}, got {getattr(self, name)}")
+        """Refuse settings that mean nothing (SAMPLING_RANGES)."""
+        for name, bounds in SAMPLING_RANGES.items():
+            if not in_range(getattr(self, name), *bounds):
+                raise ValueError(f"sampling: {name} must be {describe_range(*bounds)}, got {getattr(self, name)}")
 
     def resolved_seed(self) -> int:
         return int.from_bytes(os.urandom(4), "little") if self.seed is None else int(self.seed)
