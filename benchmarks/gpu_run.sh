@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [ncu] [real]
+#        [ladder] [v15] [ncu] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -122,6 +122,21 @@ for step in "$@"; do
         echo "== $name, the Q/K/V launch prefetching the K/V cache into L2 (matmul.KV_PREFETCH; compare whole steps)"
         timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 --kv-prefetch \
           --json "$OUT/kv-prefetch-$name.json" 2>&1 | grep -v -i warn | tail -3
+      done ;;
+    v15)      # the tenth session's opt-in 16-byte quant loads (matmul.VECTOR_LOADS): test_matvec_fused with them on
+      #          (5 groups side by side, as in tests), then the Phi-3 twin's decode step on and off; make it the
+      #          default (and re-run the real model) if the tests pass
+      [ -f /tmp/phi3-mini.gguf ] || python3 -m llama_beta.cli synth /tmp/phi3-mini.gguf --preset phi3-mini \
+        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      for k in "decode_matvec_matches_ref or public_decode or vector_loads" "split_k or multi_matches" "swiglu" \
+          "qkv_rope and not refuses" "rmsnorm_inside or warm_up or staging"; do
+        (LLAMA_BETA_VECTOR_LOADS=1 LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider \
+           tests/test_matvec_fused.py -k "$k" 2>&1 | tail -2 | sed "s/^/[$k] /") &
+      done
+      wait
+      for v in 1 0; do echo "== Phi-3 twin, LLAMA_BETA_VECTOR_LOADS=$v"
+        LLAMA_BETA_VECTOR_LOADS=$v LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py \
+          /tmp/phi3-mini.gguf --reps 50 --json "$OUT/v15-phi3-vec$v.json" 2>&1 | grep -v -i warn
       done ;;
     ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer
       #          of the Qwen twin with the split-K kernel's staging both ways (why v13's staging slows it)

@@ -83,8 +83,6 @@ def _oct_loads_q6_k(w16, w32, wh, wf, o, xs, xo, a, b, c, e, h, h2, mg):
 
 LOADS = {GGMLType.Q4_K: _oct_loads_w32, GGMLType.Q5_K: _oct_loads_q5_k, GGMLType.Q6_K: _oct_loads_q6_k,
          GGMLType.Q8_0: _oct_loads_w16, GGMLType.Q4_0: _oct_loads_q4_0, GGMLType.Q5_0: _oct_loads_q4_0}
-_BUILT = (matmul._unit, matmul._rows_dot, matmul._rows_dot_pair, matmul._fused_kernels, matmul._split_kernel,
-          matmul._qkv_rope_kernel)
 
 
 def install(rung: str) -> None:
@@ -99,5 +97,4 @@ def install(rung: str) -> None:
     for t, octet in LOADS.items():
         qsh, bb, prep, _, fin = matmul.DOT_PARTS[t]
         matmul.DOT_PARTS[t] = (qsh, bb, prep, _oct_skeleton if rung == "skeleton" else octet, fin)
-    for factory in _BUILT:
-        factory.cache_clear()
+    matmul.forget_decode_kernels()

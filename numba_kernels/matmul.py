@@ -140,7 +140,18 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   6.99 -> 8.57 us, Phi-3 W_o 7.05 -> 8.59; not understood), which also explains the seventh session's
   whole-step loss with four-load staging everywhere. Tried with it and dropped: two 32-weight units per lane
   per loop round (their loads together): slower at every shape (Phi-3 Q/K/V 21.0 -> 24.2 us, Qwen gate/up 6.8
-  -> 10.1).
+  -> 10.1). Tenth session: the four-load loop summed the squares as ``ss + (v * v or 0)``, which rounds the
+  square before the add, while the one-load loop's ``ss += v * v`` is one FMA: x' differed in the last bit on
+  the GPU (the simulator has no FMA). ``_put_raw`` now squares ``v or 0``, so both contract to the same FMA.
+- v15 (opt-in, ``LLAMA_BETA_VECTOR_LOADS=1``): the Q4_K/Q5_K units of 16 or 32 weights read their quants with
+  ``ptx.load_u32x4`` (``ld.global.nc.v4.u32``, 16-byte aligned: 144- and 176-byte blocks, quants at 16 + 32 i
+  and 48 + 32 i, rows of whole blocks) instead of one 4-byte load per word. A warp's 4-byte load touched the
+  same 16 sectors as the seven after it (lanes pair on one 32-byte stretch), 8 requests to the L1 where 2 now
+  do. Measured on the H200 (Phi-3-mini twin, per launch in the graph): Q/K/V 20.9 -> 20.4 us, W_o 7.04 ->
+  6.82, gate/up 24.3 -> 24.0, W_down 16.5 -> 16.2, whole step 2711 -> 2645 us (+2.4%); so the L1 requests
+  were not what the loop waits on (the ladder, ``benchmarks/ladder.py``: the loads alone take as long as the
+  full products). Off until checked against the reference on the GPU (the simulator tests pass); the Q/K/V
+  kernel goes from 64 to 72 registers (offline ptxas).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -658,27 +669,35 @@ def _k_scales(w32, wh, g, s):
     return float32(wh[g >> 1]) * float32(int32(sc)), float32(wh[(g >> 1) + uint32(1)]) * float32(int32(m))
 
 
+# v15 (opt-in, LLAMA_BETA_VECTOR_LOADS=1): the Q4_K/Q5_K units of 16 or 32 weights read their quants in
+# 16-byte loads. Measured +2.4% on the Phi-3 twin's decode step (tenth session); not yet checked against
+# the reference on the GPU (the simulator tests pass), so off by default until it is.
+VECTOR_LOADS = os.environ.get("LLAMA_BETA_VECTOR_LOADS", "0") == "1"
+
+
+@cuda.jit(device=True, inline=True)
+def _word_u32(w32, h, j):
+    """Word h + j of the uint32 view: one 4-byte load per word (before v15)."""
+    return w32[h + uint32(j)]
+
+
+@cuda.jit(device=True, inline=True)
+def _word_v4(w32, h, j):
+    """Word h + j (h 16-byte aligned, j a literal) as a lane of the 16-byte load of words h + 4 (j // 4) ..:
+    the unit's calls for j = 0..3 (and 4..7) load the same address, which the compiler merges into one
+    ``ld.global.nc.v4.u32``. v15: a warp's 4-byte loads each touch the same 16 sectors as their neighbours
+    (lane pairs read one 32-byte stretch), so the L1 served 8 requests where 2 now do."""
+    w0, w1, w2, w3 = ptx.load_u32x4(w32, h + uint32(j & ~3))
+    c = j & 3
+    return w0 if c == 0 else (w1 if c == 1 else (w2 if c == 2 else w3))
+
+
 @cuda.jit(device=True, inline=True)
 def _prep_q4_k(w16, w32, wh, wf, g, j0):
     # 144 bytes: qs @16; weight j = 64c + 32h + l is nibble h of qs[32c + l]
     s = j0 >> 5                                        # sub-block of 32
     ds, dm = _k_scales(w32, wh, g, s)
     return ds, dm, (s & 1) * 4, 0, uint32((g + 16 + (s >> 1) * 32 + (j0 & 31)) >> 2), uint32(0)
-
-
-@cuda.jit(device=True, inline=True)
-def _oct_q4_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, e, h, h2, mg):
-    # sum x (ds q - dm) = ds sum x q - dm sum x: one FMA per weight; sum x is the same for every
-    # row of the warp (the compiler computes it once)
-    acc = float32(0.0)
-    sx = float32(0.0)
-    for t in range(2):
-        q = (w32[h + uint32(2 * o + t)] >> shift) & 0x0F0F0F0F
-        for p in range(4):
-            xv = xs[xo + uint32(8 * o + 4 * t + p)]
-            acc += xv * _qf(q, p, F23, mg)
-            sx += xv
-    return ds * acc - dm * sx
 
 
 @cuda.jit(device=True, inline=True)
@@ -690,18 +709,41 @@ def _prep_q5_k(w16, w32, wh, wf, g, j0):
             uint32((g + 16 + (j0 & 31)) >> 2))
 
 
-@cuda.jit(device=True, inline=True)
-def _oct_q5_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, s, h, h2, mg):
-    acc = float32(0.0)
-    sx = float32(0.0)
-    for t in range(2):
-        q = (w32[h + uint32(2 * o + t)] >> shift) & 0x0F0F0F0F
-        q |= ((w32[h2 + uint32(2 * o + t)] >> s) & 0x01010101) << 4
-        for p in range(4):
-            xv = xs[xo + uint32(8 * o + 4 * t + p)]
-            acc += xv * _qf(q, p, F23, mg)
-            sx += xv
-    return ds * acc - dm * sx                          # as Q4_K
+def _k_octets(word):
+    """The Q4_K and Q5_K octets, reading their quant words with ``word`` (``_word_u32``, or ``_word_v4``
+    where the unit starts 16-byte aligned: units of 16 or 32 weights, v15)."""
+    @cuda.jit(device=True, inline=True)
+    def oct_q4_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, e, h, h2, mg):
+        # sum x (ds q - dm) = ds sum x q - dm sum x: one FMA per weight; sum x is the same for every
+        # row of the warp (the compiler computes it once)
+        acc = float32(0.0)
+        sx = float32(0.0)
+        for t in range(2):
+            q = (word(w32, h, 2 * o + t) >> shift) & 0x0F0F0F0F
+            for p in range(4):
+                xv = xs[xo + uint32(8 * o + 4 * t + p)]
+                acc += xv * _qf(q, p, F23, mg)
+                sx += xv
+        return ds * acc - dm * sx
+
+    @cuda.jit(device=True, inline=True)
+    def oct_q5_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, s, h, h2, mg):
+        acc = float32(0.0)
+        sx = float32(0.0)
+        for t in range(2):
+            q = (word(w32, h, 2 * o + t) >> shift) & 0x0F0F0F0F
+            q |= ((word(w32, h2, 2 * o + t) >> s) & 0x01010101) << 4
+            for p in range(4):
+                xv = xs[xo + uint32(8 * o + 4 * t + p)]
+                acc += xv * _qf(q, p, F23, mg)
+                sx += xv
+        return ds * acc - dm * sx                          # as Q4_K
+
+    return oct_q4_k, oct_q5_k
+
+
+_oct_q4_k, _oct_q5_k = _k_octets(_word_u32)
+_VECTOR_OCTETS = dict(zip((GGMLType.Q4_K, GGMLType.Q5_K), _k_octets(_word_v4)))
 
 
 @cuda.jit(device=True, inline=True)
@@ -768,6 +810,7 @@ DOT_PARTS = {
     GGMLType.F32: (31, 0, _prep_f32, _oct_f32, _fin_plain),
 }
 ALIGN4_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F32)   # read through the uint32 view
+VECTOR_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)   # ... in 16-byte loads (v15): rows of 144 / 176-byte blocks
 
 
 @functools.lru_cache(maxsize=None)
@@ -777,6 +820,8 @@ def _unit(ggml_type, width):
     The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
     threshold and their offsets from the unit's base indices are constants."""
     qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
+    if VECTOR_LOADS and width >= 16 and octet in (_oct_q4_k, _oct_q5_k):   # v15 (a 16- or 32-weight unit's
+        octet = _VECTOR_OCTETS[ggml_type]                                   # quants start 16-byte aligned)
     mask = (1 << qsh) - 1
 
     @cuda.jit(device=True, inline=True)
@@ -850,9 +895,12 @@ def _slot(q, K):
 
 @cuda.jit(device=True, inline=True)
 def _put_raw(xs, q, K, v, ss):
-    """xs[q] = v (the spare slot for q >= K) and ss + v^2 (q < K)."""
+    """xs[q] = v (the spare slot for q >= K) and ss + v^2 (q < K). The square is of v or 0, so the
+    compiler contracts it with the add into one FMA, as it does ``ss += v * v`` in ``_stage_x1``
+    (a select between v * v and 0 would round the square first: another last bit of the norm)."""
     xs[_slot(q, K)] = v
-    return ss + (v * v if q < K else float32(0.0))
+    u = v if q < K else float32(0.0)
+    return ss + u * u
 
 
 @cuda.jit(device=True, inline=True)
@@ -1350,6 +1398,15 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
 # ---------------------------------------------------------------------------------------------
 # fused decode: launch helpers (grid arithmetic, views, the launch-configuration heuristic)
 # ---------------------------------------------------------------------------------------------
+def forget_decode_kernels() -> None:
+    """Forget the decode kernels built so far (their factories' caches), so that the next launches compile
+    with the module's compile-time settings as they are now (``VECTOR_LOADS``, ``DOT_PARTS``): for tests
+    and ``benchmarks/ladder.py``. The on-disk cache does not see these settings: run such A/Bs with
+    ``LLAMA_BETA_JIT_CACHE=0``."""
+    for factory in (_unit, _rows_dot, _rows_dot_pair, _fused_kernels, _split_kernel, _qkv_rope_kernel):
+        factory.cache_clear()
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count():
     return getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 0)   # the simulator: 0
@@ -1405,8 +1462,9 @@ def _fused_views(w_raw, ggml_type):
         raise ValueError(f"decode_matvec: {ggml_type.name} weight of {N * rb} bytes: the fused "
                          f"kernels index bytes with int32 (< 2 GiB); use matvec")
     iface = getattr(w_raw, "__cuda_array_interface__", None)     # (the simulator has none)
-    if ggml_type in ALIGN4_TYPES and iface is not None and iface["data"][0] % 4:
-        raise ValueError(f"decode_matvec: {ggml_type.name} weight must start at a 4-byte aligned address")
+    align = 16 if VECTOR_LOADS and ggml_type in VECTOR_TYPES else 4
+    if ggml_type in ALIGN4_TYPES and iface is not None and iface["data"][0] % align:
+        raise ValueError(f"decode_matvec: {ggml_type.name} weight must start at a {align}-byte aligned address")
     flat = w_raw.reshape(N * rb)
     w32 = flat[:N * rb // 4 * 4].view(np.uint32)
     return flat.view(np.uint16), w32, flat.view(np.float16), w32.view(np.float32), rb, N

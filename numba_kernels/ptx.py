@@ -42,6 +42,13 @@ and the decode products on the tensor cores (``matmul`` v12) two small ones:
 - ``prefetch_l2(arr, start, nbytes)``: ``cp.async.bulk.prefetch.L2``, ask the L2 cache to fetch bytes
   ``start .. start + nbytes`` of ``arr``'s memory (the 16-byte aligned part), without waiting (sm_90+).
 
+The decode products' K-quant units (``matmul`` v15) read their quants with
+
+- ``load_u32x4(a, i) -> (a[i], a[i+1], a[i+2], a[i+3])``: one 16-byte load (``ld.global.nc.v4.u32``)
+  from a uint32 array whose element ``i`` starts on a 16-byte aligned address (the caller's promise; a
+  misaligned address faults). Not inline PTX but an LLVM vector load in the global address space,
+  marked invariant (weights never change during a kernel), so the compiler still schedules it.
+
 The rule every kernel launched with the attribute follows: no read of anything another kernel writes
 (activations, the cache, ``state``) and no write at all before ``wait_previous_grid``. On GPUs before
 sm_90 and in the simulator both are no-ops (a plain launch is then fully ordered anyway).
@@ -131,11 +138,19 @@ def _simulator_prefetch_l2(arr, start, nbytes):
     """A cache hint: nothing to do in the simulator."""
 
 
+def _simulator_load_u32x4(a, i):
+    """The four words a[i .. i + 3], i a multiple of 4 (the 16-byte alignment the GPU needs)."""
+    assert int(i) % 4 == 0, f"load_u32x4: word {int(i)} is not 16-byte aligned"
+    i = int(i)
+    return a[i], a[i + 1], a[i + 2], a[i + 3]
+
+
 if config.ENABLE_CUDASIM:
     pack_f16x2 = _simulator_pack_f16x2
     mma_f16 = _simulator_mma_f16
     sub_f16x2 = _simulator_sub_f16x2
     prefetch_l2 = _simulator_prefetch_l2
+    load_u32x4 = _simulator_load_u32x4
     allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
@@ -229,6 +244,24 @@ else:
                                            "cp.async.bulk.prefetch.L2.global [g], $1; }", "l,r", side_effect=True)
                     builder.call(asm, [lo, builder.trunc(size, ir.IntType(32))])
             return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def load_u32x4(typingctx, arr, index):
+        sig = types.UniTuple(types.uint32, 4)(arr, index)
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            (i,) = _cast_all(context, builder, args[1:], signature.args[1:], types.int64)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vec = ir.VectorType(i32, 4)
+            addr = builder.add(builder.ptrtoint(ary.data, i64), builder.mul(i, i64(4)))
+            ptr = builder.addrspacecast(builder.inttoptr(addr, vec.as_pointer()), vec.as_pointer(1))   # -> global
+            v = builder.load(ptr, align=16)
+            v.set_metadata("invariant.load", builder.module.add_metadata([]))
+            parts = [builder.extract_element(v, i32(k)) for k in range(4)]
+            return context.make_tuple(builder, signature.return_type, parts)
 
         return sig, codegen
 

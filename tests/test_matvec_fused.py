@@ -341,6 +341,52 @@ def test_staging_with_four_loads_is_bit_identical(seed, K, warps, norm):
     assert_close(outs[0][p + p // 32], want, rtol=K * U + 1e-6, atol=0.0, name="x'")   # float32 sum of squares
 
 
+@pytest.fixture
+def vector_loads(monkeypatch):
+    """Set matmul.VECTOR_LOADS (v15) for the kernels built next; the default and its kernels come back after."""
+    def use(on):
+        monkeypatch.setattr(km(), "VECTOR_LOADS", on)
+        km().forget_decode_kernels()
+    yield use
+    monkeypatch.undo()
+    km().forget_decode_kernels()
+
+
+def _jit_cache_on():
+    from numba_kernels.runtime import JIT_CACHE
+    return JIT_CACHE
+
+
+@requires_cuda
+@pytest.mark.skipif(ON_GPU and _jit_cache_on(), reason="the on-disk kernel cache does not see VECTOR_LOADS: "
+                    "run with LLAMA_BETA_JIT_CACHE=0 (benchmarks/gpu_run.sh tests does)")
+@pytest.mark.parametrize("gt", [GGMLType.Q4_K, GGMLType.Q5_K])
+def test_vector_loads_change_no_result(gt, vector_loads):
+    """v15 reads a Q4_K/Q5_K unit's quants in 16-byte loads instead of 4-byte ones; the arithmetic is the same,
+    so matvec (widths 32 and 16 take the new loads, 8 keeps the old) and SwiGLU give the same bits both ways,
+    and the products match the reference."""
+    rng, x, nw, w, K = problem(7, gt, 2 * 5, 2, True)
+    cfg = (8, 2) if ON_GPU else (2, 2)
+    results = []
+    for on in (False, True):
+        vector_loads(on)
+        got = []
+        for width in (32, 16, 8):
+            out = dev(np.zeros(10, np.float32))
+            km().launch_decode_matvec(dev(x), dev(w), gt, K, out, norm_weight=dev(nw), eps=EPS, width=width,
+                                      config=cfg)
+            got.append(out.copy_to_host())
+        act = dev(np.zeros(5, np.float32))
+        km().decode_matvec_swiglu(dev(x), dev(w), None, gt, None, K, act, norm_weight=dev(nw))
+        got.append(act.copy_to_host())
+        results.append(got)
+    for old, new in zip(*results):
+        np.testing.assert_array_equal(new, old)
+    (want, mag), = reference(x, nw, [(w, gt, K, None)])
+    for got in results[1][:3]:
+        assert_terms(got, want, mag, tolerance(K, True), f"v15 {gt.name}")
+
+
 # --- errors --------------------------------------------------------------------------------------
 @requires_cuda
 def test_bad_arguments_raise():
