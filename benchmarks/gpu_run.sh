@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [v15] [ncu] [real]
+#        [ladder] [v15] [v16] [ncu] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -22,15 +22,17 @@ for step in "$@"; do
   case "$step" in
     tests)    # the whole suite, kernels for real (tests needing the 491 MB model skip unless it is cached).
       #          Serially it is over 10 minutes (each launch configuration compiles), so: the memory tests
-      #          alone (they read free device memory), then five groups side by side, without the disk cache.
+      #          alone (they read free device memory), then the rest in groups side by side, without the disk cache.
       start=$SECONDS
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_memory.py > "$OUT/pytest-gpu-0.log" 2>&1
       #          test_matvec_fused.py compiles a kernel per hypothesis example (3-5 s each on the H200): over 7
-      #          minutes in one process, so its tests run as four groups (-k) of their own.
+      #          minutes in one process, so its tests run as five groups (-k) of their own.
       others=$(ls tests/test_*.py | grep -v -e test_memory -e test_matvec_fused -e test_attention -e test_upload -e test_tokenizer)
+      #          The second half of the other files ran past 420 s in one process (tenth session: test_matmul 264 s,
+      #          test_matvec_mma 160, test_model 155, test_phi3 136 with the real model cached): one process each.
       i=1
       for group in tests/test_attention.py "tests/test_upload.py tests/test_tokenizer.py" \
-          "$(echo "$others" | head -15)" "$(echo "$others" | tail -n +16)"; do
+          "$(echo "$others" | head -15)" $(echo "$others" | tail -n +16); do
         (LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider $group > "$OUT/pytest-gpu-$i.log" 2>&1
          echo "group $i exit $? at $((SECONDS - start)) s") &
         i=$((i + 1))
@@ -44,7 +46,9 @@ for step in "$@"; do
         i=$((i + 1))
       done
       wait
-      for log in "$OUT"/pytest-gpu-*.log; do echo "== $log"; grep -E "passed|failed|FAILED|ERROR" "$log" | tail -5; done ;;
+      #          one line per log (their files may be too many to come back from the machine), then the failures
+      for log in "$OUT"/pytest-gpu-*.log; do echo "$(basename "$log"): $(grep -E "passed|failed" "$log" | tail -1)"; done
+      grep -h -E "^(FAILED|ERROR) " "$OUT"/pytest-gpu-*.log ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue
@@ -137,6 +141,18 @@ for step in "$@"; do
       for v in 1 0; do echo "== Phi-3 twin, LLAMA_BETA_VECTOR_LOADS=$v"
         LLAMA_BETA_VECTOR_LOADS=$v LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py \
           /tmp/phi3-mini.gguf --reps 50 --json "$OUT/v15-phi3-vec$v.json" 2>&1 | grep -v -i warn
+      done ;;
+    v16)      # the tenth session's opt-in persistent v4 launches (matmul.PERSISTENT, a factory parameter: the disk
+      #          cache may stay on): its test, then both twins' decode steps with it on and off
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_fused.py -k persistent 2>&1 | tail -2
+      for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
+        IFS=: read -r name preset vocab <<< "$m"
+        [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
+          --vocab .dev-model/vocab/$vocab.gguf --force -q
+        for p in 1 0; do echo "== $name, LLAMA_BETA_PERSISTENT=$p"
+          LLAMA_BETA_PERSISTENT=$p timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 \
+            --json "$OUT/v16-$name-persistent$p.json" 2>&1 | grep -v -i warn
+        done
       done ;;
     ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer
       #          of the Qwen twin with the split-K kernel's staging both ways (why v13's staging slows it)

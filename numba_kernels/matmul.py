@@ -152,6 +152,14 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   were not what the loop waits on (the ladder, ``benchmarks/ladder.py``: the loads alone take as long as the
   full products). Off until checked against the reference on the GPU (the simulator tests pass); the Q/K/V
   kernel goes from 64 to 72 registers (offline ptxas).
+- v16 (opt-in, ``LLAMA_BETA_PERSISTENT=1``, tenth session, not yet measured): the v4 matvec and SwiGLU launches
+  as at most one wave (``_one_wave``: the driver's occupancy for the kernel's registers and shared memory, times
+  the SMs); each warp takes rounds of R rows, the grid's rows apart, and warms the next round's rows (``_warm_rows``)
+  before it computes the current one, so x' is staged once per block and the next weights are in flight during the
+  loop. Aimed at the Phi-3 shapes, whose grids are 1.1-1.3 waves (gate/up: 512 blocks, 396 resident): the second
+  wave restages x' and starts cold. A factory parameter (``LOOP``), so the disk cache keeps the two apart; without it
+  the kernels' PTX is unchanged (offline: identical but for symbol names). Same bits as one round per warp
+  (``test_persistent_launch_changes_no_result``).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -711,35 +719,27 @@ def _prep_q5_k(w16, w32, wh, wf, g, j0):
 
 def _k_octets(word):
     """The Q4_K and Q5_K octets, reading their quant words with ``word`` (``_word_u32``, or ``_word_v4``
-    where the unit starts 16-byte aligned: units of 16 or 32 weights, v15)."""
-    @cuda.jit(device=True, inline=True)
-    def oct_q4_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, e, h, h2, mg):
-        # sum x (ds q - dm) = ds sum x q - dm sum x: one FMA per weight; sum x is the same for every
-        # row of the warp (the compiler computes it once)
-        acc = float32(0.0)
-        sx = float32(0.0)
-        for t in range(2):
-            q = (word(w32, h, 2 * o + t) >> shift) & 0x0F0F0F0F
-            for p in range(4):
-                xv = xs[xo + uint32(8 * o + 4 * t + p)]
-                acc += xv * _qf(q, p, F23, mg)
-                sx += xv
-        return ds * acc - dm * sx
+    where the unit starts 16-byte aligned: units of 16 or 32 weights, v15). Q5_K is Q4_K plus a 5th bit per
+    weight, bit s of qh (h2) shifted into bit 4 of each byte."""
+    def make(fifth):
+        @cuda.jit(device=True, inline=True)
+        def octet(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, s, h, h2, mg):
+            # sum x (ds q - dm) = ds sum x q - dm sum x: one FMA per weight; sum x is the same for every
+            # row of the warp (the compiler computes it once)
+            acc = float32(0.0)
+            sx = float32(0.0)
+            for t in range(2):
+                q = (word(w32, h, 2 * o + t) >> shift) & 0x0F0F0F0F
+                if fifth:
+                    q |= ((word(w32, h2, 2 * o + t) >> s) & 0x01010101) << 4
+                for p in range(4):
+                    xv = xs[xo + uint32(8 * o + 4 * t + p)]
+                    acc += xv * _qf(q, p, F23, mg)
+                    sx += xv
+            return ds * acc - dm * sx
+        return octet
 
-    @cuda.jit(device=True, inline=True)
-    def oct_q5_k(w16, w32, wh, wf, o, xs, xo, ds, dm, shift, s, h, h2, mg):
-        acc = float32(0.0)
-        sx = float32(0.0)
-        for t in range(2):
-            q = (word(w32, h, 2 * o + t) >> shift) & 0x0F0F0F0F
-            q |= ((word(w32, h2, 2 * o + t) >> s) & 0x01010101) << 4
-            for p in range(4):
-                xv = xs[xo + uint32(8 * o + 4 * t + p)]
-                acc += xv * _qf(q, p, F23, mg)
-                sx += xv
-        return ds * acc - dm * sx                          # as Q4_K
-
-    return oct_q4_k, oct_q5_k
+    return make(False), make(True)
 
 
 _oct_q4_k, _oct_q5_k = _k_octets(_word_u32)
@@ -1131,10 +1131,12 @@ def _decode_jit(NW):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernels(types, width, R, NW):
+def _fused_kernels(types, width, R, NW, LOOP=False):
     """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
     (multi: one per matrix; matvec uses types[0]; swiglu types[0] for the gate, types[1] for
-    up). Every type, width, R and NW is a compile-time constant of the kernels."""
+    up). Every type, width, R and NW is a compile-time constant of the kernels. LOOP (v16, matvec and
+    swiglu): a grid of at most one wave, whose warps step through their rows by the grid's rows, warming
+    the next rows while they compute the current ones (``launch_decode_*`` with ``PERSISTENT``)."""
     rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
     pair = _rows_dot_pair(types[0], types[1], width, R)
     warm_rows = _warm_rows(R)
@@ -1149,12 +1151,20 @@ def _fused_kernels(types, width, R, NW):
             t = warm_rows(w16, rb, row0, N)          # the rows' bytes fly while x' is staged
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, N)
-        if row0 >= N:
+        if not LOOP and row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
-        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
-        for r in range(R):
-            _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
+        stride = cuda.gridDim.x * NW * R
+        while row0 < N:
+            if LOOP and warm:
+                t = warm_rows(w16, rb, row0 + stride, N)   # the next round's rows fly during this one
+            rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
+            for r in range(R):
+                _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
+            if not LOOP:
+                return
+            _keep(t, N)
+            row0 += stride
 
     @cuda.jit(**_decode_jit(NW))
     def multi_fused(x, nw, has_norm, eps, K, warm, blk1, blk2,
@@ -1208,13 +1218,22 @@ def _fused_kernels(types, width, R, NW):
             t = warm_rows(g16, grb, row0, F) ^ warm_rows(u16, urb, up_row0 + row0, up_row0 + F)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, F)
-        if row0 >= F:
+        if not LOOP and row0 >= F:
             return
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
-        pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
-        for r in range(R):
-            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+        stride = cuda.gridDim.x * NW * R
+        while row0 < F:
+            if LOOP and warm:
+                nxt = row0 + stride
+                t = warm_rows(g16, grb, nxt, F) ^ warm_rows(u16, urb, up_row0 + nxt, up_row0 + F)
+            pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
+            for r in range(R):
+                _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+            if not LOOP:
+                return
+            _keep(t, F)
+            row0 += stride
 
     return matvec_fused, multi_fused, swiglu_fused
 
@@ -1476,6 +1495,23 @@ def _stage_args(x, norm_weight, eps, K):
     return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K, WARM
 
 
+PERSISTENT = os.environ.get("LLAMA_BETA_PERSISTENT", "0") == "1"   # v16 (opt-in, not yet measured)
+SIM_WAVE_BLOCKS = 1       # the simulator has no occupancy: one block, so that its warps take several rounds
+_WAVES = {}
+
+
+def _one_wave(kern, nw, K, args) -> int:
+    """v16: the blocks of ``kern`` that are resident at once on the whole GPU (the driver's occupancy
+    calculator for its registers, NW warps and the padded x'), the grid of a persistent launch."""
+    if config.ENABLE_CUDASIM:
+        return SIM_WAVE_BLOCKS
+    key = (kern, nw, K)
+    if key not in _WAVES:
+        compiled = next(iter(kern.specialize(*args).overloads.values()))
+        _WAVES[key] = max(1, compiled.max_cooperative_grid_blocks(nw * WARP, 4 * xs_floats(K)))
+    return _WAVES[key]
+
+
 def _launch(kern, blocks, nw, K, stream, *args):
     if K > MAX_K_FUSED:
         raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
@@ -1510,11 +1546,13 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         kern = _split_kernel(ggml_type, width, R, nw, S)
         blocks = -(-N // (nw // S * R))                         # nw / S groups of R rows per block
     else:
-        kern = _fused_kernels((ggml_type,) * 3, width, R, nw)[0]
+        kern = _fused_kernels((ggml_type,) * 3, width, R, nw, PERSISTENT)[0]
         blocks = -(-N // (nw * R))                              # nw warps of R rows per block
     b, has = _bias(bias, out)
-    _launch(kern, blocks, nw, K, stream,
-            *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
+    args = (*_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
+    if S == 1 and PERSISTENT:
+        blocks = min(blocks, _one_wave(kern, nw, K, args))
+    _launch(kern, blocks, nw, K, stream, *args)
 
 
 def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None, config=None, stream=0):
@@ -1564,11 +1602,14 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
     F = out.shape[0]
     nw, R = config or fused_config(F)
-    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw)[2]
+    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw, PERSISTENT)[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
-    _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
-            g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
+    args = (*_stage_args(x, norm_weight, eps, K), g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
+    blocks = -(-F // (nw * R))
+    if PERSISTENT:
+        blocks = min(blocks, _one_wave(kern, nw, K, args))
+    _launch(kern, blocks, nw, K, stream, *args)
 
 
 # ---------------------------------------------------------------------------------------------

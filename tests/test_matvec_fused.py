@@ -387,6 +387,31 @@ def test_vector_loads_change_no_result(gt, vector_loads):
         assert_terms(got, want, mag, tolerance(K, True), f"v15 {gt.name}")
 
 
+@requires_cuda
+@pytest.mark.parametrize("gt", [GGMLType.Q4_K, GGMLType.Q8_0])
+def test_persistent_launch_changes_no_result(gt, monkeypatch):
+    """v16 (PERSISTENT): at most one wave of blocks whose warps take several rounds of rows (the simulator
+    gets one block, so every warp takes several), warming the next round's rows: the same bits as one round
+    per warp, for matvec (with bias and residual add) and SwiGLU, rows not a multiple of a round."""
+    rng, x, nw, w, K = problem(17, gt, 2 * 23, 1, True)
+    b = rng.standard_normal(46).astype(np.float32)
+    res = rng.standard_normal(46).astype(np.float32)
+    cfg = (8, 2) if ON_GPU else (2, 2)
+    results = []
+    for on in (False, True):
+        monkeypatch.setattr(km(), "PERSISTENT", on)
+        out, act = dev(res), dev(np.zeros(23, np.float32))
+        km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
+                                  accumulate=True, config=cfg)
+        km().launch_decode_swiglu(dev(x), dev(w), gt, dev(w), gt, 23, K, act, norm_weight=dev(nw), eps=EPS,
+                                  config=cfg)
+        results.append((out.copy_to_host(), act.copy_to_host()))
+    for old, new in zip(*results):
+        np.testing.assert_array_equal(new, old)
+    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
+    assert_terms(results[1][0], want, mag, tolerance(K, True), f"v16 {gt.name}")
+
+
 # --- errors --------------------------------------------------------------------------------------
 @requires_cuda
 def test_bad_arguments_raise():
