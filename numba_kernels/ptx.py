@@ -314,6 +314,22 @@ def dependent_chain(n):
     return counts.copy_to_host()
 
 
+@cuda.jit
+def _copy_by_fours(a, out):
+    i = cuda.grid(1) * 4                            # thread t: words 4t .. 4t + 3, one 16-byte load
+    if i + 3 < a.shape[0]:
+        w0, w1, w2, w3 = load_u32x4(a, i)
+        out[i], out[i + 1], out[i + 2], out[i + 3] = w0, w1, w2, w3
+
+
+def copy_by_fours(a):
+    """uint32 [n] -> the first 4 (n // 4) words of ``a`` as read by ``load_u32x4``, four per thread."""
+    a_d = cuda.to_device(np.ascontiguousarray(a, np.uint32))
+    out = cuda.to_device(np.zeros(len(a) // 4 * 4, np.uint32))
+    _copy_by_fours[-(-len(a) // 128), WARP](a_d, out)
+    return out.copy_to_host()
+
+
 if __name__ == "__main__":
     rng = np.random.default_rng(0)
     A, B, C = (rng.standard_normal(s).astype(np.float32) for s in ((16, 16), (16, 8), (16, 8)))

@@ -1,6 +1,7 @@
-"""The two PTX intrinsics of numba_kernels/ptx.py: one warp's mma.sync m16n8k16 from fragments laid out as
+"""The PTX intrinsics of numba_kernels/ptx.py: one warp's mma.sync m16n8k16 from fragments laid out as
 the PTX ISA says equals the float64 product of the float16-rounded matrices (in the simulator: the Python
-statement of the layout; on the GPU: the real instruction), and pack_f16x2 rounds to nearest even."""
+statement of the layout; on the GPU: the real instruction), pack_f16x2 rounds to nearest even, the 16-byte
+load returns its four words in order, and programmatic dependent launches keep their order."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,6 +44,16 @@ def test_simulator_sub_f16x2_is_exact_on_codes():
         zero = _simulator_pack_f16x2(np.float32(1024 + z), np.float32(1024 + z))
         lo, hi = _halves(_simulator_sub_f16x2(codes, zero))
         assert (lo, hi) == (u - z, 255 - u - z)
+
+
+@requires_cuda
+def test_load_u32x4_reads_four_words_in_order():
+    """One 16-byte load per four words (matmul v15's quant loads): every word lands in its place, the last
+    partial group of words is not read."""
+    from numba_kernels.ptx import copy_by_fours
+
+    a = np.random.default_rng(3).integers(0, 2 ** 32, 4 * 37 + 3, dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(copy_by_fours(a), a[:4 * 37])
 
 
 @requires_cuda
