@@ -743,7 +743,7 @@ def _k_octets(word):
 
 
 _oct_q4_k, _oct_q5_k = _k_octets(_word_u32)
-_VECTOR_OCTETS = dict(zip((GGMLType.Q4_K, GGMLType.Q5_K), _k_octets(_word_v4)))
+_VECTOR_OCTET = dict(zip((_oct_q4_k, _oct_q5_k), _k_octets(_word_v4)))   # v15's version of each
 
 
 @cuda.jit(device=True, inline=True)
@@ -820,8 +820,8 @@ def _unit(ggml_type, width):
     The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
     threshold and their offsets from the unit's base indices are constants."""
     qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
-    if VECTOR_LOADS and width >= 16 and octet in (_oct_q4_k, _oct_q5_k):   # v15 (a 16- or 32-weight unit's
-        octet = _VECTOR_OCTETS[ggml_type]                                   # quants start 16-byte aligned)
+    if VECTOR_LOADS and width >= 16:               # v15: a 16- or 32-weight unit's quants start 16-byte aligned
+        octet = _VECTOR_OCTET.get(octet, octet)      # (an octet replaced by benchmarks/ladder.py stays)
     mask = (1 << qsh) - 1
 
     @cuda.jit(device=True, inline=True)
@@ -1512,11 +1512,13 @@ def _one_wave(kern, nw, K, args) -> int:
     return _WAVES[key]
 
 
-def _launch(kern, blocks, nw, K, stream, *args):
+def _launch(kern, blocks, nw, K, stream, *args, persistent=False):
     if K > MAX_K_FUSED:
         raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
                          f"K <= {MAX_K_FUSED}); use matvec")
     smem = 4 * xs_floats(K)                            # dynamic: padded x' (+ a static 32 floats)
+    if persistent:                                     # v16: at most one wave, the warps loop
+        blocks = min(blocks, _one_wave(kern, nw, K, args))
     kern[blocks, nw * WARP, stream, smem](*args)
 
 
@@ -1549,10 +1551,8 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         kern = _fused_kernels((ggml_type,) * 3, width, R, nw, PERSISTENT)[0]
         blocks = -(-N // (nw * R))                              # nw warps of R rows per block
     b, has = _bias(bias, out)
-    args = (*_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
-    if S == 1 and PERSISTENT:
-        blocks = min(blocks, _one_wave(kern, nw, K, args))
-    _launch(kern, blocks, nw, K, stream, *args)
+    _launch(kern, blocks, nw, K, stream, *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type),
+            b, has, accumulate, out, persistent=S == 1 and PERSISTENT)
 
 
 def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None, config=None, stream=0):
@@ -1605,11 +1605,8 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw, PERSISTENT)[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
-    args = (*_stage_args(x, norm_weight, eps, K), g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
-    blocks = -(-F // (nw * R))
-    if PERSISTENT:
-        blocks = min(blocks, _one_wave(kern, nw, K, args))
-    _launch(kern, blocks, nw, K, stream, *args)
+    _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
+            g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out, persistent=PERSISTENT)
 
 
 # ---------------------------------------------------------------------------------------------
