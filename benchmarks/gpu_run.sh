@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [v15] [v16] [ncu] [real]
+#        [ladder] [toggles] [ncu] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -127,31 +127,17 @@ for step in "$@"; do
         timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 --kv-prefetch \
           --json "$OUT/kv-prefetch-$name.json" 2>&1 | grep -v -i warn | tail -3
       done ;;
-    v15)      # the tenth session's opt-in 16-byte quant loads (matmul.VECTOR_LOADS): test_matvec_fused with them on
-      #          (5 groups side by side, as in tests), then the Phi-3 twin's decode step on and off; make it the
-      #          default (and re-run the real model) if the tests pass
-      [ -f /tmp/phi3-mini.gguf ] || python3 -m llama_beta.cli synth /tmp/phi3-mini.gguf --preset phi3-mini \
-        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
-      for k in "decode_matvec_matches_ref or public_decode or vector_loads" "split_k or multi_matches" "swiglu" \
-          "qkv_rope and not refuses" "rmsnorm_inside or warm_up or staging"; do
-        (LLAMA_BETA_VECTOR_LOADS=1 LLAMA_BETA_JIT_CACHE=0 timeout 420 python3 -m pytest -q -p no:cacheprovider \
-           tests/test_matvec_fused.py -k "$k" 2>&1 | tail -2 | sed "s/^/[$k] /") &
-      done
-      wait
-      for v in 1 0; do echo "== Phi-3 twin, LLAMA_BETA_VECTOR_LOADS=$v"
-        LLAMA_BETA_VECTOR_LOADS=$v LLAMA_BETA_JIT_CACHE=0 timeout 90 python3 benchmarks/profile_decode.py \
-          /tmp/phi3-mini.gguf --reps 50 --json "$OUT/v15-phi3-vec$v.json" 2>&1 | grep -v -i warn
-      done ;;
-    v16)      # the tenth session's opt-in persistent v4 launches (matmul.PERSISTENT, a factory parameter: the disk
-      #          cache may stay on): its test, then both twins' decode steps with it on and off
-      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_fused.py -k persistent 2>&1 | tail -2
+    toggles)  # each decode switch in $TOGGLES (default: the eleventh session's defaults v17 and v15) turned off
+      #          against the defaults, whole decode steps of both twins (profile_decode.py; the disk cache keeps
+      #          the choices apart, see test_disk_cache_key_sees_the_decode_settings)
       for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
         IFS=: read -r name preset vocab <<< "$m"
         [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
           --vocab .dev-model/vocab/$vocab.gguf --force -q
-        for p in 1 0; do echo "== $name, LLAMA_BETA_PERSISTENT=$p"
-          LLAMA_BETA_PERSISTENT=$p timeout 120 python3 benchmarks/profile_decode.py /tmp/$name.gguf --reps 50 \
-            --json "$OUT/v16-$name-persistent$p.json" 2>&1 | grep -v -i warn
+        for toggle in defaults ${TOGGLES:-LLAMA_BETA_WARM_L2 LLAMA_BETA_VECTOR_LOADS}; do
+          echo "== $name, ${toggle/#LLAMA*/$toggle=0}"
+          env $([ $toggle = defaults ] || echo $toggle=0) timeout 120 python3 benchmarks/profile_decode.py \
+            /tmp/$name.gguf --reps 50 --json "$OUT/toggle-$name-$toggle.json" 2>&1 | grep -v -i warn
         done
       done ;;
     ncu)      # Nsight Compute: one layer of the Phi-3-shaped prefill (where v11 loses its time), and one decode layer

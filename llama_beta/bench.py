@@ -111,18 +111,18 @@ def _decode_step_settings(model) -> dict:
     steps queued ahead of the host, RoPE inside the Q/K/V launch, programmatic dependent launch (asked for:
     it also needs an sm_90 GPU), the tensor-core decode products (matmul v12) and the x loads in flight per
     thread while the products stage x' (matmul v13: 4; 1 before), and whether the Q/K/V launch asks L2 for the
-    layer's K/V cache (``LLAMA_BETA_KV_PREFETCH=1``, ninth session, opt-in), and whether the Q4_K/Q5_K products
-    read their quants in 16-byte loads (matmul v15, ``LLAMA_BETA_VECTOR_LOADS=1``) and whether the v4 products run
-    as one persistent wave (matmul v16, ``LLAMA_BETA_PERSISTENT=1``; both tenth session, opt-in)."""
+    layer's K/V cache (``LLAMA_BETA_KV_PREFETCH=1``, ninth session, opt-in), whether the Q4_K/Q5_K products
+    read their quants in 16-byte loads (matmul v15, ``LLAMA_BETA_VECTOR_LOADS``) and whether the products warm
+    their rows with L2 bulk prefetches (matmul v17, ``LLAMA_BETA_WARM_L2``; both on since the eleventh session)."""
     if model.backend.name != "cuda":
         return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False, "stage_loads": 0,
-                "kv_prefetch": False, "vector_loads": False, "persistent": False}
+                "kv_prefetch": False, "vector_loads": False, "warm_l2": False}
     from llama_beta.backends import cuda_decode
     from numba_kernels import matmul
 
     return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE, "pdl": cuda_decode.PDL,
             "decode_mma": matmul.DECODE_MMA, "stage_loads": matmul.STAGE_LOADS, "kv_prefetch": matmul.KV_PREFETCH,
-            "vector_loads": matmul.VECTOR_LOADS, "persistent": matmul.PERSISTENT}
+            "vector_loads": matmul.VECTOR_LOADS, "warm_l2": matmul.WARM_L2}
 
 
 def format_report(r: dict) -> str:

@@ -143,23 +143,26 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   -> 10.1). Tenth session: the four-load loop summed the squares as ``ss + (v * v or 0)``, which rounds the
   square before the add, while the one-load loop's ``ss += v * v`` is one FMA: x' differed in the last bit on
   the GPU (the simulator has no FMA). ``_put_raw`` now squares ``v or 0``, so both contract to the same FMA.
-- v15 (opt-in, ``LLAMA_BETA_VECTOR_LOADS=1``): the Q4_K/Q5_K units of 16 or 32 weights read their quants with
-  ``ptx.load_u32x4`` (``ld.global.nc.v4.u32``, 16-byte aligned: 144- and 176-byte blocks, quants at 16 + 32 i
-  and 48 + 32 i, rows of whole blocks) instead of one 4-byte load per word. A warp's 4-byte load touched the
-  same 16 sectors as the seven after it (lanes pair on one 32-byte stretch), 8 requests to the L1 where 2 now
-  do. Measured on the H200 (Phi-3-mini twin, per launch in the graph): Q/K/V 20.9 -> 20.4 us, W_o 7.04 ->
-  6.82, gate/up 24.3 -> 24.0, W_down 16.5 -> 16.2, whole step 2711 -> 2645 us (+2.4%); so the L1 requests
-  were not what the loop waits on (the ladder, ``benchmarks/ladder.py``: the loads alone take as long as the
-  full products). Off until checked against the reference on the GPU (the simulator tests pass); the Q/K/V
-  kernel goes from 64 to 72 registers (offline ptxas).
-- v16 (opt-in, ``LLAMA_BETA_PERSISTENT=1``, tenth session, not yet measured): the v4 matvec and SwiGLU launches
-  as at most one wave (``_one_wave``: the driver's occupancy for the kernel's registers and shared memory, times
-  the SMs); each warp takes rounds of R rows, the grid's rows apart, and warms the next round's rows (``_warm_rows``)
-  before it computes the current one, so x' is staged once per block and the next weights are in flight during the
-  loop. Aimed at the Phi-3 shapes, whose grids are 1.1-1.3 waves (gate/up: 512 blocks, 396 resident): the second
-  wave restages x' and starts cold. A factory parameter (``LOOP``), so the disk cache keeps the two apart; without it
-  the kernels' PTX is unchanged (offline: identical but for symbol names). Same bits as one round per warp
-  (``test_persistent_launch_changes_no_result``).
+- v15 (the default since the eleventh session; ``LLAMA_BETA_VECTOR_LOADS=0`` turns it off): the Q4_K/Q5_K
+  units of 16 or 32 weights read their quants with ``ptx.load_u32x4`` (``ld.global.nc.v4.u32``, 16-byte aligned:
+  144- and 176-byte blocks, quants at 16 + 32 i and 48 + 32 i, rows of whole blocks) instead of one 4-byte load
+  per word. A warp's 4-byte load touched the same 16 sectors as the seven after it (lanes pair on one 32-byte
+  stretch), 8 requests to the L1 where 2 now do. Measured on the H200 (Phi-3-mini twin, per launch in the
+  graph): Q/K/V 20.9 -> 20.4 us, W_o 7.04 -> 6.82, gate/up 24.3 -> 24.0, W_down 16.5 -> 16.2, whole step 2711 ->
+  2645 us (+2.4%); so the L1 requests were not what the loop waits on (the ladder, ``benchmarks/ladder.py``: the
+  loads alone take as long as the full products). Its tests passed on the H200 with it on (eleventh session).
+  The Q/K/V kernel goes from 64 to 72 registers (offline ptxas).
+- v16 (tenth session; measured slower in the eleventh and removed): the v4 matvec and SwiGLU launches as one
+  persistent wave whose warps looped over rounds of rows, warming the next round's rows during the current one.
+  Phi-3 twin gate/up 24.4 -> 27.3 us, whole step 2715 -> 2968 us; Qwen twin gate/up 6.8 -> 9.9 us. One wave
+  of warps that each take 1-2 rounds keeps fewer bytes in flight than 1.3 waves of warps that take one.
+- v17 (the default since the eleventh session; ``LLAMA_BETA_WARM_L2=0``: v8's loads): the row warm-up as one
+  ``cp.async.bulk.prefetch.L2`` per row (``_warm_row_l2``, lane 0; ``ptx.prefetch_l2``) instead of a 2-byte
+  load per 32-byte sector into L1. Nothing is held in registers (gate/up Q4_K: 96 -> 79 registers, offline
+  ptxas), nothing waits on it before the loop, and rows longer than 4 KiB (W_down) are now warmed whole.
+  Measured on the H200 (per launch in the graph, v15 on): Phi-3 twin Q/K/V 20.4 -> 19.4 us, W_o 6.83 -> 6.55,
+  gate/up 24.0 -> 22.2, W_down 16.3 -> 15.4, whole step 2650 -> 2560 us (+3.5%); Qwen twin 913 -> 869 us (+5%).
+  The factories bind the warm-up into their kernels' closures, so the disk cache's key sees which one.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -677,10 +680,10 @@ def _k_scales(w32, wh, g, s):
     return float32(wh[g >> 1]) * float32(int32(sc)), float32(wh[(g >> 1) + uint32(1)]) * float32(int32(m))
 
 
-# v15 (opt-in, LLAMA_BETA_VECTOR_LOADS=1): the Q4_K/Q5_K units of 16 or 32 weights read their quants in
-# 16-byte loads. Measured +2.4% on the Phi-3 twin's decode step (tenth session); not yet checked against
-# the reference on the GPU (the simulator tests pass), so off by default until it is.
-VECTOR_LOADS = os.environ.get("LLAMA_BETA_VECTOR_LOADS", "0") == "1"
+# v15 (the default since the eleventh session; LLAMA_BETA_VECTOR_LOADS=0 turns it off): the Q4_K/Q5_K units
+# of 16 or 32 weights read their quants in 16-byte loads. +2.4% on the Phi-3 twin's decode step. A kernel's
+# disk-cache key covers it (Numba pickles the closures down to the octets, which differ).
+VECTOR_LOADS = os.environ.get("LLAMA_BETA_VECTOR_LOADS", "1") == "1"
 
 
 @cuda.jit(device=True, inline=True)
@@ -977,7 +980,7 @@ WARM = os.environ.get("LLAMA_BETA_MATVEC_WARM", "1") != "0"   # v8: touch the ro
 
 
 @cuda.jit(device=True, inline=True)
-def _warm_row(w16, rb, row, N):
+def _warm_row_loads(w16, rb, row, N):
     """The xor of 2-byte loads at bytes 32 l + 1024 j (j < 4, clamped to the row) of row min(row, N - 1),
     lane l: one load per 32-byte sector of rows up to 4 KiB. Written out: one basic block, so the
     compiler issues all the loads before the first xor waits for one."""
@@ -991,19 +994,37 @@ def _warm_row(w16, rb, row, N):
     return int32(t0 ^ t1 ^ t2 ^ t3)
 
 
+@cuda.jit(device=True, inline=True)
+def _warm_row_l2(w16, rb, row, N):
+    """v17 (opt-in, ``LLAMA_BETA_WARM_L2=1``): the whole row min(row, N - 1) asked of L2 by one bulk prefetch
+    (``cp.async.bulk.prefetch.L2``, lane 0): one instruction per row instead of a load per 32-byte sector, no
+    registers held, nothing brought into L1, rows of any length (the loads stop at 4 KiB). Returns 0."""
+    if cuda.threadIdx.x & (WARP - 1) == 0:
+        ptx.prefetch_l2(w16, int32(min(row, N - 1) * rb), rb)
+    return int32(0)
+
+
+# v17 (the default; LLAMA_BETA_WARM_L2=0: v8's loads): the row warm-up as L2 bulk prefetches. The kernel
+# factories bind the choice into their closures, so the disk cache's key sees it.
+WARM_L2 = os.environ.get("LLAMA_BETA_WARM_L2", "1") == "1"
+_warm_row = _warm_row_l2 if WARM_L2 else _warm_row_loads
+
+
 @functools.lru_cache(maxsize=None)
 def _warm_rows(R):
     """Device function (v8): ``_warm_row`` for rows row0 .. row0+R-1 (R = 1, 2, 4), issued *before* x' is
     staged, so the weight bytes travel from DRAM to L1/L2 while the block sums and scales x; the dot
     products then find them in cache. Rows past N touch row N - 1. Returns the xor of the loaded words:
     ``_keep`` consumes it after staging, else the compiler would drop loads whose values are unused."""
+    warm_row = _warm_row                             # (bound here: the disk cache's key sees v17 or v8)
+
     @cuda.jit(device=True, inline=True)
     def warm(w16, rb, row0, N):
-        t = _warm_row(w16, rb, row0, N)
+        t = warm_row(w16, rb, row0, N)
         if R > 1:
-            t ^= _warm_row(w16, rb, row0 + 1, N)
+            t ^= warm_row(w16, rb, row0 + 1, N)
         if R > 2:
-            t ^= _warm_row(w16, rb, row0 + 2, N) ^ _warm_row(w16, rb, row0 + 3, N)
+            t ^= warm_row(w16, rb, row0 + 2, N) ^ warm_row(w16, rb, row0 + 3, N)
         return t
     return warm
 
@@ -1131,12 +1152,10 @@ def _decode_jit(NW):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernels(types, width, R, NW, LOOP=False):
+def _fused_kernels(types, width, R, NW):
     """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
     (multi: one per matrix; matvec uses types[0]; swiglu types[0] for the gate, types[1] for
-    up). Every type, width, R and NW is a compile-time constant of the kernels. LOOP (v16, matvec and
-    swiglu): a grid of at most one wave, whose warps step through their rows by the grid's rows, warming
-    the next rows while they compute the current ones (``launch_decode_*`` with ``PERSISTENT``)."""
+    up). Every type, width, R and NW is a compile-time constant of the kernels."""
     rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
     pair = _rows_dot_pair(types[0], types[1], width, R)
     warm_rows = _warm_rows(R)
@@ -1151,20 +1170,12 @@ def _fused_kernels(types, width, R, NW, LOOP=False):
             t = warm_rows(w16, rb, row0, N)          # the rows' bytes fly while x' is staged
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, N)
-        if not LOOP and row0 >= N:
+        if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
-        stride = cuda.gridDim.x * NW * R
-        while row0 < N:
-            if LOOP and warm:
-                t = warm_rows(w16, rb, row0 + stride, N)   # the next round's rows fly during this one
-            rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
-            for r in range(R):
-                _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
-            if not LOOP:
-                return
-            _keep(t, N)
-            row0 += stride
+        rows0(w16, w32, wh, wf, rb, row0, N, K, xs, acc, 1, row0 + 2, 1)
+        for r in range(R):
+            _store(acc[r], row0 + r, N, bias, has_bias, accumulate, out)
 
     @cuda.jit(**_decode_jit(NW))
     def multi_fused(x, nw, has_norm, eps, K, warm, blk1, blk2,
@@ -1218,22 +1229,13 @@ def _fused_kernels(types, width, R, NW, LOOP=False):
             t = warm_rows(g16, grb, row0, F) ^ warm_rows(u16, urb, up_row0 + row0, up_row0 + F)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, F)
-        if not LOOP and row0 >= F:
+        if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
-        stride = cuda.gridDim.x * NW * R
-        while row0 < F:
-            if LOOP and warm:
-                nxt = row0 + stride
-                t = warm_rows(g16, grb, nxt, F) ^ warm_rows(u16, urb, up_row0 + nxt, up_row0 + F)
-            pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
-            for r in range(R):
-                _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
-            if not LOOP:
-                return
-            _keep(t, F)
-            row0 += stride
+        pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
+        for r in range(R):
+            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
 
     return matvec_fused, multi_fused, swiglu_fused
 
@@ -1327,6 +1329,7 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
     layer's attention will read next (``_prefetch_cache``)."""
     assert P in (1, 2), P
     R = 2 * P                                        # rows per warp
+    warm_row = _warm_row                             # (bound here: the disk cache's key sees v17 or v8)
     rows_a, rows_b, rows_c = (_rows_dot(t, width, R) for t in types)
 
     @cuda.jit(device=True, inline=True)
@@ -1375,17 +1378,17 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
         t = int32(0)
         if warm:
             if blk < blk1:
-                t = _warm_row(a16, arb, r0, aN) ^ _warm_row(a16, arb, r0 + step, aN)
+                t = warm_row(a16, arb, r0, aN) ^ warm_row(a16, arb, r0 + step, aN)
                 if P > 1:
-                    t ^= _warm_row(a16, arb, r2, aN) ^ _warm_row(a16, arb, r2 + step2, aN)
+                    t ^= warm_row(a16, arb, r2, aN) ^ warm_row(a16, arb, r2 + step2, aN)
             elif blk < blk2:
-                t = _warm_row(b16, brb, r0, bN) ^ _warm_row(b16, brb, r0 + step, bN)
+                t = warm_row(b16, brb, r0, bN) ^ warm_row(b16, brb, r0 + step, bN)
                 if P > 1:
-                    t ^= _warm_row(b16, brb, r2, bN) ^ _warm_row(b16, brb, r2 + step2, bN)
+                    t ^= warm_row(b16, brb, r2, bN) ^ warm_row(b16, brb, r2 + step2, bN)
             else:
-                t = _warm_row(c16, crb, r0, cN) ^ _warm_row(c16, crb, r0 + 1, cN)
+                t = warm_row(c16, crb, r0, cN) ^ warm_row(c16, crb, r0 + 1, cN)
                 if P > 1:
-                    t ^= _warm_row(c16, crb, r2, cN) ^ _warm_row(c16, crb, r2 + 1, cN)
+                    t ^= warm_row(c16, crb, r2, cN) ^ warm_row(c16, crb, r2 + 1, cN)
         if KVP:
             _prefetch_cache(k_flat, v_flat, pos_arr, bN)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
@@ -1422,7 +1425,7 @@ def forget_decode_kernels() -> None:
     with the module's compile-time settings as they are now (``VECTOR_LOADS``, ``DOT_PARTS``): for tests
     and ``benchmarks/ladder.py``. The on-disk cache does not see these settings: run such A/Bs with
     ``LLAMA_BETA_JIT_CACHE=0``."""
-    for factory in (_unit, _rows_dot, _rows_dot_pair, _fused_kernels, _split_kernel, _qkv_rope_kernel):
+    for factory in (_unit, _rows_dot, _rows_dot_pair, _warm_rows, _fused_kernels, _split_kernel, _qkv_rope_kernel):
         factory.cache_clear()
 
 
@@ -1495,30 +1498,11 @@ def _stage_args(x, norm_weight, eps, K):
     return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K, WARM
 
 
-PERSISTENT = os.environ.get("LLAMA_BETA_PERSISTENT", "0") == "1"   # v16 (opt-in, not yet measured)
-SIM_WAVE_BLOCKS = 1       # the simulator has no occupancy: one block, so that its warps take several rounds
-_WAVES = {}
-
-
-def _one_wave(kern, nw, K, args) -> int:
-    """v16: the blocks of ``kern`` that are resident at once on the whole GPU (the driver's occupancy
-    calculator for its registers, NW warps and the padded x'), the grid of a persistent launch."""
-    if config.ENABLE_CUDASIM:
-        return SIM_WAVE_BLOCKS
-    key = (kern, nw, K)
-    if key not in _WAVES:
-        compiled = next(iter(kern.specialize(*args).overloads.values()))
-        _WAVES[key] = max(1, compiled.max_cooperative_grid_blocks(nw * WARP, 4 * xs_floats(K)))
-    return _WAVES[key]
-
-
-def _launch(kern, blocks, nw, K, stream, *args, persistent=False):
+def _launch(kern, blocks, nw, K, stream, *args):
     if K > MAX_K_FUSED:
         raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
                          f"K <= {MAX_K_FUSED}); use matvec")
     smem = 4 * xs_floats(K)                            # dynamic: padded x' (+ a static 32 floats)
-    if persistent:                                     # v16: at most one wave, the warps loop
-        blocks = min(blocks, _one_wave(kern, nw, K, args))
     kern[blocks, nw * WARP, stream, smem](*args)
 
 
@@ -1548,11 +1532,11 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         kern = _split_kernel(ggml_type, width, R, nw, S)
         blocks = -(-N // (nw // S * R))                         # nw / S groups of R rows per block
     else:
-        kern = _fused_kernels((ggml_type,) * 3, width, R, nw, PERSISTENT)[0]
+        kern = _fused_kernels((ggml_type,) * 3, width, R, nw)[0]
         blocks = -(-N // (nw * R))                              # nw warps of R rows per block
     b, has = _bias(bias, out)
     _launch(kern, blocks, nw, K, stream, *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type),
-            b, has, accumulate, out, persistent=S == 1 and PERSISTENT)
+            b, has, accumulate, out)
 
 
 def launch_decode_multi(x, mats, outs, K, norm_weight=None, eps=1e-6, width=None, config=None, stream=0):
@@ -1602,11 +1586,11 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
     F = out.shape[0]
     nw, R = config or fused_config(F)
-    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw, PERSISTENT)[2]
+    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw)[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
     _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
-            g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out, persistent=PERSISTENT)
+            g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,7 +135,11 @@ def _simulator_sub_f16x2(a, b):
 
 
 def _simulator_prefetch_l2(arr, start, nbytes):
-    """A cache hint: nothing to do in the simulator."""
+    """A cache hint: nothing to move in the simulator, but the bytes asked for must lie inside ``arr`` (on the
+    GPU a bulk prefetch outside the allocation is an illegal address)."""
+    size = arr.size * arr.itemsize
+    assert 0 <= int(start) and int(start) + max(int(nbytes), 0) <= size, \
+        f"prefetch_l2: bytes [{int(start)}, {int(start) + int(nbytes)}) outside the array's {size}"
 
 
 def _simulator_load_u32x4(a, i):

@@ -260,10 +260,14 @@ def test_swiglu_fused_tensor_equals_two_tensors():
 
 
 @requires_cuda
-def test_row_warm_up_changes_no_result(monkeypatch):
-    """v8 only issues loads before x' is staged: with and without it, every fused kernel (plain, split-K,
-    Q/K/V, SwiGLU) gives the same bits, rows past N included (they touch row N - 1)."""
+@pytest.mark.parametrize("kind", ["_warm_row_l2", "_warm_row_loads"])
+def test_row_warm_up_changes_no_result(kind, monkeypatch):
+    """The warm-up (v17: an L2 bulk prefetch per row; v8: loads) only asks for bytes before x' is staged:
+    with and without it, every fused kernel (plain, split-K, Q/K/V, SwiGLU) gives the same bits, rows past N
+    included (they warm row N - 1; the simulator's prefetch checks that its bytes lie inside the weight)."""
     k = km()
+    monkeypatch.setattr(k, "_warm_row", getattr(k, kind))
+    k.forget_decode_kernels()
     rng, x, nw, w, K = problem(5, GGMLType.Q6_K, 11, 2, True)
     wq = weight(rng, GGMLType.Q5_0, 9, K)
 
@@ -281,6 +285,8 @@ def test_row_warm_up_changes_no_result(monkeypatch):
     monkeypatch.setattr(k, "WARM", False)
     for a, b in zip(warm, run()):
         np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+    k.forget_decode_kernels()                    # the default warm-up's kernels for the tests after
 
 
 def test_decode_launch_bounds_are_opt_in(monkeypatch):
@@ -352,14 +358,7 @@ def vector_loads(monkeypatch):
     km().forget_decode_kernels()
 
 
-def _jit_cache_on():
-    from numba_kernels.runtime import JIT_CACHE
-    return JIT_CACHE
-
-
 @requires_cuda
-@pytest.mark.skipif(ON_GPU and _jit_cache_on(), reason="the on-disk kernel cache does not see VECTOR_LOADS: "
-                    "run with LLAMA_BETA_JIT_CACHE=0 (benchmarks/gpu_run.sh tests does)")
 @pytest.mark.parametrize("gt", [GGMLType.Q4_K, GGMLType.Q5_K])
 def test_vector_loads_change_no_result(gt, vector_loads):
     """v15 reads a Q4_K/Q5_K unit's quants in 16-byte loads instead of 4-byte ones; the arithmetic is the same,
@@ -385,31 +384,6 @@ def test_vector_loads_change_no_result(gt, vector_loads):
     (want, mag), = reference(x, nw, [(w, gt, K, None)])
     for got in results[1][:3]:
         assert_terms(got, want, mag, tolerance(K, True), f"v15 {gt.name}")
-
-
-@requires_cuda
-@pytest.mark.parametrize("gt", [GGMLType.Q4_K, GGMLType.Q8_0])
-def test_persistent_launch_changes_no_result(gt, monkeypatch):
-    """v16 (PERSISTENT): at most one wave of blocks whose warps take several rounds of rows (the simulator
-    gets one block, so every warp takes several), warming the next round's rows: the same bits as one round
-    per warp, for matvec (with bias and residual add) and SwiGLU, rows not a multiple of a round."""
-    rng, x, nw, w, K = problem(17, gt, 2 * 23, 1, True)
-    b = rng.standard_normal(46).astype(np.float32)
-    res = rng.standard_normal(46).astype(np.float32)
-    cfg = (8, 2) if ON_GPU else (2, 2)
-    results = []
-    for on in (False, True):
-        monkeypatch.setattr(km(), "PERSISTENT", on)
-        out, act = dev(res), dev(np.zeros(23, np.float32))
-        km().launch_decode_matvec(dev(x), dev(w), gt, K, out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
-                                  accumulate=True, config=cfg)
-        km().launch_decode_swiglu(dev(x), dev(w), gt, dev(w), gt, 23, K, act, norm_weight=dev(nw), eps=EPS,
-                                  config=cfg)
-        results.append((out.copy_to_host(), act.copy_to_host()))
-    for old, new in zip(*results):
-        np.testing.assert_array_equal(new, old)
-    (want, mag), = reference(x, nw, [(w, gt, K, b)], res)
-    assert_terms(results[1][0], want, mag, tolerance(K, True), f"v16 {gt.name}")
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -569,3 +543,40 @@ def test_qkv_rope_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="device arrays"):
         km().decode_qkv_rope(np.zeros(32, np.float32), mats, q, cache, cuda.to_device(np.zeros((4, 1, 8), np.float32)),
                              np.zeros(1, np.int32), 1e4)
+
+
+_CACHE_KEY_SCRIPT = """
+import hashlib, sys
+from numba.core.serialize import dumps
+from numba_kernels import matmul
+from ref.ggml import GGMLType
+T = (GGMLType.Q4_K,) * 3
+kernels = [*matmul._fused_kernels(T, 32, 4, 4), matmul._qkv_rope_kernel(T, 32, 4),
+           matmul._split_kernel(GGMLType.Q4_K, 32, 1, 16, 4)]
+# Numba's disk-cache key hashes a kernel's bytecode and the pickle of its closure's cells
+# (numba.core.caching.Cache._index_key): the second part is what tells settings apart
+print(" ".join(hashlib.sha256(dumps(tuple(c.cell_contents for c in k.py_func.__closure__))).hexdigest()[:16]
+               for k in kernels))
+"""
+
+
+@pytest.mark.parametrize("setting", ["LLAMA_BETA_WARM_L2", "LLAMA_BETA_VECTOR_LOADS"])
+def test_disk_cache_key_sees_the_decode_settings(setting):
+    """v15 and v17 are chosen when the module loads; the kernels built with either choice must have different
+    disk-cache keys, else a later process would be handed the other choice's kernels. (Built without the
+    simulator, whose kernels are not cached; building compiles nothing, so no GPU is needed.)"""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keys = {}
+    for value in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+        env.update({setting: value, "PYTHONPATH": root})
+        run = subprocess.run([sys.executable, "-c", _CACHE_KEY_SCRIPT], env=env, cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        keys[value] = run.stdout.split()
+    assert len(keys["0"]) == len(keys["1"]) == 5
+    for off, on in zip(keys["0"], keys["1"]):
+        assert off != on
