@@ -59,7 +59,8 @@ def run_label(r: dict) -> str:
             + (["RoPE in Q/K/V"] if v.get("qkv_rope") else []) + (["PDL"] if v.get("pdl") else []) \
             + (["v12 products"] if v.get("decode_mma") else []) \
             + (["v13 staging"] if v.get("stage_loads") == 4 else []) + (["KV prefetch"] if v.get("kv_prefetch") else []) \
-            + (["v15 loads"] if v.get("vector_loads") else []) + (["v17 L2 warm-up"] if v.get("warm_l2") else [])
+            + (["v15 loads"] if v.get("vector_loads") else []) + (["v17 L2 warm-up"] if v.get("warm_l2") else []) \
+            + ([f"prefetch {v['prefetch_mb']:g} MiB ahead"] if v.get("prefetch_mb") else [])
     return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
 
 
