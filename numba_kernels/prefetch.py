@@ -29,8 +29,10 @@ SLOTS = 3                 # buffers per launch (Q/K/V's three)
 
 @cuda.jit(device=True, inline=True)
 def _ask_share(buf, n):
-    """Block b's share of the bytes [0, n) of ``buf``: [b s, (b + 1) s) with s = ceil(n / blocks), in CHUNKs."""
-    share = (n + cuda.gridDim.x - 1) // cuda.gridDim.x
+    """Block b's share of the bytes [0, n) of ``buf``: [b s, (b + 1) s) with s = ceil(n / blocks) rounded up to 16
+    (``prefetch_l2`` asks for the 16-byte aligned part of a range: shares that start aligned lose no bytes), in
+    CHUNKs."""
+    share = ((n + cuda.gridDim.x - 1) // cuda.gridDim.x + 15) // 16 * 16
     start = cuda.blockIdx.x * share
     end = min(n, start + share)
     while start < end:

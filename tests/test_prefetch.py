@@ -41,7 +41,8 @@ def test_plan_example():
                                            ((64,), 16)])
 def test_kernel_asks_for_every_byte_once(sizes, blocks, monkeypatch):
     """In the simulator the kernel calls Python, so a recorder stands in for ``ptx.prefetch_l2``: the pieces asked
-    for tile each buffer exactly (sizes not multiples of the blocks, a buffer larger than a CHUNK, an empty slot)."""
+    for tile each buffer exactly and start 16-byte aligned (sizes not multiples of the blocks or of 16, a buffer
+    larger than a CHUNK, an empty slot)."""
     from numba import config, cuda
     from numba_kernels import prefetch, ptx
     bufs = [cuda.to_device(np.zeros(n, np.uint8)) for n in sizes]
@@ -62,6 +63,7 @@ def test_kernel_asks_for_every_byte_once(sizes, blocks, monkeypatch):
         pieces = sorted(seen[n])
         assert pieces[0][0] == 0 and pieces[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))   # no gap, no overlap
+        assert all(start % 16 == 0 for start, _ in pieces)            # aligned: the hint drops no byte
 
 
 @requires_cuda
