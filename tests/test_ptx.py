@@ -1,7 +1,8 @@
 """The PTX intrinsics of numba_kernels/ptx.py: one warp's mma.sync m16n8k16 from fragments laid out as
 the PTX ISA says equals the float64 product of the float16-rounded matrices (in the simulator: the Python
 statement of the layout; on the GPU: the real instruction), pack_f16x2 rounds to nearest even, the 16-byte
-load returns its four words in order, and programmatic dependent launches keep their order."""
+load returns its four words in order, programmatic dependent launches keep their order, and the simulator's L2
+prefetch refuses a range outside its array."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,6 +45,20 @@ def test_simulator_sub_f16x2_is_exact_on_codes():
         zero = _simulator_pack_f16x2(np.float32(1024 + z), np.float32(1024 + z))
         lo, hi = _halves(_simulator_sub_f16x2(codes, zero))
         assert (lo, hi) == (u - z, 255 - u - z)
+
+
+def test_simulator_prefetch_refuses_bytes_outside_the_array():
+    """The simulator's prefetch_l2 moves nothing but checks its range (on the GPU a bulk prefetch outside the
+    allocation is an illegal address), so the simulator tests of every prefetch check their bounds."""
+    from numba_kernels.ptx import _simulator_prefetch_l2
+
+    a = np.zeros(40, np.uint16)                        # 80 bytes
+    _simulator_prefetch_l2(a, 0, 80)
+    _simulator_prefetch_l2(a, 64, 16)
+    _simulator_prefetch_l2(a, 80, 0)                   # an empty range at the end
+    for start, nbytes in ((72, 16), (-16, 16), (0, 81)):
+        with pytest.raises(AssertionError, match="outside"):
+            _simulator_prefetch_l2(a, start, nbytes)
 
 
 @requires_cuda
