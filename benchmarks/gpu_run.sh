@@ -128,15 +128,14 @@ for step in "$@"; do
           --json "$OUT/kv-prefetch-$name.json" 2>&1 | grep -v -i warn | tail -3
       done ;;
     toggles)  # each decode switch in $TOGGLES against the defaults, whole decode steps of both twins
-      #          (profile_decode.py): a name is turned off (NAME=0), NAME=VALUE is set. Default: the eleventh
-      #          session's opt-in prefetch branch at three windows, then its defaults v17 and v15 turned off
-      #          (the disk cache keeps these apart, see test_disk_cache_key_sees_the_decode_settings)
+      #          (profile_decode.py): a name is turned off (NAME=0), NAME=VALUE is set. Default: the defaults
+      #          v17 and v15 turned off (the prefetch branch's windows were measured in the twelfth session and
+      #          the branch removed; the disk cache keeps these apart, see test_disk_cache_key_sees_the_decode_settings)
       for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
         IFS=: read -r name preset vocab <<< "$m"
         [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
           --vocab .dev-model/vocab/$vocab.gguf --force -q
-        for toggle in defaults ${TOGGLES:-LLAMA_BETA_PREFETCH_MB=16 LLAMA_BETA_PREFETCH_MB=32 LLAMA_BETA_PREFETCH_MB=48 \
-            LLAMA_BETA_WARM_L2 LLAMA_BETA_VECTOR_LOADS}; do
+        for toggle in defaults ${TOGGLES:-LLAMA_BETA_WARM_L2 LLAMA_BETA_VECTOR_LOADS}; do
           [[ $toggle = *=* || $toggle = defaults ]] || toggle=$toggle=0
           echo "== $name, $toggle"
           env $([ $toggle = defaults ] || echo $toggle) timeout 120 python3 benchmarks/profile_decode.py \

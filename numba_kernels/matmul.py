@@ -163,6 +163,16 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Measured on the H200 (per launch in the graph, v15 on): Phi-3 twin Q/K/V 20.4 -> 19.4 us, W_o 6.83 -> 6.55,
   gate/up 24.0 -> 22.2, W_down 16.3 -> 15.4, whole step 2650 -> 2560 us (+3.5%); Qwen twin 913 -> 869 us (+5%).
   The factories bind the warm-up into their kernels' closures, so the disk cache's key sees which one.
+- v18 ``_staged_swiglu`` (opt-in, ``LLAMA_BETA_STAGE_ROWS=1``; sm_90; measured no faster): the gate/up launch with
+  each warp's 2R rows copied into shared memory by the bulk-copy engine (``ptx.bulk_copy``, one per row, counted
+  on one ``mbarrier`` per warp) while the block stages x', the loop then reading them from shared memory. Only
+  for rows of whole multiples of 16 bytes (Phi-3's Q4_K gate_up: 1728 bytes) and one type for gate and up; the
+  block opts in to > 48 KiB of dynamic shared memory (``runtime.launch_with_shared``). Bit-identical to
+  ``swiglu_fused``; passed on the H200. Phi-3 twin, in the graph: gate/up 22.25 -> 21.53 us, but the whole step
+  2557 -> 2575 us (69 KB of shared memory per block leaves no room for the next launch's early blocks). Nsight
+  Compute says why the bytes were not the problem: the products are bound by their instruction issue
+  (gate/up 8.7 SASS instructions per weight, Q/K/V 13.8, W_o and W_down 12, the output 11.2; issue slots
+  busy 43-60 %, DRAM 10-23 %), so the next lever is fewer instructions per weight (docs/matmul.md, "v18").
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -201,14 +211,16 @@ import math
 import os
 
 import numpy as np
-from numba import config, cuda, float32, int32, uint32, uint64
+from numba import config, cuda, float32, int32, uint16, uint32, uint64
+from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 
 from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
 from numba_kernels.rope import _args as _rope_args, _cos_sin, _rot_dims
-from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, to_device as _device
+from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, launch_with_shared
+from numba_kernels.runtime import to_device as _device
 
 WARP = 32
 MV_WARPS = 4              # warps (= rows in flight) per block of the matvec kernels
@@ -817,13 +829,14 @@ VECTOR_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)   # ... in 16-byte loads (v15): ro
 
 
 @functools.lru_cache(maxsize=None)
-def _unit(ggml_type, width):
+def _unit(ggml_type, width, vector=None):
     """Device function: sum_{i < width} W[row, k + i] x'[k + i] for the row at byte ``rowb``.
 
     The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
-    threshold and their offsets from the unit's base indices are constants."""
+    threshold and their offsets from the unit's base indices are constants. ``vector``: v15's 16-byte
+    global loads (None: ``VECTOR_LOADS``; False for rows in shared memory, v18)."""
     qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
-    if VECTOR_LOADS and width >= 16:               # v15: a 16- or 32-weight unit's quants start 16-byte aligned
+    if (VECTOR_LOADS if vector is None else vector) and width >= 16:   # v15: such units' quants are 16-byte aligned
         octet = _VECTOR_OCTET.get(octet, octet)      # (an octet replaced by benchmarks/ladder.py stays)
     mask = (1 << qsh) - 1
 
@@ -1085,10 +1098,10 @@ def _rows_dot(ggml_type, width, R, S=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot_pair(gate_type, up_type, width, R):
+def _rows_dot_pair(gate_type, up_type, width, R, vector=None):
     """``_rows_dot`` for SwiGLU: R rows of W_gate and the matching R rows of W_up in the same
-    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums."""
-    gunit, uunit = _unit(gate_type, width), _unit(up_type, width)
+    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums. ``vector`` as ``_unit``."""
+    gunit, uunit = _unit(gate_type, width, vector), _unit(up_type, width, vector)
     step = width * WARP
 
     @cuda.jit(device=True, inline=True)
@@ -1238,6 +1251,66 @@ def _fused_kernels(types, width, R, NW):
             _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
 
     return matvec_fused, multi_fused, swiglu_fused
+
+
+# v18 (opt-in, LLAMA_BETA_STAGE_ROWS=1; sm_90): the gate/up rows of a warp copied into shared memory by the
+# bulk-copy engine while x' is staged, and the dot products read them from there (see ``_staged_swiglu``).
+STAGE_ROWS = os.environ.get("LLAMA_BETA_STAGE_ROWS", "0") == "1"
+SHARED_MAX = 227 * 1024          # dynamic shared memory one block may have on sm_90 (after opting in)
+_NO_CLAMP = 1 << 30              # "rows" of the shared row slots: never clamped (every slot was copied)
+
+
+def staged_layout(K: int, NW: int, rows: int, rb: int) -> tuple[int, int, int]:
+    """Dynamic shared memory of a v18 block: x' (``xs_floats(K)`` floats), NW barriers (8 bytes each, from
+    the next multiple of 8), then NW x ``rows`` row slots of ``rb`` bytes starting at a multiple of rb (rb a
+    multiple of 16, so every slot is 16-byte aligned). Returns (index of the first barrier in a uint64 view,
+    index of the first slot in rows of rb bytes, total bytes)."""
+    bar_byte = -(-4 * xs_floats(K) // 8) * 8
+    slot0 = -(-(bar_byte + 8 * NW) // rb)
+    return bar_byte // 8, slot0, (slot0 + NW * rows) * rb
+
+
+@functools.lru_cache(maxsize=None)
+def _staged_swiglu(ggml_type, width, R, NW):
+    """v18: ``swiglu_fused`` with the warp's R gate and R up rows in shared memory. Lane 0 of each warp arms the
+    warp's barrier for 2R rows and issues one bulk copy per row (``ptx.bulk_copy``: DRAM -> shared memory, no
+    registers, no L1) before the block stages x'; after staging, the warp waits for its barrier and the dot
+    products read the rows from shared memory (4-byte loads: v15's 16-byte loads are global-only). In v17 the
+    rows came from DRAM into L2 by a prefetch and then the loop read them again from L2 a unit per lane per
+    step, a round trip each; here the copy engine moves whole rows with every byte in flight at once. Same
+    arithmetic, same order: the results are bit-identical to ``swiglu_fused``. Gate and up share the type
+    (and so the row size: Phi-3's fused gate_up)."""
+    pair = _rows_dot_pair(ggml_type, ggml_type, width, R, False)
+
+    @cuda.jit(**_decode_jit(NW))
+    def swiglu_staged(x, nw, has_norm, eps, K, bar0, slot0, g32, u32, rb, up_row0, F, out):
+        xs = cuda.shared.array(0, float32, alignment=SMEM_ALIGN)   # x' | barriers | row slots
+        s16 = cuda.shared.array(0, uint16)
+        s32 = cuda.shared.array(0, uint32)
+        sh = cuda.shared.array(0, float16)
+        bars = cuda.shared.array(0, uint64)
+        red = cuda.shared.array(WARP, float32)
+        warp = cuda.threadIdx.x // WARP
+        row0 = (cuda.blockIdx.x * NW + warp) * R
+        slot = slot0 + warp * 2 * R                  # the warp's slots: R gate rows, then R up rows
+        bar = bar0 + warp
+        if row0 < F and cuda.threadIdx.x % WARP == 0:
+            ptx.bulk_expect(bars, bar, 2 * R * rb)
+            for r in range(R):                       # rows past F copy row F - 1 (not stored)
+                n = min(row0 + r, F - 1)
+                ptx.bulk_copy(s32, (slot + r) * rb, g32, n * rb, rb, bars, bar)
+                ptx.bulk_copy(s32, (slot + R + r) * rb, u32, (up_row0 + n) * rb, rb, bars, bar)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)   # (its block barrier also publishes the barriers' init)
+        if row0 >= F:
+            return
+        while ptx.bulk_ready(bars, bar, 0) == 0:
+            pass
+        ag = cuda.local.array(R, float32)
+        au = cuda.local.array(R, float32)
+        pair(s16, s32, sh, xs, rb, s16, s32, sh, xs, rb, R, slot, _NO_CLAMP, K, xs, ag, au)
+        for r in range(R):
+            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+    return swiglu_staged
 
 
 @functools.lru_cache(maxsize=None)
@@ -1425,7 +1498,8 @@ def forget_decode_kernels() -> None:
     with the module's compile-time settings as they are now (``VECTOR_LOADS``, ``DOT_PARTS``): for tests
     and ``benchmarks/ladder.py``. The on-disk cache does not see these settings: run such A/Bs with
     ``LLAMA_BETA_JIT_CACHE=0``."""
-    for factory in (_unit, _rows_dot, _rows_dot_pair, _warm_rows, _fused_kernels, _split_kernel, _qkv_rope_kernel):
+    for factory in (_unit, _rows_dot, _rows_dot_pair, _warm_rows, _fused_kernels, _staged_swiglu, _split_kernel,
+                    _qkv_rope_kernel):
         factory.cache_clear()
 
 
@@ -1581,11 +1655,38 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
+def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
+    """Whether v18 serves this launch: ``STAGE_ROWS`` on, an sm_90+ GPU (or the simulator), one type whose rows
+    are whole multiples of 16 bytes, weights starting 16-byte aligned, and the block's shared memory fitting."""
+    if not STAGE_ROWS or gate_type != up_type or gate_type in (GGMLType.F16, GGMLType.F32):
+        return False
+    rb = row_bytes(gate_type, K)
+    aligned = all(w.__cuda_array_interface__["data"][0] % 16 == 0 for w in weights
+                  if hasattr(w, "__cuda_array_interface__"))
+    gpu_ok = config.ENABLE_CUDASIM or cuda.get_current_device().compute_capability >= (9, 0)
+    return rb % 16 == 0 and aligned and gpu_ok and staged_layout(K, nw, rows, rb)[2] <= SHARED_MAX
+
+
+def _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, width, nw, R, stream):
+    F = out.shape[0]
+    rb = row_bytes(gate_type, K)
+    bar0, slot0, smem = staged_layout(K, nw, 2 * R, rb)
+    kern = _staged_swiglu(gate_type, width, R, nw)
+    g32, u32 = (_fused_views(w, gate_type)[1] for w in (w_gate, w_up))
+    x, nw_arg, has_norm, eps, K, _ = _stage_args(x, norm_weight, eps, K)
+    launch_with_shared(kern, -(-F // (nw * R)), nw * WARP, stream, smem,
+                       x, nw_arg, has_norm, eps, K, bar0, slot0, g32, u32, rb, up_row0, F, out)
+
+
 def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, norm_weight=None,
                          eps=1e-6, width=None, config=None, stream=0):
     """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
     F = out.shape[0]
     nw, R = config or fused_config(F)
+    if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
+        _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, _width(width, K),
+                              nw, R, stream)
+        return
     kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw)[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)

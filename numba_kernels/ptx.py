@@ -49,6 +49,21 @@ The decode products' K-quant units (``matmul`` v15) read their quants with
   misaligned address faults). Not inline PTX but an LLVM vector load in the global address space,
   marked invariant (weights never change during a kernel), so the compiler still schedules it.
 
+The decode products with their rows staged in shared memory (``matmul`` v18) copy each weight row with the
+Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals a transaction barrier
+(``mbarrier``) in that shared memory when the bytes have landed:
+
+- ``bulk_expect(bars, i, nbytes)``: one thread initializes barrier ``bars[i]`` (a uint64 word of shared memory)
+  for one arrival, makes the init visible to the copy engine and arrives, announcing ``nbytes`` to come
+  (``mbarrier.init`` + ``fence.mbarrier_init`` + ``mbarrier.arrive.expect_tx``);
+- ``bulk_copy(dst, dst_byte, src, src_byte, nbytes, bars, i)``: ``cp.async.bulk.shared::cluster.global.mbarrier``,
+  bytes ``src_byte ..`` of the global array ``src`` to bytes ``dst_byte ..`` of the shared array ``dst``, counted on
+  ``bars[i]``. Both addresses and ``nbytes`` must be multiples of 16 (the caller's promise);
+- ``bulk_ready(bars, i, parity) -> uint32``: 1 once the barrier's phase of that parity has completed, i.e. every
+  announced byte has arrived (``mbarrier.try_wait.parity``; the caller loops). A fresh barrier is in phase 0.
+
+In the simulator ``bulk_copy`` copies at once (after checking alignment and bounds) and the barrier calls do nothing.
+
 The rule every kernel launched with the attribute follows: no read of anything another kernel writes
 (activations, the cache, ``state``) and no write at all before ``wait_previous_grid``. On GPUs before
 sm_90 and in the simulator both are no-ops (a plain launch is then fully ordered anyway).
@@ -65,7 +80,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import cuda, float32, uint32
+from numba import cuda, float32, uint32, uint64
 from numba.cuda import config
 
 WARP = 32
@@ -149,7 +164,30 @@ def _simulator_load_u32x4(a, i):
     return a[i], a[i + 1], a[i + 2], a[i + 3]
 
 
+def _simulator_bulk_copy(dst, dst_byte, src, src_byte, nbytes, bars, i):
+    """Copy at once, word by word through the uint32 views; alignment and bounds as the GPU needs them."""
+    d, s, n = int(dst_byte), int(src_byte), int(nbytes)
+    assert d % 16 == 0 and s % 16 == 0 and n % 16 == 0 and n > 0, \
+        f"bulk_copy: offsets {d}, {s} and size {n} must be positive multiples of 16"
+    isz = dst.dtype.itemsize
+    assert src.dtype.itemsize == isz, "bulk_copy: give both arrays as views of one item size"
+    assert s + n <= src.size * isz and d + n <= dst.size * isz, \
+        f"bulk_copy: bytes [{s}, {s + n}) of {src.size * isz} -> [{d}, {d + n}) of {dst.size * isz}"
+    dst[d // isz:(d + n) // isz] = src[s // isz:(s + n) // isz]
+
+
+def _simulator_bulk_expect(bars, i, nbytes):
+    """The simulator's copies are done when issued: nothing to count."""
+
+
+def _simulator_bulk_ready(bars, i, parity):
+    return uint32(1)
+
+
 if config.ENABLE_CUDASIM:
+    bulk_copy = _simulator_bulk_copy
+    bulk_expect = _simulator_bulk_expect
+    bulk_ready = _simulator_bulk_ready
     pack_f16x2 = _simulator_pack_f16x2
     mma_f16 = _simulator_mma_f16
     sub_f16x2 = _simulator_sub_f16x2
@@ -251,6 +289,68 @@ else:
 
         return sig, codegen
 
+    def _element_address(context, builder, arr_type, arr, index, scale):
+        """Generic address of byte ``index * scale`` of the array (i64)."""
+        ary = context.make_array(arr_type)(context, builder, arr)
+        i64 = ir.IntType(64)
+        return builder.add(builder.ptrtoint(ary.data, i64), builder.mul(index, i64(scale)))
+
+    _SHARED32 = "cvta.to.shared.u64 %s, %s; cvt.u32.u64 %s, %s;"
+
+    @intrinsic
+    def bulk_expect(typingctx, bars, index, nbytes):
+        sig = types.void(bars, index, nbytes)
+
+        def codegen(context, builder, signature, args):
+            i, n = _cast_all(context, builder, args[1:], signature.args[1:], types.int64)
+            bar = _element_address(context, builder, signature.args[0], args[0], i, 8)
+            fn = ir.FunctionType(ir.VoidType(), [ir.IntType(64), ir.IntType(32)])
+            asm = ir.InlineAsm(fn, "{ .reg .u64 a; .reg .u32 b; .reg .b64 st; " + _SHARED32 % ("a", "$0", "b", "a")
+                               + " mbarrier.init.shared::cta.b64 [b], 1; fence.mbarrier_init.release.cluster;"
+                               " mbarrier.arrive.expect_tx.shared::cta.b64 st, [b], $1; }",
+                               "l,r,~{memory}", side_effect=True)
+            builder.call(asm, [bar, builder.trunc(n, ir.IntType(32))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def bulk_copy(typingctx, dst, dst_byte, src, src_byte, nbytes, bars, index):
+        sig = types.void(dst, dst_byte, src, src_byte, nbytes, bars, index)
+
+        def codegen(context, builder, signature, args):
+            d, s, n, i = _cast_all(context, builder, [args[1], args[3], args[4], args[6]],
+                                   [signature.args[k] for k in (1, 3, 4, 6)], types.int64)
+            dst_a = _element_address(context, builder, signature.args[0], args[0], d, 1)
+            src_a = _element_address(context, builder, signature.args[2], args[2], s, 1)
+            bar = _element_address(context, builder, signature.args[5], args[5], i, 8)
+            i64 = ir.IntType(64)
+            fn = ir.FunctionType(ir.VoidType(), [i64, i64, i64, ir.IntType(32)])
+            asm = ir.InlineAsm(fn, "{ .reg .u64 da, ga, ba; .reg .u32 d, b; " + _SHARED32 % ("da", "$0", "d", "da")
+                               + " cvta.to.global.u64 ga, $1; " + _SHARED32 % ("ba", "$2", "b", "ba")
+                               + " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
+                               " [d], [ga], $3, [b]; }", "l,l,l,r,~{memory}", side_effect=True)
+            builder.call(asm, [dst_a, src_a, bar, builder.trunc(n, ir.IntType(32))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def bulk_ready(typingctx, bars, index, parity):
+        sig = types.uint32(bars, index, parity)
+
+        def codegen(context, builder, signature, args):
+            (i, ) = _cast_all(context, builder, [args[1]], [signature.args[1]], types.int64)
+            (p, ) = _cast_all(context, builder, [args[2]], [signature.args[2]], types.uint32)
+            bar = _element_address(context, builder, signature.args[0], args[0], i, 8)
+            fn = ir.FunctionType(ir.IntType(32), [ir.IntType(64), ir.IntType(32)])
+            asm = ir.InlineAsm(fn, "{ .reg .u64 a; .reg .u32 b; .reg .pred p; " + _SHARED32 % ("a", "$1", "b", "a")
+                               + " mbarrier.try_wait.parity.shared::cta.b64 p, [b], $2; selp.u32 $0, 1, 0, p; }",
+                               "=r,l,r,~{memory}", side_effect=True)
+            return builder.call(asm, [bar, p])
+
+        return sig, codegen
+
     @intrinsic
     def load_u32x4(typingctx, arr, index):
         sig = types.UniTuple(types.uint32, 4)(arr, index)
@@ -324,6 +424,41 @@ def _copy_by_fours(a, out):
     if i + 3 < a.shape[0]:
         w0, w1, w2, w3 = load_u32x4(a, i)
         out[i], out[i + 1], out[i + 2], out[i + 3] = w0, w1, w2, w3
+
+
+SHARED_ALIGN = None if config.ENABLE_CUDASIM else 16    # dynamic shared memory declared 16-byte aligned
+
+
+@cuda.jit
+def _bulk_gather(src, starts, sizes, total, out):
+    # bytes 0-7 of the dynamic shared memory: the barrier; from byte 16: the pieces, one after the other
+    buf = cuda.shared.array(0, uint32, alignment=SHARED_ALIGN)
+    bars = cuda.shared.array(0, uint64)
+    if cuda.threadIdx.x == 0:
+        bulk_expect(bars, 0, total)
+        d = 16
+        for j in range(starts.shape[0]):
+            bulk_copy(buf, d, src, starts[j], sizes[j], bars, 0)
+            d += sizes[j]
+    cuda.syncthreads()                              # the barrier's init is seen before anyone polls it
+    while bulk_ready(bars, 0, 0) == 0:
+        pass
+    i = cuda.threadIdx.x
+    while i < total // 4:
+        out[i] = buf[4 + i]
+        i += cuda.blockDim.x
+
+
+def bulk_gather(words, pieces):
+    """uint32 [n] and byte ranges ``pieces`` [(start, size), ...] (multiples of 16) -> the pieces' bytes one
+    after the other (as uint32), copied into shared memory by ``bulk_copy`` and read back by the block."""
+    starts = np.array([p[0] for p in pieces], np.int32)
+    sizes = np.array([p[1] for p in pieces], np.int32)
+    total = int(sizes.sum())
+    out = cuda.to_device(np.zeros(total // 4, np.uint32))
+    _bulk_gather[1, 4 * WARP, 0, 16 + total](cuda.to_device(np.ascontiguousarray(words, np.uint32)),
+                                             cuda.to_device(starts), cuda.to_device(sizes), total, out)
+    return out.copy_to_host()
 
 
 def copy_by_fours(a):

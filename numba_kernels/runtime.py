@@ -83,6 +83,34 @@ def programmatic_launches(on: bool = True):
         dispatcher.LaunchConfig = plain
 
 
+SHARED_DEFAULT = 48 * 1024   # dynamic shared memory a kernel may use without opting in
+_shared_opted_in: set = set()
+
+
+def _opt_in_shared(nbytes: int):
+    """A pre-launch callback: let the compiled kernel use ``nbytes`` of dynamic shared memory (the driver's
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; once per kernel and size)."""
+    def opt_in(kernel, launch_config):
+        from numba.cuda.cudadrv.driver import binding, driver
+
+        func = kernel._codelibrary.get_cufunc()
+        key = (int(func.handle), nbytes)
+        if key not in _shared_opted_in:
+            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            driver.cuKernelSetAttribute(attr, nbytes, func.handle, func.device.id)
+            _shared_opted_in.add(key)
+    return opt_in
+
+
+def launch_with_shared(kernel, blocks, threads, stream, nbytes, *args):
+    """``kernel[blocks, threads, stream, nbytes](*args)``; above 48 KiB of dynamic shared memory the kernel
+    opts in first (sm_70+ allow up to 227 KiB a block on Hopper, but only when asked)."""
+    launch = kernel[blocks, threads, stream, nbytes]
+    if nbytes > SHARED_DEFAULT and not config.ENABLE_CUDASIM:
+        launch.pre_launch_callbacks.append(_opt_in_shared(nbytes))
+    launch(*args)
+
+
 def install_simulator_shuffles() -> None:
     """In Numba's CUDA simulator, add the warp shuffles, __syncwarp and nanosleep it lacks (the test
     suite's implementation, ``tests/cudasim_support.py``), so a kernel file's ``__main__`` runs there."""

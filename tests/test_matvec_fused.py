@@ -386,6 +386,80 @@ def test_vector_loads_change_no_result(gt, vector_loads):
         assert_terms(got, want, mag, tolerance(K, True), f"v15 {gt.name}")
 
 
+@pytest.fixture
+def stage_rows(monkeypatch):
+    """Set matmul.STAGE_ROWS (v18) and count the launches it serves; the default comes back after."""
+    launches = []
+    staged = km()._launch_staged_swiglu
+
+    def counting(*args):
+        launches.append(args[2])
+        staged(*args)
+
+    monkeypatch.setattr(km(), "_launch_staged_swiglu", counting)
+
+    def use(on):
+        monkeypatch.setattr(km(), "STAGE_ROWS", on)
+        return launches
+    yield use
+    monkeypatch.undo()
+
+
+# K per type whose rows are whole multiples of 16 bytes (v18 copies whole rows); Q6_K needs 8 blocks
+STAGED_K = {GGMLType.Q4_K: 512, GGMLType.Q5_K: 256, GGMLType.Q6_K: 2048, GGMLType.Q8_0: 256,
+            GGMLType.Q5_0: 256, GGMLType.Q4_0: 512}
+
+
+@requires_cuda
+@pytest.mark.parametrize("gt", list(STAGED_K))
+def test_staged_rows_change_no_result(gt, stage_rows):
+    """v18 copies each warp's gate and up rows into shared memory before the dot products read them; the
+    arithmetic is the same, so SwiGLU gives the same bits with and without it: a fused gate_up tensor and two
+    tensors, F not a multiple of the rows per block (rows past F copy row F - 1 and are not stored)."""
+    K, F = STAGED_K[gt], 11
+    rng = np.random.default_rng(int(gt))
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    gate_up, gate, up = weight(rng, gt, 2 * F, K), weight(rng, gt, F, K), weight(rng, gt, F, K)
+    results = []
+    for on in (False, True):
+        launches = stage_rows(on)
+        got = []
+        for w_g, w_u in ((gate_up, None), (gate, up)):
+            act = dev(np.zeros(F, np.float32))
+            km().decode_matvec_swiglu(dev(x), dev(w_g), None if w_u is None else dev(w_u), gt, gt, K, act,
+                                      norm_weight=dev(nw), eps=EPS, mma=False)
+            got.append(act.copy_to_host())
+        assert len(launches) == (2 if on else 0), "the staged kernel served these launches"
+        results.append(got)
+    for old, new in zip(*results):
+        np.testing.assert_array_equal(new, old)
+    g, gm = reference(x, nw, [(gate, gt, K, None)])[0]
+    u, um = reference(x, nw, [(up, gt, K, None)])[0]
+    assert_swiglu(results[1][1], g, gm, u, um, tolerance(K, True), f"v18 {gt.name}")
+
+
+@requires_cuda
+def test_staged_rows_leave_rows_of_other_sizes_to_v17(stage_rows):
+    """Rows that are not whole multiples of 16 bytes (Q6_K at K = 256: 210 bytes), or gate and up of two types,
+    stay on the unstaged kernel."""
+    launches = stage_rows(True)
+    rng = np.random.default_rng(5)
+    for gtg, gtu, K in ((GGMLType.Q6_K, GGMLType.Q6_K, 256), (GGMLType.Q4_K, GGMLType.Q5_K, 256)):
+        act = dev(np.zeros(3, np.float32))
+        km().decode_matvec_swiglu(dev(rng.standard_normal(K).astype(np.float32)), dev(weight(rng, gtg, 3, K)),
+                                  dev(weight(rng, gtu, 3, K)), gtg, gtu, K, act, mma=False)
+    assert launches == []
+
+
+def test_staged_layout_aligns_every_slot():
+    """x', then the barriers from a multiple of 8 bytes, then the row slots from a multiple of the row size."""
+    for K, NW, rows, rb in ((3072, 8, 4, 1728), (896, 4, 8, 272), (8192, 16, 1, 6720), (32, 1, 1, 16)):
+        bar0, slot0, total = km().staged_layout(K, NW, rows, rb)
+        assert 8 * bar0 >= 4 * km().xs_floats(K) and slot0 * rb >= 8 * (bar0 + NW)
+        assert slot0 * rb - 8 * (bar0 + NW) < rb and total == (slot0 + NW * rows) * rb and rb % 16 == 0
+
+
 # --- errors --------------------------------------------------------------------------------------
 @requires_cuda
 def test_bad_arguments_raise():

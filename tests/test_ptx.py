@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import requires_cuda
 
@@ -87,3 +89,33 @@ def test_programmatic_launches_keep_the_order():
     if supported:
         from numba.cuda import dispatcher
         assert not dispatcher.LaunchConfig(grid=1, block=1).programmatic_stream_serialization
+
+
+@requires_cuda
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_bulk_copy_gathers_the_pieces_into_shared_memory(data):
+    """bulk_copy (matmul v18's row staging): 16-byte aligned pieces of a global array, copied one after the
+    other into shared memory by one thread and counted on one barrier, are all there once bulk_ready says so."""
+    from numba_kernels.ptx import bulk_gather
+
+    words = np.random.default_rng(data.draw(st.integers(0, 99))).integers(0, 2 ** 32, 4 * 300, dtype=np.uint64)
+    words = words.astype(np.uint32)                     # 4800 bytes = 300 pieces of 16
+    pieces = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        start = data.draw(st.integers(0, 299))
+        pieces.append((16 * start, 16 * data.draw(st.integers(1, min(300 - start, 120)))))
+    want = np.concatenate([words[s // 4:(s + n) // 4] for s, n in pieces])
+    np.testing.assert_array_equal(bulk_gather(words, pieces), want)
+
+
+def test_simulator_bulk_copy_refuses_misaligned_or_outside_ranges():
+    """The GPU faults on a bulk copy that is not 16-byte aligned or leaves the array; the simulator says so."""
+    from numba_kernels.ptx import _simulator_bulk_copy
+
+    src, dst = np.arange(40, dtype=np.uint32), np.zeros(20, np.uint32)   # 160 and 80 bytes
+    _simulator_bulk_copy(dst, 16, src, 96, 64, None, 0)
+    np.testing.assert_array_equal(dst[4:20], src[24:40])
+    for d, s, n in ((8, 0, 16), (0, 4, 16), (0, 0, 24), (0, 144, 32), (16, 0, 80), (0, 0, 0)):
+        with pytest.raises(AssertionError, match="bulk_copy"):
+            _simulator_bulk_copy(dst, d, src, s, n, None, 0)

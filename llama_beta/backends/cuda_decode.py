@@ -37,10 +37,10 @@ import collections
 import os
 
 import numpy as np
-from numba import config, cuda
+from numba import cuda
 
 from llama_beta.backends.cuda_graphs import GraphStream, graphs_supported
-from numba_kernels import attention, embedding, matmul, prefetch, residual, rmsnorm, rope, sampling, swiglu
+from numba_kernels import attention, embedding, matmul, residual, rmsnorm, rope, sampling, swiglu
 from numba_kernels import ptx
 from numba_kernels.runtime import JIT_CACHE, programmatic_launch_supported, programmatic_launches
 
@@ -52,29 +52,6 @@ QKV_ROPE = os.environ.get("LLAMA_BETA_QKV_ROPE", "1") != "0"
 # Programmatic dependent launch of the fused step's kernels (sm_90+, see numba_kernels/ptx.py): each may start
 # while the one before finishes (1003 -> 1026 tok/s on the H200, seventh session). "0" launches them plainly.
 PDL = os.environ.get("LLAMA_BETA_PDL", "1") != "0"
-# Prefetch ahead (eleventh session, opt-in, NOT yet measured): while each launch of the fused step runs, a side
-# branch asks L2 for the weights of the launches after it, up to this many MiB ahead (numba_kernels/prefetch.py;
-# ``prefetch_plan``). 0: off. The H200's L2 holds 50 MB; the launch running holds some of it too.
-PREFETCH_MB = float(os.environ.get("LLAMA_BETA_PREFETCH_MB", "0"))
-
-
-def prefetch_plan(sizes, window: int) -> list[list[int]]:
-    """For launches reading ``sizes[j]`` weight bytes each, in order: for each launch j, the later launches whose
-    weights to ask L2 for while j runs. Those are the launches k > j, in order, whose bytes from launch j + 1 to
-    k add up to at most ``window``, and that were not asked for before. A launch whose bytes alone exceed the
-    window (an output layer larger than L2) is never asked for. Each launch is asked for at most once."""
-    plan, asked = [], set()
-    for j in range(len(sizes)):
-        ahead, total = [], 0
-        for k in range(j + 1, len(sizes)):
-            total += sizes[k]
-            if total > window:
-                break
-            if sizes[k] and k not in asked:
-                ahead.append(k)
-                asked.add(k)
-        plan.append(ahead)
-    return plan
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -142,12 +119,6 @@ class CudaDecoder:
         self._topk_ws = sampling.TopKWorkspace(c.vocab_size)
         self.factors = None if model.rope.factors is None else model.backend._factors(model.rope.factors)
         self._qw = c.n_heads * c.head_size
-        self.prefetch_window = int(PREFETCH_MB * 2 ** 20) if fused else 0
-        if self.prefetch_window:                      # the prefetch branch's stream and its fork / join events
-            self._side = cuda.stream()
-            self._fork, self._join = (cuda.event() if config.ENABLE_CUDASIM else cuda.event(timing=False)
-                                      for _ in range(2))
-            self._flat = {}                           # id of a weight's raw bytes -> its flat uint8 view
         cuda.synchronize()            # the prefill that filled the cache ran on another stream
 
     # -------------------------------------------------------------- state
@@ -245,45 +216,9 @@ class CudaDecoder:
             head = [("norm+qkv", qkv), ("rope+append", rope_append), ("attention", attend)]
         return [*head, ("w_o+residual", w_o), ("norm+gate/up+swiglu", gate_up), ("w_down+residual", w_down)]
 
-    @staticmethod
-    def weights_read(name, L):
-        """The weight matrices of layer L that the fused launch ``name`` (``fused_launches``) reads."""
-        return {"norm+qkv": (L.wq, L.wk, L.wv), "norm+qkv+rope+append": (L.wq, L.wk, L.wv), "w_o+residual": (L.wo,),
-                "norm+gate/up+swiglu": (L.w_gate, L.w_up), "w_down+residual": (L.w_down,)}.get(name, ())
-
-    def _launch_prefetching(self) -> None:
-        """The fused step with the prefetch branch: before each launch is queued, the branch forks from the
-        stream (so it starts when the launch before has finished) and asks L2 for the weights that
-        ``prefetch_plan`` gives that launch; it joins the stream after the output product."""
-        W = self.model.weights
-        steps = [(self.embed, ())]
-        for i, L in enumerate(W.layers):
-            steps += [(queue, self.weights_read(name, L)) for name, queue in self.fused_launches(i, L)]
-        steps.append((self.output_fused, (W.output,)))
-        plan = prefetch_plan([sum(m.raw.size for m in mats) for _, mats in steps], self.prefetch_window)
-        forked = False
-        for (queue, _), ahead in zip(steps, plan):
-            if ahead:
-                self._fork.record(self.stream)
-                self._fork.wait(self._side)
-                prefetch.launch_prefetch([self._bytes(m.raw) for k in ahead for m in steps[k][1]], self._side)
-                forked = True
-            queue()
-        if forked:
-            self._join.record(self._side)
-            self._join.wait(self.stream)
-
-    def _bytes(self, raw):
-        flat = self._flat.get(id(raw))
-        if flat is None:
-            flat = self._flat[id(raw)] = prefetch.as_bytes(raw)
-        return flat
-
     def launch(self) -> None:
         """Queue one decode step: logits [1, V] for ``state.token`` at ``state.pos``."""
         W = self.model.weights
-        if self.prefetch_window:
-            return self._launch_prefetching()
         self.embed()
         layer = self._layer_fused if self.fused else self._layer_readable
         for i, L in enumerate(W.layers):
