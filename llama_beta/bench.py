@@ -114,17 +114,19 @@ def _decode_step_settings(model) -> dict:
     layer's K/V cache (``LLAMA_BETA_KV_PREFETCH=1``, ninth session, opt-in), whether the Q4_K/Q5_K products
     read their quants in 16-byte loads (matmul v15, ``LLAMA_BETA_VECTOR_LOADS``) and whether the products warm
     their rows with L2 bulk prefetches (matmul v17, ``LLAMA_BETA_WARM_L2``; both on since the eleventh session), and
-    whether gate/up copies its rows into shared memory (matmul v18, ``LLAMA_BETA_STAGE_ROWS=1``, opt-in)."""
+    whether gate/up copies its rows into shared memory (matmul v18, ``LLAMA_BETA_STAGE_ROWS=1``, opt-in), and whether
+    the Q4_K products use integer dot products over 8-bit x' (matmul v19, ``LLAMA_BETA_DP4A=1``, opt-in)."""
     if model.backend.name != "cuda":
         return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False, "stage_loads": 0,
-                "kv_prefetch": False, "vector_loads": False, "warm_l2": False, "stage_rows": False}
+                "kv_prefetch": False, "vector_loads": False, "warm_l2": False, "stage_rows": False,
+                "dp4a": False}
     from llama_beta.backends import cuda_decode
     from numba_kernels import matmul
 
     return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE, "pdl": cuda_decode.PDL,
             "decode_mma": matmul.DECODE_MMA, "stage_loads": matmul.STAGE_LOADS, "kv_prefetch": matmul.KV_PREFETCH,
             "vector_loads": matmul.VECTOR_LOADS, "warm_l2": matmul.WARM_L2,
-            "stage_rows": matmul.STAGE_ROWS}
+            "stage_rows": matmul.STAGE_ROWS, "dp4a": matmul.DP4A}
 
 
 def format_report(r: dict) -> str:

@@ -173,6 +173,14 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Compute says why the bytes were not the problem: the products are bound by their instruction issue
   (gate/up 8.7 SASS instructions per weight, Q/K/V 13.8, W_o and W_down 12, the output 11.2; issue slots
   busy 43-60 %, DRAM 10-23 %), so the next lever is fewer instructions per weight (docs/matmul.md, "v18").
+- v19 (opt-in, ``LLAMA_BETA_DP4A=1``; measured slower): the Q4_K units of ``matvec_fused`` / ``swiglu_fused`` over
+  x' rounded to int8 blocks of 32 (``_quantize_x8``, in place in the staged x': codes, d and the block sum in
+  each block's 33 slots) and multiplied with ``ptx.dp4a`` (eight per 32 weights, ``_x8_unit``); reference
+  ``ref.matmul.matmul_x8``. 44 registers instead of 72, but on the H200 the Phi-3 gate/up launch took 29.7 us
+  against 22.3 (whole step 2727 against 2562 us) and executed only 10 % fewer instructions (12.3 M against
+  13.6 M): the dot product's multiply-adds were not most of the instructions. What remains per unit and row is
+  the scale decode (``_k_scales``, once per 32 weights), 64-bit shifts and address arithmetic, and every block
+  quantizes all of x' again (512 blocks x 3072 elements) between staging and the loop.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -211,7 +219,7 @@ import math
 import os
 
 import numpy as np
-from numba import config, cuda, float32, int32, uint16, uint32, uint64
+from numba import config, cuda, float32, int8, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
@@ -566,6 +574,14 @@ if config.ENABLE_CUDASIM:
     @cuda.jit(device=True)
     def _as_float(bits):
         return np.uint32(int(bits) & 0xFFFFFFFF).view(np.float32)
+
+    @cuda.jit(device=True)
+    def _rint(v):
+        return np.float32(np.rint(np.float32(v)))
+
+    @cuda.jit(device=True)
+    def _as_bits(v):
+        return np.float32(v).view(np.uint32)
 else:
     from numba.cuda import libdevice
 
@@ -576,6 +592,15 @@ else:
     @cuda.jit(device=True, inline=True)
     def _as_float(bits):
         return libdevice.int_as_float(int32(bits))
+
+    @cuda.jit(device=True, inline=True)
+    def _as_bits(v):
+        return uint32(libdevice.float_as_int(v))
+
+    @cuda.jit(device=True, inline=True)
+    def _rint(v):
+        """Round to the nearest integer, ties to even (cvt.rni), as numpy.rint."""
+        return libdevice.rintf(v)
 
 
 @cuda.jit(device=True, inline=True)
@@ -828,15 +853,69 @@ ALIGN4_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F32)   # read through the
 VECTOR_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)   # ... in 16-byte loads (v15): rows of 144 / 176-byte blocks
 
 
+@cuda.jit(device=True, inline=True)
+def _quantize_x8(xs, K):
+    """v19: x' (staged in ``xs``, padded one float per 32) rounded to int8 blocks of 32 in place, as
+    ``ref.matmul.quantize_x8``: block j's 33 slots from 33 j then hold its 32 int8 codes (bytes of slots
+    33 j .. 33 j + 7), d_j = max|x| / 127 (slot 33 j + 8) and the block's float sum (slot 33 j + 9). Warp w
+    quantizes blocks w, w + warps, ...; lane l element l (max and sum by butterfly shuffles, so every lane has
+    them before any lane overwrites the block). Ends with a block barrier."""
+    q8 = cuda.shared.array(0, int8)                # the same bytes as xs
+    lane = cuda.threadIdx.x & (WARP - 1)
+    j = cuda.threadIdx.x >> 5
+    while j < (K >> 5):
+        b = uint32(33 * j)
+        v = xs[b + lane]
+        a, t = abs(v), v
+        for off in (16, 8, 4, 2, 1):
+            a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, off))
+            t += cuda.shfl_xor_sync(0xFFFFFFFF, t, off)
+        d = a / float32(127.0)
+        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        q8[4 * b + lane] = int8(int32(_rint(v * inv)))
+        if lane == 0:
+            xs[b + uint32(8)] = d
+            xs[b + uint32(9)] = t
+        j += cuda.blockDim.x >> 5
+    cuda.syncthreads()
+
+
+NIBBLES = np.uint32(0x0F0F0F0F)
+
+
+def _x8_unit(word):
+    """v19's Q4_K unit (32 weights, one sub-block) over the int8 x' of ``_quantize_x8``, reading its quant
+    words with ``word`` (v15's 16-byte loads or 4-byte ones): d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) sum_j x,
+    the integer sum by eight ``dp4a`` (four nibbles masked into bytes against four int8 codes each)."""
+    @cuda.jit(device=True, inline=True)
+    def unit(w16, w32, wh, wf, rowb, k, xs, xo, mg):
+        g = uint32(rowb + (k >> 8) * 144)
+        s = (k >> 5) & 7
+        ds, dm = _k_scales(w32, wh, g, s)
+        h = uint32((g + 16 + (s >> 1) * 32) >> 2)          # the sub-block pair's 8 quant words
+        shift = uint32((s & 1) * 4)                        # low nibbles: even sub-block
+        acc = int32(0)
+        for j in range(8):                                 # x's codes: the bits of slots xo .. xo + 7
+            q = uint32(word(w32, h, j) >> shift) & NIBBLES
+            acc = ptx.dp4a(q, _as_bits(xs[xo + uint32(j)]), acc)
+        return xs[xo + uint32(8)] * (ds * float32(acc)) - dm * xs[xo + uint32(9)]
+    return unit
+
+
 @functools.lru_cache(maxsize=None)
-def _unit(ggml_type, width, vector=None):
+def _unit(ggml_type, width, vector=None, x8=False):
     """Device function: sum_{i < width} W[row, k + i] x'[k + i] for the row at byte ``rowb``.
 
     The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
     threshold and their offsets from the unit's base indices are constants. ``vector``: v15's 16-byte
     global loads (None: ``VECTOR_LOADS``; False for rows in shared memory, v18)."""
+    vector = VECTOR_LOADS if vector is None else vector
+    if x8:
+        if ggml_type != GGMLType.Q4_K or width != 32:
+            raise ValueError(f"matmul v19: Q4_K units of 32 weights only, got {GGMLType(ggml_type).name} / {width}")
+        return _x8_unit(_word_v4 if vector else _word_u32)
     qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
-    if (VECTOR_LOADS if vector is None else vector) and width >= 16:   # v15: such units' quants are 16-byte aligned
+    if vector and width >= 16:                       # v15: such units' quants are 16-byte aligned
         octet = _VECTOR_OCTET.get(octet, octet)      # (an octet replaced by benchmarks/ladder.py stays)
     mask = (1 << qsh) - 1
 
@@ -1051,7 +1130,7 @@ def _keep(t, N):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot(ggml_type, width, R, S=1):
+def _rows_dot(ggml_type, width, R, S=1, x8=False):
     """Device function: the dot products of the rows row0, row0 + rstep, row2, row2 + rstep2 (the first R of
     them; R = 1, 2 or 4; consecutive rows: rstep = rstep2 = 1, row2 = row0 + 2) with x', warp-reduced into
     ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored. (Two RoPE pairs of rows
@@ -1065,7 +1144,7 @@ def _rows_dot(ggml_type, width, R, S=1):
     rather than looped over, which keeps every accumulator in a register and all the rows'
     loads in flight together whatever LLVM's unrolling threshold (a loop over R rows of 32-weight
     units was not unrolled: the accumulators went to local memory)."""
-    unit = _unit(ggml_type, width)
+    unit = _unit(ggml_type, width, None, x8)
     step = width * WARP * S
     smask = S - 1
 
@@ -1098,10 +1177,10 @@ def _rows_dot(ggml_type, width, R, S=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot_pair(gate_type, up_type, width, R, vector=None):
+def _rows_dot_pair(gate_type, up_type, width, R, vector=None, x8=False):
     """``_rows_dot`` for SwiGLU: R rows of W_gate and the matching R rows of W_up in the same
-    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums. ``vector`` as ``_unit``."""
-    gunit, uunit = _unit(gate_type, width, vector), _unit(up_type, width, vector)
+    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums. ``vector``, ``x8`` as ``_unit``."""
+    gunit, uunit = _unit(gate_type, width, vector, x8), _unit(up_type, width, vector, x8)
     step = width * WARP
 
     @cuda.jit(device=True, inline=True)
@@ -1151,6 +1230,13 @@ def _store(v, n, N, bias, has_bias, accumulate, out):
         out[n] = out[n] + v if accumulate else v
 
 
+@cuda.jit(device=True, inline=True)
+def _store_swiglu(ag, au, row0, F, out):
+    """Lane 0: out[row0 + r] = silu(ag[r]) au[r] for the warp's rows r below F."""
+    for r in range(ag.shape[0]):
+        _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+
+
 DECODE_MIN_BLOCKS = int(os.environ.get("LLAMA_BETA_DECODE_MIN_BLOCKS", "0"))   # launch bounds (0: none; an experiment)
 
 
@@ -1165,12 +1251,14 @@ def _decode_jit(NW):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernels(types, width, R, NW):
+def _fused_kernels(types, width, R, NW, x8=False):
     """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
     (multi: one per matrix; matvec uses types[0]; swiglu types[0] for the gate, types[1] for
-    up). Every type, width, R and NW is a compile-time constant of the kernels."""
-    rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
-    pair = _rows_dot_pair(types[0], types[1], width, R)
+    up). Every type, width, R and NW is a compile-time constant of the kernels. ``x8`` (v19): matvec and
+    swiglu round x' to int8 blocks after staging it and dot it with integer products (Q4_K, width 32)."""
+    rows0 = _rows_dot(types[0], width, R, 1, x8)
+    rows1, rows2 = (_rows_dot(t, width, R) for t in types[1:])
+    pair = _rows_dot_pair(types[0], types[1], width, R, None, x8)
     warm_rows = _warm_rows(R)
 
     @cuda.jit(**_decode_jit(NW))
@@ -1183,6 +1271,8 @@ def _fused_kernels(types, width, R, NW):
             t = warm_rows(w16, rb, row0, N)          # the rows' bytes fly while x' is staged
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, N)
+        if x8:
+            _quantize_x8(xs, K)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -1242,13 +1332,14 @@ def _fused_kernels(types, width, R, NW):
             t = warm_rows(g16, grb, row0, F) ^ warm_rows(u16, urb, up_row0 + row0, up_row0 + F)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, F)
+        if x8:
+            _quantize_x8(xs, K)
         if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
         pair(g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, row0, F, K, xs, ag, au)
-        for r in range(R):
-            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+        _store_swiglu(ag, au, row0, F, out)
 
     return matvec_fused, multi_fused, swiglu_fused
 
@@ -1308,8 +1399,7 @@ def _staged_swiglu(ggml_type, width, R, NW):
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
         pair(s16, s32, sh, xs, rb, s16, s32, sh, xs, rb, R, slot, _NO_CLAMP, K, xs, ag, au)
-        for r in range(R):
-            _store(_silu(ag[r]) * au[r], row0 + r, F, out, False, False, out)
+        _store_swiglu(ag, au, row0, F, out)
     return swiglu_staged
 
 
@@ -1606,7 +1696,7 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         kern = _split_kernel(ggml_type, width, R, nw, S)
         blocks = -(-N // (nw // S * R))                         # nw / S groups of R rows per block
     else:
-        kern = _fused_kernels((ggml_type,) * 3, width, R, nw)[0]
+        kern = _fused_kernels((ggml_type,) * 3, width, R, nw, _x8((ggml_type,), width))[0]
         blocks = -(-N // (nw * R))                              # nw warps of R rows per block
     b, has = _bias(bias, out)
     _launch(kern, blocks, nw, K, stream, *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type),
@@ -1655,6 +1745,16 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
+# v19 (opt-in, LLAMA_BETA_DP4A=1): the Q4_K products of the matvec and SwiGLU kernels round x' to int8 blocks of 32
+# and multiply with dp4a (``_quantize_x8``, ``_x8_unit``; reference: ``ref.matmul.matmul_x8``).
+DP4A = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"
+
+
+def _x8(types, width) -> bool:
+    """Whether a launch over weights of these types takes v19's integer products."""
+    return DP4A and width == 32 and all(t == GGMLType.Q4_K for t in types)
+
+
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
     """Whether v18 serves this launch: ``STAGE_ROWS`` on, an sm_90+ GPU (or the simulator), one type whose rows
     are whole multiples of 16 bytes, weights starting 16-byte aligned, and the block's shared memory fitting."""
@@ -1687,7 +1787,8 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
         _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, _width(width, K),
                               nw, R, stream)
         return
-    kern = _fused_kernels((gate_type, up_type, gate_type), _width(width, K), R, nw)[2]
+    width = _width(width, K)
+    kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw, _x8((gate_type, up_type), width))[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
     _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),

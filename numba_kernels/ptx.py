@@ -62,6 +62,11 @@ Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals 
 - ``bulk_ready(bars, i, parity) -> uint32``: 1 once the barrier's phase of that parity has completed, i.e. every
   announced byte has arrived (``mbarrier.try_wait.parity``; the caller loops). A fresh barrier is in phase 0.
 
+The decode products over 8-bit activations (``matmul`` v19) use
+
+- ``dp4a(a, b, c) -> int32``: ``dp4a.s32.s32``, c plus the sum of the four products of the signed bytes of
+  a and b (byte i with byte i): four multiply-adds of 8-bit integers in one instruction (sm_61+).
+
 In the simulator ``bulk_copy`` copies at once (after checking alignment and bounds) and the barrier calls do nothing.
 
 The rule every kernel launched with the attribute follows: no read of anything another kernel writes
@@ -184,7 +189,18 @@ def _simulator_bulk_ready(bars, i, parity):
     return uint32(1)
 
 
+def _signed_bytes(word):
+    return np.array([int(word) & 0xFFFFFFFF], np.uint32).view(np.int8).astype(np.int64)
+
+
+def _simulator_dp4a(a, b, c):
+    """c + sum of the products of the four signed bytes of a and b, wrapped to int32 as the instruction does."""
+    total = int(c) + int((_signed_bytes(a) * _signed_bytes(b)).sum())
+    return np.int32(((total + 2 ** 31) % 2 ** 32) - 2 ** 31)
+
+
 if config.ENABLE_CUDASIM:
+    dp4a = _simulator_dp4a
     bulk_copy = _simulator_bulk_copy
     bulk_expect = _simulator_bulk_expect
     bulk_ready = _simulator_bulk_ready
@@ -348,6 +364,17 @@ else:
                                + " mbarrier.try_wait.parity.shared::cta.b64 p, [b], $2; selp.u32 $0, 1, 0, p; }",
                                "=r,l,r,~{memory}", side_effect=True)
             return builder.call(asm, [bar, p])
+
+        return sig, codegen
+
+    @intrinsic
+    def dp4a(typingctx, a, b, c):
+        sig = types.int32(a, b, c)
+
+        def codegen(context, builder, signature, args):
+            av, bv, cv = _cast_all(context, builder, args, signature.args, types.int32)
+            fn = ir.FunctionType(ir.IntType(32), [ir.IntType(32)] * 3)
+            return builder.call(ir.InlineAsm(fn, "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r"), [av, bv, cv])
 
         return sig, codegen
 

@@ -20,9 +20,18 @@ $\gamma_K \approx K \cdot 2^{-24}$ (in practice $\sqrt{K} \cdot 2^{-24}$), which
 large relative to $|y_{t,n}|$ when terms cancel. Compare kernels against this function
 with a tolerance scaled by $\sum_k |x_{t,k} W_{n,k}|$, not by $|y|$.
 
-Left out: quantizing the activations (llama.cpp's ``mul_mat_vec_q`` rounds ``x`` to
-8-bit blocks and uses integer dot products; we keep ``x`` in float32), batching several
-matrices, and any memory saving (the dequantized matrix is materialized).
+Quantized activations (``quantize_x8``, ``matmul_x8``): llama.cpp's decode products round ``x`` to
+8-bit blocks of 32 and multiply with integer dot products. ``matmul`` keeps ``x`` in float32;
+``matmul_x8`` is the reference of the kernels that quantize it (matmul v19, opt-in, Q4_K):
+per block $j$ of 32, $d_j = \max_i |x_i| / 127$ and $q_i = \mathrm{rint}(x_i / d_j)$ (int8), so
+$x_i \approx d_j q_i$; a Q4_K sub-block of 32 weights $W_i = d_s c_s u_i - d_m m_s$ ($u_i$ the 4-bit
+codes) meets exactly one block of $x$, and its share of the dot product is
+$d_j\, (d_s c_s) \sum_i u_i q_i - (d_m m_s) \sum_i x_i$: an exact integer sum of 32 products, two
+scalings, and the float sum of $x$ over the block (kept exact rather than rounded: the min term
+does not need the integer path). The error against ``matmul`` is the rounding of $x$: at most
+$d_j / 2$ per element, i.e. $|x| \cdot 2^{-8}$ relative to the block's largest element.
+
+Left out: batching several matrices, and any memory saving (the dequantized matrix is materialized).
 
 References: llama.cpp ``ggml_compute_forward_mul_mat`` (CPU) and
 ``ggml-cuda/mmv*.cu`` (GPU); Higham, *Accuracy and Stability of Numerical Algorithms*,
@@ -33,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.quants import dequantize
+from ref.quants import dequantize, k_scale_min
 
 
 def check_weight(w_raw: np.ndarray, ggml_type, K: int) -> GGMLType:
@@ -73,3 +82,46 @@ def term_magnitude(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.nd
     ggml_type = check_weight(w_raw, ggml_type, K)
     W = dequantize(w_raw, ggml_type, (w_raw.shape[0], K))                       # [N, K]
     return np.abs(np.asarray(x, dtype=np.float64)) @ np.abs(W.astype(np.float64)).T  # [T, N]
+
+
+# --8<-- [start:quantize_x8]
+def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [K] (K a multiple of 32) -> (q int8 [K], d float32 [K/32], s float32 [K/32]) per block of 32:
+    d = max|x| / 127, q = rint(x * (1 / d)) (0 where d = 0), s = the block's sum of x. All in float32, in
+    the order the kernel computes them (the sum excepted: the kernel's order differs; tests allow for it)."""
+    xb = np.asarray(x, np.float32).reshape(-1, 32)                   # [K/32, 32]
+    d = np.abs(xb).max(axis=1) / np.float32(127)                      # [K/32] float32
+    inv = np.zeros_like(d)
+    np.divide(np.float32(1), d, out=inv, where=d > 0)
+    q = np.rint(xb * inv[:, None]).astype(np.int8)                    # |x * inv| <= 127 (+ rounding of inv)
+    return q.reshape(-1), d, xb.sum(axis=1, dtype=np.float32)
+# --8<-- [end:quantize_x8]
+
+
+# --8<-- [start:matmul_x8]
+def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray:
+    """y [N] = the product of a Q4_K weight with x quantized by ``quantize_x8`` (see the module docstring), in
+    float64: sum over sub-blocks of d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j."""
+    scaled, mins = x8_terms(x, w_raw, ggml_type, K)
+    return (scaled - mins).sum(axis=1)
+
+
+def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of ``matmul_x8`` per row and sub-block, float64 [N, K/32] each: d_j (d_s c_s) sum_i u_i q_i
+    and (d_m m_s) s_j."""
+    ggml_type = check_weight(w_raw, ggml_type, K)
+    if ggml_type != GGMLType.Q4_K:
+        raise ValueError(f"matmul_x8: only Q4_K weights, got {ggml_type.name}")
+    q8, dx, sx = quantize_x8(x)
+    N, nb = w_raw.shape[0], K // 256
+    blocks = w_raw.reshape(N * nb, 144)
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)     # [N nb, 1]
+    dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+    sc, m = k_scale_min(blocks[:, 4:16])                              # [N nb, 8] each
+    ds = (d * sc.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
+    dm = (dmin * m.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
+    qs = blocks[:, 16:].reshape(N * nb, 4, 1, 32)                     # 32 bytes per pair of sub-blocks
+    u = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(N, nb * 8, 32)   # sub-block 2c: low nibbles
+    isum = np.einsum("nji,ji->nj", u.astype(np.int64), q8.reshape(-1, 32).astype(np.int64))
+    return dx.astype(np.float64) * ds * isum, dm * sx.astype(np.float64)
+# --8<-- [end:matmul_x8]

@@ -119,3 +119,16 @@ def test_simulator_bulk_copy_refuses_misaligned_or_outside_ranges():
     for d, s, n in ((8, 0, 16), (0, 4, 16), (0, 0, 24), (0, 144, 32), (16, 0, 80), (0, 0, 0)):
         with pytest.raises(AssertionError, match="bulk_copy"):
             _simulator_bulk_copy(dst, d, src, s, n, None, 0)
+
+
+def test_simulator_dp4a_is_four_signed_byte_products():
+    """dp4a (matmul v19): c + sum of a's and b's signed bytes multiplied pairwise, wrapping like int32."""
+    from numba_kernels.ptx import _simulator_dp4a
+
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        a, b = rng.integers(-128, 128, 4), rng.integers(-128, 128, 4)
+        c = int(rng.integers(-2 ** 31, 2 ** 31 - 2 ** 17))
+        word = lambda v: int(np.array(v, np.int8).view(np.uint32)[0])
+        assert _simulator_dp4a(word(a), word(b), c) == c + int((a * b).sum())
+    assert _simulator_dp4a(0x7F7F7F7F, 0x7F7F7F7F, 2 ** 31 - 1) == -2 ** 31 + 4 * 127 * 127 - 1

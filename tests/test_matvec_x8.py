@@ -1,0 +1,130 @@
+"""matmul v19 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products over x' rounded to int8 blocks of 32 and
+multiplied with ``dp4a``, against their reference ``ref.matmul.matmul_x8``; and the reference's own
+properties (the rounding of x is at most half a step; the product differs from the float32 one by at most
+that rounding times |W|).
+
+Tolerance of kernel against reference, in units of the term magnitude M = sum over sub-blocks of
+|d_j (d_s c_s) sum_i u_i q_i| + |d_m m_s| sum_i |x_i|: the integer sums are exact and the codes q are the
+same bits (the quantization is computed in the same float32 steps); what differs is the float32 sum of the
+K/32 sub-block terms per row (lane sums, then a warp tree) and the block sums s_j (another order), so
+gamma_{K/32 + 8} plus 10u for the scalings; with RMSNorm before, + gamma_K / 2 as tests/test_matvec_fused.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ON_GPU, assert_close, requires_cuda
+from ref.ggml import GGMLType
+from ref.matmul import matmul, quantize_x8, term_magnitude, x8_terms
+from ref.rmsnorm import rmsnorm
+from ref.swiglu import swiglu
+
+U = 2.0 ** -24
+Q4K = GGMLType.Q4_K
+EPS = 1e-5
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                    HealthCheck.function_scoped_fixture])   # dp4a: the same flag for all
+
+
+def km():
+    from numba_kernels import matmul as kernels
+    return kernels
+
+
+def dev(a):
+    from numba import cuda
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def gamma(n):
+    return n * U / (1 - n * U)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), blocks=st.integers(1, 12), scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e4]),
+       zero_block=st.booleans())
+def test_quantize_x8_rounds_each_element_by_at_most_half_a_step(seed, blocks, scale, zero_block):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(32 * blocks) * scale).astype(np.float32)
+    if zero_block:
+        x[:32] = 0
+    q, d, s = quantize_x8(x)
+    assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
+    xb, qb = x.reshape(-1, 32).astype(np.float64), q.reshape(-1, 32).astype(np.float64)
+    # half a step, plus the rounding of d and of 1/d (a few units of float32 in the step)
+    step = d.astype(np.float64)[:, None]
+    assert (np.abs(qb * step - xb) <= step * (0.5 + 1e-5)).all()
+    assert (np.abs(qb).max(axis=1)[d > 0] == 127).all(), "the largest element of a block maps to +-127"
+    assert (np.abs(s - xb.sum(axis=1)) <= gamma(32) * np.abs(xb).sum(axis=1)).all()   # a float32 sum of 32
+    if zero_block:
+        assert d[0] == 0 and not q[:32].any()
+
+
+@settings(max_examples=15, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.integers(1, 4), N=st.integers(1, 9))
+def test_matmul_x8_differs_from_float32_by_the_rounding_of_x(seed, nb, N):
+    rng = np.random.default_rng(seed)
+    K = 256 * nb
+    x = rng.standard_normal(K).astype(np.float32)
+    w = km().random_weight(rng, Q4K, N, K)
+    q, d, _ = quantize_x8(x)
+    step = np.repeat(d.astype(np.float64), 32) / 2               # |x - d q| per element
+    ones = np.ones((1, K), np.float32)
+    bound = (term_magnitude(ones * step.astype(np.float32), w, Q4K, K)[0] * (1 + 1e-5)
+             + 8 * gamma(K) * term_magnitude(x[None], w, Q4K, K)[0])   # + float32 sums of matmul
+    scaled, mins = x8_terms(x, w, Q4K, K)
+    got = (scaled - mins).sum(axis=1)
+    assert (np.abs(got - matmul(x, w, Q4K, K)) <= bound).all()
+
+
+@pytest.fixture
+def dp4a(monkeypatch):
+    monkeypatch.setattr(km(), "DP4A", True)
+    yield
+    monkeypatch.undo()
+
+
+def reference(x, nw, w, K):
+    """(y, M) of matmul_x8 on x' = x or RMSNorm(x) * nw (see the module docstring)."""
+    xn = x if nw is None else rmsnorm(x, nw, EPS)
+    scaled, mins = x8_terms(xn, w, Q4K, K)
+    _, d, _ = quantize_x8(xn)
+    dm = np.abs(mins) / np.maximum(np.abs(xn.reshape(-1, 32).sum(axis=1, dtype=np.float64)), 1e-300)
+    mag = np.abs(scaled).sum(axis=1) + (dm * np.abs(xn.astype(np.float64)).reshape(-1, 32).sum(axis=1)).sum(axis=1)
+    return (scaled - mins).sum(axis=1), mag
+
+
+def tolerance(K, norm):
+    return gamma(K // 32 + 8) + 10 * U + ((gamma(K) / 2 + 10 * U) if norm else 0.0)
+
+
+@requires_cuda
+@settings(max_examples=12 if ON_GPU else 4, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3] if not ON_GPU else [1, 3, 12]),
+       N=st.integers(1, 20), norm=st.booleans())
+def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
+    """The plain product (v4 layout with v19 units) and the SwiGLU pair (fused gate_up tensor) against the
+    reference of the quantized-x product."""
+    rng = np.random.default_rng(seed)
+    K = 256 * nb
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    w = km().random_weight(rng, Q4K, 2 * N, K)
+    out = dev(np.zeros(2 * N, np.float32))
+    km().launch_decode_matvec(dev(x), dev(w), Q4K, K, out, norm_weight=None if nw is None else dev(nw), eps=EPS,
+                              config=(4, 2) if ON_GPU else (2, 2))
+    want, mag = reference(x, nw, w, K)
+    tol = tolerance(K, norm)
+    assert_close(out.copy_to_host() / mag, want / mag, atol=tol, rtol=0.0, name="v19 matvec (units of M)")
+    act = dev(np.zeros(N, np.float32))
+    km().decode_matvec_swiglu(dev(x), dev(w), None, Q4K, None, K, act, norm_weight=None if nw is None else dev(nw),
+                              eps=EPS, mma=False)
+    g, u, gm, um = want[:N], want[N:], mag[:N], mag[N:]
+    expect = swiglu(g.astype(np.float32), u.astype(np.float32)).astype(np.float64)
+    err = np.abs(act.copy_to_host() - expect)
+    # silu'(g) <= 1.1 and |silu(g)| <= |g| carry the errors of g and u (as test_matvec_fused.assert_swiglu)
+    bound = tol * (1.1 * gm * np.abs(u) + np.abs(g) * um + gm * um * tol) + 8 * U * np.abs(expect)
+    assert (err <= bound + 1e-30).all(), f"v19 SwiGLU: max excess {np.max(err - bound):.3g}"
