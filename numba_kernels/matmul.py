@@ -1784,11 +1784,10 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
     F = out.shape[0]
     nw, R = config or fused_config(F)
-    if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
-        _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, _width(width, K),
-                              nw, R, stream)
-        return
     width = _width(width, K)
+    if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
+        _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, width, nw, R, stream)
+        return
     kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw, _x8((gate_type, up_type), width))[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
@@ -2057,7 +2056,7 @@ PREFILL_AUTO = PREFILL_CONFIGS[1:]
 # The simulator pays per thread and per FMA: small blocks (32 threads, 8 x 8 tiles, 2 groups).
 SIM_PREFILL_CONFIG = PrefillConfig(2, 2, 4, 4, 2, 8)
 PREFILL_BLOCKS_PER_SM = 2   # prefill_config takes the largest tile that still gives this many blocks per SM
-SMEM_ALIGN = None if config.ENABLE_CUDASIM else 16   # 16-byte aligned tiles (the simulator rejects alignment=)
+SMEM_ALIGN = ptx.SHARED_ALIGN   # 16-byte aligned tiles (None in the simulator, which rejects alignment=)
 # (threads, blocks per SM) for ptxas: at most 65536 / (256 * 2) = 128 registers for the 8 x 4 tiles, so two
 # blocks fit an SM; the 8 x 8 tile keeps its registers (one block per SM)
 LAUNCH_BOUNDS = {cfg: (256, 2) for cfg in PREFILL_CONFIGS[1:]}

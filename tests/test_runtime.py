@@ -44,3 +44,40 @@ def test_kernel_time_us_runs_each_launch_once_behind_the_hold():
     assert list(log.copy_to_host()) == [0, 0, 1, 2, 3, 4, -1, -1]
     if ON_GPU:                                    # the simulator's events record no time (they return -1)
         assert us > 0
+
+
+def _fill_kernel():
+    """Every thread of one block writes, then reads back, its share of n floats of dynamic shared memory."""
+    global cuda
+    from numba import cuda, float32
+
+    @cuda.jit
+    def fill(n, out):
+        buf = cuda.shared.array(0, float32)
+        i = cuda.threadIdx.x
+        while i < n:
+            buf[i] = float32(i) * float32(0.5)
+            i += cuda.blockDim.x
+        cuda.syncthreads()
+        i = cuda.threadIdx.x
+        while i < n:
+            out[i] = buf[n - 1 - i]
+            i += cuda.blockDim.x
+
+    return fill
+
+
+@requires_cuda
+def test_launch_with_shared_gives_a_block_more_than_48_kib():
+    """matmul v18's blocks hold up to 227 KiB of dynamic shared memory; a launch asking for more than 48 KiB
+    fails unless the kernel opts in, which ``launch_with_shared`` does (twice: the second launch reuses it)."""
+    from numba import cuda
+
+    from numba_kernels.runtime import SHARED_DEFAULT, launch_with_shared
+
+    n = (SHARED_DEFAULT + 16 * 1024) // 4 if ON_GPU else 4096          # 64 KiB on the GPU (the simulator is slow)
+    fill = _fill_kernel()
+    for _ in range(2):
+        out = cuda.to_device(np.zeros(n, np.float32))
+        launch_with_shared(fill, 1, 256, 0, 4 * n, n, out)
+        np.testing.assert_array_equal(out.copy_to_host(), (np.arange(n, dtype=np.float32) * 0.5)[::-1])
