@@ -880,40 +880,137 @@ def _quantize_x8(xs, K):
     cuda.syncthreads()
 
 
-NIBBLES = np.uint32(0x0F0F0F0F)
+NIBBLES = np.uint32(0x0F0F0F0F)     # the low nibble of each byte
+HIGH_NIBBLES = np.uint32(0xF0F0F0F0)   # the high nibble, in place: 16 q per byte
+SIXTEENTH = np.float32(1.0 / 16.0)
 
 
-def _x8_unit(word):
-    """v19's Q4_K unit (32 weights, one sub-block) over the int8 x' of ``_quantize_x8``, reading its quant
-    words with ``word`` (v15's 16-byte loads or 4-byte ones): d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) sum_j x,
-    the integer sum by eight ``dp4a`` (four nibbles masked into bytes against four int8 codes each)."""
-    @cuda.jit(device=True, inline=True)
-    def unit(w16, w32, wh, wf, rowb, k, xs, xo, mg):
-        g = uint32(rowb + (k >> 8) * 144)
-        s = (k >> 5) & 7
-        ds, dm = _k_scales(w32, wh, g, s)
-        h = uint32((g + 16 + (s >> 1) * 32) >> 2)          # the sub-block pair's 8 quant words
-        shift = uint32((s & 1) * 4)                        # low nibbles: even sub-block
-        acc = int32(0)
-        for j in range(8):                                 # x's codes: the bits of slots xo .. xo + 7
-            q = uint32(word(w32, h, j) >> shift) & NIBBLES
-            acc = ptx.dp4a(q, _as_bits(xs[xo + uint32(j)]), acc)
-        return xs[xo + uint32(8)] * (ds * float32(acc)) - dm * xs[xo + uint32(9)]
-    return unit
+@cuda.jit(device=True, inline=True)
+def _k_pair_scales(h1, h2, h3, sel):
+    """v20: the 6-bit scales and mins of sub-blocks 2c and 2c + 1 of a Q4_K/Q5_K super-block, from its scale
+    words h1, h2, h3 (bytes 4..15), as bytes 0 and 1 of two words (sc, m). All eight of each are built four
+    at a time (ref.quants.k_scale_min: sub-block j < 4 has sc = q[j] & 63, m = q[j + 4] & 63; j >= 4 has
+    sc = (q[j + 4] & 15) | (q[j - 4] >> 6) << 4, m = (q[j + 4] >> 4) | (q[j] >> 6) << 4), then ``prmt`` picks
+    bytes 2c, 2c + 1 of the eight (sel = 2c | (2c + 1) << 4, the same every step of a lane): no branch on c."""
+    sc_lo = h1 & 0x3F3F3F3F
+    m_lo = h2 & 0x3F3F3F3F
+    sc_hi = (h3 & NIBBLES) | ((h1 >> 2) & 0x30303030)
+    m_hi = ((h3 >> 4) & NIBBLES) | ((h2 >> 2) & 0x30303030)
+    return _prmt(sc_lo, sc_hi, sel), _prmt(m_lo, m_hi, sel)
+
+
+@cuda.jit(device=True, inline=True)
+def _dp4a_nibbles(a, xs, x0, x1, j, lo, hi):
+    """Quant word a (8 nibbles): its low nibbles against code word j of slots x0.., its high ones against
+    code word j of slots x1..: (lo, hi) plus the two byte dot products."""
+    lo = ptx.dp4a_us(a & NIBBLES, _as_bits(xs[x0 + uint32(j)]), lo)
+    hi = ptx.dp4a_us(a & HIGH_NIBBLES, _as_bits(xs[x1 + uint32(j)]), hi)
+    return lo, hi
+
+
+@cuda.jit(device=True, inline=True)
+def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
+    """v20: sum over the 64 weights of sub-blocks 2c, 2c + 1 of one Q4_K super-block times the int8 x' of
+    ``_quantize_x8``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
+    quants @16); qw = gw + 4 + 8c: its quant words 32c .. 32c + 31 (the low nibbles are sub-block 2c, the high
+    ones 2c + 1); x0: the slot of sub-block 2c's codes (2c + 1's are 33 slots on).
+    = d_x0 (d sc_0) sum_i u_i q_i + d_x1 (d sc_1) (sum_i 16 u'_i q'_i) / 16 - dmin (m_0 s_x0 + m_1 s_x1):
+    sixteen ``dp4a`` (unsigned nibbles masked in place, signed codes), the high nibbles unshifted (16 u', the
+    1/16 applied to the exact integer sum: |sum| < 2^24)."""
+    h0, h1, h2, h3 = ptx.load_u32x4(w32, gw)
+    sc, m = _k_pair_scales(h1, h2, h3, sel)
+    a0, a1, a2, a3 = ptx.load_u32x4(w32, qw)
+    a4, a5, a6, a7 = ptx.load_u32x4(w32, qw + uint32(4))
+    x1 = x0 + uint32(33)
+    lo, hi = _dp4a_nibbles(a0, xs, x0, x1, 0, int32(0), int32(0))     # written out: literal slot offsets
+    lo, hi = _dp4a_nibbles(a1, xs, x0, x1, 1, lo, hi)
+    lo, hi = _dp4a_nibbles(a2, xs, x0, x1, 2, lo, hi)
+    lo, hi = _dp4a_nibbles(a3, xs, x0, x1, 3, lo, hi)
+    lo, hi = _dp4a_nibbles(a4, xs, x0, x1, 4, lo, hi)
+    lo, hi = _dp4a_nibbles(a5, xs, x0, x1, 5, lo, hi)
+    lo, hi = _dp4a_nibbles(a6, xs, x0, x1, 6, lo, hi)
+    lo, hi = _dp4a_nibbles(a7, xs, x0, x1, 7, lo, hi)
+    d = float32(wh[gw << uint32(1)])
+    dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
+    s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * float32(lo))
+    s += xs[x1 + uint32(8)] * ((d * _qf(sc, 1, F23, mg)) * (float32(hi) * SIXTEENTH))
+    return s - dmin * (_qf(m, 0, F23, mg) * xs[x0 + uint32(9)] + _qf(m, 1, F23, mg) * xs[x1 + uint32(9)])
+
+
+@cuda.jit(device=True, inline=True)
+def _group_sum(v, LG):
+    """Sum of v over each group of LG consecutive lanes (LG a power of 2, a compile-time constant): lane
+    g LG of the group holds it."""
+    off = LG >> 1
+    while off > 0:
+        v += cuda.shfl_down_sync(0xFFFFFFFF, v, off)
+        off >>= 1
+    return v
 
 
 @functools.lru_cache(maxsize=None)
-def _unit(ggml_type, width, vector=None, x8=False):
+def _x8_rows(R, LG, gated):
+    """v20 device function: the Q4_K rows of one lane group (LG lanes, G = 32 / LG groups per warp) dotted
+    with the int8 x'. Lane l of the group takes the sub-block pairs p = l, l + LG, .. < K / 64 (super-block
+    p // 4, pair c = p % 4: the same c every step, hence one ``sel``) of each of its R rows rg .. rg + R - 1
+    (and with ``gated`` the R up rows ``up_row0 + n`` too); ``ag`` (and with ``gated`` ``au``) receive the
+    group sums in the group's first lane. Rows past N re-read row N - 1 and are not stored."""
+    @cuda.jit(device=True, inline=True)
+    def rows(g32, gh, grb, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
+        li = cuda.threadIdx.x & (LG - 1)
+        c = li & 3
+        sel = (2 * c) | ((2 * c + 1) << 4)
+        n0, n1, n2, n3 = min(rg, N - 1), min(rg + 1, N - 1), min(rg + 2, N - 1), min(rg + 3, N - 1)
+        gw0, gw1 = uint32(int32(n0 * grb) >> 2), uint32(int32(n1 * grb) >> 2)      # rows' first words
+        gw2, gw3 = uint32(int32(n2 * grb) >> 2), uint32(int32(n3 * grb) >> 2)
+        uw0, uw1 = uint32(int32((up_row0 + n0) * urb) >> 2), uint32(int32((up_row0 + n1) * urb) >> 2)
+        uw2, uw3 = uint32(int32((up_row0 + n2) * urb) >> 2), uint32(int32((up_row0 + n3) * urb) >> 2)
+        g0 = g1 = g2 = g3 = u0 = u1 = u2 = u3 = float32(0.0)
+        mg = _magic(K)
+        q = uint32(4 + 8 * c)                     # the pair's quant words, from the super-block's first
+        P = int32(K >> 6)
+        p = int32(li)
+        while p < P:
+            sb = uint32(36 * (p >> 2))            # the super-block's first word in the row (144 bytes each)
+            x0 = uint32(66 * p)                   # slot of sub-block 2p's codes: 33 slots per 32-weight block
+            g0 += _q4k_pair(g32, gh, gw0 + sb, gw0 + sb + q, sel, xs, x0, mg)
+            if gated:
+                u0 += _q4k_pair(u32, uh, uw0 + sb, uw0 + sb + q, sel, xs, x0, mg)
+            if R > 1:
+                g1 += _q4k_pair(g32, gh, gw1 + sb, gw1 + sb + q, sel, xs, x0, mg)
+                if gated:
+                    u1 += _q4k_pair(u32, uh, uw1 + sb, uw1 + sb + q, sel, xs, x0, mg)
+            if R > 2:
+                g2 += _q4k_pair(g32, gh, gw2 + sb, gw2 + sb + q, sel, xs, x0, mg)
+                g3 += _q4k_pair(g32, gh, gw3 + sb, gw3 + sb + q, sel, xs, x0, mg)
+                if gated:
+                    u2 += _q4k_pair(u32, uh, uw2 + sb, uw2 + sb + q, sel, xs, x0, mg)
+                    u3 += _q4k_pair(u32, uh, uw3 + sb, uw3 + sb + q, sel, xs, x0, mg)
+            p = int32(p + LG)
+        ag[0] = _group_sum(g0, LG)
+        if R > 1:
+            ag[1] = _group_sum(g1, LG)
+        if R > 2:
+            ag[2] = _group_sum(g2, LG)
+            ag[3] = _group_sum(g3, LG)
+        if gated:
+            au[0] = _group_sum(u0, LG)
+            if R > 1:
+                au[1] = _group_sum(u1, LG)
+            if R > 2:
+                au[2] = _group_sum(u2, LG)
+                au[3] = _group_sum(u3, LG)
+    return rows
+
+
+@functools.lru_cache(maxsize=None)
+def _unit(ggml_type, width, vector=None):
     """Device function: sum_{i < width} W[row, k + i] x'[k + i] for the row at byte ``rowb``.
 
     The octets are written out (not a loop), so they are unrolled whatever LLVM's unrolling
     threshold and their offsets from the unit's base indices are constants. ``vector``: v15's 16-byte
     global loads (None: ``VECTOR_LOADS``; False for rows in shared memory, v18)."""
     vector = VECTOR_LOADS if vector is None else vector
-    if x8:
-        if ggml_type != GGMLType.Q4_K or width != 32:
-            raise ValueError(f"matmul v19: Q4_K units of 32 weights only, got {GGMLType(ggml_type).name} / {width}")
-        return _x8_unit(_word_v4 if vector else _word_u32)
     qsh, bb, prep, octet, fin = DOT_PARTS[ggml_type]
     if vector and width >= 16:                       # v15: such units' quants are 16-byte aligned
         octet = _VECTOR_OCTET.get(octet, octet)      # (an octet replaced by benchmarks/ladder.py stays)
@@ -1130,7 +1227,7 @@ def _keep(t, N):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot(ggml_type, width, R, S=1, x8=False):
+def _rows_dot(ggml_type, width, R, S=1):
     """Device function: the dot products of the rows row0, row0 + rstep, row2, row2 + rstep2 (the first R of
     them; R = 1, 2 or 4; consecutive rows: rstep = rstep2 = 1, row2 = row0 + 2) with x', warp-reduced into
     ``acc`` (lane 0 holds them). Rows past N re-read row N - 1 and are not stored. (Two RoPE pairs of rows
@@ -1144,7 +1241,7 @@ def _rows_dot(ggml_type, width, R, S=1, x8=False):
     rather than looped over, which keeps every accumulator in a register and all the rows'
     loads in flight together whatever LLVM's unrolling threshold (a loop over R rows of 32-weight
     units was not unrolled: the accumulators went to local memory)."""
-    unit = _unit(ggml_type, width, None, x8)
+    unit = _unit(ggml_type, width)
     step = width * WARP * S
     smask = S - 1
 
@@ -1177,10 +1274,10 @@ def _rows_dot(ggml_type, width, R, S=1, x8=False):
 
 
 @functools.lru_cache(maxsize=None)
-def _rows_dot_pair(gate_type, up_type, width, R, vector=None, x8=False):
+def _rows_dot_pair(gate_type, up_type, width, R, vector=None):
     """``_rows_dot`` for SwiGLU: R rows of W_gate and the matching R rows of W_up in the same
-    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums. ``vector``, ``x8`` as ``_unit``."""
-    gunit, uunit = _unit(gate_type, width, vector, x8), _unit(up_type, width, vector, x8)
+    loop (2R rows' loads in flight); ``ag``, ``au`` receive the warp-reduced sums. ``vector`` as ``_unit``."""
+    gunit, uunit = _unit(gate_type, width, vector), _unit(up_type, width, vector)
     step = width * WARP
 
     @cuda.jit(device=True, inline=True)
@@ -1223,11 +1320,17 @@ def _silu(g):
 
 
 @cuda.jit(device=True, inline=True)
-def _store(v, n, N, bias, has_bias, accumulate, out):
-    """Lane 0: out[n] (=, or += with ``accumulate``) v + bias[n], for rows n < N."""
-    if cuda.threadIdx.x % WARP == 0 and n < N:
+def _store_if(lead, v, n, N, bias, has_bias, accumulate, out):
+    """If ``lead``: out[n] (=, or += with ``accumulate``) v + bias[n], for rows n < N."""
+    if lead and n < N:
         v = v + bias[n] if has_bias else v
         out[n] = out[n] + v if accumulate else v
+
+
+@cuda.jit(device=True, inline=True)
+def _store(v, n, N, bias, has_bias, accumulate, out):
+    """Lane 0: ``_store_if``."""
+    _store_if(cuda.threadIdx.x % WARP == 0, v, n, N, bias, has_bias, accumulate, out)
 
 
 @cuda.jit(device=True, inline=True)
@@ -1252,14 +1355,12 @@ def _decode_jit(NW):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_kernels(types, width, R, NW, x8=False):
+def _fused_kernels(types, width, R, NW):
     """(matvec, multi, swiglu) kernels of NW warps x R rows per warp, for a tuple of 3 types
     (multi: one per matrix; matvec uses types[0]; swiglu types[0] for the gate, types[1] for
-    up). Every type, width, R and NW is a compile-time constant of the kernels. ``x8`` (v19): matvec and
-    swiglu round x' to int8 blocks after staging it and dot it with integer products (Q4_K, width 32)."""
-    rows0 = _rows_dot(types[0], width, R, 1, x8)
-    rows1, rows2 = (_rows_dot(t, width, R) for t in types[1:])
-    pair = _rows_dot_pair(types[0], types[1], width, R, None, x8)
+    up). Every type, width, R and NW is a compile-time constant of the kernels."""
+    rows0, rows1, rows2 = (_rows_dot(t, width, R) for t in types)
+    pair = _rows_dot_pair(types[0], types[1], width, R)
     warm_rows = _warm_rows(R)
 
     @cuda.jit(**_decode_jit(NW))
@@ -1272,8 +1373,6 @@ def _fused_kernels(types, width, R, NW, x8=False):
             t = warm_rows(w16, rb, row0, N)          # the rows' bytes fly while x' is staged
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, N)
-        if x8:
-            _quantize_x8(xs, K)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -1333,8 +1432,6 @@ def _fused_kernels(types, width, R, NW, x8=False):
             t = warm_rows(g16, grb, row0, F) ^ warm_rows(u16, urb, up_row0 + row0, up_row0 + F)
         _stage_x(x, nw, has_norm, eps, K, xs, red)
         _keep(t, F)
-        if x8:
-            _quantize_x8(xs, K)
         if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
@@ -1343,6 +1440,65 @@ def _fused_kernels(types, width, R, NW, x8=False):
         _store_swiglu(ag, au, row0, F, out)
 
     return matvec_fused, multi_fused, swiglu_fused
+
+
+@cuda.jit(device=True, inline=True)
+def _warm_group_rows(w16, rb, rg, R, N, LG):
+    """v20's row warm-up: lane i < R of a lane group asks L2 for row min(rg + i, N - 1) (one bulk prefetch
+    each, v17's instruction)."""
+    i = cuda.threadIdx.x & (LG - 1)
+    if i < R:
+        ptx.prefetch_l2(w16, int32(min(rg + i, N - 1) * rb), rb)
+
+
+@functools.lru_cache(maxsize=None)
+def _x8_kernels(R, NW, LG):
+    """v20 (matvec, swiglu) kernels over Q4_K rows and int8 x': NW warps, G = 32 / LG lane groups per warp,
+    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. x' is staged as in
+    v4 (RMSNorm inside), rounded in place to int8 blocks (``_quantize_x8``), and each group dots its rows
+    with ``_x8_rows``."""
+    G = WARP // LG
+    rows_plain, rows_gated = _x8_rows(R, LG, False), _x8_rows(R, LG, True)
+
+    @cuda.jit(**_decode_jit(NW))
+    def matvec_x8(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
+        red = cuda.shared.array(WARP, float32)
+        row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
+        rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R      # the lane group's first row
+        if warm:
+            _warm_group_rows(w16, rb, rg, R, N, LG)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _quantize_x8(xs, K)
+        if row0 >= N:
+            return                                   # whole warp leaves
+        acc = cuda.local.array(R, float32)
+        rows_plain(w32, wh, rb, w32, wh, rb, 0, rg, N, K, xs, acc, acc)
+        lead = (cuda.threadIdx.x & (LG - 1)) == 0
+        for r in range(R):
+            _store_if(lead, acc[r], rg + r, N, bias, has_bias, accumulate, out)
+
+    @cuda.jit(**_decode_jit(NW))
+    def swiglu_x8(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+        xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
+        row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
+        rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R
+        if warm:
+            _warm_group_rows(g16, grb, rg, R, F, LG)
+            _warm_group_rows(u16, urb, up_row0 + rg, R, up_row0 + F, LG)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _quantize_x8(xs, K)
+        if row0 >= F:
+            return
+        ag = cuda.local.array(R, float32)
+        au = cuda.local.array(R, float32)
+        rows_gated(g32, gh, grb, u32, uh, urb, up_row0, rg, F, K, xs, ag, au)
+        lead = (cuda.threadIdx.x & (LG - 1)) == 0
+        for r in range(R):
+            _store_if(lead, _silu(ag[r]) * au[r], rg + r, F, out, False, False, out)
+
+    return matvec_x8, swiglu_x8
 
 
 # v18 (opt-in, LLAMA_BETA_STAGE_ROWS=1; sm_90): the gate/up rows of a warp copied into shared memory by the
@@ -1685,7 +1841,8 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
     """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N].
 
     ``config``: (warps, rows per warp) = v4-v6, (warps, rows per warp, S) with S > 1 = v7
-    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``."""
+    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. With ``DP4A`` on, Q4_K
+    weights take v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group)."""
     N = w_raw.shape[0]
     width = _width(width, K)
     nw, R, *rest = config or decode_config(N, K, width)
@@ -1693,13 +1850,17 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
     if S & (S - 1) or nw % S or R not in (1, 2, 4) or (S > 1 and nw * R > WARP):
         raise ValueError(f"decode_matvec: config {config}: S must be a power of 2 dividing the warps, "
                          f"R 1, 2 or 4, and warps x R <= 32 with a split")
+    b, has = _bias(bias, out)
+    if _x8((ggml_type,), K) and (config is None or S == 1):     # v20 (an explicit split config keeps v7)
+        _launch_x8(0, x, (w_raw,), K, N, config and config[:2], norm_weight, eps, stream,
+                   *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
+        return
     if S > 1:
         kern = _split_kernel(ggml_type, width, R, nw, S)
         blocks = -(-N // (nw // S * R))                         # nw / S groups of R rows per block
     else:
-        kern = _fused_kernels((ggml_type,) * 3, width, R, nw, _x8((ggml_type,), width))[0]
+        kern = _fused_kernels((ggml_type,) * 3, width, R, nw)[0]
         blocks = -(-N // (nw * R))                              # nw warps of R rows per block
-    b, has = _bias(bias, out)
     _launch(kern, blocks, nw, K, stream, *_stage_args(x, norm_weight, eps, K), *_fused_views(w_raw, ggml_type),
             b, has, accumulate, out)
 
@@ -1746,14 +1907,53 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
-# v19 (opt-in, LLAMA_BETA_DP4A=1): the Q4_K products of the matvec and SwiGLU kernels round x' to int8 blocks of 32
-# and multiply with dp4a (``_quantize_x8``, ``_x8_unit``; reference: ``ref.matmul.matmul_x8``).
+# v20 (opt-in, LLAMA_BETA_DP4A=1): the Q4_K products of the matvec and SwiGLU launches round x' to int8 blocks of
+# 32 and multiply with dp4a, a lane per pair of sub-blocks (``_x8_kernels``; reference: ``ref.matmul.matmul_x8``).
 DP4A = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"
+X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").split(",") if v) or None   # sweeps
 
 
-def _x8(types, width) -> bool:
-    """Whether a launch over weights of these types takes v19's integer products."""
-    return DP4A and width == 32 and all(t == GGMLType.Q4_K for t in types)
+def _x8(types, K) -> bool:
+    """Whether a launch over weights of these types takes v20's integer products."""
+    return DP4A and K % 256 == 0 and all(t == GGMLType.Q4_K for t in types)
+
+
+def x8_lanes(K: int) -> int:
+    """v20's lanes per row group: of 32, 16 and 8, the one that leaves the fewest idle lane-steps over the K / 64
+    sub-block pairs of a row (ties: the most lanes). K = 3072 (48 pairs) -> 16: three full steps, where 32 lanes
+    would idle half the second; 8192 -> 32; 4864 (76 pairs) -> 16."""
+    pairs = K // 64
+    return min((WARP, 16, 8), key=lambda lg: (-(-pairs // lg) * lg, -lg))
+
+
+def x8_config(N: int, K: int, config=None) -> tuple[int, int, int]:
+    """(warps per block, rows per lane group, lanes per group) of a v20 launch: ``config``'s (warps, rows) if
+    given, else the most rows per block that still give BLOCKS_PER_SM blocks per SM, as ``fused_config`` (a
+    block holds NW (32 / LG) R rows of each matrix)."""
+    if X8_CONFIG and not config:
+        return X8_CONFIG
+    LG = x8_lanes(K)
+    if config:
+        return config[0], config[1], LG
+    if not _sm_count():
+        return 2, 2, LG                              # the simulator pays per thread
+    want = BLOCKS_PER_SM * _sm_count()
+    for nw, r in FUSED_CONFIGS:
+        if -(-N // (nw * r * (WARP // LG))) >= want:
+            return nw, r, LG
+    return (*FUSED_CONFIGS[-1], LG)
+
+
+def _launch_x8(which, x, weights, K, N, config, norm_weight, eps, stream, *args):
+    """One v20 launch (``which``: 0 matvec, 1 SwiGLU) over the Q4_K ``weights`` (16-byte aligned: quants are read
+    16 bytes at a time) with N rows per matrix."""
+    for w in weights:
+        iface = getattr(w, "__cuda_array_interface__", None)
+        if iface is not None and iface["data"][0] % 16:
+            raise ValueError("decode_matvec: matmul v20 needs Q4_K weights starting at a 16-byte aligned address")
+    nw, R, LG = x8_config(N, K, config)
+    kern = _x8_kernels(R, nw, LG)[which]
+    _launch(kern, -(-N // (nw * R * (WARP // LG))), nw, K, stream, *_stage_args(x, norm_weight, eps, K), *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
@@ -1788,9 +1988,13 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
         _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, width, nw, R, stream)
         return
-    kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw, _x8((gate_type, up_type), width))[2]
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
+    if _x8((gate_type, up_type), K):
+        _launch_x8(1, x, (w_gate, w_up), K, F, config, norm_weight, eps, stream,
+                   g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
+        return
+    kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw)[2]
     _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
             g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
 

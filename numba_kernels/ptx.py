@@ -65,7 +65,9 @@ Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals 
 The decode products over 8-bit activations (``matmul`` v19) use
 
 - ``dp4a(a, b, c) -> int32``: ``dp4a.s32.s32``, c plus the sum of the four products of the signed bytes of
-  a and b (byte i with byte i): four multiply-adds of 8-bit integers in one instruction (sm_61+).
+  a and b (byte i with byte i): four multiply-adds of 8-bit integers in one instruction (sm_61+);
+- ``dp4a_us(a, b, c) -> int32``: ``dp4a.u32.s32``, the same with a's bytes unsigned (0..255): quant nibbles
+  masked in place (``w & 0xF0F0F0F0`` = 16 q) against signed int8 activations (``matmul`` v20).
 
 In the simulator ``bulk_copy`` copies at once (after checking alignment and bounds) and the barrier calls do nothing.
 
@@ -193,14 +195,24 @@ def _signed_bytes(word):
     return np.array([int(word) & 0xFFFFFFFF], np.uint32).view(np.int8).astype(np.int64)
 
 
+def _wrap_int32(total):
+    return np.int32(((total + 2 ** 31) % 2 ** 32) - 2 ** 31)
+
+
 def _simulator_dp4a(a, b, c):
     """c + sum of the products of the four signed bytes of a and b, wrapped to int32 as the instruction does."""
-    total = int(c) + int((_signed_bytes(a) * _signed_bytes(b)).sum())
-    return np.int32(((total + 2 ** 31) % 2 ** 32) - 2 ** 31)
+    return _wrap_int32(int(c) + int((_signed_bytes(a) * _signed_bytes(b)).sum()))
+
+
+def _simulator_dp4a_us(a, b, c):
+    """c + sum of the products of a's four unsigned bytes with b's four signed bytes, wrapped to int32."""
+    ua = np.array([int(a) & 0xFFFFFFFF], np.uint32).view(np.uint8).astype(np.int64)
+    return _wrap_int32(int(c) + int((ua * _signed_bytes(b)).sum()))
 
 
 if config.ENABLE_CUDASIM:
     dp4a = _simulator_dp4a
+    dp4a_us = _simulator_dp4a_us
     bulk_copy = _simulator_bulk_copy
     bulk_expect = _simulator_bulk_expect
     bulk_ready = _simulator_bulk_ready
@@ -367,16 +379,21 @@ else:
 
         return sig, codegen
 
-    @intrinsic
-    def dp4a(typingctx, a, b, c):
-        sig = types.int32(a, b, c)
+    def _dp4a(kinds):
+        @intrinsic
+        def dp4a(typingctx, a, b, c):
+            sig = types.int32(a, b, c)
 
-        def codegen(context, builder, signature, args):
-            av, bv, cv = _cast_all(context, builder, args, signature.args, types.int32)
-            fn = ir.FunctionType(ir.IntType(32), [ir.IntType(32)] * 3)
-            return builder.call(ir.InlineAsm(fn, "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r"), [av, bv, cv])
+            def codegen(context, builder, signature, args):
+                av, bv, cv = _cast_all(context, builder, args, signature.args, types.int32)
+                fn = ir.FunctionType(ir.IntType(32), [ir.IntType(32)] * 3)
+                return builder.call(ir.InlineAsm(fn, f"dp4a.{kinds} $0, $1, $2, $3;", "=r,r,r,r"), [av, bv, cv])
 
-        return sig, codegen
+            return sig, codegen
+        return dp4a
+
+    dp4a = _dp4a("s32.s32")
+    dp4a_us = _dp4a("u32.s32")
 
     @intrinsic
     def load_u32x4(typingctx, arr, index):
@@ -451,6 +468,22 @@ def _copy_by_fours(a, out):
     if i + 3 < a.shape[0]:
         w0, w1, w2, w3 = load_u32x4(a, i)
         out[i], out[i + 1], out[i + 2], out[i + 3] = w0, w1, w2, w3
+
+
+@cuda.jit
+def _dp4a_words(a, b, c, out):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[0, i] = dp4a(a[i], b[i], c[i])
+        out[1, i] = dp4a_us(a[i], b[i], c[i])
+
+
+def dp4a_both(a, b, c):
+    """int32 [2, n]: ``dp4a`` and ``dp4a_us`` of the words a[i], b[i] (uint32) with c[i] (int32), one per thread."""
+    out = cuda.to_device(np.zeros((2, len(a)), np.int32))
+    _dp4a_words[-(-len(a) // 64), 64](*(cuda.to_device(np.ascontiguousarray(v, t))
+                                        for v, t in ((a, np.uint32), (b, np.uint32), (c, np.int32))), out)
+    return out.copy_to_host()
 
 
 SHARED_ALIGN = None if config.ENABLE_CUDASIM else 16    # dynamic shared memory declared 16-byte aligned

@@ -115,7 +115,7 @@ def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
     w = km().random_weight(rng, Q4K, 2 * N, K)
     out = dev(np.zeros(2 * N, np.float32))
     km().launch_decode_matvec(dev(x), dev(w), Q4K, K, out, norm_weight=None if nw is None else dev(nw), eps=EPS,
-                              config=(4, 2) if ON_GPU else (2, 2))
+                              config=(4, 2) if ON_GPU else (2, 1))
     want, mag = reference(x, nw, w, K)
     tol = tolerance(K, norm)
     assert_close(out.copy_to_host() / mag, want / mag, atol=tol, rtol=0.0, name="v19 matvec (units of M)")

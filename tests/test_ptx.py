@@ -132,3 +132,21 @@ def test_simulator_dp4a_is_four_signed_byte_products():
         word = lambda v: int(np.array(v, np.int8).view(np.uint32)[0])
         assert _simulator_dp4a(word(a), word(b), c) == c + int((a * b).sum())
     assert _simulator_dp4a(0x7F7F7F7F, 0x7F7F7F7F, 2 ** 31 - 1) == -2 ** 31 + 4 * 127 * 127 - 1
+
+
+@requires_cuda
+def test_dp4a_signed_and_unsigned_first_operand_match_numpy():
+    """dp4a.s32.s32 and dp4a.u32.s32 (matmul v20: nibbles masked in place are bytes up to 0xF0, unsigned) on
+    the device (the real instructions on a GPU) against NumPy byte products, including the int32 wrap."""
+    from numba_kernels.ptx import dp4a_both
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 2 ** 32, 40, dtype=np.uint64).astype(np.uint32)
+    b = rng.integers(0, 2 ** 32, 40, dtype=np.uint64).astype(np.uint32)
+    c = rng.integers(-2 ** 31, 2 ** 31, 40, dtype=np.int64).astype(np.int32)
+    a[0], b[0], c[0] = 0xF0F0F0F0, 0x7F7F7F7F, 2 ** 31 - 1          # unsigned 240 * 127 * 4 wraps past 2^31
+    bs = b.view(np.int8).reshape(-1, 4).astype(np.int64)
+    for row, av in ((0, a.view(np.int8)), (1, a.view(np.uint8))):
+        total = c.astype(np.int64) + (av.reshape(-1, 4).astype(np.int64) * bs).sum(axis=1)
+        want = ((total + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+        np.testing.assert_array_equal(dp4a_both(a, b, c)[row], want)
