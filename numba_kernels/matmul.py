@@ -173,14 +173,23 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Compute says why the bytes were not the problem: the products are bound by their instruction issue
   (gate/up 8.7 SASS instructions per weight, Q/K/V 13.8, W_o and W_down 12, the output 11.2; issue slots
   busy 43-60 %, DRAM 10-23 %), so the next lever is fewer instructions per weight (docs/matmul.md, "v18").
-- v19 (opt-in, ``LLAMA_BETA_DP4A=1``; measured slower): the Q4_K units of ``matvec_fused`` / ``swiglu_fused`` over
-  x' rounded to int8 blocks of 32 (``_quantize_x8``, in place in the staged x': codes, d and the block sum in
-  each block's 33 slots) and multiplied with ``ptx.dp4a`` (eight per 32 weights, ``_x8_unit``); reference
-  ``ref.matmul.matmul_x8``. 44 registers instead of 72, but on the H200 the Phi-3 gate/up launch took 29.7 us
-  against 22.3 (whole step 2727 against 2562 us) and executed only 10 % fewer instructions (12.3 M against
-  13.6 M): the dot product's multiply-adds were not most of the instructions. What remains per unit and row is
-  the scale decode (``_k_scales``, once per 32 weights), 64-bit shifts and address arithmetic, and every block
-  quantizes all of x' again (512 blocks x 3072 elements) between staging and the loop.
+- v19 (twelfth session, measured slower, replaced by v20): the Q4_K 32-weight units of ``matvec_fused`` /
+  ``swiglu_fused`` over x' rounded to int8 blocks of 32 and multiplied with ``ptx.dp4a`` (eight per unit). On the
+  H200 the Phi-3 gate/up launch took 29.7 us against 22.3 and executed only 10 % fewer instructions (12.3 M
+  against 13.6 M): per unit and row it still decoded the scales (``_k_scales``, with a branch on the
+  sub-block), computed 64-bit addresses, and every block quantized all of x' again.
+- v20 ``_x8_kernels`` (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products (matvec, SwiGLU) over the same int8
+  x' (``_quantize_x8``: x' staged as v4, then rounded in place to blocks of 32 with their scale d_j and float
+  sum s_j), with the work cut so that the per-weight instructions are the dp4a: a lane takes a *pair* of
+  sub-blocks (64 weights: the 32 quant bytes whose low nibbles are sub-block 2c and high nibbles 2c + 1), reads
+  them in two 16-byte loads plus one 16-byte load of the super-block's header, builds all eight 6-bit scales and
+  mins four at a time and picks its two with one ``prmt`` (``_k_pair_scales``: no branch), masks the nibbles in
+  place (the high ones unshifted, ``& 0xF0F0F0F0`` = 16 q, the 1/16 applied to the exact integer sum) and
+  multiplies them with ``ptx.dp4a_us`` (unsigned quant bytes, signed codes): 16 dp4a and 16 masks per 64 weights.
+  Rows are spread over lane groups of LG = 8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three
+  full steps of 16 lanes where 32 lanes would idle half of the second step), each group summing its R rows by
+  shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90): 54 registers (SwiGLU,
+  R = 1), no spills, about 250 PTX instructions per loop step of 2 x 64 weights.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -853,30 +862,82 @@ ALIGN4_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F32)   # read through the
 VECTOR_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)   # ... in 16-byte loads (v15): rows of 144 / 176-byte blocks
 
 
+X8_WARPS = 8            # v20: warps per block of the quantizing launch (one 32-element block of x' each)
+
+
 @cuda.jit(device=True, inline=True)
-def _quantize_x8(xs, K):
-    """v19: x' (staged in ``xs``, padded one float per 32) rounded to int8 blocks of 32 in place, as
-    ``ref.matmul.quantize_x8``: block j's 33 slots from 33 j then hold its 32 int8 codes (bytes of slots
-    33 j .. 33 j + 7), d_j = max|x| / 127 (slot 33 j + 8) and the block's float sum (slot 33 j + 9). Warp w
-    quantizes blocks w, w + warps, ...; lane l element l (max and sum by butterfly shuffles, so every lane has
-    them before any lane overwrites the block). Ends with a block barrier."""
-    q8 = cuda.shared.array(0, int8)                # the same bytes as xs
+def _x8_block(v):
+    """One warp, lane l holding element l of a block of 32: (code of v, d, the block's float sum) as
+    ``ref.matmul.quantize_x8`` (d = max|x| / 127, code = rint(v / d), 0 where d = 0). The max and the sum by
+    butterfly shuffles, so every lane has both."""
+    a, t = abs(v), v
+    for off in (16, 8, 4, 2, 1):
+        a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, off))
+        t += cuda.shfl_xor_sync(0xFFFFFFFF, t, off)
+    d = a / float32(127.0)
+    inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+    return int8(int32(_rint(v * inv))), d, t
+
+
+@cuda.jit(cache=JIT_CACHE)
+def quantize_x8_kernel(x, nw, has_norm, eps, K, xq, q8):
+    """v20: x' = x, or RMSNorm(x) * nw, rounded to int8 blocks of 32 (``ref.matmul.quantize_x8``) into ``xq``
+    (float32 [xs_floats(K)], the layout of the v4 kernels' padded x': block j's 33 slots from 33 j hold its 32
+    codes in the bytes of slots 33 j .. 33 j + 7, d_j in slot 33 j + 8 and its float sum in 33 j + 9; q8 is
+    the int8 view of the same bytes).
+
+    Grid: one warp per block of 32 (X8_WARPS per block of threads). With the norm every block of threads sums
+    the squares of all of x itself (as the v4 kernels do: x' is then bit-identical to theirs) and scales its
+    elements as (x * scale) * nw."""
+    red = cuda.shared.array(WARP, float32)
+    ptx.allow_next_grid()
+    ptx.wait_previous_grid()                        # (PDL: x is the previous launch's output)
+    scale = float32(1.0)
+    if has_norm:
+        nt = int32(cuda.blockDim.x)
+        last = int32(K - 1)
+        ss = float32(0.0)
+        p = int32(cuda.threadIdx.x)
+        while p < K:                                 # the per-thread order of _stage_x4's sum of squares
+            v0, v1, v2, v3 = _load4(x, p, nt, last)
+            ss = _add_square(ss, v0, p, K)
+            ss = _add_square(ss, v1, p + nt, K)
+            ss = _add_square(ss, v2, p + 2 * nt, K)
+            ss = _add_square(ss, v3, p + 3 * nt, K)
+            p = int32(p + 4 * nt)
+        scale = float32(1.0) / math.sqrt(_block_sum(ss, red) / float32(K) + eps)
+    j = cuda.blockIdx.x * (cuda.blockDim.x >> 5) + (cuda.threadIdx.x >> 5)
+    if j >= (K >> 5):
+        return                                       # whole warp leaves
     lane = cuda.threadIdx.x & (WARP - 1)
-    j = cuda.threadIdx.x >> 5
-    while j < (K >> 5):
-        b = uint32(33 * j)
-        v = xs[b + lane]
-        a, t = abs(v), v
-        for off in (16, 8, 4, 2, 1):
-            a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, off))
-            t += cuda.shfl_xor_sync(0xFFFFFFFF, t, off)
-        d = a / float32(127.0)
-        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
-        q8[4 * b + lane] = int8(int32(_rint(v * inv)))
-        if lane == 0:
-            xs[b + uint32(8)] = d
-            xs[b + uint32(9)] = t
-        j += cuda.blockDim.x >> 5
+    e = uint32(32 * j + lane)
+    v = x[e]
+    if has_norm:
+        v = (v * scale) * nw[e]
+    code, d, t = _x8_block(v)
+    b = uint32(33 * j)
+    q8[4 * b + uint32(lane)] = code
+    if lane == 0:
+        xq[b + uint32(8)] = d
+        xq[b + uint32(9)] = t
+
+
+@cuda.jit(device=True, inline=True)
+def _copy_x8(xq, K, xs):
+    """v20's staging: the quantized x' (``quantize_x8_kernel``'s K + K / 32 floats) copied into shared memory,
+    four loads in flight per thread (clamped indices: all unconditional), then a block barrier."""
+    ptx.allow_next_grid()
+    ptx.wait_previous_grid()
+    n = int32(K + (K >> 5))
+    nt = int32(cuda.blockDim.x)
+    p = int32(cuda.threadIdx.x)
+    while p < n:
+        v0, v1, v2, v3 = _load4(xq, p, nt, n - 1)
+        xs[uint32(p)] = v0
+        xs[uint32(min(p + nt, n))] = v1              # (slot n: the spare one, xs_floats)
+        xs[uint32(min(p + 2 * nt, n))] = v2
+        xs[uint32(min(p + 3 * nt, n))] = v3
+        p = int32(p + 4 * nt)
     cuda.syncthreads()
 
 
@@ -1086,13 +1147,19 @@ def _slot(q, K):
 
 
 @cuda.jit(device=True, inline=True)
-def _put_raw(xs, q, K, v, ss):
-    """xs[q] = v (the spare slot for q >= K) and ss + v^2 (q < K). The square is of v or 0, so the
-    compiler contracts it with the add into one FMA, as it does ``ss += v * v`` in ``_stage_x1``
-    (a select between v * v and 0 would round the square first: another last bit of the norm)."""
-    xs[_slot(q, K)] = v
+def _add_square(ss, v, q, K):
+    """ss + v^2 for element q < K, else ss. The square is of v or 0, so the compiler contracts it with the add
+    into one FMA, as it does ``ss += v * v`` in ``_stage_x1`` (a select between v * v and 0 would round the
+    square first: another last bit of the norm)."""
     u = v if q < K else float32(0.0)
     return ss + u * u
+
+
+@cuda.jit(device=True, inline=True)
+def _put_raw(xs, q, K, v, ss):
+    """xs[q] = v (the spare slot for q >= K) and ``_add_square``."""
+    xs[_slot(q, K)] = v
+    return _add_square(ss, v, q, K)
 
 
 @cuda.jit(device=True, inline=True)
@@ -1454,22 +1521,20 @@ def _warm_group_rows(w16, rb, rg, R, N, LG):
 @functools.lru_cache(maxsize=None)
 def _x8_kernels(R, NW, LG):
     """v20 (matvec, swiglu) kernels over Q4_K rows and int8 x': NW warps, G = 32 / LG lane groups per warp,
-    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. x' is staged as in
-    v4 (RMSNorm inside), rounded in place to int8 blocks (``_quantize_x8``), and each group dots its rows
-    with ``_x8_rows``."""
+    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. Their input is x'
+    already rounded to int8 blocks by ``quantize_x8_kernel`` (the launch before), copied into shared memory
+    (``_copy_x8``); each group dots its rows with ``_x8_rows``."""
     G = WARP // LG
     rows_plain, rows_gated = _x8_rows(R, LG, False), _x8_rows(R, LG, True)
 
     @cuda.jit(**_decode_jit(NW))
-    def matvec_x8(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+    def matvec_x8(xq, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
-        red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R      # the lane group's first row
         if warm:
             _warm_group_rows(w16, rb, rg, R, N, LG)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
-        _quantize_x8(xs, K)
+        _copy_x8(xq, K, xs)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -1479,16 +1544,14 @@ def _x8_kernels(R, NW, LG):
             _store_if(lead, acc[r], rg + r, N, bias, has_bias, accumulate, out)
 
     @cuda.jit(**_decode_jit(NW))
-    def swiglu_x8(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+    def swiglu_x8(xq, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
         xs = cuda.shared.array(0, float32)
-        red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R
         if warm:
             _warm_group_rows(g16, grb, rg, R, F, LG)
             _warm_group_rows(u16, urb, up_row0 + rg, R, up_row0 + F, LG)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
-        _quantize_x8(xs, K)
+        _copy_x8(xq, K, xs)
         if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
@@ -1944,16 +2007,40 @@ def x8_config(N: int, K: int, config=None) -> tuple[int, int, int]:
     return (*FUSED_CONFIGS[-1], LG)
 
 
+_X8_SCRATCH = {}          # K -> the device buffer of a quantized x' (allocated on first use, outside a capture)
+
+
+def x8_scratch(K: int):
+    """The float32 [xs_floats(K)] device buffer that v20 launches of width K quantize x' into (one per K: the
+    launches of a stream use it one after the other)."""
+    if K not in _X8_SCRATCH:
+        _X8_SCRATCH[K] = cuda.device_array(xs_floats(K), np.float32)
+    return _X8_SCRATCH[K]
+
+
+def launch_quantize_x8(x, K, xq, norm_weight=None, eps=1e-6, stream=0):
+    """x' = x or RMSNorm(x) * norm_weight rounded to int8 blocks of 32 into ``xq`` (``quantize_x8_kernel``)."""
+    if K % 32:
+        raise ValueError(f"quantize_x8: K={K} must be a multiple of 32")
+    x, nw, has_norm, eps, K, _ = _stage_args(x, norm_weight, eps, K)
+    quantize_x8_kernel[-(-(K // 32) // X8_WARPS), X8_WARPS * WARP, stream](x, nw, has_norm, eps, K, xq,
+                                                                            xq.view(np.int8))
+
+
 def _launch_x8(which, x, weights, K, N, config, norm_weight, eps, stream, *args):
-    """One v20 launch (``which``: 0 matvec, 1 SwiGLU) over the Q4_K ``weights`` (16-byte aligned: quants are read
-    16 bytes at a time) with N rows per matrix."""
+    """One v20 product (``which``: 0 matvec, 1 SwiGLU) over the Q4_K ``weights`` (16-byte aligned: quants are read
+    16 bytes at a time) with N rows per matrix: two launches, x' quantized into ``x8_scratch(K)``, then the dots."""
     for w in weights:
         iface = getattr(w, "__cuda_array_interface__", None)
         if iface is not None and iface["data"][0] % 16:
             raise ValueError("decode_matvec: matmul v20 needs Q4_K weights starting at a 16-byte aligned address")
+    if K > MAX_K_FUSED:
+        raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (K <= {MAX_K_FUSED})")
+    xq = x8_scratch(K)
+    launch_quantize_x8(x, K, xq, norm_weight, eps, stream)
     nw, R, LG = x8_config(N, K, config)
     kern = _x8_kernels(R, nw, LG)[which]
-    _launch(kern, -(-N // (nw * R * (WARP // LG))), nw, K, stream, *_stage_args(x, norm_weight, eps, K), *args)
+    kern[-(-N // (nw * R * (WARP // LG))), nw * WARP, stream, 4 * xs_floats(K)](xq, K, WARM, *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:

@@ -1,5 +1,6 @@
-"""matmul v19 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products over x' rounded to int8 blocks of 32 and
-multiplied with ``dp4a``, against their reference ``ref.matmul.matmul_x8``; and the reference's own
+"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products over x' rounded to int8 blocks of 32 and
+multiplied with ``dp4a`` (a lane per pair of sub-blocks, lane groups of 8-32 lanes per row), against their
+reference ``ref.matmul.matmul_x8``; and the reference's own
 properties (the rounding of x is at most half a step; the product differs from the float32 one by at most
 that rounding times |W|).
 
@@ -80,6 +81,41 @@ def test_matmul_x8_differs_from_float32_by_the_rounding_of_x(seed, nb, N):
     assert (np.abs(got - matmul(x, w, Q4K, K)) <= bound).all()
 
 
+@pytest.mark.parametrize("K, lanes", [(256, 8), (768, 16), (3072, 16), (4864, 16), (8192, 32), (2048, 32)])
+def test_x8_lanes_leaves_the_fewest_idle_lane_steps(K, lanes):
+    """K / 64 pairs a row over groups of 8, 16 or 32 lanes: the fewest idle lane-steps, ties to more lanes."""
+    assert km().x8_lanes(K) == lanes
+    pairs = K // 64
+    assert -(-pairs // lanes) * lanes == min(-(-pairs // g) * g for g in (8, 16, 32))
+
+
+@requires_cuda
+@settings(max_examples=10 if ON_GPU else 4, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), blocks=st.integers(1, 40), norm=st.booleans(),
+       scale=st.sampled_from([1e-20, 1.0, 1e15]))
+def test_quantize_x8_kernel_gives_the_reference_codes(seed, blocks, norm, scale):
+    """The launch that rounds x' for v20: the same codes and d_j as ref.matmul.quantize_x8 (the same float32
+    steps), the block sums within a float32 sum of 32 terms (another order), in the padded 33-slot layout."""
+    rng = np.random.default_rng(seed)
+    K = 32 * blocks
+    x = (rng.standard_normal(K) * scale).astype(np.float32)
+    nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
+    xq = dev(np.zeros(km().xs_floats(K), np.float32))
+    km().launch_quantize_x8(dev(x), K, xq, norm_weight=None if nw is None else dev(nw), eps=EPS)
+    got = xq.copy_to_host()[:K + K // 32].reshape(-1, 33)
+    xn = x if nw is None else rmsnorm(x, nw, EPS)
+    q, d, s = quantize_x8(xn)
+    if norm:   # x' itself may differ in the last bit (the kernel's sum of squares runs in another order)
+        codes = got[:, :8].copy().view(np.int8).reshape(-1).astype(int)
+        assert np.abs(codes - q).max() <= 1
+        np.testing.assert_allclose(got[:, 8], d, rtol=4 * U * K ** 0.5 + 1e-6)
+    else:
+        np.testing.assert_array_equal(got[:, :8].copy().view(np.int8).reshape(-1), q)
+        np.testing.assert_array_equal(got[:, 8], d)
+    xb = xn.reshape(-1, 32).astype(np.float64)
+    assert (np.abs(got[:, 9] - xb.sum(axis=1)) <= gamma(32) * np.abs(xb).sum(axis=1) * 1.01 + 1e-45).all()
+
+
 @pytest.fixture
 def dp4a(monkeypatch):
     monkeypatch.setattr(km(), "DP4A", True)
@@ -103,10 +139,10 @@ def tolerance(K, norm):
 
 @requires_cuda
 @settings(max_examples=12 if ON_GPU else 4, **SETTINGS)
-@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3] if not ON_GPU else [1, 3, 12]),
+@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3, 8] if not ON_GPU else [1, 3, 8, 12, 32]),
        N=st.integers(1, 20), norm=st.booleans())
 def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
-    """The plain product (v4 layout with v19 units) and the SwiGLU pair (fused gate_up tensor) against the
+    """The plain product and the SwiGLU pair (fused gate_up tensor) against the
     reference of the quantized-x product."""
     rng = np.random.default_rng(seed)
     K = 256 * nb
@@ -118,7 +154,7 @@ def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
                               config=(4, 2) if ON_GPU else (2, 1))
     want, mag = reference(x, nw, w, K)
     tol = tolerance(K, norm)
-    assert_close(out.copy_to_host() / mag, want / mag, atol=tol, rtol=0.0, name="v19 matvec (units of M)")
+    assert_close(out.copy_to_host() / mag, want / mag, atol=tol, rtol=0.0, name="v20 matvec (units of M)")
     act = dev(np.zeros(N, np.float32))
     km().decode_matvec_swiglu(dev(x), dev(w), None, Q4K, None, K, act, norm_weight=None if nw is None else dev(nw),
                               eps=EPS, mma=False)
@@ -127,4 +163,4 @@ def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
     err = np.abs(act.copy_to_host() - expect)
     # silu'(g) <= 1.1 and |silu(g)| <= |g| carry the errors of g and u (as test_matvec_fused.assert_swiglu)
     bound = tol * (1.1 * gm * np.abs(u) + np.abs(g) * um + gm * um * tol) + 8 * U * np.abs(expect)
-    assert (err <= bound + 1e-30).all(), f"v19 SwiGLU: max excess {np.max(err - bound):.3g}"
+    assert (err <= bound + 1e-30).all(), f"v20 SwiGLU: max excess {np.max(err - bound):.3g}"
