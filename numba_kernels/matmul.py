@@ -1009,6 +1009,17 @@ def _group_sum(v, LG):
     return v
 
 
+@cuda.jit(device=True, inline=True)
+def _group_sums(acc, a0, a1, a2, a3, R, LG):
+    """acc[r] = ``_group_sum`` of a_r for the first R of the four (R a constant after inlining)."""
+    acc[0] = _group_sum(a0, LG)
+    if R > 1:
+        acc[1] = _group_sum(a1, LG)
+    if R > 2:
+        acc[2] = _group_sum(a2, LG)
+        acc[3] = _group_sum(a3, LG)
+
+
 @functools.lru_cache(maxsize=None)
 def _x8_rows(R, LG, gated):
     """v20 device function: the Q4_K rows of one lane group (LG lanes, G = 32 / LG groups per warp) dotted
@@ -1048,19 +1059,9 @@ def _x8_rows(R, LG, gated):
                     u2 += _q4k_pair(u32, uh, uw2 + sb, uw2 + sb + q, sel, xs, x0, mg)
                     u3 += _q4k_pair(u32, uh, uw3 + sb, uw3 + sb + q, sel, xs, x0, mg)
             p = int32(p + LG)
-        ag[0] = _group_sum(g0, LG)
-        if R > 1:
-            ag[1] = _group_sum(g1, LG)
-        if R > 2:
-            ag[2] = _group_sum(g2, LG)
-            ag[3] = _group_sum(g3, LG)
+        _group_sums(ag, g0, g1, g2, g3, R, LG)
         if gated:
-            au[0] = _group_sum(u0, LG)
-            if R > 1:
-                au[1] = _group_sum(u1, LG)
-            if R > 2:
-                au[2] = _group_sum(u2, LG)
-                au[3] = _group_sum(u3, LG)
+            _group_sums(au, u0, u1, u2, u3, R, LG)
     return rows
 
 
