@@ -179,7 +179,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   against 13.6 M): per unit and row it still decoded the scales (``_k_scales``, with a branch on the
   sub-block), computed 64-bit addresses, and every block quantized all of x' again.
 - v20 ``_x8_kernels`` (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products (matvec, SwiGLU) over the same int8
-  x' (``_quantize_x8``: x' staged as v4, then rounded in place to blocks of 32 with their scale d_j and float
+  x' (``quantize_x8_kernel``: x' computed as v4 does, then rounded to blocks of 32 with their scale d_j and float
   sum s_j), with the work cut so that the per-weight instructions are the dp4a: a lane takes a *pair* of
   sub-blocks (64 weights: the 32 quant bytes whose low nibbles are sub-block 2c and high nibbles 2c + 1), reads
   them in two 16-byte loads plus one 16-byte load of the super-block's header, builds all eight 6-bit scales and
@@ -189,7 +189,11 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Rows are spread over lane groups of LG = 8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three
   full steps of 16 lanes where 32 lanes would idle half of the second step), each group summing its R rows by
   shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90): 54 registers (SwiGLU,
-  R = 1), no spills, about 250 PTX instructions per loop step of 2 x 64 weights.
+  R = 1), no spills, about 250 PTX instructions per loop step of 2 x 64 weights. Each product is two launches:
+  ``quantize_x8_kernel`` writes x' once into ``x8_scratch(K)``, and the product's blocks copy it into shared
+  memory (``_copy_x8``). Measured (thirteenth session, on an H100) only in a first form that re-quantized x' in
+  every block: gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9 and W_down 16.8 -> 29.5; the two-launch form has not
+  run on a GPU yet (its logic passes the simulator tests; offline ptxas compiles it).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -972,7 +976,7 @@ def _dp4a_nibbles(a, xs, x0, x1, j, lo, hi):
 @cuda.jit(device=True, inline=True)
 def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     """v20: sum over the 64 weights of sub-blocks 2c, 2c + 1 of one Q4_K super-block times the int8 x' of
-    ``_quantize_x8``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
+    ``quantize_x8_kernel``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
     quants @16); qw = gw + 4 + 8c: its quant words 32c .. 32c + 31 (the low nibbles are sub-block 2c, the high
     ones 2c + 1); x0: the slot of sub-block 2c's codes (2c + 1's are 33 slots on).
     = d_x0 (d sc_0) sum_i u_i q_i + d_x1 (d sc_1) (sum_i 16 u'_i q'_i) / 16 - dmin (m_0 s_x0 + m_1 s_x1):

@@ -62,7 +62,7 @@ Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals 
 - ``bulk_ready(bars, i, parity) -> uint32``: 1 once the barrier's phase of that parity has completed, i.e. every
   announced byte has arrived (``mbarrier.try_wait.parity``; the caller loops). A fresh barrier is in phase 0.
 
-The decode products over 8-bit activations (``matmul`` v19) use
+The decode products over 8-bit activations (``matmul`` v19, then v20) use
 
 - ``dp4a(a, b, c) -> int32``: ``dp4a.s32.s32``, c plus the sum of the four products of the signed bytes of
   a and b (byte i with byte i): four multiply-adds of 8-bit integers in one instruction (sm_61+);

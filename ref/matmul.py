@@ -22,7 +22,7 @@ with a tolerance scaled by $\sum_k |x_{t,k} W_{n,k}|$, not by $|y|$.
 
 Quantized activations (``quantize_x8``, ``matmul_x8``): llama.cpp's decode products round ``x`` to
 8-bit blocks of 32 and multiply with integer dot products. ``matmul`` keeps ``x`` in float32;
-``matmul_x8`` is the reference of the kernels that quantize it (matmul v19, opt-in, Q4_K):
+``matmul_x8`` is the reference of the kernels that quantize it (matmul v20, opt-in, Q4_K):
 per block $j$ of 32, $d_j = \max_i |x_i| / 127$ and $q_i = \mathrm{rint}(x_i / d_j)$ (int8), so
 $x_i \approx d_j q_i$; a Q4_K sub-block of 32 weights $W_i = d_s c_s u_i - d_m m_s$ ($u_i$ the 4-bit
 codes) meets exactly one block of $x$, and its share of the dot product is

@@ -122,7 +122,7 @@ def test_simulator_bulk_copy_refuses_misaligned_or_outside_ranges():
 
 
 def test_simulator_dp4a_is_four_signed_byte_products():
-    """dp4a (matmul v19): c + sum of a's and b's signed bytes multiplied pairwise, wrapping like int32."""
+    """dp4a (matmul v19/v20): c + sum of a's and b's signed bytes multiplied pairwise, wrapping like int32."""
     from numba_kernels.ptx import _simulator_dp4a
 
     rng = np.random.default_rng(4)
