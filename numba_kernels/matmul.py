@@ -891,8 +891,8 @@ def quantize_x8_kernel(x, nw, has_norm, eps, K, xq, q8):
     the int8 view of the same bytes).
 
     Grid: one warp per block of 32 (X8_WARPS per block of threads). With the norm every block of threads sums
-    the squares of all of x itself (as the v4 kernels do: x' is then bit-identical to theirs) and scales its
-    elements as (x * scale) * nw."""
+    the squares of all of x itself, in ``_stage_x4``'s per-thread order (so x' is bit-identical to that of a v4
+    kernel with blocks of the same size), and scales its elements as (x * scale) * nw."""
     red = cuda.shared.array(WARP, float32)
     ptx.allow_next_grid()
     ptx.wait_previous_grid()                        # (PDL: x is the previous launch's output)
