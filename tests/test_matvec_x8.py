@@ -116,6 +116,21 @@ def test_quantize_x8_kernel_gives_the_reference_codes(seed, blocks, norm, scale)
     assert (np.abs(got[:, 9] - xb.sum(axis=1)) <= gamma(32) * np.abs(xb).sum(axis=1) * 1.01 + 1e-45).all()
 
 
+@pytest.mark.parametrize("N, K, want", [(8192, 3072, (8, 1, 16)), (3072, 8192, (8, 1, 32)), (3072, 3072, (4, 1, 16)),
+                                         (896, 4864, (4, 1, 16)), (100000, 2048, (8, 4, 32))])
+def test_x8_config_keeps_two_blocks_per_sm_with_the_most_rows(monkeypatch, N, K, want):
+    """On a GPU of 132 SMs: the most rows per block (NW x 32 / LG x R of each matrix) that still leaves at least
+    BLOCKS_PER_SM blocks per SM, else the smallest blocks; a given (warps, rows) is kept."""
+    kernels = km()
+    monkeypatch.setattr(kernels, "_sm_count", lambda: 132)
+    monkeypatch.setattr(kernels, "X8_CONFIG", None)
+    nw, r, lg = kernels.x8_config(N, K)
+    assert (nw, r, lg) == want
+    rows = nw * r * (32 // lg)
+    assert -(-N // rows) >= kernels.BLOCKS_PER_SM * 132 or (nw, r) == kernels.FUSED_CONFIGS[-1]
+    assert kernels.x8_config(N, K, (2, 4)) == (2, 4, lg)
+
+
 @pytest.fixture
 def dp4a(monkeypatch):
     monkeypatch.setattr(km(), "DP4A", True)
