@@ -1866,14 +1866,16 @@ def decode_config(N, K, width=32):
     return (split_config(N, K, width) if SPLIT_K else None) or fused_config(N)
 
 
-def _fused_views(w_raw, ggml_type):
-    """(w16, w32, wh, wf, row_bytes, N): the four views of the raw bytes that the decoders read."""
+def _fused_views(w_raw, ggml_type, vector=None):
+    """(w16, w32, wh, wf, row_bytes, N): the four views of the raw bytes that the decoders read. ``vector``: whether
+    the kernel reads Q4_K/Q5_K quants 16 bytes at a time (None: ``VECTOR_LOADS``; v20 always does)."""
     N, rb = w_raw.shape
     if N * rb >= 2 ** 31:
         raise ValueError(f"decode_matvec: {ggml_type.name} weight of {N * rb} bytes: the fused "
                          f"kernels index bytes with int32 (< 2 GiB); use matvec")
     iface = getattr(w_raw, "__cuda_array_interface__", None)     # (the simulator has none)
-    align = 16 if VECTOR_LOADS and ggml_type in VECTOR_TYPES else 4
+    vector = VECTOR_LOADS if vector is None else vector
+    align = 16 if vector and ggml_type in VECTOR_TYPES else 4
     if ggml_type in ALIGN4_TYPES and iface is not None and iface["data"][0] % align:
         raise ValueError(f"decode_matvec: {ggml_type.name} weight must start at a {align}-byte aligned address")
     flat = w_raw.reshape(N * rb)
@@ -1887,10 +1889,14 @@ def _stage_args(x, norm_weight, eps, K):
     return x, norm_weight if has_norm else x, has_norm, np.float32(eps), K, WARM
 
 
-def _launch(kern, blocks, nw, K, stream, *args):
+def _check_fits(K):
     if K > MAX_K_FUSED:
         raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
                          f"K <= {MAX_K_FUSED}); use matvec")
+
+
+def _launch(kern, blocks, nw, K, stream, *args):
+    _check_fits(K)
     smem = 4 * xs_floats(K)                            # dynamic: padded x' (+ a static 32 floats)
     kern[blocks, nw * WARP, stream, smem](*args)
 
@@ -1920,8 +1926,8 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
                          f"R 1, 2 or 4, and warps x R <= 32 with a split")
     b, has = _bias(bias, out)
     if _x8((ggml_type,), K) and (config is None or S == 1):     # v20 (an explicit split config keeps v7)
-        _launch_x8(0, x, (w_raw,), K, N, config and config[:2], norm_weight, eps, stream,
-                   *_fused_views(w_raw, ggml_type), b, has, accumulate, out)
+        _launch_x8(0, x, K, N, config and config[:2], norm_weight, eps, stream,
+                   *_fused_views(w_raw, ggml_type, vector=True), b, has, accumulate, out)
         return
     if S > 1:
         kern = _split_kernel(ggml_type, width, R, nw, S)
@@ -2032,20 +2038,14 @@ def launch_quantize_x8(x, K, xq, norm_weight=None, eps=1e-6, stream=0):
                                                                             xq.view(np.int8))
 
 
-def _launch_x8(which, x, weights, K, N, config, norm_weight, eps, stream, *args):
-    """One v20 product (``which``: 0 matvec, 1 SwiGLU) over the Q4_K ``weights`` (16-byte aligned: quants are read
-    16 bytes at a time) with N rows per matrix: two launches, x' quantized into ``x8_scratch(K)``, then the dots."""
-    for w in weights:
-        iface = getattr(w, "__cuda_array_interface__", None)
-        if iface is not None and iface["data"][0] % 16:
-            raise ValueError("decode_matvec: matmul v20 needs Q4_K weights starting at a 16-byte aligned address")
-    if K > MAX_K_FUSED:
-        raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (K <= {MAX_K_FUSED})")
+def _launch_x8(which, x, K, N, config, norm_weight, eps, stream, *args):
+    """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per matrix:
+    two launches, x' quantized into ``x8_scratch(K)``, then the dots."""
+    _check_fits(K)                                    # (before the first of the two launches)
     xq = x8_scratch(K)
     launch_quantize_x8(x, K, xq, norm_weight, eps, stream)
     nw, R, LG = x8_config(N, K, config)
-    kern = _x8_kernels(R, nw, LG)[which]
-    kern[-(-N // (nw * R * (WARP // LG))), nw * WARP, stream, 4 * xs_floats(K)](xq, K, WARM, *args)
+    _launch(_x8_kernels(R, nw, LG)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream, xq, K, WARM, *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
@@ -2080,10 +2080,11 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
         _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, width, nw, R, stream)
         return
-    g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type)
-    u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type)
-    if _x8((gate_type, up_type), K):
-        _launch_x8(1, x, (w_gate, w_up), K, F, config, norm_weight, eps, stream,
+    x8 = _x8((gate_type, up_type), K)                     # v20 reads its quants 16 bytes at a time
+    g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type, vector=x8 or None)
+    u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type, vector=x8 or None)
+    if x8:
+        _launch_x8(1, x, K, F, config, norm_weight, eps, stream,
                    g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
         return
     kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw)[2]
@@ -2165,9 +2166,7 @@ def matmul(x, w_raw, ggml_type, K, bias=None, out=None, stream=0, version=10):
 # --- fused decode (v4-v6): device arrays in, device arrays out, graph-capturable ------------------
 def _check_fused(w_raw, ggml_type, K):
     ggml_type = _check(w_raw, ggml_type, K)
-    if K > MAX_K_FUSED:
-        raise ValueError(f"decode_matvec: K={K} does not fit in shared memory (padded x' needs "
-                         f"K <= {MAX_K_FUSED}); use matvec")
+    _check_fits(K)
     return ggml_type
 
 
