@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [real]
+#        [ladder] [toggles] [ncu] [x8] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -174,6 +174,21 @@ for step in "$@"; do
       timeout 60 python3 benchmarks/pdl_probe.py 2>&1 | grep -v -i warn | tee "$OUT/pdl-probe.txt"
       timeout 400 python3 benchmarks/sweep_decode_mma.py qwen ${V12_CONFIGS:+--configs $V12_CONFIGS} 2>&1 \
         | grep -v -i warn | tee "$OUT/sweep-decode-mma.txt" ;;
+    x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: its tests, then both twins' decode steps per launch,
+      #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32") forced on all;
+      #          X8_PRESETS picks the twins (preset:vocab, default both)
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 | tail -3
+      for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
+        model=/tmp/${preset%:*}.gguf
+        [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \
+          --vocab .dev-model/vocab/ggml-vocab-${preset#*:}.gguf --force -q
+        for env in "" "LLAMA_BETA_DP4A=1" $(for c in ${X8_CONFIGS:-8,2,16 4,2,16 8,1,32}; do
+            echo "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_CONFIG=$c"; done); do
+          echo "== ${preset%:*} ${env:-defaults}"
+          env ${env/,LLAMA/ LLAMA} timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 \
+            --json "$OUT/profile-x8-${preset%:*}-$(echo "${env:-defaults}" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
+        done
+      done ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
