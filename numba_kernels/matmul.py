@@ -1003,6 +1003,92 @@ def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
 
 
 @cuda.jit(device=True, inline=True)
+def _q4k_at(w32, wh, rw, p, q, sel, xs, x0, mg):
+    """v20, Q4_K: pair p of the row whose first word is rw (super-block p // 4: 36 words of 144 bytes)."""
+    sb = rw + uint32(36 * (p >> 2))
+    return _q4k_pair(w32, wh, sb, sb + q, sel, xs, x0, mg)
+
+
+@cuda.jit(device=True, inline=True)
+def _q8_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
+    """v20, Q8_0: blocks 2p and 2p + 1 of the row whose first word is rw, against the int8 x' of
+    ``quantize_x8_kernel``: d_x0 d_0 sum_i q_i c_i + d_x1 d_1 sum_i q'_i c'_i, eight ``dp4a`` per block.
+    The pair's 68 bytes are 17 words from word rw + 17 p (rows of whole pairs start 4-byte aligned):
+    word 0 = d_0 | q_0[0:2], words 1-7 = q_0[2:30], word 8 = q_0[30:32] | d_1, words 9-16 = q_1; block 0's
+    quant words straddle two loaded words, realigned by ``prmt`` (bytes 2, 3 of one and 0, 1 of the next).
+    (q, sel, mg: Q4_K's, unused.)"""
+    b = rw + uint32(17 * p)
+    w0, w1, w2, w3, w4 = w32[b], w32[b + uint32(1)], w32[b + uint32(2)], w32[b + uint32(3)], w32[b + uint32(4)]
+    w5, w6, w7, w8 = w32[b + uint32(5)], w32[b + uint32(6)], w32[b + uint32(7)], w32[b + uint32(8)]
+    v0, v1, v2, v3 = w32[b + uint32(9)], w32[b + uint32(10)], w32[b + uint32(11)], w32[b + uint32(12)]
+    v4, v5, v6, v7 = w32[b + uint32(13)], w32[b + uint32(14)], w32[b + uint32(15)], w32[b + uint32(16)]
+    x1 = x0 + uint32(33)
+    s0 = ptx.dp4a(_prmt(w0, w1, 0x5432), _as_bits(xs[x0]), int32(0))
+    s0 = ptx.dp4a(_prmt(w1, w2, 0x5432), _as_bits(xs[x0 + uint32(1)]), s0)
+    s0 = ptx.dp4a(_prmt(w2, w3, 0x5432), _as_bits(xs[x0 + uint32(2)]), s0)
+    s0 = ptx.dp4a(_prmt(w3, w4, 0x5432), _as_bits(xs[x0 + uint32(3)]), s0)
+    s0 = ptx.dp4a(_prmt(w4, w5, 0x5432), _as_bits(xs[x0 + uint32(4)]), s0)
+    s0 = ptx.dp4a(_prmt(w5, w6, 0x5432), _as_bits(xs[x0 + uint32(5)]), s0)
+    s0 = ptx.dp4a(_prmt(w6, w7, 0x5432), _as_bits(xs[x0 + uint32(6)]), s0)
+    s0 = ptx.dp4a(_prmt(w7, w8, 0x5432), _as_bits(xs[x0 + uint32(7)]), s0)
+    s1 = ptx.dp4a(v0, _as_bits(xs[x1]), int32(0))
+    s1 = ptx.dp4a(v1, _as_bits(xs[x1 + uint32(1)]), s1)
+    s1 = ptx.dp4a(v2, _as_bits(xs[x1 + uint32(2)]), s1)
+    s1 = ptx.dp4a(v3, _as_bits(xs[x1 + uint32(3)]), s1)
+    s1 = ptx.dp4a(v4, _as_bits(xs[x1 + uint32(4)]), s1)
+    s1 = ptx.dp4a(v5, _as_bits(xs[x1 + uint32(5)]), s1)
+    s1 = ptx.dp4a(v6, _as_bits(xs[x1 + uint32(6)]), s1)
+    s1 = ptx.dp4a(v7, _as_bits(xs[x1 + uint32(7)]), s1)
+    h = b << uint32(1)                            # the f16 index of d_0; d_1 is 17 halves on
+    s = xs[x0 + uint32(8)] * (float32(wh[h]) * float32(s0))
+    return s + xs[x1 + uint32(8)] * (float32(wh[h + uint32(17)]) * float32(s1))
+
+
+@cuda.jit(device=True, inline=True)
+def _fifth_bits(qh, shift):
+    """Bits shift .. shift + 3 of a Q5_0 block's qh as bit 4 of bytes 0..3 (0x10 or 0): the 4 bits times
+    0x02040810 put bit b at 4 + 7 b, i.e. bits 4, 12, 20, 28 (no two terms overlap: no carries)."""
+    return (((qh >> uint32(shift)) & uint32(15)) * uint32(0x02040810)) & uint32(0x10101010)
+
+
+@cuda.jit(device=True, inline=True)
+def _q5_0_block(qh, a0, a1, a2, a3, xs, x0, d):
+    """v20, one Q5_0 block (qh, quant words a0..a3) against the int8 x' block at slot x0:
+    d (d_x sum_i q5_i c_i - 16 s_x), with q5_i = q_i + 16 h_i (quant byte j: weight j in the low nibble,
+    j + 16 in the high one) and s_x the block's float sum of x' (the -16 of every weight applied to it)."""
+    t = ptx.dp4a_us((a0 & NIBBLES) | _fifth_bits(qh, 0), _as_bits(xs[x0]), int32(0))
+    t = ptx.dp4a_us((a1 & NIBBLES) | _fifth_bits(qh, 4), _as_bits(xs[x0 + uint32(1)]), t)
+    t = ptx.dp4a_us((a2 & NIBBLES) | _fifth_bits(qh, 8), _as_bits(xs[x0 + uint32(2)]), t)
+    t = ptx.dp4a_us((a3 & NIBBLES) | _fifth_bits(qh, 12), _as_bits(xs[x0 + uint32(3)]), t)
+    t = ptx.dp4a_us(((a0 >> uint32(4)) & NIBBLES) | _fifth_bits(qh, 16), _as_bits(xs[x0 + uint32(4)]), t)
+    t = ptx.dp4a_us(((a1 >> uint32(4)) & NIBBLES) | _fifth_bits(qh, 20), _as_bits(xs[x0 + uint32(5)]), t)
+    t = ptx.dp4a_us(((a2 >> uint32(4)) & NIBBLES) | _fifth_bits(qh, 24), _as_bits(xs[x0 + uint32(6)]), t)
+    t = ptx.dp4a_us(((a3 >> uint32(4)) & NIBBLES) | _fifth_bits(qh, 28), _as_bits(xs[x0 + uint32(7)]), t)
+    return d * (xs[x0 + uint32(8)] * float32(t) - float32(16.0) * xs[x0 + uint32(9)])
+
+
+@cuda.jit(device=True, inline=True)
+def _q5_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
+    """v20, Q5_0: blocks 2p and 2p + 1 of the row whose first word is rw (``_q5_0_block`` each). The pair's
+    44 bytes are 11 words from word rw + 11 p: word 0 = d_0 | qh_0[0:2], word 1 = qh_0[2:4] | q_0[0:2],
+    words 2-4 = q_0[2:14], word 5 = q_0[14:16] | d_1, word 6 = qh_1, words 7-10 = q_1; block 0's words
+    straddle two loaded words, realigned by ``prmt``. (q, sel, mg: Q4_K's, unused.)"""
+    b = rw + uint32(11 * p)
+    w0, w1, w2, w3, w4, w5 = w32[b], w32[b + uint32(1)], w32[b + uint32(2)], w32[b + uint32(3)], \
+        w32[b + uint32(4)], w32[b + uint32(5)]
+    qh1, v0, v1, v2, v3 = w32[b + uint32(6)], w32[b + uint32(7)], w32[b + uint32(8)], w32[b + uint32(9)], \
+        w32[b + uint32(10)]
+    h = b << uint32(1)                            # the f16 index of d_0; d_1 is 11 halves on
+    s = _q5_0_block(uint32(_prmt(w0, w1, 0x5432)), uint32(_prmt(w1, w2, 0x5432)), uint32(_prmt(w2, w3, 0x5432)),
+                    uint32(_prmt(w3, w4, 0x5432)), uint32(_prmt(w4, w5, 0x5432)), xs, x0, float32(wh[h]))
+    return s + _q5_0_block(qh1, v0, v1, v2, v3, xs, x0 + uint32(33), float32(wh[h + uint32(11)]))
+
+
+X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at}   # v20's types: each one's pair of 32-weight blocks
+X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64}         # ... and the K its rows need (whole pairs)
+
+
+@cuda.jit(device=True, inline=True)
 def _group_sum(v, LG):
     """Sum of v over each group of LG consecutive lanes (LG a power of 2, a compile-time constant): lane
     g LG of the group holds it."""
@@ -1025,12 +1111,15 @@ def _group_sums(acc, a0, a1, a2, a3, R, LG):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_rows(R, LG, gated):
-    """v20 device function: the Q4_K rows of one lane group (LG lanes, G = 32 / LG groups per warp) dotted
-    with the int8 x'. Lane l of the group takes the sub-block pairs p = l, l + LG, .. < K / 64 (super-block
-    p // 4, pair c = p % 4: the same c every step, hence one ``sel``) of each of its R rows rg .. rg + R - 1
-    (and with ``gated`` the R up rows ``up_row0 + n`` too); ``ag`` (and with ``gated`` ``au``) receive the
-    group sums in the group's first lane. Rows past N re-read row N - 1 and are not stored."""
+def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
+    """v20 device function: the rows of one lane group (LG lanes, G = 32 / LG groups per warp) dotted
+    with the int8 x'. Lane l of the group takes the pairs of 32-weight blocks p = l, l + LG, .. < K / 64 (Q4_K:
+    super-block p // 4, pair c = p % 4: the same c every step, hence one ``sel``) of each of its R rows
+    rg .. rg + R - 1 (and with ``gated`` the R up rows ``up_row0 + n`` too, of the same type); ``ag`` (and
+    with ``gated`` ``au``) receive the group sums in the group's first lane. Rows past N re-read row N - 1
+    and are not stored."""
+    pair = X8_PAIRS[ggml_type]
+
     @cuda.jit(device=True, inline=True)
     def rows(g32, gh, grb, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
         li = cuda.threadIdx.x & (LG - 1)
@@ -1043,25 +1132,24 @@ def _x8_rows(R, LG, gated):
         uw2, uw3 = uint32(int32((up_row0 + n2) * urb) >> 2), uint32(int32((up_row0 + n3) * urb) >> 2)
         g0 = g1 = g2 = g3 = u0 = u1 = u2 = u3 = float32(0.0)
         mg = _magic(K)
-        q = uint32(4 + 8 * c)                     # the pair's quant words, from the super-block's first
+        q = uint32(4 + 8 * c)                     # Q4_K: the pair's quant words, from the super-block's first
         P = int32(K >> 6)
         p = int32(li)
         while p < P:
-            sb = uint32(36 * (p >> 2))            # the super-block's first word in the row (144 bytes each)
-            x0 = uint32(66 * p)                   # slot of sub-block 2p's codes: 33 slots per 32-weight block
-            g0 += _q4k_pair(g32, gh, gw0 + sb, gw0 + sb + q, sel, xs, x0, mg)
+            x0 = uint32(66 * p)                   # slot of block 2p's codes: 33 slots per 32-weight block
+            g0 += pair(g32, gh, gw0, p, q, sel, xs, x0, mg)
             if gated:
-                u0 += _q4k_pair(u32, uh, uw0 + sb, uw0 + sb + q, sel, xs, x0, mg)
+                u0 += pair(u32, uh, uw0, p, q, sel, xs, x0, mg)
             if R > 1:
-                g1 += _q4k_pair(g32, gh, gw1 + sb, gw1 + sb + q, sel, xs, x0, mg)
+                g1 += pair(g32, gh, gw1, p, q, sel, xs, x0, mg)
                 if gated:
-                    u1 += _q4k_pair(u32, uh, uw1 + sb, uw1 + sb + q, sel, xs, x0, mg)
+                    u1 += pair(u32, uh, uw1, p, q, sel, xs, x0, mg)
             if R > 2:
-                g2 += _q4k_pair(g32, gh, gw2 + sb, gw2 + sb + q, sel, xs, x0, mg)
-                g3 += _q4k_pair(g32, gh, gw3 + sb, gw3 + sb + q, sel, xs, x0, mg)
+                g2 += pair(g32, gh, gw2, p, q, sel, xs, x0, mg)
+                g3 += pair(g32, gh, gw3, p, q, sel, xs, x0, mg)
                 if gated:
-                    u2 += _q4k_pair(u32, uh, uw2 + sb, uw2 + sb + q, sel, xs, x0, mg)
-                    u3 += _q4k_pair(u32, uh, uw3 + sb, uw3 + sb + q, sel, xs, x0, mg)
+                    u2 += pair(u32, uh, uw2, p, q, sel, xs, x0, mg)
+                    u3 += pair(u32, uh, uw3, p, q, sel, xs, x0, mg)
             p = int32(p + LG)
         _group_sums(ag, g0, g1, g2, g3, R, LG)
         if gated:
@@ -1524,13 +1612,13 @@ def _warm_group_rows(w16, rb, rg, R, N, LG):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_kernels(R, NW, LG):
-    """v20 (matvec, swiglu) kernels over Q4_K rows and int8 x': NW warps, G = 32 / LG lane groups per warp,
+def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
+    """v20 (matvec, swiglu) kernels over rows of one type (``X8_PAIRS``) and int8 x': NW warps, G = 32 / LG lane groups per warp,
     R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. Their input is x'
     already rounded to int8 blocks by ``quantize_x8_kernel`` (the launch before), copied into shared memory
     (``_copy_x8``); each group dots its rows with ``_x8_rows``."""
     G = WARP // LG
-    rows_plain, rows_gated = _x8_rows(R, LG, False), _x8_rows(R, LG, True)
+    rows_plain, rows_gated = _x8_rows(R, LG, False, ggml_type), _x8_rows(R, LG, True, ggml_type)
 
     @cuda.jit(**_decode_jit(NW))
     def matvec_x8(xq, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
@@ -1876,7 +1964,8 @@ def _fused_views(w_raw, ggml_type, vector=None):
     iface = getattr(w_raw, "__cuda_array_interface__", None)     # (the simulator has none)
     vector = VECTOR_LOADS if vector is None else vector
     align = 16 if vector and ggml_type in VECTOR_TYPES else 4
-    if ggml_type in ALIGN4_TYPES and iface is not None and iface["data"][0] % align:
+    words = ggml_type in ALIGN4_TYPES or (vector is True and ggml_type in X8_PAIRS)   # (v20 reads words)
+    if words and iface is not None and iface["data"][0] % align:
         raise ValueError(f"decode_matvec: {ggml_type.name} weight must start at a {align}-byte aligned address")
     flat = w_raw.reshape(N * rb)
     w32 = flat[:N * rb // 4 * 4].view(np.uint32)
@@ -1926,7 +2015,7 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
                          f"R 1, 2 or 4, and warps x R <= 32 with a split")
     b, has = _bias(bias, out)
     if _x8((ggml_type,), K) and (config is None or S == 1):     # v20 (an explicit split config keeps v7)
-        _launch_x8(0, x, K, N, config and config[:2], norm_weight, eps, stream,
+        _launch_x8(0, ggml_type, x, K, N, config and config[:2], norm_weight, eps, stream,
                    *_fused_views(w_raw, ggml_type, vector=True), b, has, accumulate, out)
         return
     if S > 1:
@@ -1988,8 +2077,10 @@ X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").spl
 
 
 def _x8(types, K) -> bool:
-    """Whether a launch over weights of these types takes v20's integer products."""
-    return DP4A and K % 256 == 0 and all(t == GGMLType.Q4_K for t in types)
+    """Whether a launch over weights of these types takes v20's integer products: all of one type of
+    ``X8_PAIRS``, rows of whole pairs of blocks."""
+    t = types[0]
+    return DP4A and t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 and all(u == t for u in types)
 
 
 def x8_lanes(K: int) -> int:
@@ -2038,14 +2129,15 @@ def launch_quantize_x8(x, K, xq, norm_weight=None, eps=1e-6, stream=0):
                                                                             xq.view(np.int8))
 
 
-def _launch_x8(which, x, K, N, config, norm_weight, eps, stream, *args):
+def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args):
     """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per matrix:
     two launches, x' quantized into ``x8_scratch(K)``, then the dots."""
     _check_fits(K)                                    # (before the first of the two launches)
     xq = x8_scratch(K)
     launch_quantize_x8(x, K, xq, norm_weight, eps, stream)
     nw, R, LG = x8_config(N, K, config)
-    _launch(_x8_kernels(R, nw, LG)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream, xq, K, WARM, *args)
+    _launch(_x8_kernels(R, nw, LG, ggml_type)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream, xq, K, WARM,
+            *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
@@ -2084,7 +2176,7 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type, vector=x8 or None)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type, vector=x8 or None)
     if x8:
-        _launch_x8(1, x, K, F, config, norm_weight, eps, stream,
+        _launch_x8(1, gate_type, x, K, F, config, norm_weight, eps, stream,
                    g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
         return
     kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw)[2]

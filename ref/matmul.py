@@ -100,8 +100,10 @@ def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # --8<-- [start:matmul_x8]
 def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray:
-    """y [N] = the product of a Q4_K weight with x quantized by ``quantize_x8`` (see the module docstring), in
-    float64: sum over sub-blocks of d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j."""
+    """y [N] = the product of a Q4_K, Q5_0 or Q8_0 weight with x quantized by ``quantize_x8`` (see the module
+    docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K),
+    d_b d_j sum_i u_i q_i - 16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the
+    block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term)."""
     scaled, mins = x8_terms(x, w_raw, ggml_type, K)
     return (scaled - mins).sum(axis=1)
 
@@ -110,9 +112,25 @@ def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.nd
     """The two terms of ``matmul_x8`` per row and sub-block, float64 [N, K/32] each: d_j (d_s c_s) sum_i u_i q_i
     and (d_m m_s) s_j."""
     ggml_type = check_weight(w_raw, ggml_type, K)
-    if ggml_type != GGMLType.Q4_K:
-        raise ValueError(f"matmul_x8: only Q4_K weights, got {ggml_type.name}")
+    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q5_0):
+        raise ValueError(f"matmul_x8: only Q4_K, Q5_0 and Q8_0 weights, got {ggml_type.name}")
     q8, dx, sx = quantize_x8(x)
+    if ggml_type == GGMLType.Q8_0:
+        blocks = w_raw.reshape(-1, 34)                                    # [N K/32, 34]
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(w_raw.shape[0], K // 32)
+        w = blocks[:, 2:].view(np.int8).reshape(w_raw.shape[0], K // 32, 32)
+        isum = np.einsum("nji,ji->nj", w.astype(np.int64), q8.reshape(-1, 32).astype(np.int64))
+        return dx.astype(np.float64) * d * isum, np.zeros_like(d)
+    if ggml_type == GGMLType.Q5_0:
+        N = w_raw.shape[0]
+        blocks = w_raw.reshape(-1, 22)                                    # [N K/32, 22]
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(N, K // 32)
+        qh = blocks[:, 2:6].copy().view("<u4")                            # [N K/32, 1]: bit i = weight i's 5th
+        qs = blocks[:, 6:]                                                # [N K/32, 16]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int64)  # weights 0..15, 16..31
+        q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int64) << 4   # q5 in 0..31
+        isum = np.einsum("nji,ji->nj", q.reshape(N, K // 32, 32), q8.reshape(-1, 32).astype(np.int64))
+        return d * dx.astype(np.float64) * isum, d * 16 * sx.astype(np.float64)
     N, nb = w_raw.shape[0], K // 256
     blocks = w_raw.reshape(N * nb, 144)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)     # [N nb, 1]

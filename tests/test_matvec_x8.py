@@ -1,4 +1,4 @@
-"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products over x' rounded to int8 blocks of 32 and
+"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K and Q8_0 decode products over x' rounded to int8 blocks of 32 and
 multiplied with ``dp4a`` (a lane per pair of sub-blocks, lane groups of 8-32 lanes per row), against their
 reference ``ref.matmul.matmul_x8``; and the reference's own
 properties (the rounding of x is at most half a step; the product differs from the float32 one by at most
@@ -25,6 +25,8 @@ from ref.swiglu import swiglu
 
 U = 2.0 ** -24
 Q4K = GGMLType.Q4_K
+Q80 = GGMLType.Q8_0
+Q50 = GGMLType.Q5_0
 EPS = 1e-5
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                     HealthCheck.function_scoped_fixture])   # dp4a: the same flag for all
@@ -65,20 +67,25 @@ def test_quantize_x8_rounds_each_element_by_at_most_half_a_step(seed, blocks, sc
 
 
 @settings(max_examples=15, **SETTINGS)
-@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.integers(1, 4), N=st.integers(1, 9))
-def test_matmul_x8_differs_from_float32_by_the_rounding_of_x(seed, nb, N):
+@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.integers(1, 4), N=st.integers(1, 9),
+       wtype=st.sampled_from([Q4K, Q80, Q50]))
+def test_matmul_x8_differs_from_float32_by_the_rounding_of_x(seed, nb, N, wtype):
     rng = np.random.default_rng(seed)
     K = 256 * nb
     x = rng.standard_normal(K).astype(np.float32)
-    w = km().random_weight(rng, Q4K, N, K)
+    w = km().random_weight(rng, wtype, N, K)
     q, d, _ = quantize_x8(x)
     step = np.repeat(d.astype(np.float64), 32) / 2               # |x - d q| per element
     ones = np.ones((1, K), np.float32)
-    bound = (term_magnitude(ones * step.astype(np.float32), w, Q4K, K)[0] * (1 + 1e-5)
-             + 8 * gamma(K) * term_magnitude(x[None], w, Q4K, K)[0])   # + float32 sums of matmul
-    scaled, mins = x8_terms(x, w, Q4K, K)
+    if wtype == Q50:   # the rounding meets q5 in 0..31 (the -16 goes with the exact sum): |d_b| 31 per weight
+        db = np.abs(w.reshape(N, K // 32, 22)[:, :, :2].copy().view(np.float16).astype(np.float64))[:, :, 0]
+        rounding = 31 * (db * step.reshape(-1, 32).sum(axis=1)).sum(axis=1)
+    else:
+        rounding = term_magnitude(ones * step.astype(np.float32), w, wtype, K)[0]
+    bound = rounding * (1 + 1e-5) + 8 * gamma(K) * term_magnitude(x[None], w, wtype, K)[0]   # + float32 sums
+    scaled, mins = x8_terms(x, w, wtype, K)
     got = (scaled - mins).sum(axis=1)
-    assert (np.abs(got - matmul(x, w, Q4K, K)) <= bound).all()
+    assert (np.abs(got - matmul(x, w, wtype, K)) <= bound).all()
 
 
 @pytest.mark.parametrize("K, lanes", [(256, 8), (768, 16), (3072, 16), (4864, 16), (8192, 32), (2048, 32)])
@@ -138,10 +145,10 @@ def dp4a(monkeypatch):
     monkeypatch.undo()
 
 
-def reference(x, nw, w, K):
+def reference(x, nw, w, K, wtype=Q4K):
     """(y, M) of matmul_x8 on x' = x or RMSNorm(x) * nw (see the module docstring)."""
     xn = x if nw is None else rmsnorm(x, nw, EPS)
-    scaled, mins = x8_terms(xn, w, Q4K, K)
+    scaled, mins = x8_terms(xn, w, wtype, K)
     _, d, _ = quantize_x8(xn)
     dm = np.abs(mins) / np.maximum(np.abs(xn.reshape(-1, 32).sum(axis=1, dtype=np.float64)), 1e-300)
     mag = np.abs(scaled).sum(axis=1) + (dm * np.abs(xn.astype(np.float64)).reshape(-1, 32).sum(axis=1)).sum(axis=1)
@@ -155,23 +162,23 @@ def tolerance(K, norm):
 @requires_cuda
 @settings(max_examples=12 if ON_GPU else 4, **SETTINGS)
 @given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3, 8] if not ON_GPU else [1, 3, 8, 12, 32]),
-       N=st.integers(1, 20), norm=st.booleans())
-def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, dp4a):
+       N=st.integers(1, 20), norm=st.booleans(), wtype=st.sampled_from([Q4K, Q80, Q50]))
+def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, wtype, dp4a):
     """The plain product and the SwiGLU pair (fused gate_up tensor) against the
-    reference of the quantized-x product."""
+    reference of the quantized-x product (Q8_0, Q5_0: rows of nb pairs of blocks, 64 nb weights)."""
     rng = np.random.default_rng(seed)
-    K = 256 * nb
+    K = km().X8_K_MULTIPLE[wtype] * nb
     x = rng.standard_normal(K).astype(np.float32)
     nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
-    w = km().random_weight(rng, Q4K, 2 * N, K)
+    w = km().random_weight(rng, wtype, 2 * N, K)
     out = dev(np.zeros(2 * N, np.float32))
-    km().launch_decode_matvec(dev(x), dev(w), Q4K, K, out, norm_weight=None if nw is None else dev(nw), eps=EPS,
+    km().launch_decode_matvec(dev(x), dev(w), wtype, K, out, norm_weight=None if nw is None else dev(nw), eps=EPS,
                               config=(4, 2) if ON_GPU else (2, 1))
-    want, mag = reference(x, nw, w, K)
+    want, mag = reference(x, nw, w, K, wtype)
     tol = tolerance(K, norm)
     assert_close(out.copy_to_host() / mag, want / mag, atol=tol, rtol=0.0, name="v20 matvec (units of M)")
     act = dev(np.zeros(N, np.float32))
-    km().decode_matvec_swiglu(dev(x), dev(w), None, Q4K, None, K, act, norm_weight=None if nw is None else dev(nw),
+    km().decode_matvec_swiglu(dev(x), dev(w), None, wtype, None, K, act, norm_weight=None if nw is None else dev(nw),
                               eps=EPS, mma=False)
     g, u, gm, um = want[:N], want[N:], mag[:N], mag[N:]
     expect = swiglu(g.astype(np.float32), u.astype(np.float32)).astype(np.float64)
