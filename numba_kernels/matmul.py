@@ -866,83 +866,55 @@ ALIGN4_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F32)   # read through the
 VECTOR_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)   # ... in 16-byte loads (v15): rows of 144 / 176-byte blocks
 
 
-X8_WARPS = 8            # v20: warps per block of the quantizing launch (one 32-element block of x' each)
+@cuda.jit(device=True, inline=True)
+def _code(v, inv):
+    """The int8 code rint(v / d) of one element (inv = 1 / d, or 0 where d = 0) as the low byte of a word."""
+    return uint32(int32(_rint(v * inv))) & uint32(0xFF)
 
 
 @cuda.jit(device=True, inline=True)
-def _x8_block(v):
-    """One warp, lane l holding element l of a block of 32: (code of v, d, the block's float sum) as
-    ``ref.matmul.quantize_x8`` (d = max|x| / 127, code = rint(v / d), 0 where d = 0). The max and the sum by
-    butterfly shuffles, so every lane has both."""
-    a, t = abs(v), v
-    for off in (16, 8, 4, 2, 1):
-        a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, off))
-        t += cuda.shfl_xor_sync(0xFFFFFFFF, t, off)
-    d = a / float32(127.0)
-    inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
-    return int8(int32(_rint(v * inv))), d, t
+def _quantize_staged(xs, K):
+    """v20: x' staged in shared memory (``_stage_x``: block j of 32 in slots 33 j .. 33 j + 31) rounded in place
+    to int8 blocks of 32 as ``ref.matmul.quantize_x8`` (d = max|x| / 127, code = rint(x / d), 0 where d = 0):
+    slots 33 j .. 33 j + 7 then hold the 32 codes (4 a word, element 4 w + i in byte i of slot w), slot
+    33 j + 8 d_j and 33 j + 9 the block's float sum s_j. A thread per block of 32 (the padding puts the 32
+    threads' slots in 32 different banks), reading its 32 elements twice: max and sum, then the codes. Code word
+    w overwrites slot w only after elements 0 .. 4 w + 3 were read. Ends with a block barrier."""
+    xw = cuda.shared.array(0, uint32)               # the same bytes as xs
+    j = int32(cuda.threadIdx.x)
+    while j < (K >> 5):
+        b = uint32(33 * j)
+        a = float32(0.0)
+        t = float32(0.0)
+        for i in range(32):
+            v = xs[b + uint32(i)]
+            a = max(a, abs(v))
+            t += v
+        d = a / float32(127.0)
+        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        for w in range(8):
+            o = b + uint32(4 * w)
+            xw[b + uint32(w)] = (_code(xs[o], inv) | (_code(xs[o + uint32(1)], inv) << uint32(8))
+                                 | (_code(xs[o + uint32(2)], inv) << uint32(16))
+                                 | (_code(xs[o + uint32(3)], inv) << uint32(24)))
+        xs[b + uint32(8)] = d
+        xs[b + uint32(9)] = t
+        j += int32(cuda.blockDim.x)
+    cuda.syncthreads()
 
 
 @cuda.jit(cache=JIT_CACHE)
-def quantize_x8_kernel(x, nw, has_norm, eps, K, xq, q8):
-    """v20: x' = x, or RMSNorm(x) * nw, rounded to int8 blocks of 32 (``ref.matmul.quantize_x8``) into ``xq``
-    (float32 [xs_floats(K)], the layout of the v4 kernels' padded x': block j's 33 slots from 33 j hold its 32
-    codes in the bytes of slots 33 j .. 33 j + 7, d_j in slot 33 j + 8 and its float sum in 33 j + 9; q8 is
-    the int8 view of the same bytes).
-
-    Grid: one warp per block of 32 (X8_WARPS per block of threads). With the norm every block of threads sums
-    the squares of all of x itself, in ``_stage_x4``'s per-thread order (so x' is bit-identical to that of a v4
-    kernel with blocks of the same size), and scales its elements as (x * scale) * nw."""
+def quantize_x8_kernel(x, nw, has_norm, eps, K, out):
+    """v20's x', as a launch of its own (for tests): a v20 block's staging and rounding (``_stage_x``, then
+    ``_quantize_staged``), copied out to ``out`` (float32 [xs_floats(K)], the same layout). One block."""
+    xs = cuda.shared.array(0, float32)
     red = cuda.shared.array(WARP, float32)
-    ptx.allow_next_grid()
-    ptx.wait_previous_grid()                        # (PDL: x is the previous launch's output)
-    scale = float32(1.0)
-    if has_norm:
-        nt = int32(cuda.blockDim.x)
-        last = int32(K - 1)
-        ss = float32(0.0)
-        p = int32(cuda.threadIdx.x)
-        while p < K:                                 # the per-thread order of _stage_x4's sum of squares
-            v0, v1, v2, v3 = _load4(x, p, nt, last)
-            ss = _add_square(ss, v0, p, K)
-            ss = _add_square(ss, v1, p + nt, K)
-            ss = _add_square(ss, v2, p + 2 * nt, K)
-            ss = _add_square(ss, v3, p + 3 * nt, K)
-            p = int32(p + 4 * nt)
-        scale = float32(1.0) / math.sqrt(_block_sum(ss, red) / float32(K) + eps)
-    j = cuda.blockIdx.x * (cuda.blockDim.x >> 5) + (cuda.threadIdx.x >> 5)
-    if j >= (K >> 5):
-        return                                       # whole warp leaves
-    lane = cuda.threadIdx.x & (WARP - 1)
-    e = uint32(32 * j + lane)
-    v = x[e]
-    if has_norm:
-        v = (v * scale) * nw[e]
-    code, d, t = _x8_block(v)
-    b = uint32(33 * j)
-    q8[4 * b + uint32(lane)] = code
-    if lane == 0:
-        xq[b + uint32(8)] = d
-        xq[b + uint32(9)] = t
-
-
-@cuda.jit(device=True, inline=True)
-def _copy_x8(xq, K, xs):
-    """v20's staging: the quantized x' (``quantize_x8_kernel``'s K + K / 32 floats) copied into shared memory,
-    four loads in flight per thread (clamped indices: all unconditional), then a block barrier."""
-    ptx.allow_next_grid()
-    ptx.wait_previous_grid()
-    n = int32(K + (K >> 5))
-    nt = int32(cuda.blockDim.x)
-    p = int32(cuda.threadIdx.x)
-    while p < n:
-        v0, v1, v2, v3 = _load4(xq, p, nt, n - 1)
-        xs[uint32(p)] = v0
-        xs[uint32(min(p + nt, n))] = v1              # (slot n: the spare one, xs_floats)
-        xs[uint32(min(p + 2 * nt, n))] = v2
-        xs[uint32(min(p + 3 * nt, n))] = v3
-        p = int32(p + 4 * nt)
-    cuda.syncthreads()
+    _stage_x(x, nw, has_norm, eps, K, xs, red)
+    _quantize_staged(xs, K)
+    p = cuda.threadIdx.x
+    while p < K + (K >> 5):
+        out[p] = xs[p]
+        p += cuda.blockDim.x
 
 
 NIBBLES = np.uint32(0x0F0F0F0F)     # the low nibble of each byte
@@ -976,7 +948,7 @@ def _dp4a_nibbles(a, xs, x0, x1, j, lo, hi):
 @cuda.jit(device=True, inline=True)
 def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     """v20: sum over the 64 weights of sub-blocks 2c, 2c + 1 of one Q4_K super-block times the int8 x' of
-    ``quantize_x8_kernel``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
+    ``_quantize_staged``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
     quants @16); qw = gw + 4 + 8c: its quant words 32c .. 32c + 31 (the low nibbles are sub-block 2c, the high
     ones 2c + 1); x0: the slot of sub-block 2c's codes (2c + 1's are 33 slots on).
     = d_x0 (d sc_0) sum_i u_i q_i + d_x1 (d sc_1) (sum_i 16 u'_i q'_i) / 16 - dmin (m_0 s_x0 + m_1 s_x1):
@@ -1012,7 +984,7 @@ def _q4k_at(w32, wh, rw, p, q, sel, xs, x0, mg):
 @cuda.jit(device=True, inline=True)
 def _q8_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
     """v20, Q8_0: blocks 2p and 2p + 1 of the row whose first word is rw, against the int8 x' of
-    ``quantize_x8_kernel``: d_x0 d_0 sum_i q_i c_i + d_x1 d_1 sum_i q'_i c'_i, eight ``dp4a`` per block.
+    ``_quantize_staged``: d_x0 d_0 sum_i q_i c_i + d_x1 d_1 sum_i q'_i c'_i, eight ``dp4a`` per block.
     The pair's 68 bytes are 17 words from word rw + 17 p (rows of whole pairs start 4-byte aligned):
     word 0 = d_0 | q_0[0:2], words 1-7 = q_0[2:30], word 8 = q_0[30:32] | d_1, words 9-16 = q_1; block 0's
     quant words straddle two loaded words, realigned by ``prmt`` (bytes 2, 3 of one and 0, 1 of the next).
@@ -1614,20 +1586,22 @@ def _warm_group_rows(w16, rb, rg, R, N, LG):
 @functools.lru_cache(maxsize=None)
 def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
     """v20 (matvec, swiglu) kernels over rows of one type (``X8_PAIRS``) and int8 x': NW warps, G = 32 / LG lane groups per warp,
-    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. Their input is x'
-    already rounded to int8 blocks by ``quantize_x8_kernel`` (the launch before), copied into shared memory
-    (``_copy_x8``); each group dots its rows with ``_x8_rows``."""
+    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. Each block stages x'
+    as v4 does (``_stage_x``, RMSNorm inside) and rounds it to int8 blocks in place (``_quantize_staged``);
+    each group then dots its rows with ``_x8_rows``."""
     G = WARP // LG
     rows_plain, rows_gated = _x8_rows(R, LG, False, ggml_type), _x8_rows(R, LG, True, ggml_type)
 
     @cuda.jit(**_decode_jit(NW))
-    def matvec_x8(xq, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
+    def matvec_x8(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
         xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
+        red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R      # the lane group's first row
         if warm:
             _warm_group_rows(w16, rb, rg, R, N, LG)
-        _copy_x8(xq, K, xs)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _quantize_staged(xs, K)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -1637,14 +1611,16 @@ def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
             _store_if(lead, acc[r], rg + r, N, bias, has_bias, accumulate, out)
 
     @cuda.jit(**_decode_jit(NW))
-    def swiglu_x8(xq, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+    def swiglu_x8(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
         xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R
         if warm:
             _warm_group_rows(g16, grb, rg, R, F, LG)
             _warm_group_rows(u16, urb, up_row0 + rg, R, up_row0 + F, LG)
-        _copy_x8(xq, K, xs)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _quantize_staged(xs, K)
         if row0 >= F:
             return
         ag = cuda.local.array(R, float32)
@@ -2109,35 +2085,19 @@ def x8_config(N: int, K: int, config=None) -> tuple[int, int, int]:
     return (*FUSED_CONFIGS[-1], LG)
 
 
-_X8_SCRATCH = {}          # K -> the device buffer of a quantized x' (allocated on first use, outside a capture)
-
-
-def x8_scratch(K: int):
-    """The float32 [xs_floats(K)] device buffer that v20 launches of width K quantize x' into (one per K: the
-    launches of a stream use it one after the other)."""
-    if K not in _X8_SCRATCH:
-        _X8_SCRATCH[K] = cuda.device_array(xs_floats(K), np.float32)
-    return _X8_SCRATCH[K]
-
-
-def launch_quantize_x8(x, K, xq, norm_weight=None, eps=1e-6, stream=0):
-    """x' = x or RMSNorm(x) * norm_weight rounded to int8 blocks of 32 into ``xq`` (``quantize_x8_kernel``)."""
+def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=8):
+    """out [xs_floats(K)] = the rounded x' of a v20 block of ``n_warps`` warps (``quantize_x8_kernel``)."""
     if K % 32:
         raise ValueError(f"quantize_x8: K={K} must be a multiple of 32")
-    x, nw, has_norm, eps, K, _ = _stage_args(x, norm_weight, eps, K)
-    quantize_x8_kernel[-(-(K // 32) // X8_WARPS), X8_WARPS * WARP, stream](x, nw, has_norm, eps, K, xq,
-                                                                            xq.view(np.int8))
+    _launch(quantize_x8_kernel, 1, n_warps, K, stream, *_stage_args(x, norm_weight, eps, K)[:5], out)
 
 
 def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args):
-    """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per matrix:
-    two launches, x' quantized into ``x8_scratch(K)``, then the dots."""
-    _check_fits(K)                                    # (before the first of the two launches)
-    xq = x8_scratch(K)
-    launch_quantize_x8(x, K, xq, norm_weight, eps, stream)
+    """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per
+    matrix."""
     nw, R, LG = x8_config(N, K, config)
-    _launch(_x8_kernels(R, nw, LG, ggml_type)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream, xq, K, WARM,
-            *args)
+    _launch(_x8_kernels(R, nw, LG, ggml_type)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream,
+            *_stage_args(x, norm_weight, eps, K), *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:

@@ -99,16 +99,17 @@ def test_x8_lanes_leaves_the_fewest_idle_lane_steps(K, lanes):
 @requires_cuda
 @settings(max_examples=10 if ON_GPU else 4, **SETTINGS)
 @given(seed=st.integers(0, 2 ** 32 - 1), blocks=st.integers(1, 40), norm=st.booleans(),
-       scale=st.sampled_from([1e-20, 1.0, 1e15]))
-def test_quantize_x8_kernel_gives_the_reference_codes(seed, blocks, norm, scale):
-    """The launch that rounds x' for v20: the same codes and d_j as ref.matmul.quantize_x8 (the same float32
-    steps), the block sums within a float32 sum of 32 terms (another order), in the padded 33-slot layout."""
+       scale=st.sampled_from([1e-20, 1.0, 1e15]), warps=st.sampled_from([1, 8]))
+def test_quantize_x8_kernel_gives_the_reference_codes(seed, blocks, norm, scale, warps):
+    """x' as a v20 block rounds it (staging, then a thread per block of 32; with one warp, threads take several
+    blocks): the same codes and d_j as ref.matmul.quantize_x8 (the same float32 steps), the block sums within a
+    float32 sum of 32 terms (another order), in the padded 33-slot layout."""
     rng = np.random.default_rng(seed)
     K = 32 * blocks
     x = (rng.standard_normal(K) * scale).astype(np.float32)
     nw = rng.uniform(0.5, 1.5, K).astype(np.float32) if norm else None
     xq = dev(np.zeros(km().xs_floats(K), np.float32))
-    km().launch_quantize_x8(dev(x), K, xq, norm_weight=None if nw is None else dev(nw), eps=EPS)
+    km().launch_quantize_x8(dev(x), K, xq, norm_weight=None if nw is None else dev(nw), eps=EPS, n_warps=warps)
     got = xq.copy_to_host()[:K + K // 32].reshape(-1, 33)
     xn = x if nw is None else rmsnorm(x, nw, EPS)
     q, d, s = quantize_x8(xn)
