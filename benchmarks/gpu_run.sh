@@ -176,14 +176,14 @@ for step in "$@"; do
         | grep -v -i warn | tee "$OUT/sweep-decode-mma.txt" ;;
     x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: its tests, then both twins' decode steps per launch,
       #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32") forced on all;
-      #          X8_PRESETS picks the twins (preset:vocab, default both)
+      #          X8_PRESETS picks the twins (preset:vocab, default both); also v20 without the split-K launches
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 | tail -3
       for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
         model=/tmp/${preset%:*}.gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \
           --vocab .dev-model/vocab/ggml-vocab-${preset#*:}.gguf --force -q
-        for env in "" "LLAMA_BETA_DP4A=1" $(for c in ${X8_CONFIGS:-8,2,16 4,2,16 8,1,32}; do
-            echo "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_CONFIG=$c"; done); do
+        for env in "" "LLAMA_BETA_DP4A=1" "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_OVER_SPLIT=0" \
+            $(for c in ${X8_CONFIGS:-8,2,16 4,2,16 8,1,32}; do echo "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_CONFIG=$c"; done); do
           echo "== ${preset%:*} ${env:-defaults}"
           env ${env/,LLAMA/ LLAMA} timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 \
             --json "$OUT/profile-x8-${preset%:*}-$(echo "${env:-defaults}" | tr ' =,' '___').json" 2>&1 | grep -v -i warn

@@ -1980,8 +1980,9 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
     """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N].
 
     ``config``: (warps, rows per warp) = v4-v6, (warps, rows per warp, S) with S > 1 = v7
-    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. With ``DP4A`` on, Q4_K
-    weights take v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group)."""
+    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. With ``DP4A`` on, weights
+    of ``X8_PAIRS``' types take v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group), except
+    where the launch is split (a given split config; the default one unless ``X8_OVER_SPLIT``)."""
     N = w_raw.shape[0]
     width = _width(width, K)
     nw, R, *rest = config or decode_config(N, K, width)
@@ -1990,7 +1991,7 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         raise ValueError(f"decode_matvec: config {config}: S must be a power of 2 dividing the warps, "
                          f"R 1, 2 or 4, and warps x R <= 32 with a split")
     b, has = _bias(bias, out)
-    if _x8((ggml_type,), K) and (config is None or S == 1):     # v20 (an explicit split config keeps v7)
+    if _x8((ggml_type,), K) and (S == 1 if config else X8_OVER_SPLIT or S == 1):   # v20 (a split config keeps v7)
         _launch_x8(0, ggml_type, x, K, N, config and config[:2], norm_weight, eps, stream,
                    *_fused_views(w_raw, ggml_type, vector=True), b, has, accumulate, out)
         return
@@ -2050,6 +2051,7 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
 # 32 and multiply with dp4a, a lane per pair of sub-blocks (``_x8_kernels``; reference: ``ref.matmul.matmul_x8``).
 DP4A = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"
 X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").split(",") if v) or None   # sweeps
+X8_OVER_SPLIT = os.environ.get("LLAMA_BETA_X8_OVER_SPLIT", "1") == "1"   # v20 also where decode_config splits K (v7)
 
 
 def _x8(types, K) -> bool:
