@@ -178,22 +178,24 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   H200 the Phi-3 gate/up launch took 29.7 us against 22.3 and executed only 10 % fewer instructions (12.3 M
   against 13.6 M): per unit and row it still decoded the scales (``_k_scales``, with a branch on the
   sub-block), computed 64-bit addresses, and every block quantized all of x' again.
-- v20 ``_x8_kernels`` (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K decode products (matvec, SwiGLU) over the same int8
-  x' (``quantize_x8_kernel``: x' computed as v4 does, then rounded to blocks of 32 with their scale d_j and float
-  sum s_j), with the work cut so that the per-weight instructions are the dp4a: a lane takes a *pair* of
-  sub-blocks (64 weights: the 32 quant bytes whose low nibbles are sub-block 2c and high nibbles 2c + 1), reads
-  them in two 16-byte loads plus one 16-byte load of the super-block's header, builds all eight 6-bit scales and
-  mins four at a time and picks its two with one ``prmt`` (``_k_pair_scales``: no branch), masks the nibbles in
-  place (the high ones unshifted, ``& 0xF0F0F0F0`` = 16 q, the 1/16 applied to the exact integer sum) and
-  multiplies them with ``ptx.dp4a_us`` (unsigned quant bytes, signed codes): 16 dp4a and 16 masks per 64 weights.
+- v20 ``_x8_kernels`` (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K, Q5_0 and Q8_0 decode products (matvec, SwiGLU)
+  over x' rounded to int8 blocks of 32 (each block stages x' as v4 does, then ``_quantize_staged`` rounds it in
+  place, a thread per block of 32: codes, scale d_j, float sum s_j), with the work cut so that the per-weight
+  instructions are the dp4a: a lane takes a *pair* of 32-weight blocks (Q4_K: the 32 quant bytes whose low
+  nibbles are sub-block 2c and high nibbles 2c + 1, read in two 16-byte loads plus one 16-byte load of the
+  super-block's header; all eight 6-bit scales and mins built four at a time and its two picked by one ``prmt``,
+  ``_k_pair_scales``: no branch; the nibbles masked in place, the high ones unshifted, ``& 0xF0F0F0F0`` = 16 q,
+  the 1/16 applied to the exact integer sum; ``ptx.dp4a_us``: unsigned quant bytes, signed codes), 16 dp4a per
+  64 weights. Q8_0 / Q5_0 pairs (``_q8_0_at``, ``_q5_0_at``): 17 / 11 aligned words, the first block's words
+  realigned by ``prmt``; Q5_0's fifth bits put into bit 4 of each byte by one multiply (``_fifth_bits``).
   Rows are spread over lane groups of LG = 8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three
   full steps of 16 lanes where 32 lanes would idle half of the second step), each group summing its R rows by
-  shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90): 54 registers (SwiGLU,
-  R = 1), no spills, about 250 PTX instructions per loop step of 2 x 64 weights. Each product is two launches:
-  ``quantize_x8_kernel`` writes x' once into ``x8_scratch(K)``, and the product's blocks copy it into shared
-  memory (``_copy_x8``). Measured (thirteenth session, on an H100) only in a first form that re-quantized x' in
-  every block: gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9 and W_down 16.8 -> 29.5; the two-launch form has not
-  run on a GPU yet (its logic passes the simulator tests; offline ptxas compiles it).
+  shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90), no spills: 32 / 54
+  registers (Q4_K matvec / SwiGLU, R = 1), 48 / 56 (Q8_0, R = 4 / 1), 32 / 40 (Q5_0). Measured on an H100
+  (thirteenth and fourteenth sessions) in two earlier forms: rounding in every block a warp per block of 32
+  (gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch
+  of its own (Phi-3 gate/up 25.0 -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per
+  product); docs/matmul.md has the history.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
