@@ -977,21 +977,21 @@ def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
 
 
 @cuda.jit(device=True, inline=True)
-def _q4k_at(w32, wh, rw, p, q, sel, xs, x0, mg):
-    """v20, Q4_K: pair p of the row whose first word is rw (super-block p // 4: 36 words of 144 bytes)."""
-    sb = rw + uint32(36 * (p >> 2))
+def _q4k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+    """v20, Q4_K: pair p of the row that starts at byte rbyte (super-block p // 4: 36 words of 144 bytes)."""
+    sb = (rbyte >> uint32(2)) + uint32(36 * (p >> 2))
     return _q4k_pair(w32, wh, sb, sb + q, sel, xs, x0, mg)
 
 
 @cuda.jit(device=True, inline=True)
-def _q8_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
-    """v20, Q8_0: blocks 2p and 2p + 1 of the row whose first word is rw, against the int8 x' of
+def _q8_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+    """v20, Q8_0: blocks 2p and 2p + 1 of the row that starts at byte rbyte, against the int8 x' of
     ``_quantize_staged``: d_x0 d_0 sum_i q_i c_i + d_x1 d_1 sum_i q'_i c'_i, eight ``dp4a`` per block.
-    The pair's 68 bytes are 17 words from word rw + 17 p (rows of whole pairs start 4-byte aligned):
+    The pair's 68 bytes are 17 words from word rbyte / 4 + 17 p (rows of whole pairs start 4-byte aligned):
     word 0 = d_0 | q_0[0:2], words 1-7 = q_0[2:30], word 8 = q_0[30:32] | d_1, words 9-16 = q_1; block 0's
     quant words straddle two loaded words, realigned by ``prmt`` (bytes 2, 3 of one and 0, 1 of the next).
-    (q, sel, mg: Q4_K's, unused.)"""
-    b = rw + uint32(17 * p)
+    (w16, q, sel, mg: other types', unused.)"""
+    b = (rbyte >> uint32(2)) + uint32(17 * p)
     w0, w1, w2, w3, w4 = w32[b], w32[b + uint32(1)], w32[b + uint32(2)], w32[b + uint32(3)], w32[b + uint32(4)]
     w5, w6, w7, w8 = w32[b + uint32(5)], w32[b + uint32(6)], w32[b + uint32(7)], w32[b + uint32(8)]
     v0, v1, v2, v3 = w32[b + uint32(9)], w32[b + uint32(10)], w32[b + uint32(11)], w32[b + uint32(12)]
@@ -1042,12 +1042,12 @@ def _q5_0_block(qh, a0, a1, a2, a3, xs, x0, d):
 
 
 @cuda.jit(device=True, inline=True)
-def _q5_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
-    """v20, Q5_0: blocks 2p and 2p + 1 of the row whose first word is rw (``_q5_0_block`` each). The pair's
-    44 bytes are 11 words from word rw + 11 p: word 0 = d_0 | qh_0[0:2], word 1 = qh_0[2:4] | q_0[0:2],
+def _q5_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+    """v20, Q5_0: blocks 2p and 2p + 1 of the row that starts at byte rbyte (``_q5_0_block`` each). The pair's
+    44 bytes are 11 words from word rbyte / 4 + 11 p: word 0 = d_0 | qh_0[0:2], word 1 = qh_0[2:4] | q_0[0:2],
     words 2-4 = q_0[2:14], word 5 = q_0[14:16] | d_1, word 6 = qh_1, words 7-10 = q_1; block 0's words
-    straddle two loaded words, realigned by ``prmt``. (q, sel, mg: Q4_K's, unused.)"""
-    b = rw + uint32(11 * p)
+    straddle two loaded words, realigned by ``prmt``. (w16, q, sel, mg: other types', unused.)"""
+    b = (rbyte >> uint32(2)) + uint32(11 * p)
     w0, w1, w2, w3, w4, w5 = w32[b], w32[b + uint32(1)], w32[b + uint32(2)], w32[b + uint32(3)], \
         w32[b + uint32(4)], w32[b + uint32(5)]
     qh1, v0, v1, v2, v3 = w32[b + uint32(6)], w32[b + uint32(7)], w32[b + uint32(8)], w32[b + uint32(9)], \
@@ -1058,8 +1058,74 @@ def _q5_0_at(w32, wh, rw, p, q, sel, xs, x0, mg):
     return s + _q5_0_block(qh1, v0, v1, v2, v3, xs, x0 + uint32(33), float32(wh[h + uint32(11)]))
 
 
-X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at}   # v20's types: each one's pair of 32-weight blocks
-X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64}         # ... and the K its rows need (whole pairs)
+@cuda.jit(device=True, inline=True)
+def _signed6(w):
+    """Four 6-bit quants u (bytes 0..63) as the signed bytes u - 32: p = u ^ 0x20 is u - 32 as a 6-bit two's
+    complement, and its bit 5 times 6 sets bits 6 and 7 (0x20 * 6 = 0xC0: no carry out of the byte)."""
+    p = w ^ uint32(0x20202020)
+    return p | ((p & uint32(0x20202020)) * uint32(6))
+
+
+@cuda.jit(device=True, inline=True)
+def _int8_of(v, k):
+    """Byte k of v as a signed integer."""
+    return int32(uint32(v) << uint32(24 - 8 * k)) >> 24
+
+
+@cuda.jit(device=True, inline=True)
+def _q6k_word(l, h, sh, xs, xa, xb, i, a, b):
+    """v20, Q6_K: quant word i of a pair (4 low-nibble bytes l, their 2-bit crumbs at bits sh, sh + 4 of h)
+    against code word i of x' blocks xa (low nibbles, crumb sh) and xb (high nibbles, crumb sh + 4)."""
+    h = h >> sh
+    lo = (l & NIBBLES) | ((h << uint32(4)) & uint32(0x30303030))
+    hi = ((l >> uint32(4)) & NIBBLES) | (h & uint32(0x30303030))
+    a = ptx.dp4a(_signed6(lo), _as_bits(xs[xa + uint32(i)]), a)
+    b = ptx.dp4a(_signed6(hi), _as_bits(xs[xb + uint32(i)]), b)
+    return a, b
+
+
+@cuda.jit(device=True, inline=True)
+def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+    """v20, Q6_K: pair p of the row that starts at byte rbyte. Half h = p // 2 of the row (128 weights, super-block
+    h // 2, its half n = h % 2) and t = p % 2: weights 32 t + l and 32 (t + 2) + l (l < 32) of the half share the
+    ql bytes 64 n + 32 t + l (low and high nibble) and the qh bytes 128 + 32 n + l (bits 2t, 2t + 1 and 2t + 4,
+    2t + 5), so the pair is x' blocks 4h + t and 4h + t + 2. Each has two int8 scales (one per 16 weights: bytes
+    192 + 8n + 2t, + 1 and + 4, + 5), so four dp4a sums. Super-blocks are 210 bytes, 2-aligned only: nine words
+    are read for eight and realigned by ``prmt`` (selector 0x3210, a no-op, or 0x5432). (x0, q, sel, mg: other
+    types', unused.)"""
+    pu = uint32(p)                                # (32-bit index arithmetic throughout)
+    h_ = pu >> uint32(1)
+    t = pu & uint32(1)
+    n = h_ & uint32(1)
+    B = rbyte + uint32(210) * (h_ >> uint32(1))   # the super-block's first byte
+    al = uint32(0x3210) + ((B >> uint32(1)) & uint32(1)) * uint32(0x2222)
+    ql = (B + uint32(64) * n + uint32(32) * t) >> uint32(2)
+    qh = (B + uint32(128) + uint32(32) * n) >> uint32(2)
+    m0, m1, m2, m3, m4 = w32[ql], w32[ql + uint32(1)], w32[ql + uint32(2)], w32[ql + uint32(3)], w32[ql + uint32(4)]
+    m5, m6, m7, m8 = w32[ql + uint32(5)], w32[ql + uint32(6)], w32[ql + uint32(7)], w32[ql + uint32(8)]
+    k0, k1, k2, k3, k4 = w32[qh], w32[qh + uint32(1)], w32[qh + uint32(2)], w32[qh + uint32(3)], w32[qh + uint32(4)]
+    k5, k6, k7, k8 = w32[qh + uint32(5)], w32[qh + uint32(6)], w32[qh + uint32(7)], w32[qh + uint32(8)]
+    sb = (B + uint32(192) + uint32(8) * n + uint32(2) * t) >> uint32(1)
+    s01, s23 = uint32(w16[sb]), uint32(w16[sb + uint32(2)])
+    sh = uint32(2) * t
+    xa = uint32(132) * h_ + uint32(33) * t
+    xb = xa + uint32(66)
+    a0, b0 = _q6k_word(uint32(_prmt(m0, m1, al)), uint32(_prmt(k0, k1, al)), sh, xs, xa, xb, 0, int32(0), int32(0))
+    a0, b0 = _q6k_word(uint32(_prmt(m1, m2, al)), uint32(_prmt(k1, k2, al)), sh, xs, xa, xb, 1, a0, b0)
+    a0, b0 = _q6k_word(uint32(_prmt(m2, m3, al)), uint32(_prmt(k2, k3, al)), sh, xs, xa, xb, 2, a0, b0)
+    a0, b0 = _q6k_word(uint32(_prmt(m3, m4, al)), uint32(_prmt(k3, k4, al)), sh, xs, xa, xb, 3, a0, b0)
+    a1, b1 = _q6k_word(uint32(_prmt(m4, m5, al)), uint32(_prmt(k4, k5, al)), sh, xs, xa, xb, 4, int32(0), int32(0))
+    a1, b1 = _q6k_word(uint32(_prmt(m5, m6, al)), uint32(_prmt(k5, k6, al)), sh, xs, xa, xb, 5, a1, b1)
+    a1, b1 = _q6k_word(uint32(_prmt(m6, m7, al)), uint32(_prmt(k6, k7, al)), sh, xs, xa, xb, 6, a1, b1)
+    a1, b1 = _q6k_word(uint32(_prmt(m7, m8, al)), uint32(_prmt(k7, k8, al)), sh, xs, xa, xb, 7, a1, b1)
+    ia = _int8_of(s01, 0) * a0 + _int8_of(s01, 1) * a1        # |sum| < 2^24: exact in float32
+    ib = _int8_of(s23, 0) * b0 + _int8_of(s23, 1) * b1
+    d = float32(wh[(B + uint32(208)) >> uint32(1)])
+    return d * (xs[xa + uint32(8)] * float32(ia) + xs[xb + uint32(8)] * float32(ib))
+
+
+X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at, GGMLType.Q6_K: _q6k_at}   # v20's types: each one's pair of 32-weight blocks
+X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64, GGMLType.Q6_K: 256}         # ... and the K its rows need (whole pairs)
 
 
 @cuda.jit(device=True, inline=True)
@@ -1095,15 +1161,15 @@ def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
     pair = X8_PAIRS[ggml_type]
 
     @cuda.jit(device=True, inline=True)
-    def rows(g32, gh, grb, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
+    def rows(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
         li = cuda.threadIdx.x & (LG - 1)
         c = li & 3
         sel = (2 * c) | ((2 * c + 1) << 4)
         n0, n1, n2, n3 = min(rg, N - 1), min(rg + 1, N - 1), min(rg + 2, N - 1), min(rg + 3, N - 1)
-        gw0, gw1 = uint32(int32(n0 * grb) >> 2), uint32(int32(n1 * grb) >> 2)      # rows' first words
-        gw2, gw3 = uint32(int32(n2 * grb) >> 2), uint32(int32(n3 * grb) >> 2)
-        uw0, uw1 = uint32(int32((up_row0 + n0) * urb) >> 2), uint32(int32((up_row0 + n1) * urb) >> 2)
-        uw2, uw3 = uint32(int32((up_row0 + n2) * urb) >> 2), uint32(int32((up_row0 + n3) * urb) >> 2)
+        gb0, gb1 = uint32(n0 * grb), uint32(n1 * grb)                 # the rows' first bytes
+        gb2, gb3 = uint32(n2 * grb), uint32(n3 * grb)
+        ub0, ub1 = uint32((up_row0 + n0) * urb), uint32((up_row0 + n1) * urb)
+        ub2, ub3 = uint32((up_row0 + n2) * urb), uint32((up_row0 + n3) * urb)
         g0 = g1 = g2 = g3 = u0 = u1 = u2 = u3 = float32(0.0)
         mg = _magic(K)
         q = uint32(4 + 8 * c)                     # Q4_K: the pair's quant words, from the super-block's first
@@ -1111,19 +1177,19 @@ def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
         p = int32(li)
         while p < P:
             x0 = uint32(66 * p)                   # slot of block 2p's codes: 33 slots per 32-weight block
-            g0 += pair(g32, gh, gw0, p, q, sel, xs, x0, mg)
+            g0 += pair(g16, g32, gh, gb0, p, q, sel, xs, x0, mg)
             if gated:
-                u0 += pair(u32, uh, uw0, p, q, sel, xs, x0, mg)
+                u0 += pair(u16, u32, uh, ub0, p, q, sel, xs, x0, mg)
             if R > 1:
-                g1 += pair(g32, gh, gw1, p, q, sel, xs, x0, mg)
+                g1 += pair(g16, g32, gh, gb1, p, q, sel, xs, x0, mg)
                 if gated:
-                    u1 += pair(u32, uh, uw1, p, q, sel, xs, x0, mg)
+                    u1 += pair(u16, u32, uh, ub1, p, q, sel, xs, x0, mg)
             if R > 2:
-                g2 += pair(g32, gh, gw2, p, q, sel, xs, x0, mg)
-                g3 += pair(g32, gh, gw3, p, q, sel, xs, x0, mg)
+                g2 += pair(g16, g32, gh, gb2, p, q, sel, xs, x0, mg)
+                g3 += pair(g16, g32, gh, gb3, p, q, sel, xs, x0, mg)
                 if gated:
-                    u2 += pair(u32, uh, uw2, p, q, sel, xs, x0, mg)
-                    u3 += pair(u32, uh, uw3, p, q, sel, xs, x0, mg)
+                    u2 += pair(u16, u32, uh, ub2, p, q, sel, xs, x0, mg)
+                    u3 += pair(u16, u32, uh, ub3, p, q, sel, xs, x0, mg)
             p = int32(p + LG)
         _group_sums(ag, g0, g1, g2, g3, R, LG)
         if gated:
@@ -1607,7 +1673,7 @@ def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
-        rows_plain(w32, wh, rb, w32, wh, rb, 0, rg, N, K, xs, acc, acc)
+        rows_plain(w16, w32, wh, rb, w16, w32, wh, rb, 0, rg, N, K, xs, acc, acc)
         lead = (cuda.threadIdx.x & (LG - 1)) == 0
         for r in range(R):
             _store_if(lead, acc[r], rg + r, N, bias, has_bias, accumulate, out)
@@ -1627,7 +1693,7 @@ def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
             return
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
-        rows_gated(g32, gh, grb, u32, uh, urb, up_row0, rg, F, K, xs, ag, au)
+        rows_gated(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, F, K, xs, ag, au)
         lead = (cuda.threadIdx.x & (LG - 1)) == 0
         for r in range(R):
             _store_if(lead, _silu(ag[r]) * au[r], rg + r, F, out, False, False, out)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.quants import dequantize, k_scale_min
+from ref.quants import dequantize, k_scale_min, q6_k_quants
 
 
 def check_weight(w_raw: np.ndarray, ggml_type, K: int) -> GGMLType:
@@ -103,7 +103,8 @@ def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray
     """y [N] = the product of a Q4_K, Q5_0 or Q8_0 weight with x quantized by ``quantize_x8`` (see the module
     docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K),
     d_b d_j sum_i u_i q_i - 16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the
-    block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term)."""
+    block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term), d d_j (sc_a sum_{i<16} (u_i - 32) q_i
+    + sc_b sum_{i>=16} ...) (Q6_K: an int8 scale per 16 weights, no second term)."""
     scaled, mins = x8_terms(x, w_raw, ggml_type, K)
     return (scaled - mins).sum(axis=1)
 
@@ -112,8 +113,8 @@ def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.nd
     """The two terms of ``matmul_x8`` per row and sub-block, float64 [N, K/32] each: d_j (d_s c_s) sum_i u_i q_i
     and (d_m m_s) s_j."""
     ggml_type = check_weight(w_raw, ggml_type, K)
-    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q5_0):
-        raise ValueError(f"matmul_x8: only Q4_K, Q5_0 and Q8_0 weights, got {ggml_type.name}")
+    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q6_K):
+        raise ValueError(f"matmul_x8: only Q4_K, Q5_0, Q6_K and Q8_0 weights, got {ggml_type.name}")
     q8, dx, sx = quantize_x8(x)
     if ggml_type == GGMLType.Q8_0:
         blocks = w_raw.reshape(-1, 34)                                    # [N K/32, 34]
@@ -121,6 +122,15 @@ def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.nd
         w = blocks[:, 2:].view(np.int8).reshape(w_raw.shape[0], K // 32, 32)
         isum = np.einsum("nji,ji->nj", w.astype(np.int64), q8.reshape(-1, 32).astype(np.int64))
         return dx.astype(np.float64) * d * isum, np.zeros_like(d)
+    if ggml_type == GGMLType.Q6_K:
+        N, nb = w_raw.shape[0], K // 256
+        blocks = w_raw.reshape(N * nb, 210)
+        q = q6_k_quants(blocks).astype(np.int64)                                      # [N nb, 256] in -32..31
+        sc = blocks[:, 192:208].view(np.int8).astype(np.int64)                         # [N nb, 16]: per 16
+        isum = np.einsum("nsi,si->ns", q.reshape(N, nb * 16, 16), q8.reshape(-1, 16).astype(np.int64))
+        scaled = (sc.reshape(N, nb * 16) * isum).reshape(N, K // 32, 2).sum(axis=2)     # per block of 32
+        d = blocks[:, 208:210].copy().view(np.float16).astype(np.float64).reshape(N, nb)
+        return np.repeat(d, 8, axis=1) * dx.astype(np.float64) * scaled, np.zeros((N, K // 32))
     if ggml_type == GGMLType.Q5_0:
         N = w_raw.shape[0]
         blocks = w_raw.reshape(-1, 22)                                    # [N K/32, 22]

@@ -238,12 +238,17 @@ def dequant_q6_k(blocks: np.ndarray) -> np.ndarray:
     $$x_j = (d \cdot sc_s) \cdot (q_j - 32), \quad s = \lfloor j/16 \rfloor$$
     """
     n = blocks.shape[0]
-    ql, qh = blocks[:, 0:128], blocks[:, 128:192]
     ds = (_f16(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32))[:, :, None]
+    q = q6_k_quants(blocks)
+    return (ds * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+def q6_k_quants(blocks: np.ndarray) -> np.ndarray:
+    """Q6_K blocks [n, 210] -> their 256 quants each, int8 [n, 256] in -32..31 (``q_j - 32`` above)."""
+    ql, qh = blocks[:, 0:128], blocks[:, 128:192]
     low = np.concatenate([_low_high_nibbles(ql[:, 0:64]), _low_high_nibbles(ql[:, 64:128])], axis=-1)
     high = np.concatenate([_crumbs(qh[:, 0:32], 2), _crumbs(qh[:, 32:64], 2)], axis=-1)
-    q = (low | (high << 4)).astype(np.int8) - np.int8(32)
-    return (ds * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+    return (low | (high << 4)).astype(np.int8) - np.int8(32)
 
 
 def dequant_q8_k(blocks: np.ndarray) -> np.ndarray:

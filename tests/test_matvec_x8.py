@@ -1,4 +1,4 @@
-"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K and Q8_0 decode products over x' rounded to int8 blocks of 32 and
+"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K, Q5_0, Q6_K and Q8_0 decode products
 multiplied with ``dp4a`` (a lane per pair of sub-blocks, lane groups of 8-32 lanes per row), against their
 reference ``ref.matmul.matmul_x8``; and the reference's own
 properties (the rounding of x is at most half a step; the product differs from the float32 one by at most
@@ -27,6 +27,7 @@ U = 2.0 ** -24
 Q4K = GGMLType.Q4_K
 Q80 = GGMLType.Q8_0
 Q50 = GGMLType.Q5_0
+Q6K = GGMLType.Q6_K
 EPS = 1e-5
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                     HealthCheck.function_scoped_fixture])   # dp4a: the same flag for all
@@ -68,7 +69,7 @@ def test_quantize_x8_rounds_each_element_by_at_most_half_a_step(seed, blocks, sc
 
 @settings(max_examples=15, **SETTINGS)
 @given(seed=st.integers(0, 2 ** 32 - 1), nb=st.integers(1, 4), N=st.integers(1, 9),
-       wtype=st.sampled_from([Q4K, Q80, Q50]))
+       wtype=st.sampled_from([Q4K, Q80, Q50, Q6K]))
 def test_matmul_x8_differs_from_float32_by_the_rounding_of_x(seed, nb, N, wtype):
     rng = np.random.default_rng(seed)
     K = 256 * nb
@@ -163,10 +164,11 @@ def tolerance(K, norm):
 @requires_cuda
 @settings(max_examples=12 if ON_GPU else 4, **SETTINGS)
 @given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3, 8] if not ON_GPU else [1, 3, 8, 12, 32]),
-       N=st.integers(1, 20), norm=st.booleans(), wtype=st.sampled_from([Q4K, Q80, Q50]))
+       N=st.integers(1, 20), norm=st.booleans(), wtype=st.sampled_from([Q4K, Q80, Q50, Q6K]))
 def test_dp4a_matvec_and_swiglu_match_matmul_x8(seed, nb, N, norm, wtype, dp4a):
     """The plain product and the SwiGLU pair (fused gate_up tensor) against the
-    reference of the quantized-x product (Q8_0, Q5_0: rows of nb pairs of blocks, 64 nb weights)."""
+    reference of the quantized-x product (Q8_0, Q5_0: rows of nb pairs of blocks, 64 nb weights; Q4_K, Q6_K: nb
+    super-blocks)."""
     rng = np.random.default_rng(seed)
     K = km().X8_K_MULTIPLE[wtype] * nb
     x = rng.standard_normal(K).astype(np.float32)
