@@ -193,7 +193,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Rows are spread over lane groups of LG = 8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three
   full steps of 16 lanes where 32 lanes would idle half of the second step), each group summing its R rows by
   shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90), no spills: 32 / 54
-  registers (Q4_K matvec / SwiGLU, R = 1), 48 / 56 (Q8_0, R = 4 / 1), 32 / 40 (Q5_0). Measured on an H100
+  registers (Q4_K matvec / SwiGLU, R = 1), 48 / 56 (Q8_0, R = 4 / 1), 32 / 40 (Q5_0), 32 / 56 (Q6_K). Measured on an H100
   (thirteenth and fourteenth sessions) in two earlier forms: rounding in every block a warp per block of 32
   (gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch
   of its own (Phi-3 gate/up 25.0 -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per
@@ -236,7 +236,7 @@ import math
 import os
 
 import numpy as np
-from numba import config, cuda, float32, int8, int32, uint16, uint32, uint64
+from numba import config, cuda, float32, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
