@@ -100,7 +100,7 @@ def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # --8<-- [start:matmul_x8]
 def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray:
-    """y [N] = the product of a Q4_K, Q5_0 or Q8_0 weight with x quantized by ``quantize_x8`` (see the module
+    """y [N] = the product of a Q4_K, Q5_0, Q6_K or Q8_0 weight with x quantized by ``quantize_x8`` (see the module
     docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K),
     d_b d_j sum_i u_i q_i - 16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the
     block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term), d d_j (sc_a sum_{i<16} (u_i - 32) q_i
@@ -110,38 +110,33 @@ def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray
 
 
 def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """The two terms of ``matmul_x8`` per row and sub-block, float64 [N, K/32] each: d_j (d_s c_s) sum_i u_i q_i
-    and (d_m m_s) s_j."""
+    """The two terms of ``matmul_x8`` per row and block of 32, float64 [N, K/32] each: the integer dot products
+    with their scales (Q4_K: d_j (d_s c_s) sum_i u_i q_i), and what is subtracted from them (Q4_K: (d_m m_s) s_j;
+    Q5_0: 16 d_b s_j; Q6_K and Q8_0: 0)."""
     ggml_type = check_weight(w_raw, ggml_type, K)
     if ggml_type not in (GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q6_K):
         raise ValueError(f"matmul_x8: only Q4_K, Q5_0, Q6_K and Q8_0 weights, got {ggml_type.name}")
     q8, dx, sx = quantize_x8(x)
+    N, dx, sx = w_raw.shape[0], dx.astype(np.float64), sx.astype(np.float64)
     if ggml_type == GGMLType.Q8_0:
         blocks = w_raw.reshape(-1, 34)                                    # [N K/32, 34]
-        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(w_raw.shape[0], K // 32)
-        w = blocks[:, 2:].view(np.int8).reshape(w_raw.shape[0], K // 32, 32)
-        isum = np.einsum("nji,ji->nj", w.astype(np.int64), q8.reshape(-1, 32).astype(np.int64))
-        return dx.astype(np.float64) * d * isum, np.zeros_like(d)
-    if ggml_type == GGMLType.Q6_K:
-        N, nb = w_raw.shape[0], K // 256
-        blocks = w_raw.reshape(N * nb, 210)
-        q = q6_k_quants(blocks).astype(np.int64)                                      # [N nb, 256] in -32..31
-        sc = blocks[:, 192:208].view(np.int8).astype(np.int64)                         # [N nb, 16]: per 16
-        isum = np.einsum("nsi,si->ns", q.reshape(N, nb * 16, 16), q8.reshape(-1, 16).astype(np.int64))
-        scaled = (sc.reshape(N, nb * 16) * isum).reshape(N, K // 32, 2).sum(axis=2)     # per block of 32
-        d = blocks[:, 208:210].copy().view(np.float16).astype(np.float64).reshape(N, nb)
-        return np.repeat(d, 8, axis=1) * dx.astype(np.float64) * scaled, np.zeros((N, K // 32))
+        d = _half(blocks, 0).reshape(N, K // 32)
+        return dx * d * _int_dots(blocks[:, 2:].view(np.int8), q8, 32, N), np.zeros_like(d)
     if ggml_type == GGMLType.Q5_0:
-        N = w_raw.shape[0]
         blocks = w_raw.reshape(-1, 22)                                    # [N K/32, 22]
-        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64).reshape(N, K // 32)
+        d = _half(blocks, 0).reshape(N, K // 32)
         qh = blocks[:, 2:6].copy().view("<u4")                            # [N K/32, 1]: bit i = weight i's 5th
         qs = blocks[:, 6:]                                                # [N K/32, 16]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int64)  # weights 0..15, 16..31
         q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int64) << 4   # q5 in 0..31
-        isum = np.einsum("nji,ji->nj", q.reshape(N, K // 32, 32), q8.reshape(-1, 32).astype(np.int64))
-        return d * dx.astype(np.float64) * isum, d * 16 * sx.astype(np.float64)
-    N, nb = w_raw.shape[0], K // 256
+        return d * dx * _int_dots(q, q8, 32, N), d * 16 * sx
+    nb = K // 256
+    if ggml_type == GGMLType.Q6_K:
+        blocks = w_raw.reshape(N * nb, 210)
+        sc = blocks[:, 192:208].view(np.int8).reshape(N, nb * 16)        # an int8 scale per 16 weights
+        scaled = (sc * _int_dots(q6_k_quants(blocks), q8, 16, N)).reshape(N, K // 32, 2).sum(axis=2)
+        d = np.repeat(_half(blocks, 208).reshape(N, nb), 8, axis=1)       # [N, K/32]
+        return d * dx * scaled, np.zeros_like(d)
     blocks = w_raw.reshape(N * nb, 144)
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)     # [N nb, 1]
     dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
@@ -149,7 +144,17 @@ def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.nd
     ds = (d * sc.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
     dm = (dmin * m.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
     qs = blocks[:, 16:].reshape(N * nb, 4, 1, 32)                     # 32 bytes per pair of sub-blocks
-    u = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(N, nb * 8, 32)   # sub-block 2c: low nibbles
-    isum = np.einsum("nji,ji->nj", u.astype(np.int64), q8.reshape(-1, 32).astype(np.int64))
-    return dx.astype(np.float64) * ds * isum, dm * sx.astype(np.float64)
+    u = np.concatenate([qs & 0x0F, qs >> 4], axis=2)                  # sub-block 2c: low nibbles
+    return dx * ds * _int_dots(u, q8, 32, N), dm * sx
+
+
+def _half(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The float16 at byte ``at`` of every block, as float64 [n]."""
+    return blocks[:, at:at + 2].copy().view(np.float16).astype(np.float64)[:, 0]
+
+
+def _int_dots(q: np.ndarray, q8: np.ndarray, n: int, N: int) -> np.ndarray:
+    """Exact integer dot products of N rows of quants q (any shape holding N K integers) with the int8 codes q8
+    [K], per group of n consecutive weights: int64 [N, K/n]."""
+    return np.einsum("ngi,gi->ng", q.reshape(N, -1, n).astype(np.int64), q8.reshape(-1, n).astype(np.int64))
 # --8<-- [end:matmul_x8]
