@@ -177,7 +177,7 @@ for step in "$@"; do
     x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: its tests, then both twins' decode steps per launch,
       #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32") forced on all;
       #          X8_PRESETS picks the twins (preset:vocab, default both); also v20 without the split-K launches
-      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 | tail -3
+      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 | tail -3
       for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
         model=/tmp/${preset%:*}.gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \

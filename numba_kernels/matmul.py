@@ -924,6 +924,7 @@ def quantize_x8_kernel(x, nw, has_norm, eps, K, out):
 NIBBLES = np.uint32(0x0F0F0F0F)     # the low nibble of each byte
 HIGH_NIBBLES = np.uint32(0xF0F0F0F0)   # the high nibble, in place: 16 q per byte
 SIXTEENTH = np.float32(1.0 / 16.0)
+FIFTHS = np.uint32(0x10101010)      # bit 4 of each byte: a 5-bit quant's fifth bit
 
 
 @cuda.jit(device=True, inline=True)
@@ -983,6 +984,46 @@ def _q4k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     """v20, Q4_K: pair p of the row that starts at byte rbyte (super-block p // 4: 36 words of 144 bytes)."""
     sb = (rbyte >> uint32(2)) + uint32(36 * (p >> 2))
     return _q4k_pair(w32, wh, sb, sb + q, sel, xs, x0, mg)
+
+
+@cuda.jit(device=True, inline=True)
+def _dp4a_fifths(a, e, xs, x0, x1, j, lo, hi):
+    """Q5_K: quant word a (8 nibbles) and qh word e shifted right by 2c (bit 0 of each byte: the low nibble's fifth
+    bit, bit 1: the high one's) as two words of 5-bit quants, against code word j of slots x0.. and x1..."""
+    lo = ptx.dp4a_us((a & NIBBLES) | ((e << uint32(4)) & FIFTHS), _as_bits(xs[x0 + uint32(j)]), lo)
+    hi = ptx.dp4a_us(((a >> uint32(4)) & NIBBLES) | ((e << uint32(3)) & FIFTHS), _as_bits(xs[x1 + uint32(j)]), hi)
+    return lo, hi
+
+
+@cuda.jit(device=True, inline=True)
+def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+    """v20, Q5_K: pair p of the row that starts at byte rbyte: super-block p // 4 (44 words of 176 bytes: d, dmin
+    f16 @0, 12 scale bytes @4, qh @16, quants @48), pair c = p % 4 (q = 4 + 8c). As ``_q4k_pair``, with the
+    quant words 12 + 8c .. and bits 2c, 2c + 1 of every qh byte (weight l of sub-blocks 2c, 2c + 1 is qh byte l)
+    as bit 4 of the 5-bit quants; the high nibbles are shifted down (no room for a fifth bit above them)."""
+    gw = (rbyte >> uint32(2)) + uint32(44 * (p >> 2))
+    h0, h1, h2, h3 = ptx.load_u32x4(w32, gw)
+    sc, m = _k_pair_scales(h1, h2, h3, sel)
+    qw = gw + q + uint32(8)
+    a0, a1, a2, a3 = ptx.load_u32x4(w32, qw)
+    a4, a5, a6, a7 = ptx.load_u32x4(w32, qw + uint32(4))
+    e0, e1, e2, e3 = ptx.load_u32x4(w32, gw + uint32(4))
+    e4, e5, e6, e7 = ptx.load_u32x4(w32, gw + uint32(8))
+    sh = (q - uint32(4)) >> uint32(2)             # 2c
+    x1 = x0 + uint32(33)
+    lo, hi = _dp4a_fifths(a0, e0 >> sh, xs, x0, x1, 0, int32(0), int32(0))
+    lo, hi = _dp4a_fifths(a1, e1 >> sh, xs, x0, x1, 1, lo, hi)
+    lo, hi = _dp4a_fifths(a2, e2 >> sh, xs, x0, x1, 2, lo, hi)
+    lo, hi = _dp4a_fifths(a3, e3 >> sh, xs, x0, x1, 3, lo, hi)
+    lo, hi = _dp4a_fifths(a4, e4 >> sh, xs, x0, x1, 4, lo, hi)
+    lo, hi = _dp4a_fifths(a5, e5 >> sh, xs, x0, x1, 5, lo, hi)
+    lo, hi = _dp4a_fifths(a6, e6 >> sh, xs, x0, x1, 6, lo, hi)
+    lo, hi = _dp4a_fifths(a7, e7 >> sh, xs, x0, x1, 7, lo, hi)
+    d = float32(wh[gw << uint32(1)])
+    dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
+    s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * float32(lo))
+    s += xs[x1 + uint32(8)] * ((d * _qf(sc, 1, F23, mg)) * float32(hi))
+    return s - dmin * (_qf(m, 0, F23, mg) * xs[x0 + uint32(9)] + _qf(m, 1, F23, mg) * xs[x1 + uint32(9)])
 
 
 @cuda.jit(device=True, inline=True)
@@ -1126,8 +1167,10 @@ def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     return d * (xs[xa + uint32(8)] * float32(ia) + xs[xb + uint32(8)] * float32(ib))
 
 
-X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at, GGMLType.Q6_K: _q6k_at}   # v20's types: each one's pair of 32-weight blocks
-X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64, GGMLType.Q6_K: 256}         # ... and the K its rows need (whole pairs)
+X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q5_K: _q5k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at,
+            GGMLType.Q6_K: _q6k_at}               # v20's types: each one's pair of 32-weight blocks
+X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64,
+                 GGMLType.Q6_K: 256}              # ... and the K its rows need (whole pairs)
 
 
 @cuda.jit(device=True, inline=True)

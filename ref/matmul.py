@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.quants import dequantize, k_scale_min, q6_k_quants
+from ref.quants import dequantize, k_quants, k_scale_min, q6_k_quants
 
 
 def check_weight(w_raw: np.ndarray, ggml_type, K: int) -> GGMLType:
@@ -100,8 +100,9 @@ def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # --8<-- [start:matmul_x8]
 def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray:
-    """y [N] = the product of a Q4_K, Q5_0, Q6_K or Q8_0 weight with x quantized by ``quantize_x8`` (see the module
-    docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K),
+    """y [N] = the product of a Q4_K, Q5_K, Q5_0, Q6_K or Q8_0 weight with x quantized by ``quantize_x8`` (see the
+    module docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K;
+    Q5_K the same with 5-bit u),
     d_b d_j sum_i u_i q_i - 16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the
     block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term), d d_j (sc_a sum_{i<16} (u_i - 32) q_i
     + sc_b sum_{i>=16} ...) (Q6_K: an int8 scale per 16 weights, no second term)."""
@@ -111,11 +112,12 @@ def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray
 
 def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.ndarray, np.ndarray]:
     """The two terms of ``matmul_x8`` per row and block of 32, float64 [N, K/32] each: the integer dot products
-    with their scales (Q4_K: d_j (d_s c_s) sum_i u_i q_i), and what is subtracted from them (Q4_K: (d_m m_s) s_j;
+    with their scales (Q4_K, Q5_K: d_j (d_s c_s) sum_i u_i q_i), and what is subtracted from them (Q4_K, Q5_K:
+    (d_m m_s) s_j;
     Q5_0: 16 d_b s_j; Q6_K and Q8_0: 0)."""
     ggml_type = check_weight(w_raw, ggml_type, K)
-    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q6_K):
-        raise ValueError(f"matmul_x8: only Q4_K, Q5_0, Q6_K and Q8_0 weights, got {ggml_type.name}")
+    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q6_K):
+        raise ValueError(f"matmul_x8: only Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 weights, got {ggml_type.name}")
     q8, dx, sx = quantize_x8(x)
     N, dx, sx = w_raw.shape[0], dx.astype(np.float64), sx.astype(np.float64)
     if ggml_type == GGMLType.Q8_0:
@@ -137,15 +139,13 @@ def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.nd
         scaled = (sc * _int_dots(q6_k_quants(blocks), q8, 16, N)).reshape(N, K // 32, 2).sum(axis=2)
         d = np.repeat(_half(blocks, 208).reshape(N, nb), 8, axis=1)       # [N, K/32]
         return d * dx * scaled, np.zeros_like(d)
-    blocks = w_raw.reshape(N * nb, 144)
+    blocks = w_raw.reshape(N * nb, -1)                                # Q4_K: 144 bytes, Q5_K: 176
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)     # [N nb, 1]
     dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
     sc, m = k_scale_min(blocks[:, 4:16])                              # [N nb, 8] each
     ds = (d * sc.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
     dm = (dmin * m.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
-    qs = blocks[:, 16:].reshape(N * nb, 4, 1, 32)                     # 32 bytes per pair of sub-blocks
-    u = np.concatenate([qs & 0x0F, qs >> 4], axis=2)                  # sub-block 2c: low nibbles
-    return dx * ds * _int_dots(u, q8, 32, N), dm * sx
+    return dx * ds * _int_dots(k_quants(blocks), q8, 32, N), dm * sx
 
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:

@@ -216,7 +216,7 @@ def dequant_q4_k(blocks: np.ndarray) -> np.ndarray:
     ``j = 64c + 32h + l`` is nibble ``h`` of ``qs[32c + l]``.
     $$x_j = (d \cdot sc_s) \cdot q_j - (d_{min} \cdot m_s), \quad s = \lfloor j/32 \rfloor$$
     """
-    return _k_affine(blocks, _k_nibbles(blocks[:, 16:144]))
+    return _k_affine(blocks, k_quants(blocks))
 # --8<-- [end:dequant_q4_k]
 
 
@@ -226,8 +226,15 @@ def dequant_q5_k(blocks: np.ndarray) -> np.ndarray:
     As Q4_K, plus a 5th bit: bit ``j // 32`` of ``qh[j % 32]``.
     $$x_j = (d \cdot sc_s) \cdot q_j - (d_{min} \cdot m_s), \quad q_j = \text{nibble}_j + 16\,\text{hbit}_j$$
     """
-    q = _k_nibbles(blocks[:, 48:176]) | (_crumbs(blocks[:, 16:48], 1) << 4)
-    return _k_affine(blocks, q)
+    return _k_affine(blocks, k_quants(blocks))
+
+
+def k_quants(blocks: np.ndarray) -> np.ndarray:
+    """Q4_K [n, 144] or Q5_K [n, 176] blocks -> their 256 unsigned quants each, [n, 256] in sub-block order
+    (0..15, or 0..31 with Q5_K's fifth bits)."""
+    if blocks.shape[1] == 144:
+        return _k_nibbles(blocks[:, 16:144])
+    return _k_nibbles(blocks[:, 48:176]) | (_crumbs(blocks[:, 16:48], 1) << 4)
 
 
 def dequant_q6_k(blocks: np.ndarray) -> np.ndarray:
