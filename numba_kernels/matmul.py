@@ -1196,28 +1196,26 @@ def _group_sums(acc, a0, a1, a2, a3, R, LG):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
-    """v20 device function: the rows of one lane group (LG lanes, G = 32 / LG groups per warp) dotted
-    with the int8 x'. Lane l of the group takes the pairs of 32-weight blocks p = l, l + LG, .. < K / 64 (Q4_K:
-    super-block p // 4, pair c = p % 4: the same c every step, hence one ``sel``) of each of its R rows
-    rg .. rg + R - 1 (and with ``gated`` the R up rows ``up_row0 + n`` too, of the same type); ``ag`` (and
-    with ``gated`` ``au``) receive the group sums in the group's first lane. Rows past N re-read row N - 1
-    and are not stored."""
+def _x8_rows_at(R, LG, gated, ggml_type=GGMLType.Q4_K):
+    """v20 device function: the rows n0 .. n3 (the first R of them, already clamped to the matrix) of one lane
+    group (LG lanes, G = 32 / LG groups per warp) dotted with the int8 x'. Lane l of the group takes the pairs of
+    32-weight blocks p = l, l + LG, .. < K / 64 (K-quants: super-block p // 4, pair c = p % 4: the same c every
+    step, hence one ``sel``) of each of its rows (and with ``gated`` the R up rows ``up_row0 + n`` too, of the
+    same type); ``ag`` (and with ``gated`` ``au``) receive the group sums in the group's first lane."""
     pair = X8_PAIRS[ggml_type]
 
     @cuda.jit(device=True, inline=True)
-    def rows(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
+    def rows_at(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, n0, n1, n2, n3, K, xs, ag, au):
         li = cuda.threadIdx.x & (LG - 1)
         c = li & 3
         sel = (2 * c) | ((2 * c + 1) << 4)
-        n0, n1, n2, n3 = min(rg, N - 1), min(rg + 1, N - 1), min(rg + 2, N - 1), min(rg + 3, N - 1)
         gb0, gb1 = uint32(n0 * grb), uint32(n1 * grb)                 # the rows' first bytes
         gb2, gb3 = uint32(n2 * grb), uint32(n3 * grb)
         ub0, ub1 = uint32((up_row0 + n0) * urb), uint32((up_row0 + n1) * urb)
         ub2, ub3 = uint32((up_row0 + n2) * urb), uint32((up_row0 + n3) * urb)
         g0 = g1 = g2 = g3 = u0 = u1 = u2 = u3 = float32(0.0)
         mg = _magic(K)
-        q = uint32(4 + 8 * c)                     # Q4_K: the pair's quant words, from the super-block's first
+        q = uint32(4 + 8 * c)                     # K-quants: the pair's scale-relative quant words
         P = int32(K >> 6)
         p = int32(li)
         while p < P:
@@ -1239,6 +1237,19 @@ def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
         _group_sums(ag, g0, g1, g2, g3, R, LG)
         if gated:
             _group_sums(au, u0, u1, u2, u3, R, LG)
+    return rows_at
+
+
+@functools.lru_cache(maxsize=None)
+def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
+    """v20 device function: ``_x8_rows_at`` for the consecutive rows rg .. rg + R - 1 of a lane group. Rows past
+    N re-read row N - 1 and are not stored."""
+    rows_at = _x8_rows_at(R, LG, gated, ggml_type)
+
+    @cuda.jit(device=True, inline=True)
+    def rows(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
+        rows_at(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, min(rg, N - 1), min(rg + 1, N - 1),
+                min(rg + 2, N - 1), min(rg + 3, N - 1), K, xs, ag, au)
     return rows
 
 
@@ -1886,21 +1897,14 @@ def _prefetch_cache(k_flat, v_flat, pos_arr, width):
 
 
 @functools.lru_cache(maxsize=None)
-def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
-    """v9: NW warps per block, P RoPE pair slots (2P rows) per warp (P = 1, 2: ``QKV_ROPE_PAIRS``); matrices a
-    (q), b (k), c (v) of types[0..2]. Every type, width, NW and P is a compile-time constant. A warp's P slots
-    are consecutive and computed together (their rows' loads in flight in one loop: ``_rows_dot`` with R = 2P).
-    KVP (``KV_PREFETCH``): before waiting for the previous kernel, the blocks ask L2 for the cache rows the
-    layer's attention will read next (``_prefetch_cache``)."""
-    assert P in (1, 2), P
-    R = 2 * P                                        # rows per warp
-    warm_row = _warm_row                             # (bound here: the disk cache's key sees v17 or v8)
-    rows_a, rows_b, rows_c = (_rows_dot(t, width, R) for t in types)
+def _qkv_slots(NW, P):
+    """The Q/K/V + RoPE launches' (v9, v20) device functions: ``slot_rows``, the j-th of a warp's P RoPE pair slots
+    (blocks [0, blk1) are q's, [blk1, blk2) k's, then v's plain row pairs), and ``finish``, which stores a slot's
+    two rows (+ bias, rotated when they are a RoPE pair) from the thread ``lead``."""
 
     @cuda.jit(device=True, inline=True)
-    def finish(v0, v1, r0, step, pair, bias, has_bias, out, off, pos, ts, fscale, ff, has_ff, attn):
-        # lane 0: the two rows + bias, rotated when they are a RoPE pair, stored at out[off + row]
-        if cuda.threadIdx.x % WARP == 0:
+    def finish(lead, v0, v1, r0, step, pair, bias, has_bias, out, off, pos, ts, fscale, ff, has_ff, attn):
+        if lead:
             if has_bias:
                 v0, v1 = v0 + bias[r0], v1 + bias[r0 + step]
             if pair >= 0:
@@ -1911,7 +1915,7 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
 
     @cuda.jit(device=True, inline=True)
     def slot_rows(blk, blk1, blk2, warp, hs, half, neox, j):
-        # the warp's j-th slot of its matrix: (slot, first row, step, pair index or -1)
+        # (slot, first row, step to the second row, pair index or -1)
         if blk < blk1:
             slot = (blk * NW + warp) * P + j
             r0, step, pair = _pair_rows(slot, hs, half, neox)
@@ -1922,6 +1926,21 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
             slot = ((blk - blk2) * NW + warp) * P + j
             r0, step, pair = 2 * slot, 1, -1
         return slot, r0, step, pair
+    return slot_rows, finish
+
+
+@functools.lru_cache(maxsize=None)
+def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
+    """v9: NW warps per block, P RoPE pair slots (2P rows) per warp (P = 1, 2: ``QKV_ROPE_PAIRS``); matrices a
+    (q), b (k), c (v) of types[0..2]. Every type, width, NW and P is a compile-time constant. A warp's P slots
+    are consecutive and computed together (their rows' loads in flight in one loop: ``_rows_dot`` with R = 2P).
+    KVP (``KV_PREFETCH``): before waiting for the previous kernel, the blocks ask L2 for the cache rows the
+    layer's attention will read next (``_prefetch_cache``)."""
+    assert P in (1, 2), P
+    R = 2 * P                                        # rows per warp
+    warm_row = _warm_row                             # (bound here: the disk cache's key sees v17 or v8)
+    rows_a, rows_b, rows_c = (_rows_dot(t, width, R) for t in types)
+    slot_rows, finish = _qkv_slots(NW, P)
 
     @cuda.jit(**_decode_jit(NW))
     def qkv_rope(x, nw, has_norm, eps, K, warm, blk1, blk2, hs, pos_arr, ts, fscale, ff, has_ff, attn, half, neox,
@@ -1962,24 +1981,88 @@ def _qkv_rope_kernel(types, width, NW, P=1, KVP=False):
         if 2 * slot >= n_rows:
             return                                   # whole warp leaves: past the matrix's slots
         second = P > 1 and 2 * slot + 2 < n_rows     # the second slot exists (rows past N re-read row N - 1)
+        lead = cuda.threadIdx.x % WARP == 0
         if blk < blk1:
             rows_a(a16, a32, ah, af, arb, r0, aN, K, xs, acc, step, r2, step2)
-            finish(acc[0], acc[1], r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+            finish(lead, acc[0], acc[1], r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
             if second:
-                finish(acc[2], acc[3], r2, step2, pair2, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+                finish(lead, acc[2], acc[3], r2, step2, pair2, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff,
+                       attn)
         elif blk < blk2:
             rows_b(b16, b32, bh, bf, brb, r0, bN, K, xs, acc, step, r2, step2)
-            finish(acc[0], acc[1], r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff, attn)
+            finish(lead, acc[0], acc[1], r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff,
+                   attn)
             if second:
-                finish(acc[2], acc[3], r2, step2, pair2, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff,
-                       attn)
+                finish(lead, acc[2], acc[3], r2, step2, pair2, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff,
+                       has_ff, attn)
         else:
             rows_c(c16, c32, ch, cf, crb, r0, cN, K, xs, acc, 1, r2, 1)
-            finish(acc[0], acc[1], r0, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
+            finish(lead, acc[0], acc[1], r0, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
             if second:
-                finish(acc[2], acc[3], r2, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff, attn)
+                finish(lead, acc[2], acc[3], r2, 1, -1, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff,
+                       attn)
 
     return qkv_rope
+
+
+@cuda.jit(device=True, inline=True)
+def _warm_pair(w16, rb, r0, step, N, LG):
+    """v20: lanes 0 and 1 of a lane group ask L2 for rows r0 and r0 + step (clamped to N - 1), one bulk prefetch
+    each (as ``_warm_row_l2``)."""
+    i = cuda.threadIdx.x & (LG - 1)
+    if i < 2:
+        ptx.prefetch_l2(w16, int32(min(r0 + i * step, N - 1) * rb), rb)
+
+
+@functools.lru_cache(maxsize=None)
+def _qkv_rope_x8_kernel(types, NW, LG):
+    """v20's Q/K/V + RoPE launch (``LLAMA_BETA_DP4A=1``): v9's work and arguments, over int8 x' (staged, then
+    rounded in place by ``_quantize_staged``) and ``dp4a``. A lane group of LG lanes takes one RoPE pair slot (its
+    two rows, ``_x8_rows_at`` with R = 2), so a warp takes G = 32 / LG consecutive slots; matrices a, b, c of
+    types[0..2], each in ``X8_PAIRS``. (``_prefetch_cache`` is not offered: v9's opt-in, measured slower.)"""
+    G = WARP // LG
+    slot_rows, finish = _qkv_slots(NW, G)
+    rows_a, rows_b, rows_c = (_x8_rows_at(2, LG, False, t) for t in types)
+
+    @cuda.jit(**_decode_jit(NW))
+    def qkv_rope_x8(x, nw, has_norm, eps, K, warm, blk1, blk2, hs, pos_arr, ts, fscale, ff, has_ff, attn, half,
+                    neox, a16, a32, ah, af, arb, aN, abias, ahas, q_out,
+                    b16, b32, bh, bf, brb, bN, bbias, bhas, k_flat,
+                    c16, c32, ch, cf, crb, cN, cbias, chas, v_flat):
+        xs = cuda.shared.array(0, float32)
+        red = cuda.shared.array(WARP, float32)
+        acc = cuda.local.array(2, float32)
+        blk = cuda.blockIdx.x
+        g = (cuda.threadIdx.x & (WARP - 1)) // LG     # the lane group: the warp's g-th slot
+        slot, r0, step, pair = slot_rows(blk, blk1, blk2, cuda.threadIdx.x // WARP, hs, half, neox, g)
+        n_rows = aN if blk < blk1 else (bN if blk < blk2 else cN)
+        if warm:
+            if blk < blk1:
+                _warm_pair(a16, arb, r0, step, aN, LG)
+            elif blk < blk2:
+                _warm_pair(b16, brb, r0, step, bN, LG)
+            else:
+                _warm_pair(c16, crb, r0, step, cN, LG)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        _quantize_staged(xs, K)
+        p = pos_arr[0]                               # (state: read after _stage_x's wait)
+        if 2 * (slot - g) >= n_rows:
+            return                                   # whole warp leaves: past the matrix's slots
+        n0, n1 = min(r0, n_rows - 1), min(r0 + step, n_rows - 1)    # groups past them re-read the last row ...
+        lead = (cuda.threadIdx.x & (LG - 1)) == 0 and 2 * slot < n_rows    # ... and store nothing
+        if blk < blk1:
+            rows_a(a16, a32, ah, arb, a16, a32, ah, arb, 0, n0, n1, n1, n1, K, xs, acc, acc)
+            finish(lead, acc[0], acc[1], r0, step, pair, abias, ahas, q_out, 0, p, ts, fscale, ff, has_ff, attn)
+        elif blk < blk2:
+            rows_b(b16, b32, bh, brb, b16, b32, bh, brb, 0, n0, n1, n1, n1, K, xs, acc, acc)
+            finish(lead, acc[0], acc[1], r0, step, pair, bbias, bhas, k_flat, p * bN, p, ts, fscale, ff, has_ff,
+                   attn)
+        else:
+            rows_c(c16, c32, ch, crb, c16, c32, ch, crb, 0, n0, n1, n1, n1, K, xs, acc, acc)
+            finish(lead, acc[0], acc[1], r0, step, pair, cbias, chas, v_flat, p * cN, p, ts, fscale, ff, has_ff,
+                   attn)
+
+    return qkv_rope_x8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2146,16 +2229,21 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
     """v9: q_out [nh hs] = RoPE(W_q x' + b_q); row pos[0] of k_cache / v_cache [S_max, nkv, hs] =
     RoPE(W_k x' + b_k) and W_v x' + b_v; x' = RMSNorm(x) * norm_weight (or x). ``mats``: three
     (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1]).
-    ``prefetch``: ask L2 for cache rows 0 .. pos - 1 (default ``KV_PREFETCH``)."""
+    ``prefetch``: ask L2 for cache rows 0 .. pos - 1 (default ``KV_PREFETCH``). With ``DP4A`` on and every matrix
+    of a v20 type, v20 (``_qkv_rope_x8_kernel``) serves it unless ``pairs`` or ``prefetch`` is asked for."""
     types = tuple(t for _, t, _ in mats)
     nw = n_warps or (QKV_ROPE_WARPS if _sm_count() else 2)     # the simulator pays per thread: small blocks
-    P = pairs or QKV_ROPE_PAIRS
+    x8 = _x8_each(types, K) and not pairs and not prefetch     # v20: a lane group per slot (G a warp)
+    P = WARP // x8_lanes(K) if x8 else pairs or QKV_ROPE_PAIRS
     flat = [q_out, k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size)]
     blocks = [-(-(m[0].shape[0] // 2) // (nw * P)) for m in mats]     # a warp per P slots of two rows
     slots = []
     for (w, t, bias), o in zip(mats, flat):
-        slots += [*_fused_views(w, t), *_bias(bias, o), o]
-    kern = _qkv_rope_kernel(types, _width(width, K), nw, P, KV_PREFETCH if prefetch is None else prefetch)
+        slots += [*_fused_views(w, t, vector=True if x8 else None), *_bias(bias, o), o]
+    if x8:
+        kern = _qkv_rope_x8_kernel(types, nw, x8_lanes(K))
+    else:
+        kern = _qkv_rope_kernel(types, _width(width, K), nw, P, KV_PREFETCH if prefetch is None else prefetch)
     _launch(kern, sum(blocks), nw, K, stream, *_stage_args(x, norm_weight, eps, K), blocks[0],
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
@@ -2172,6 +2260,12 @@ def _x8(types, K) -> bool:
     ``X8_PAIRS``, rows of whole pairs of blocks."""
     t = types[0]
     return DP4A and t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 and all(u == t for u in types)
+
+
+def _x8_each(types, K) -> bool:
+    """Whether the Q/K/V + RoPE launch takes v20 (``_qkv_rope_x8_kernel``): each matrix of a type of ``X8_PAIRS``
+    (they may differ), rows of whole pairs of blocks."""
+    return DP4A and all(t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 for t in types)
 
 
 def x8_lanes(K: int) -> int:

@@ -190,3 +190,49 @@ def test_dp4a_matvec_and_swiglu_match_matmul_x8(wtype, seed, nb, N, norm, dp4a):
     # silu'(g) <= 1.1 and |silu(g)| <= |g| carry the errors of g and u (as test_matvec_fused.assert_swiglu)
     bound = tol * (1.1 * gm * np.abs(u) + np.abs(g) * um + gm * um * tol) + 8 * U * np.abs(expect)
     assert (err <= bound + 1e-30).all(), f"v20 SwiGLU: max excess {np.max(err - bound):.3g}"
+
+
+@requires_cuda
+@settings(max_examples=8 if ON_GPU else 3, **SETTINGS)   # (the simulator: ~10 s an example)
+@given(seed=st.integers(0, 2 ** 32 - 1), types=st.lists(st.sampled_from(X8_TYPES), min_size=3, max_size=3),
+       nb=st.sampled_from([1, 4] if not ON_GPU else [1, 3, 4, 12, 32]),
+       heads=st.sampled_from([(2, 1), (3, 3)] if not ON_GPU else [(2, 1), (3, 3), (14, 2), (32, 32)]),
+       hs=st.sampled_from([8, 10, 12] if not ON_GPU else [32, 64, 96, 128, 80]), partial=st.booleans(),
+       neox=st.booleans(), norm=st.booleans(), with_bias=st.booleans(), pos=st.integers(0, 5))
+def test_dp4a_qkv_rope_equals_x8_matvecs_then_rope_append(seed, types, nb, heads, hs, partial, neox, norm,
+                                                          with_bias, pos, dp4a):
+    """v20's Q/K/V + RoPE launch (a lane group per RoPE pair slot; K = 256 nb: 8, 16 or 32 lanes a group) = v20's
+    matvec into q, k and v with blocks of the same size (x' the same bits), then rope.rope_qk_append: v's cache
+    row and every row outside a rotated pair bit for bit (a row's sum is the same lanes in the same order); the
+    rotated pairs up to the compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|)."""
+    from numba_kernels import rope
+
+    rng = np.random.default_rng(seed)
+    nh, nkv = heads
+    K = 256 * nb
+    rot = hs // 2 if partial and hs % 4 == 0 else hs
+    x = rng.standard_normal(K).astype(np.float32)
+    nw = dev(rng.uniform(0.5, 1.5, K).astype(np.float32)) if norm else None
+    mats = [(dev(km().random_weight(rng, t, n * hs, K)), t, K,
+             dev(rng.standard_normal(n * hs).astype(np.float32)) if with_bias else None)
+            for t, n in zip(types, (nh, nkv, nkv))]
+    kw = dict(rot_dims=rot, neox=neox, freq_scale=0.5, attn_factor=1.25)
+    start = rng.standard_normal((2, pos + 3, nkv, hs)).astype(np.float32)
+    pos_d = dev(np.array([pos], np.int32))
+    q1, k1, v1 = dev(np.zeros((1, nh, hs), np.float32)), dev(start[0]), dev(start[1])
+    km().decode_qkv_rope(dev(x), mats, q1, k1, v1, pos_d, 10000.0, norm_weight=nw, eps=EPS, **kw)
+    warps = km().QKV_ROPE_WARPS if km()._sm_count() else 2
+    q2, k, v = (dev(np.zeros((1, n, hs), np.float32)) for n in (nh, nkv, nkv))
+    for (w, t, _, b), out in zip(mats, (q2, k, v)):
+        km().launch_decode_matvec(dev(x), w, t, K, out.reshape(-1), bias=b, norm_weight=nw, eps=EPS,
+                                  config=(warps, 2))
+    k2, v2 = dev(start[0]), dev(start[1])
+    rope.rope_qk_append(q2, k, v, k2, v2, pos_d, 10000.0, **kw)
+    np.testing.assert_array_equal(v1.copy_to_host(), v2.copy_to_host())
+    for got, want, name in ((q1, q2, "q"), (k1, k2, "k cache")):
+        got, want = got.copy_to_host(), want.copy_to_host()
+        passes = np.ones(hs, bool)
+        passes[:rot] = False
+        np.testing.assert_array_equal(got[..., passes], want[..., passes])
+        mag = np.abs(want).max() + 1e-30
+        assert_close(got / mag, want / mag, atol=8 * U, rtol=0.0, name=f"v20 {name} {[t.name for t in types]}")
