@@ -174,21 +174,24 @@ for step in "$@"; do
       timeout 60 python3 benchmarks/pdl_probe.py 2>&1 | grep -v -i warn | tee "$OUT/pdl-probe.txt"
       timeout 400 python3 benchmarks/sweep_decode_mma.py qwen ${V12_CONFIGS:+--configs $V12_CONFIGS} 2>&1 \
         | grep -v -i warn | tee "$OUT/sweep-decode-mma.txt" ;;
-    x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: its tests, then both twins' decode steps per launch,
-      #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32") forced on all;
-      #          X8_PRESETS picks the twins (preset:vocab, default both); also v20 without the split-K launches
-      timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 | tail -3
+    x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: both twins' decode steps per launch (X8_PRESETS:
+      #          preset:vocab, default both) under each of X8_ENVS (default: the defaults, DP4A=1, DP4A=1 without the
+      #          split-K launches) and with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16
+      #          8,1,32"; " " for none) forced on all; then v20's tests (last: the profiles are what a short call is for)
       for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
         model=/tmp/${preset%:*}.gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \
           --vocab .dev-model/vocab/ggml-vocab-${preset#*:}.gguf --force -q
-        for env in "" "LLAMA_BETA_DP4A=1" "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_OVER_SPLIT=0" \
+        for env in ${X8_ENVS:-defaults LLAMA_BETA_DP4A=1 LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_OVER_SPLIT=0} \
             $(for c in ${X8_CONFIGS:-8,2,16 4,2,16 8,1,32}; do echo "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_CONFIG=$c"; done); do
-          echo "== ${preset%:*} ${env:-defaults}"
-          env ${env/,LLAMA/ LLAMA} timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 \
-            --json "$OUT/profile-x8-${preset%:*}-$(echo "${env:-defaults}" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
+          echo "== ${preset%:*} $env"
+          vars=${env//,/ }
+          env ${vars/defaults/} timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 \
+            --json "$OUT/profile-x8-${preset%:*}-$(echo "$env" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
         done
-      done ;;
+      done
+      timeout ${X8_TEST_S:-240} python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 \
+        | tail -4 ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

@@ -243,6 +243,7 @@ from numba import config, cuda, float32, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
+from ref.matmul import X8_K_MULTIPLE
 
 from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
@@ -1172,8 +1173,7 @@ def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
 
 X8_PAIRS = {GGMLType.Q4_K: _q4k_at, GGMLType.Q5_K: _q5k_at, GGMLType.Q8_0: _q8_0_at, GGMLType.Q5_0: _q5_0_at,
             GGMLType.Q6_K: _q6k_at}               # v20's types: each one's pair of 32-weight blocks
-X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q8_0: 64, GGMLType.Q5_0: 64,
-                 GGMLType.Q6_K: 256}              # ... and the K its rows need (whole pairs)
+assert X8_PAIRS.keys() == X8_K_MULTIPLE.keys()   # (ref.matmul's: the K each type's rows need, whole pairs)
 
 
 @cuda.jit(device=True, inline=True)

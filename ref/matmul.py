@@ -39,6 +39,8 @@ ch. 4 (error of summation).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
@@ -99,62 +101,83 @@ def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # --8<-- [start:matmul_x8]
-def matmul_x8(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.ndarray:
-    """y [N] = the product of a Q4_K, Q5_K, Q5_0, Q6_K or Q8_0 weight with x quantized by ``quantize_x8`` (see the
-    module docstring), in float64, summed over blocks of 32: d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K;
-    Q5_K the same with 5-bit u),
-    d_b d_j sum_i u_i q_i - 16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the
-    block's float sum s_j), d_b d_j sum_i w_i q_i (Q8_0: no second term), d d_j (sc_a sum_{i<16} (u_i - 32) q_i
-    + sc_b sum_{i>=16} ...) (Q6_K: an int8 scale per 16 weights, no second term)."""
-    scaled, mins = x8_terms(x, w_raw, ggml_type, K)
-    return (scaled - mins).sum(axis=1)
+X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q6_K: 256,   # the types matmul_x8 takes, and
+                 GGMLType.Q8_0: 64, GGMLType.Q5_0: 64}                         # the K their rows need (v20's pairs)
 
 
-def x8_terms(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """The two terms of ``matmul_x8`` per row and block of 32, float64 [N, K/32] each: the integer dot products
-    with their scales (Q4_K, Q5_K: d_j (d_s c_s) sum_i u_i q_i), and what is subtracted from them (Q4_K, Q5_K:
-    (d_m m_s) s_j;
-    Q5_0: 16 d_b s_j; Q6_K and Q8_0: 0)."""
+class X8Weight(NamedTuple):
+    """A weight in the form ``matmul_x8`` multiplies: per row n and group g of ``n`` weights (32; Q6_K 16), the
+    integer quants and the float that scales their integer dot with x's codes; per block j of 32, what multiplies
+    the block's float sum of x (subtracted)."""
+    q: np.ndarray       # [K/n, N, n] float32: small integers (|q| <= 128), so float32 dots of 32 codes are exact
+    scale: np.ndarray   # [N, K/n] float64 (Q4_K, Q5_K: d sc_s; Q5_0, Q8_0: d_b; Q6_K: d sc_g)
+    minus: np.ndarray   # [N, K/32] float64 (Q4_K, Q5_K: d_m m_s; Q5_0: 16 d_b; Q6_K, Q8_0: 0)
+
+
+def x8_weight(w_raw: np.ndarray, ggml_type, K: int) -> X8Weight:
+    """The ``X8Weight`` of raw blocks [N, row_bytes] of a type in ``X8_K_MULTIPLE``."""
     ggml_type = check_weight(w_raw, ggml_type, K)
-    if ggml_type not in (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q6_K):
+    if ggml_type not in X8_K_MULTIPLE:
         raise ValueError(f"matmul_x8: only Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 weights, got {ggml_type.name}")
-    q8, dx, sx = quantize_x8(x)
-    N, dx, sx = w_raw.shape[0], dx.astype(np.float64), sx.astype(np.float64)
+    N = w_raw.shape[0]
     if ggml_type == GGMLType.Q8_0:
         blocks = w_raw.reshape(-1, 34)                                    # [N K/32, 34]
         d = _half(blocks, 0).reshape(N, K // 32)
-        return dx * d * _int_dots(blocks[:, 2:].view(np.int8), q8, 32, N), np.zeros_like(d)
+        return _x8(blocks[:, 2:].view(np.int8), N, 32, d, np.zeros_like(d))
     if ggml_type == GGMLType.Q5_0:
         blocks = w_raw.reshape(-1, 22)                                    # [N K/32, 22]
         d = _half(blocks, 0).reshape(N, K // 32)
         qh = blocks[:, 2:6].copy().view("<u4")                            # [N K/32, 1]: bit i = weight i's 5th
         qs = blocks[:, 6:]                                                # [N K/32, 16]
-        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int64)  # weights 0..15, 16..31
-        q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int64) << 4   # q5 in 0..31
-        return d * dx * _int_dots(q, q8, 32, N), d * 16 * sx
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1)                  # weights 0..15, 16..31
+        q = q | (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.uint8)   # q5 in 0..31
+        return _x8(q, N, 32, d, d * 16)
     nb = K // 256
     if ggml_type == GGMLType.Q6_K:
         blocks = w_raw.reshape(N * nb, 210)
         sc = blocks[:, 192:208].view(np.int8).reshape(N, nb * 16)        # an int8 scale per 16 weights
-        scaled = (sc * _int_dots(q6_k_quants(blocks), q8, 16, N)).reshape(N, K // 32, 2).sum(axis=2)
-        d = np.repeat(_half(blocks, 208).reshape(N, nb), 8, axis=1)       # [N, K/32]
-        return d * dx * scaled, np.zeros_like(d)
+        d = np.repeat(_half(blocks, 208).reshape(N, nb), 16, axis=1)      # [N, K/16]
+        return _x8(q6_k_quants(blocks), N, 16, d * sc, np.zeros((N, K // 32)))
     blocks = w_raw.reshape(N * nb, -1)                                # Q4_K: 144 bytes, Q5_K: 176
     d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)     # [N nb, 1]
     dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
     sc, m = k_scale_min(blocks[:, 4:16])                              # [N nb, 8] each
     ds = (d * sc.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
     dm = (dmin * m.astype(np.float32)).astype(np.float64).reshape(N, nb * 8)
-    return dx * ds * _int_dots(k_quants(blocks), q8, 32, N), dm * sx
+    return _x8(k_quants(blocks), N, 32, ds, dm)
+
+
+def _x8(q: np.ndarray, N: int, n: int, scale: np.ndarray, minus: np.ndarray) -> X8Weight:
+    """An ``X8Weight`` from quants q (any shape holding N K integers, row-major) in groups of n."""
+    q = q.reshape(N, -1, n).astype(np.float32).transpose(1, 0, 2)   # [K/n, N, n]
+    return X8Weight(np.ascontiguousarray(q), scale, minus)
+
+
+def matmul_x8(x: np.ndarray, w_raw, ggml_type=None, K: int | None = None) -> np.ndarray:
+    """y [N] = the product of a Q4_K, Q5_K, Q5_0, Q6_K or Q8_0 weight (raw blocks, or its ``X8Weight``) with x
+    quantized by ``quantize_x8`` (see the module docstring), in float64, summed over blocks of 32:
+    d_j (d_s c_s) sum_i u_i q_i - (d_m m_s) s_j (Q4_K; Q5_K the same with 5-bit u), d_b d_j sum_i u_i q_i -
+    16 d_b s_j (Q5_0: u = the 5-bit quants, the -16 of each weight applied to the block's float sum s_j),
+    d_b d_j sum_i w_i q_i (Q8_0: no second term), d d_j (sc_a sum_{i<16} (u_i - 32) q_i + sc_b sum_{i>=16} ...)
+    (Q6_K: an int8 scale per 16 weights, no second term)."""
+    scaled, mins = x8_terms(x, w_raw, ggml_type, K)
+    return (scaled - mins).sum(axis=1)
+
+
+def x8_terms(x: np.ndarray, w_raw, ggml_type=None, K: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of ``matmul_x8`` per row and block of 32, float64 [N, K/32] each: the integer dot products
+    with their scales (Q4_K, Q5_K: d_j (d_s c_s) sum_i u_i q_i), and what is subtracted from them (Q4_K, Q5_K:
+    (d_m m_s) s_j; Q5_0: 16 d_b s_j; Q6_K and Q8_0: 0)."""
+    w = w_raw if isinstance(w_raw, X8Weight) else x8_weight(w_raw, ggml_type, K)
+    q8, dx, sx = quantize_x8(x)
+    G, N, n = w.q.shape
+    codes = q8.reshape(G, n, 1).astype(np.float32)
+    dots = np.matmul(w.q, codes)[:, :, 0].T.astype(np.float64)      # [N, K/n]: exact (|sum| < 2^24)
+    scaled = (w.scale * dots).reshape(N, -1, 32 // n).sum(axis=2)     # [N, K/32]
+    return dx.astype(np.float64) * scaled, w.minus * sx.astype(np.float64)
 
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:
     """The float16 at byte ``at`` of every block, as float64 [n]."""
     return blocks[:, at:at + 2].copy().view(np.float16).astype(np.float64)[:, 0]
-
-
-def _int_dots(q: np.ndarray, q8: np.ndarray, n: int, N: int) -> np.ndarray:
-    """Exact integer dot products of N rows of quants q (any shape holding N K integers) with the int8 codes q8
-    [K], per group of n consecutive weights: int64 [N, K/n]."""
-    return np.einsum("ngi,gi->ng", q.reshape(N, -1, n).astype(np.int64), q8.reshape(-1, n).astype(np.int64))
 # --8<-- [end:matmul_x8]

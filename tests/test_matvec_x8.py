@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import ON_GPU, assert_close, requires_cuda
 from ref.ggml import GGMLType
-from ref.matmul import matmul, quantize_x8, term_magnitude, x8_terms
+from ref.matmul import matmul, matmul_x8, quantize_x8, term_magnitude, x8_terms
 from ref.rmsnorm import rmsnorm
 from ref.swiglu import swiglu
 
@@ -236,3 +236,60 @@ def test_dp4a_qkv_rope_equals_x8_matvecs_then_rope_append(seed, types, nb, heads
         np.testing.assert_array_equal(got[..., passes], want[..., passes])
         mag = np.abs(want).max() + 1e-30
         assert_close(got / mag, want / mag, atol=8 * U, rtol=0.0, name=f"v20 {name} {[t.name for t in types]}")
+
+
+def test_numpy_backend_x8_rounds_x_in_one_token_products_only():
+    """With X8 the NumPy backend's one-token products are matmul_x8 (+ bias), longer inputs stay float32, and
+    types v20 does not take keep the float32 product."""
+    from llama_beta.backends.numpy_backend import NumpyBackend
+
+    rng = np.random.default_rng(5)
+    K, N = 256, 6
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    for wtype in (*X8_TYPES, GGMLType.Q4_0):
+        w = km().random_weight(rng, wtype, N, K)
+        m = NumpyBackend(x8=True).matrix(w, wtype, (N, K), bias)
+        plain = NumpyBackend(x8=False).matrix(w, wtype, (N, K), bias)
+        one = NumpyBackend.matmul(None, x[:1], m)
+        if wtype in X8_TYPES:
+            np.testing.assert_array_equal(one[0], (matmul_x8(x[0], w, wtype, K).astype(np.float32) + bias))
+            assert not np.array_equal(one, NumpyBackend.matmul(None, x[:1], plain))
+        else:
+            assert m.x8 is None
+            np.testing.assert_array_equal(one, NumpyBackend.matmul(None, x[:1], plain))
+        np.testing.assert_array_equal(NumpyBackend.matmul(None, x, m), NumpyBackend.matmul(None, x, plain))
+
+
+@requires_cuda
+def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatch, dp4a):
+    """The cuda decode step with v20 and the NumPy backend with X8 compute the same function: their logits
+    agree within float32 rounding (the codes of x' are the same but where x' itself differs in its last bit at a
+    rounding boundary), well inside the gap to the NumPy backend's float32 products."""
+    from llama_beta.backends import numpy_backend
+    from llama_beta.backends.cuda_decode import CudaDecoder
+    from llama_beta.model import Model
+    from llama_beta.synth import synth_model, tiny_vocab
+
+    size = dict(n_layers=1, dim=64, n_heads=2, n_kv_heads=1, ffn_dim=128, vocab=tiny_vocab(ascii_only=True))
+    path = synth_model(tmp_path / "m.gguf", "micro", arch="qwen2", matrix_type=Q80, **size)
+    prompt, ids = np.array([5, 77, 60], np.int32), [19, 41]
+    gpu = Model(path, backend="cuda", context=16)
+    cache = gpu.new_cache(8)
+    gpu.step(prompt, 0, cache)
+    decoder = CudaDecoder(gpu, cache, fused=True)
+    fast = np.stack([decoder.step_logits(t, len(prompt) + j) for j, t in enumerate(ids)])
+
+    def numpy_logits(x8):
+        monkeypatch.setattr(numpy_backend, "X8", x8)
+        cpu = Model(path, backend="numpy", context=16)
+        c = cpu.new_cache(8)
+        cpu.step(prompt, 0, c)
+        return np.concatenate([cpu.step(np.array([t], np.int32), len(prompt) + j, c) for j, t in enumerate(ids)])
+
+    scale = np.abs(fast).max()
+    same, float32 = np.abs(fast - numpy_logits(True)).max(), np.abs(fast - numpy_logits(False)).max()
+    # measured 4e-8 of the scale (float32 sums of 64-128 terms); 1e-4 leaves room for a code flipped by a last-bit
+    # difference of x' (one step d_j of one element), which the float32 gap (4e-3 measured) still exceeds tenfold
+    assert same <= 1e-4 * scale, f"cuda v20 vs numpy x8: {same:.3g} of {scale:.3g}"
+    assert float32 > 10 * same, (float32, same)           # the x8 rounding is visible: the comparison can fail

@@ -4,9 +4,15 @@ Weight matrices are dequantized to float32 once, at load (``ref.quants``), so th
 matrix product is one BLAS call; the token table stays quantized and is dequantized one
 row per token (``ref.embedding``). For the default model this holds about 2 GB of float32
 weights and decodes at several tokens per second on two cores.
+
+With ``LLAMA_BETA_DP4A=1`` (the cuda backend's integer decode products, matmul v20) the one-token products
+over Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 weights round x to int8 blocks of 32 as well (``ref.matmul.matmul_x8``),
+so that both backends compute the same function and their greedy tokens can be compared; each such matrix
+then also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,12 +20,17 @@ import numpy as np
 from ref import attention as ref_attention
 from ref import embedding as ref_embedding
 from ref import quants, rmsnorm, rope, swiglu
+from ref.ggml import GGMLType
+from ref.matmul import X8_K_MULTIPLE, X8Weight, matmul_x8, x8_weight
+
+X8 = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"   # one-token products over int8 x (as the cuda backend's v20)
 
 
 @dataclass
 class Matrix:
     w: np.ndarray            # [N, K] float32
     bias: np.ndarray | None  # [N] float32
+    x8: X8Weight | None = None   # with X8, for the one-token products
 
 
 @dataclass
@@ -32,9 +43,14 @@ class Embedding:
 class NumpyBackend:
     name = "numpy"
 
+    def __init__(self, x8: bool | None = None):
+        self.x8 = X8 if x8 is None else x8
+
     def matrix(self, raw, ggml_type, shape, bias=None) -> Matrix:
         w = quants.dequantize(raw, ggml_type, shape)
-        return Matrix(np.ascontiguousarray(w, dtype=np.float32), None if bias is None else self.vector(bias))
+        t, (N, K) = GGMLType(ggml_type), shape
+        x8 = x8_weight(raw.reshape(N, -1), t, K) if self.x8 and K % X8_K_MULTIPLE.get(t, 1 << 62) == 0 else None
+        return Matrix(np.ascontiguousarray(w, dtype=np.float32), None if bias is None else self.vector(bias), x8)
 
     def vector(self, array) -> np.ndarray:
         return np.array(array, dtype=np.float32)
@@ -54,7 +70,10 @@ class NumpyBackend:
         return rmsnorm.rmsnorm(x, w, eps)
 
     def matmul(self, x, m: Matrix) -> np.ndarray:
-        y = x @ m.w.T                                   # [T, K] @ [K, N] -> [T, N]
+        if m.x8 is not None and x.shape[0] == 1:       # a decode step's product over int8 x
+            y = matmul_x8(x[0], m.x8).astype(np.float32)[None]
+        else:
+            y = x @ m.w.T                               # [T, K] @ [K, N] -> [T, N]
         return y if m.bias is None else y + m.bias
 
     def rope(self, x, positions, p) -> np.ndarray:
