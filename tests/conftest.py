@@ -65,6 +65,21 @@ def assert_close(actual, expected, atol: float, rtol: float, name: str = "value"
         )
 
 
+def assert_qkv_rope_equal(got, want, rot: int, name: str) -> None:
+    """A Q/K/V + RoPE launch's (q, k cache, v cache) against a reference computation's, as device arrays: v and every
+    element outside the first ``rot`` dims of a head bit for bit (the same row sums), the rotated pairs up to the
+    compiler's FMA contraction of the rotation (a few ulp of |a c| + |b s|, so 8 ulp of the largest value)."""
+    (q1, k1, v1), (q2, k2, v2) = got, want
+    np.testing.assert_array_equal(v1.copy_to_host(), v2.copy_to_host())
+    for a, b, what in ((q1, q2, "q"), (k1, k2, "k cache")):
+        a, b = a.copy_to_host(), b.copy_to_host()
+        passes = np.ones(a.shape[-1], bool)
+        passes[:rot] = False
+        np.testing.assert_array_equal(a[..., passes], b[..., passes])
+        mag = np.abs(b).max() + 1e-30
+        assert_close(a / mag, b / mag, atol=8 * 2.0 ** -24, rtol=0.0, name=f"{what} {name}")
+
+
 def hf_greedy(hf, ids, max_new_tokens: int, eog):
     """transformers' greedy continuation of ``ids``, cut before the first end-of-generation id,
     and the raw ``generate`` output (its ``logits`` hold each step's logits)."""
