@@ -60,7 +60,7 @@ def run_label(r: dict) -> str:
             + (["v12 products"] if v.get("decode_mma") else []) \
             + (["v13 staging"] if v.get("stage_loads") == 4 else []) + (["KV prefetch"] if v.get("kv_prefetch") else []) \
             + (["v15 loads"] if v.get("vector_loads") else []) + (["v17 L2 warm-up"] if v.get("warm_l2") else []) \
-            + (["v18 staged rows"] if v.get("stage_rows") else []) + (["v20 dp4a"] if v.get("dp4a") else [])
+            + (["v18 staged rows"] if v.get("stage_rows") else []) + (["v20 dp4a"] if v.get("dp4a") not in (None, False, "0") else [])
     return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
 
 

@@ -115,18 +115,19 @@ def _decode_step_settings(model) -> dict:
     read their quants in 16-byte loads (matmul v15, ``LLAMA_BETA_VECTOR_LOADS``) and whether the products warm
     their rows with L2 bulk prefetches (matmul v17, ``LLAMA_BETA_WARM_L2``; both on since the eleventh session), and
     whether gate/up copies its rows into shared memory (matmul v18, ``LLAMA_BETA_STAGE_ROWS=1``, opt-in), and whether
-    the Q4_K products use integer dot products over 8-bit x' (matmul v20, ``LLAMA_BETA_DP4A=1``, opt-in)."""
+    the decode products use integer dot products over 8-bit x' (matmul v20, ``LLAMA_BETA_DP4A``: "0" off, the
+    default; "1" wherever the types allow; "auto" where K is large and the launch not split)."""
     if model.backend.name != "cuda":
         return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False, "stage_loads": 0,
                 "kv_prefetch": False, "vector_loads": False, "warm_l2": False, "stage_rows": False,
-                "dp4a": False}
+                "dp4a": "0"}
     from llama_beta.backends import cuda_decode
     from numba_kernels import matmul
 
     return {"run_ahead": cuda_decode.RUN_AHEAD, "qkv_rope": cuda_decode.QKV_ROPE, "pdl": cuda_decode.PDL,
             "decode_mma": matmul.DECODE_MMA, "stage_loads": matmul.STAGE_LOADS, "kv_prefetch": matmul.KV_PREFETCH,
             "vector_loads": matmul.VECTOR_LOADS, "warm_l2": matmul.WARM_L2,
-            "stage_rows": matmul.STAGE_ROWS, "dp4a": matmul.DP4A}
+            "stage_rows": matmul.STAGE_ROWS, "dp4a": matmul.DP4A_MODE}
 
 
 def format_report(r: dict) -> str:

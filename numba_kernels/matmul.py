@@ -2251,24 +2251,30 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
-# v20 (opt-in, LLAMA_BETA_DP4A=1): the Q4_K products of the matvec and SwiGLU launches round x' to int8 blocks of
-# 32 and multiply with dp4a, a lane per pair of sub-blocks (``_x8_kernels``; reference: ``ref.matmul.matmul_x8``).
-DP4A = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"
+# v20 (opt-in): the decode products over X8_PAIRS' types round x' to int8 blocks of 32 and multiply with dp4a, a
+# lane per pair of blocks (``_x8_kernels``, ``_qkv_rope_x8_kernel``; reference: ``ref.matmul.matmul_x8``).
+# LLAMA_BETA_DP4A=1: wherever the types allow; =auto: only rows of at least X8_MIN_K weights (2048) and never
+# over a launch that decode_config splits (fifteenth session, H100: Phi-3's K = 3072 launches win, -10 % for the
+# step; Qwen's K = 896 ones and the split launches lose). The NumPy backend follows "1" only (numpy_backend.X8).
+DP4A_MODE = os.environ.get("LLAMA_BETA_DP4A", "0")
+DP4A = DP4A_MODE in ("1", "auto")
+X8_MIN_K = int(os.environ.get("LLAMA_BETA_X8_MIN_K", "2048" if DP4A_MODE == "auto" else "0"))
 X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").split(",") if v) or None   # sweeps
-X8_OVER_SPLIT = os.environ.get("LLAMA_BETA_X8_OVER_SPLIT", "1") == "1"   # v20 also where decode_config splits K (v7)
+X8_OVER_SPLIT = os.environ.get("LLAMA_BETA_X8_OVER_SPLIT", "0" if DP4A_MODE == "auto" else "1") == "1"   # v20
+#                also where decode_config splits K (v7)
 
 
 def _x8(types, K) -> bool:
     """Whether a launch over weights of these types takes v20's integer products: all of one type of
-    ``X8_PAIRS``, rows of whole pairs of blocks."""
+    ``X8_PAIRS``, rows of whole pairs of blocks, K at least X8_MIN_K."""
     t = types[0]
-    return DP4A and t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 and all(u == t for u in types)
+    return _x8_each((t,), K) and all(u == t for u in types)
 
 
 def _x8_each(types, K) -> bool:
     """Whether the Q/K/V + RoPE launch takes v20 (``_qkv_rope_x8_kernel``): each matrix of a type of ``X8_PAIRS``
-    (they may differ), rows of whole pairs of blocks."""
-    return DP4A and all(t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 for t in types)
+    (they may differ), rows of whole pairs of blocks, K at least X8_MIN_K."""
+    return DP4A and K >= X8_MIN_K and all(t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 for t in types)
 
 
 def x8_lanes(K: int) -> int:

@@ -140,9 +140,26 @@ def test_x8_config_keeps_two_blocks_per_sm_with_the_most_rows(monkeypatch, N, K,
     assert kernels.x8_config(N, K, (2, 4)) == (2, 4, lg)
 
 
+def test_x8_choice_follows_the_types_k_and_the_minimum_k(monkeypatch):
+    """v20 takes a launch when DP4A is on, the types are v20's (one type for matvec/SwiGLU, each its own for the
+    Q/K/V launch), K holds whole pairs, and K >= X8_MIN_K (LLAMA_BETA_DP4A=auto: 2048)."""
+    k = km()
+    monkeypatch.setattr(k, "DP4A", True)
+    monkeypatch.setattr(k, "X8_MIN_K", 0)
+    assert k._x8((Q4K, Q4K), 256) and k._x8((Q80,), 64) and not k._x8((Q80,), 32) and not k._x8((Q4K,), 64)
+    assert not k._x8((Q4K, Q5K), 256) and k._x8_each((Q50, Q50, Q80), 896) and not k._x8_each((Q50, Q80), 896 + 32)
+    assert not k._x8((GGMLType.Q4_0,), 256) and not k._x8_each((Q50, GGMLType.F16), 256)
+    monkeypatch.setattr(k, "X8_MIN_K", 2048)
+    assert not k._x8((Q50,), 896) and not k._x8_each((Q50, Q50, Q80), 896)
+    assert k._x8((Q4K,), 3072) and k._x8_each((Q5K, Q5K, Q5K), 3072)
+    monkeypatch.setattr(k, "DP4A", False)
+    assert not k._x8((Q4K,), 3072) and not k._x8_each((Q5K,), 3072)
+
+
 @pytest.fixture
 def dp4a(monkeypatch):
     monkeypatch.setattr(km(), "DP4A", True)
+    monkeypatch.setattr(km(), "X8_MIN_K", 0)
     yield
     monkeypatch.undo()
 

@@ -8,7 +8,8 @@ weights and decodes at several tokens per second on two cores.
 With ``LLAMA_BETA_DP4A=1`` (the cuda backend's integer decode products, matmul v20) the one-token products
 over Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 weights round x to int8 blocks of 32 as well (``ref.matmul.matmul_x8``),
 so that both backends compute the same function and their greedy tokens can be compared; each such matrix
-then also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again).
+then also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again). ``LLAMA_BETA_DP4A=auto``
+(the cuda backend's v20 for some launches only, chosen by K and by the GPU's split-K choice) is not mirrored.
 """
 from __future__ import annotations
 
