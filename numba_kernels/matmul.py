@@ -243,7 +243,7 @@ from numba import config, cuda, float32, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.matmul import X8_K_MULTIPLE
+from ref.matmul import X8_K_MULTIPLE, x8_fits
 
 from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
@@ -955,6 +955,20 @@ def _dp4a_nibbles(a, xs, x0, x1, j, lo, hi):
 
 
 @cuda.jit(device=True, inline=True)
+def _k_pair_sum(wh, gw, sc, m, lo, hi, xs, x0, mg):
+    """v20, Q4_K/Q5_K: a pair's share of the row from its two exact integer dots (lo: sub-block 2c against x'
+    block x0, hi: 2c + 1 against the next, as floats), the super-block's d, dmin (f16 halves 2 gw, 2 gw + 1) and
+    the pair's scales and mins (bytes 0, 1 of sc and m): d_x0 (d sc_0) lo + d_x1 (d sc_1) hi - dmin (m_0 s_x0 +
+    m_1 s_x1)."""
+    x1 = x0 + uint32(33)
+    d = float32(wh[gw << uint32(1)])
+    dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
+    s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * lo)
+    s += xs[x1 + uint32(8)] * ((d * _qf(sc, 1, F23, mg)) * hi)
+    return s - dmin * (_qf(m, 0, F23, mg) * xs[x0 + uint32(9)] + _qf(m, 1, F23, mg) * xs[x1 + uint32(9)])
+
+
+@cuda.jit(device=True, inline=True)
 def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     """v20: sum over the 64 weights of sub-blocks 2c, 2c + 1 of one Q4_K super-block times the int8 x' of
     ``_quantize_staged``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
@@ -976,11 +990,7 @@ def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     lo, hi = _dp4a_nibbles(a5, xs, x0, x1, 5, lo, hi)
     lo, hi = _dp4a_nibbles(a6, xs, x0, x1, 6, lo, hi)
     lo, hi = _dp4a_nibbles(a7, xs, x0, x1, 7, lo, hi)
-    d = float32(wh[gw << uint32(1)])
-    dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
-    s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * float32(lo))
-    s += xs[x1 + uint32(8)] * ((d * _qf(sc, 1, F23, mg)) * (float32(hi) * SIXTEENTH))
-    return s - dmin * (_qf(m, 0, F23, mg) * xs[x0 + uint32(9)] + _qf(m, 1, F23, mg) * xs[x1 + uint32(9)])
+    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi) * SIXTEENTH, xs, x0, mg)
 
 
 @cuda.jit(device=True, inline=True)
@@ -1004,7 +1014,8 @@ def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     """v20, Q5_K: pair p of the row that starts at byte rbyte: super-block p // 4 (44 words of 176 bytes: d, dmin
     f16 @0, 12 scale bytes @4, qh @16, quants @48), pair c = p % 4 (q = 4 + 8c). As ``_q4k_pair``, with the
     quant words 12 + 8c .. and bits 2c, 2c + 1 of every qh byte (weight l of sub-blocks 2c, 2c + 1 is qh byte l)
-    as bit 4 of the 5-bit quants; the high nibbles are shifted down (no room for a fifth bit above them)."""
+    as bit 4 of the 5-bit quants; the high nibbles are shifted down (no room for a fifth bit above them), so the
+    high dot needs no 1/16."""
     gw = (rbyte >> uint32(2)) + uint32(44 * (p >> 2))
     h0, h1, h2, h3 = ptx.load_u32x4(w32, gw)
     sc, m = _k_pair_scales(h1, h2, h3, sel)
@@ -1023,11 +1034,7 @@ def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     lo, hi = _dp4a_fifths(a5, e5 >> sh, xs, x0, x1, 5, lo, hi)
     lo, hi = _dp4a_fifths(a6, e6 >> sh, xs, x0, x1, 6, lo, hi)
     lo, hi = _dp4a_fifths(a7, e7 >> sh, xs, x0, x1, 7, lo, hi)
-    d = float32(wh[gw << uint32(1)])
-    dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
-    s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * float32(lo))
-    s += xs[x1 + uint32(8)] * ((d * _qf(sc, 1, F23, mg)) * float32(hi))
-    return s - dmin * (_qf(m, 0, F23, mg) * xs[x0 + uint32(9)] + _qf(m, 1, F23, mg) * xs[x1 + uint32(9)])
+    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi), xs, x0, mg)
 
 
 @cuda.jit(device=True, inline=True)
@@ -2274,7 +2281,7 @@ def _x8(types, K) -> bool:
 def _x8_each(types, K) -> bool:
     """Whether the Q/K/V + RoPE launch takes v20 (``_qkv_rope_x8_kernel``): each matrix of a type of ``X8_PAIRS``
     (they may differ), rows of whole pairs of blocks, K at least X8_MIN_K."""
-    return DP4A and K >= X8_MIN_K and all(t in X8_PAIRS and K % X8_K_MULTIPLE[t] == 0 for t in types)
+    return DP4A and K >= X8_MIN_K and all(x8_fits(t, K) for t in types)
 
 
 def x8_lanes(K: int) -> int:

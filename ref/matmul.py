@@ -105,6 +105,12 @@ X8_K_MULTIPLE = {GGMLType.Q4_K: 256, GGMLType.Q5_K: 256, GGMLType.Q6_K: 256,   #
                  GGMLType.Q8_0: 64, GGMLType.Q5_0: 64}                         # the K their rows need (v20's pairs)
 
 
+def x8_fits(ggml_type, K: int) -> bool:
+    """Whether ``matmul_x8`` (and the kernels it is the reference of) takes rows of K weights of this type."""
+    multiple = X8_K_MULTIPLE.get(GGMLType(ggml_type))
+    return multiple is not None and K % multiple == 0
+
+
 class X8Weight(NamedTuple):
     """A weight in the form ``matmul_x8`` multiplies: per row n and group g of ``n`` weights (32; Q6_K 16), the
     integer quants and the float that scales their integer dot with x's codes; per block j of 32, what multiplies

@@ -216,7 +216,7 @@ def dequant_q4_k(blocks: np.ndarray) -> np.ndarray:
     ``j = 64c + 32h + l`` is nibble ``h`` of ``qs[32c + l]``.
     $$x_j = (d \cdot sc_s) \cdot q_j - (d_{min} \cdot m_s), \quad s = \lfloor j/32 \rfloor$$
     """
-    return _k_affine(blocks, k_quants(blocks))
+    return _k_affine(blocks, _k_nibbles(blocks[:, 16:144]))
 # --8<-- [end:dequant_q4_k]
 
 
@@ -232,9 +232,9 @@ def dequant_q5_k(blocks: np.ndarray) -> np.ndarray:
 def k_quants(blocks: np.ndarray) -> np.ndarray:
     """Q4_K [n, 144] or Q5_K [n, 176] blocks -> their 256 unsigned quants each, [n, 256] in sub-block order
     (0..15, or 0..31 with Q5_K's fifth bits)."""
-    if blocks.shape[1] == 144:
+    if blocks.shape[1] == 144:                                        # Q4_K: qs @16
         return _k_nibbles(blocks[:, 16:144])
-    return _k_nibbles(blocks[:, 48:176]) | (_crumbs(blocks[:, 16:48], 1) << 4)
+    return _k_nibbles(blocks[:, 48:176]) | (_crumbs(blocks[:, 16:48], 1) << 4)   # Q5_K: qs @48, 5th bits from qh @16
 
 
 def dequant_q6_k(blocks: np.ndarray) -> np.ndarray:

@@ -257,18 +257,18 @@ def test_numpy_backend_x8_rounds_x_in_one_token_products_only():
     K, N = 256, 6
     bias = rng.standard_normal(N).astype(np.float32)
     x = rng.standard_normal((3, K)).astype(np.float32)
+    x8, plain = NumpyBackend(x8=True), NumpyBackend(x8=False)
     for wtype in (*X8_TYPES, GGMLType.Q4_0):
         w = km().random_weight(rng, wtype, N, K)
-        m = NumpyBackend(x8=True).matrix(w, wtype, (N, K), bias)
-        plain = NumpyBackend(x8=False).matrix(w, wtype, (N, K), bias)
-        one = NumpyBackend.matmul(None, x[:1], m)
+        m, f = x8.matrix(w, wtype, (N, K), bias), plain.matrix(w, wtype, (N, K), bias)
+        one = x8.matmul(x[:1], m)
         if wtype in X8_TYPES:
             np.testing.assert_array_equal(one[0], (matmul_x8(x[0], w, wtype, K).astype(np.float32) + bias))
-            assert not np.array_equal(one, NumpyBackend.matmul(None, x[:1], plain))
+            assert not np.array_equal(one, plain.matmul(x[:1], f))
         else:
             assert m.x8 is None
-            np.testing.assert_array_equal(one, NumpyBackend.matmul(None, x[:1], plain))
-        np.testing.assert_array_equal(NumpyBackend.matmul(None, x, m), NumpyBackend.matmul(None, x, plain))
+            np.testing.assert_array_equal(one, plain.matmul(x[:1], f))
+        np.testing.assert_array_equal(x8.matmul(x, m), plain.matmul(x, f))
 
 
 @requires_cuda

@@ -21,8 +21,7 @@ import numpy as np
 from ref import attention as ref_attention
 from ref import embedding as ref_embedding
 from ref import quants, rmsnorm, rope, swiglu
-from ref.ggml import GGMLType
-from ref.matmul import X8_K_MULTIPLE, X8Weight, matmul_x8, x8_weight
+from ref.matmul import X8Weight, matmul_x8, x8_fits, x8_weight
 
 X8 = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"   # one-token products over int8 x (as the cuda backend's v20)
 
@@ -49,8 +48,8 @@ class NumpyBackend:
 
     def matrix(self, raw, ggml_type, shape, bias=None) -> Matrix:
         w = quants.dequantize(raw, ggml_type, shape)
-        t, (N, K) = GGMLType(ggml_type), shape
-        x8 = x8_weight(raw.reshape(N, -1), t, K) if self.x8 and K % X8_K_MULTIPLE.get(t, 1 << 62) == 0 else None
+        N, K = shape
+        x8 = x8_weight(raw.reshape(N, -1), ggml_type, K) if self.x8 and x8_fits(ggml_type, K) else None
         return Matrix(np.ascontiguousarray(w, dtype=np.float32), None if bias is None else self.vector(bias), x8)
 
     def vector(self, array) -> np.ndarray:
