@@ -98,7 +98,9 @@ def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool 
     embd = g.tensors["token_embd.weight"]
     token_embd = backend.embedding(g.raw(embd.name), embd.ggml_type, embd.shape)
     output = matrix("token_embd.weight" if cfg.tied_embeddings else "output.weight")
-    return Weights(token_embd, vector("output_norm.weight"), output, layers)
+    weights = Weights(token_embd, vector("output_norm.weight"), output, layers)
+    backend.prepare(weights)
+    return weights
 
 
 def rope_params(g: GGUFFile, cfg: ModelConfig, context: int) -> RopeParams:

@@ -200,7 +200,8 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   (thirteenth and fourteenth sessions) in two earlier forms: rounding in every block a warp per block of 32
   (gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch
   of its own (Phi-3 gate/up 25.0 -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per
-  product); docs/matmul.md has the history.
+  product); docs/matmul.md has the history. Which launches take v20: ``X8`` (``ref.matmul.X8Choice``;
+  ``LLAMA_BETA_DP4A=auto``: K >= 2048, plain products of >= 4096 rows), which the NumPy backend follows.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -243,7 +244,7 @@ from numba import config, cuda, float32, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.matmul import X8_K_MULTIPLE, x8_fits
+from ref.matmul import X8_K_MULTIPLE, X8Choice
 
 from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
@@ -2186,9 +2187,9 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
     """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N].
 
     ``config``: (warps, rows per warp) = v4-v6, (warps, rows per warp, S) with S > 1 = v7
-    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. With ``DP4A`` on, weights
-    of ``X8_PAIRS``' types take v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group), except
-    where the launch is split (a given split config; the default one unless ``X8_OVER_SPLIT``)."""
+    split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. Where ``X8.product``
+    chooses it, v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group; a given split config
+    keeps v7)."""
     N = w_raw.shape[0]
     width = _width(width, K)
     nw, R, *rest = config or decode_config(N, K, width)
@@ -2197,7 +2198,7 @@ def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=Non
         raise ValueError(f"decode_matvec: config {config}: S must be a power of 2 dividing the warps, "
                          f"R 1, 2 or 4, and warps x R <= 32 with a split")
     b, has = _bias(bias, out)
-    if _x8((ggml_type,), K) and (S == 1 if config else X8_OVER_SPLIT or S == 1):   # v20 (a split config keeps v7)
+    if X8.product(ggml_type, N, K) and (S == 1 or not config):     # v20 (a given split config keeps v7)
         _launch_x8(0, ggml_type, x, K, N, config and config[:2], norm_weight, eps, stream,
                    *_fused_views(w_raw, ggml_type, vector=True), b, has, accumulate, out)
         return
@@ -2239,11 +2240,11 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
     """v9: q_out [nh hs] = RoPE(W_q x' + b_q); row pos[0] of k_cache / v_cache [S_max, nkv, hs] =
     RoPE(W_k x' + b_k) and W_v x' + b_v; x' = RMSNorm(x) * norm_weight (or x). ``mats``: three
     (w_raw, type, bias or None); ``rope_args``: ``rope._args`` (positions first: pos, a device int32 [1]).
-    ``prefetch``: ask L2 for cache rows 0 .. pos - 1 (default ``KV_PREFETCH``). With ``DP4A`` on and every matrix
-    of a v20 type, v20 (``_qkv_rope_x8_kernel``) serves it unless ``pairs`` or ``prefetch`` is asked for."""
+    ``prefetch``: ask L2 for cache rows 0 .. pos - 1 (default ``KV_PREFETCH``). Where ``X8.qkv`` chooses it, v20
+    (``_qkv_rope_x8_kernel``) serves it unless ``pairs`` or ``prefetch`` is asked for."""
     types = tuple(t for _, t, _ in mats)
     nw = n_warps or (QKV_ROPE_WARPS if _sm_count() else 2)     # the simulator pays per thread: small blocks
-    x8 = _x8_each(types, K) and not pairs and not prefetch     # v20: a lane group per slot (G a warp)
+    x8 = X8.qkv(types, K) and not pairs and not prefetch       # v20: a lane group per slot (G a warp)
     P = WARP // x8_lanes(K) if x8 else pairs or QKV_ROPE_PAIRS
     flat = [q_out, k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size)]
     blocks = [-(-(m[0].shape[0] // 2) // (nw * P)) for m in mats]     # a warp per P slots of two rows
@@ -2259,29 +2260,14 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
 
 
 # v20 (opt-in): the decode products over X8_PAIRS' types round x' to int8 blocks of 32 and multiply with dp4a, a
-# lane per pair of blocks (``_x8_kernels``, ``_qkv_rope_x8_kernel``; reference: ``ref.matmul.matmul_x8``).
-# LLAMA_BETA_DP4A=1: wherever the types allow; =auto: only rows of at least X8_MIN_K weights (2048) and never
-# over a launch that decode_config splits (fifteenth session, H100: Phi-3's K = 3072 launches win, -10 % for the
-# step; Qwen's K = 896 ones and the split launches lose). The NumPy backend follows "1" only (numpy_backend.X8).
-DP4A_MODE = os.environ.get("LLAMA_BETA_DP4A", "0")
-DP4A = DP4A_MODE in ("1", "auto")
-X8_MIN_K = int(os.environ.get("LLAMA_BETA_X8_MIN_K", "2048" if DP4A_MODE == "auto" else "0"))
+# lane per pair of blocks (``_x8_kernels``, ``_qkv_rope_x8_kernel``; reference: ``ref.matmul.matmul_x8``). Which
+# launches take it: ``X8`` (``ref.matmul.X8Choice``, from LLAMA_BETA_DP4A; the NumPy backend follows the same
+# choice). "1": wherever the types allow; "auto": rows of at least 2048 weights, and plain products of at least
+# 4096 rows (fifteenth session, H100: Phi-3's K = 3072 Q/K/V, gate/up and output launches win, -10 % for the step;
+# Qwen's K = 896 ones lose, and so do the products of fewer rows, which v7 splits over K on 132 SMs).
+X8 = X8Choice.from_env()
+DP4A_MODE = os.environ.get("LLAMA_BETA_DP4A", "0")    # (recorded by bench)
 X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").split(",") if v) or None   # sweeps
-X8_OVER_SPLIT = os.environ.get("LLAMA_BETA_X8_OVER_SPLIT", "0" if DP4A_MODE == "auto" else "1") == "1"   # v20
-#                also where decode_config splits K (v7)
-
-
-def _x8(types, K) -> bool:
-    """Whether a launch over weights of these types takes v20's integer products: all of one type of
-    ``X8_PAIRS``, rows of whole pairs of blocks, K at least X8_MIN_K."""
-    t = types[0]
-    return _x8_each((t,), K) and all(u == t for u in types)
-
-
-def _x8_each(types, K) -> bool:
-    """Whether the Q/K/V + RoPE launch takes v20 (``_qkv_rope_x8_kernel``): each matrix of a type of ``X8_PAIRS``
-    (they may differ), rows of whole pairs of blocks, K at least X8_MIN_K."""
-    return DP4A and K >= X8_MIN_K and all(x8_fits(t, K) for t in types)
 
 
 def x8_lanes(K: int) -> int:
@@ -2357,7 +2343,7 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
         _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weight, eps, width, nw, R, stream)
         return
-    x8 = _x8((gate_type, up_type), K)                     # v20 reads its quants 16 bytes at a time
+    x8 = X8.gate_up(gate_type, up_type, K)                # v20 reads its quants 16 bytes at a time
     g16, g32, gh, gf, grb, _ = _fused_views(w_gate, gate_type, vector=x8 or None)
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type, vector=x8 or None)
     if x8:

@@ -39,6 +39,7 @@ ch. 4 (error of summation).
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -187,3 +188,36 @@ def _half(blocks: np.ndarray, at: int) -> np.ndarray:
     """The float16 at byte ``at`` of every block, as float64 [n]."""
     return blocks[:, at:at + 2].copy().view(np.float16).astype(np.float64)[:, 0]
 # --8<-- [end:matmul_x8]
+
+
+class X8Choice(NamedTuple):
+    """Which of a decode step's products round x to int8 (``matmul_x8``; on the GPU matmul v20), per launch of
+    the cuda decode step, so that the NumPy backend can follow it exactly. Off unless ``on``; then a launch takes
+    it when every weight's type fits (``x8_fits``) and its rows hold at least ``min_k`` weights, and a plain
+    product (one matrix: W_o, W_down, the output layer) only with at least ``min_rows`` rows."""
+    on: bool = False
+    min_k: int = 0
+    min_rows: int = 0
+
+    @classmethod
+    def from_env(cls, environ=None) -> X8Choice:
+        """``LLAMA_BETA_DP4A``: "0" (off), "1" (every launch whose types fit) or "auto" (K >= 2048 and plain
+        products of >= 4096 rows: the launches that won on an H100, fifteenth session); ``LLAMA_BETA_X8_MIN_K``
+        and ``LLAMA_BETA_X8_MIN_ROWS`` override the two thresholds."""
+        env = os.environ if environ is None else environ
+        mode = env.get("LLAMA_BETA_DP4A", "0")
+        auto = mode == "auto"
+        return cls(mode in ("1", "auto"), int(env.get("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0)),
+                   int(env.get("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0)))
+
+    def qkv(self, types, K: int) -> bool:
+        """The Q/K/V (+ RoPE) launch: each matrix may have its own type."""
+        return self.on and K >= self.min_k and all(x8_fits(t, K) for t in types)
+
+    def gate_up(self, gate_type, up_type, K: int) -> bool:
+        """The gate/up (SwiGLU) launch: one type for both matrices."""
+        return gate_type == up_type and self.qkv((gate_type,), K)
+
+    def product(self, ggml_type, N: int, K: int) -> bool:
+        """A plain product of N rows."""
+        return N >= self.min_rows and self.qkv((ggml_type,), K)

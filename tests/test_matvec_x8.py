@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import ON_GPU, assert_close, assert_qkv_rope_equal, requires_cuda
 from ref.ggml import GGMLType
-from ref.matmul import matmul, matmul_x8, quantize_x8, term_magnitude, x8_terms
+from ref.matmul import X8Choice, matmul, matmul_x8, quantize_x8, term_magnitude, x8_terms
 from ref.rmsnorm import rmsnorm
 from ref.swiglu import swiglu
 
@@ -140,26 +140,28 @@ def test_x8_config_keeps_two_blocks_per_sm_with_the_most_rows(monkeypatch, N, K,
     assert kernels.x8_config(N, K, (2, 4)) == (2, 4, lg)
 
 
-def test_x8_choice_follows_the_types_k_and_the_minimum_k(monkeypatch):
-    """v20 takes a launch when DP4A is on, the types are v20's (one type for matvec/SwiGLU, each its own for the
-    Q/K/V launch), K holds whole pairs, and K >= X8_MIN_K (LLAMA_BETA_DP4A=auto: 2048)."""
-    k = km()
-    monkeypatch.setattr(k, "DP4A", True)
-    monkeypatch.setattr(k, "X8_MIN_K", 0)
-    assert k._x8((Q4K, Q4K), 256) and k._x8((Q80,), 64) and not k._x8((Q80,), 32) and not k._x8((Q4K,), 64)
-    assert not k._x8((Q4K, Q5K), 256) and k._x8_each((Q50, Q50, Q80), 896) and not k._x8_each((Q50, Q80), 896 + 32)
-    assert not k._x8((GGMLType.Q4_0,), 256) and not k._x8_each((Q50, GGMLType.F16), 256)
-    monkeypatch.setattr(k, "X8_MIN_K", 2048)
-    assert not k._x8((Q50,), 896) and not k._x8_each((Q50, Q50, Q80), 896)
-    assert k._x8((Q4K,), 3072) and k._x8_each((Q5K, Q5K, Q5K), 3072)
-    monkeypatch.setattr(k, "DP4A", False)
-    assert not k._x8((Q4K,), 3072) and not k._x8_each((Q5K,), 3072)
+def test_x8_choice_follows_the_types_k_and_the_thresholds():
+    """A launch takes v20 when the choice is on, the types are v20's (one type for gate/up, each its own for the
+    Q/K/V launch), K holds whole pairs, K >= min_k, and a plain product has >= min_rows rows."""
+    on = X8Choice(True)
+    assert on.gate_up(Q4K, Q4K, 256) and on.product(Q80, 1, 64) and not on.product(Q80, 1, 32)
+    assert not on.product(Q4K, 1, 64) and not on.gate_up(Q4K, Q5K, 256)
+    assert on.qkv((Q50, Q50, Q80), 896) and not on.qkv((Q50, Q80), 896 + 32)
+    assert not on.product(GGMLType.Q4_0, 8, 256) and not on.qkv((Q50, GGMLType.F16), 256)
+    auto = X8Choice.from_env({"LLAMA_BETA_DP4A": "auto"})
+    assert auto == X8Choice(True, 2048, 4096)
+    assert not auto.product(Q50, 151936, 896) and not auto.qkv((Q50, Q50, Q80), 896)
+    assert auto.gate_up(Q4K, Q4K, 3072) and auto.qkv((Q5K, Q5K, Q5K), 3072) and auto.product(Q6K, 32064, 3072)
+    assert not auto.product(Q4K, 3072, 3072) and not auto.product(Q6K, 3072, 8192)   # W_o, W_down: v7 splits
+    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1"}) == on
+    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048)
+    off = X8Choice.from_env({})
+    assert not off.product(Q4K, 32064, 3072) and not off.qkv((Q5K,), 3072) and not off.gate_up(Q4K, Q4K, 3072)
 
 
 @pytest.fixture
 def dp4a(monkeypatch):
-    monkeypatch.setattr(km(), "DP4A", True)
-    monkeypatch.setattr(km(), "X8_MIN_K", 0)
+    monkeypatch.setattr(km(), "X8", X8Choice(True))
     yield
     monkeypatch.undo()
 
@@ -249,26 +251,52 @@ def test_dp4a_qkv_rope_equals_x8_matvecs_then_rope_append(seed, types, nb, heads
 
 
 def test_numpy_backend_x8_rounds_x_in_one_token_products_only():
-    """With X8 the NumPy backend's one-token products are matmul_x8 (+ bias), longer inputs stay float32, and
-    types v20 does not take keep the float32 product."""
+    """A matrix given int8 x (``round_x``) multiplies one token by matmul_x8 (+ bias); longer inputs stay
+    float32, and so do the one-token products of the matrices not given it."""
     from llama_beta.backends.numpy_backend import NumpyBackend
 
     rng = np.random.default_rng(5)
     K, N = 256, 6
     bias = rng.standard_normal(N).astype(np.float32)
     x = rng.standard_normal((3, K)).astype(np.float32)
-    x8, plain = NumpyBackend(x8=True), NumpyBackend(x8=False)
-    for wtype in (*X8_TYPES, GGMLType.Q4_0):
+    be = NumpyBackend(X8Choice(True))
+    for wtype in X8_TYPES:
         w = km().random_weight(rng, wtype, N, K)
-        m, f = x8.matrix(w, wtype, (N, K), bias), plain.matrix(w, wtype, (N, K), bias)
-        one = x8.matmul(x[:1], m)
-        if wtype in X8_TYPES:
-            np.testing.assert_array_equal(one[0], (matmul_x8(x[0], w, wtype, K).astype(np.float32) + bias))
-            assert not np.array_equal(one, plain.matmul(x[:1], f))
-        else:
-            assert m.x8 is None
-            np.testing.assert_array_equal(one, plain.matmul(x[:1], f))
-        np.testing.assert_array_equal(x8.matmul(x, m), plain.matmul(x, f))
+        m, f = be.matrix(w, wtype, (N, K), bias), be.matrix(w, wtype, (N, K), bias)
+        be.round_x(m)
+        one = be.matmul(x[:1], m)
+        np.testing.assert_array_equal(one[0], (matmul_x8(x[0], w, wtype, K).astype(np.float32) + bias))
+        assert f.x8 is None and not np.array_equal(one, be.matmul(x[:1], f))
+        np.testing.assert_array_equal(be.matmul(x, m), be.matmul(x, f))
+
+
+def test_numpy_backend_prepare_follows_the_cuda_launches():
+    """``prepare`` rounds x for the matrices of exactly the launches the choice takes: the three of Q/K/V or none
+    (one F16 among them: none), gate and up both or neither (their types must agree), each plain product by its
+    own type and rows."""
+    from llama_beta.backends.numpy_backend import NumpyBackend
+    from llama_beta.model import LayerWeights, Weights
+
+    rng = np.random.default_rng(7)
+    K, F16 = 256, GGMLType.F16
+    be = NumpyBackend(X8Choice(True, min_k=256, min_rows=16))
+
+    def mat(t, N):
+        return be.matrix(km().random_weight(rng, t, N, K), t, (N, K))
+
+    layers = [LayerWeights(None, mat(Q4K, 8), mat(Q5K, 4), mat(Q80, 4), mat(Q4K, 8), None,
+                           mat(Q4K, 16), mat(Q4K, 16), mat(Q6K, 8)),
+              LayerWeights(None, mat(Q4K, 8), mat(F16, 4), mat(Q80, 4), mat(Q50, 16), None,
+                           mat(Q4K, 16), mat(Q5K, 16), mat(Q6K, 16))]
+    weights = Weights(None, None, mat(Q80, 32), layers)
+    be.prepare(weights)
+
+    def chosen(L):
+        return [m.x8 is not None for m in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)]
+
+    assert chosen(layers[0]) == [True, True, True, False, True, True, False]
+    assert chosen(layers[1]) == [False, False, False, True, False, False, True]
+    assert weights.output.x8 is not None
 
 
 @requires_cuda
@@ -291,7 +319,7 @@ def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatc
     fast = np.stack([decoder.step_logits(t, len(prompt) + j) for j, t in enumerate(ids)])
 
     def numpy_logits(x8):
-        monkeypatch.setattr(numpy_backend, "X8", x8)
+        monkeypatch.setattr(numpy_backend, "X8", X8Choice(x8))
         cpu = Model(path, backend="numpy", context=16)
         c = cpu.new_cache(8)
         cpu.step(prompt, 0, c)

@@ -12,6 +12,7 @@ Every backend offers the same methods (shapes in the project's vocabulary):
 
 ========================================  ==============================================
 ``matrix(raw, ggml_type, shape, bias)``   a weight matrix [N, K] (+ bias [N]) handle
+``prepare(weights)``                      after loading: per-matrix choices over the whole model
 ``vector(array)``                         a float32 vector (norm weights, RoPE factors)
 ``embedding(raw, ggml_type, shape)``      the token table [V, C], looked up row by row
 ``kv_cache(n_layers, S, nkv, hs)``        per-layer K and V caches [S, nkv, hs]

@@ -51,6 +51,10 @@ class CudaBackend:
         b = None if bias is None else self._upload(np.asarray(bias, np.float32))
         return Matrix(self._upload(raw), ggml_type, shape[0], shape[1], b)
 
+    def prepare(self, weights) -> None:
+        """Nothing to do after loading: the kernels choose their launches (``numba_kernels.matmul.X8``) as
+        they run."""
+
     def vector(self, array):
         return self._upload(np.asarray(array, np.float32))
 

@@ -5,15 +5,15 @@ matrix product is one BLAS call; the token table stays quantized and is dequanti
 row per token (``ref.embedding``). For the default model this holds about 2 GB of float32
 weights and decodes at several tokens per second on two cores.
 
-With ``LLAMA_BETA_DP4A=1`` (the cuda backend's integer decode products, matmul v20) the one-token products
-over Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 weights round x to int8 blocks of 32 as well (``ref.matmul.matmul_x8``),
-so that both backends compute the same function and their greedy tokens can be compared; each such matrix
-then also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again). ``LLAMA_BETA_DP4A=auto``
-(the cuda backend's v20 for some launches only, chosen by K and by the GPU's split-K choice) is not mirrored.
+With ``LLAMA_BETA_DP4A`` set (the cuda backend's integer decode products, matmul v20) the one-token products
+that the cuda decode step runs on int8 x round x to int8 blocks of 32 here too (``ref.matmul.matmul_x8``), so
+that both backends compute the same function and their greedy tokens can be compared. Which products those are
+is one choice per launch of the cuda step (``ref.matmul.X8Choice``: the Q/K/V launch, the gate/up launch, and
+each plain product), made by :meth:`NumpyBackend.prepare` once the model's matrices are loaded; each matrix
+chosen also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,16 +21,18 @@ import numpy as np
 from ref import attention as ref_attention
 from ref import embedding as ref_embedding
 from ref import quants, rmsnorm, rope, swiglu
-from ref.matmul import X8Weight, matmul_x8, x8_fits, x8_weight
+from ref.matmul import X8Choice, X8Weight, matmul_x8, x8_weight
 
-X8 = os.environ.get("LLAMA_BETA_DP4A", "0") == "1"   # one-token products over int8 x (as the cuda backend's v20)
+X8 = X8Choice.from_env()   # which one-token products round x to int8 (as the cuda backend's v20 launches)
 
 
 @dataclass
 class Matrix:
     w: np.ndarray            # [N, K] float32
     bias: np.ndarray | None  # [N] float32
-    x8: X8Weight | None = None   # with X8, for the one-token products
+    raw: np.ndarray          # [N, row_bytes] uint8, a view of the file
+    ggml_type: int
+    x8: X8Weight | None = None   # where X8 chooses it, for the one-token products
 
 
 @dataclass
@@ -43,14 +45,33 @@ class Embedding:
 class NumpyBackend:
     name = "numpy"
 
-    def __init__(self, x8: bool | None = None):
+    def __init__(self, x8: X8Choice | None = None):
         self.x8 = X8 if x8 is None else x8
 
     def matrix(self, raw, ggml_type, shape, bias=None) -> Matrix:
         w = quants.dequantize(raw, ggml_type, shape)
-        N, K = shape
-        x8 = x8_weight(raw.reshape(N, -1), ggml_type, K) if self.x8 and x8_fits(ggml_type, K) else None
-        return Matrix(np.ascontiguousarray(w, dtype=np.float32), None if bias is None else self.vector(bias), x8)
+        return Matrix(np.ascontiguousarray(w, dtype=np.float32), None if bias is None else self.vector(bias),
+                      raw.reshape(shape[0], -1), ggml_type)
+
+    def prepare(self, weights) -> None:
+        """After loading: the matrices whose one-token products the cuda decode step runs on int8 x (per launch,
+        as ``self.x8`` chooses) get their ``X8Weight``, and those products round x here too."""
+        choice = self.x8
+        for L in weights.layers:
+            qkv = (L.wq, L.wk, L.wv)
+            if choice.qkv([m.ggml_type for m in qkv], L.wq.w.shape[1]):
+                self.round_x(*qkv)
+            if choice.gate_up(L.w_gate.ggml_type, L.w_up.ggml_type, L.w_gate.w.shape[1]):
+                self.round_x(L.w_gate, L.w_up)
+            self.round_x(*(m for m in (L.wo, L.w_down) if choice.product(m.ggml_type, *m.w.shape)))
+        if choice.product(weights.output.ggml_type, *weights.output.w.shape):
+            self.round_x(weights.output)
+
+    @staticmethod
+    def round_x(*matrices: Matrix) -> None:
+        """The one-token products of these matrices round x to int8 (``matmul_x8``) from now on."""
+        for m in matrices:
+            m.x8 = x8_weight(m.raw, m.ggml_type, m.w.shape[1])
 
     def vector(self, array) -> np.ndarray:
         return np.array(array, dtype=np.float32)
