@@ -116,7 +116,7 @@ class X8Weight(NamedTuple):
     """A weight in the form ``matmul_x8`` multiplies: per row n and group g of ``n`` weights (32; Q6_K 16), the
     integer quants and the float that scales their integer dot with x's codes; per block j of 32, what multiplies
     the block's float sum of x (subtracted)."""
-    q: np.ndarray       # [K/n, N, n] float32: small integers (|q| <= 128), so float32 dots of 32 codes are exact
+    q: np.ndarray       # [K/n, N, n] int8 (a byte per weight): float32 dots of 32 of them with codes are exact
     scale: np.ndarray   # [N, K/n] float64 (Q4_K, Q5_K: d sc_s; Q5_0, Q8_0: d_b; Q6_K: d sc_g)
     minus: np.ndarray   # [N, K/32] float64 (Q4_K, Q5_K: d_m m_s; Q5_0: 16 d_b; Q6_K, Q8_0: 0)
 
@@ -156,7 +156,7 @@ def x8_weight(w_raw: np.ndarray, ggml_type, K: int) -> X8Weight:
 
 def _x8(q: np.ndarray, N: int, n: int, scale: np.ndarray, minus: np.ndarray) -> X8Weight:
     """An ``X8Weight`` from quants q (any shape holding N K integers, row-major) in groups of n."""
-    q = q.reshape(N, -1, n).astype(np.float32).transpose(1, 0, 2)   # [K/n, N, n]
+    q = q.reshape(N, -1, n).astype(np.int8).transpose(1, 0, 2)      # [K/n, N, n]: all types' quants fit
     return X8Weight(np.ascontiguousarray(q), scale, minus)
 
 
@@ -179,7 +179,10 @@ def x8_terms(x: np.ndarray, w_raw, ggml_type=None, K: int | None = None) -> tupl
     q8, dx, sx = quantize_x8(x)
     G, N, n = w.q.shape
     codes = q8.reshape(G, n, 1).astype(np.float32)
-    dots = np.matmul(w.q, codes)[:, :, 0].T.astype(np.float64)      # [N, K/n]: exact (|sum| < 2^24)
+    dots = np.empty((G, N), np.float32)
+    for g in range(0, G, 8):                                          # float32 copies of 8 groups at a time
+        dots[g:g + 8] = np.matmul(w.q[g:g + 8].astype(np.float32), codes[g:g + 8])[:, :, 0]
+    dots = dots.T.astype(np.float64)                                  # [N, K/n]: exact (|sum| < 2^24)
     scaled = (w.scale * dots).reshape(N, -1, 32 // n).sum(axis=2)     # [N, K/32]
     return dx.astype(np.float64) * scaled, w.minus * sx.astype(np.float64)
 

@@ -300,15 +300,18 @@ def test_numpy_backend_prepare_follows_the_cuda_launches():
 
 
 @requires_cuda
-def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatch, dp4a):
+@pytest.mark.parametrize("choice", [X8Choice(True), X8Choice(True, min_rows=96)], ids=["all", "rows>=96"])
+def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatch, choice):
     """The cuda decode step with v20 and the NumPy backend with X8 compute the same function: their logits
     agree within float32 rounding (the codes of x' are the same but where x' itself differs in its last bit at a
-    rounding boundary), well inside the gap to the NumPy backend's float32 products."""
+    rounding boundary), well inside the gap to the NumPy backend's float32 products. With every launch on v20,
+    and with the 64-row W_o and W_down left on the float products (the output layer has 99 rows, the vocabulary)."""
     from llama_beta.backends import numpy_backend
     from llama_beta.backends.cuda_decode import CudaDecoder
     from llama_beta.model import Model
     from llama_beta.synth import synth_model, tiny_vocab
 
+    monkeypatch.setattr(km(), "X8", choice)
     size = dict(n_layers=1, dim=64, n_heads=2, n_kv_heads=1, ffn_dim=128, vocab=tiny_vocab(ascii_only=True))
     path = synth_model(tmp_path / "m.gguf", "micro", arch="qwen2", matrix_type=Q80, **size)
     prompt, ids = np.array([5, 77, 60], np.int32), [19, 41]
@@ -319,7 +322,7 @@ def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatc
     fast = np.stack([decoder.step_logits(t, len(prompt) + j) for j, t in enumerate(ids)])
 
     def numpy_logits(x8):
-        monkeypatch.setattr(numpy_backend, "X8", X8Choice(x8))
+        monkeypatch.setattr(numpy_backend, "X8", choice if x8 else X8Choice())
         cpu = Model(path, backend="numpy", context=16)
         c = cpu.new_cache(8)
         cpu.step(prompt, 0, c)

@@ -10,7 +10,7 @@ that the cuda decode step runs on int8 x round x to int8 blocks of 32 here too (
 that both backends compute the same function and their greedy tokens can be compared. Which products those are
 is one choice per launch of the cuda step (``ref.matmul.X8Choice``: the Q/K/V launch, the gate/up launch, and
 each plain product), made by :meth:`NumpyBackend.prepare` once the model's matrices are loaded; each matrix
-chosen also keeps its integer quants (``ref.matmul.X8Weight``, float32: as much memory again).
+chosen also keeps its integer quants (``ref.matmul.X8Weight``: a byte per weight, a quarter of its float32 copy).
 """
 from __future__ import annotations
 
