@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -192,6 +192,19 @@ for step in "$@"; do
       done
       timeout ${X8_TEST_S:-240} python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 \
         | tail -4 ;;
+    x8test)   # v20's GPU tests alone (tests/test_matvec_x8.py in four groups, and test_ptx.py, side by side)
+      i=0
+      for k in "dp4a_matvec and (Q4_K or Q5_K)" "dp4a_matvec and not (Q4_K or Q5_K)" qkv_rope \
+          "not dp4a_matvec and not qkv_rope" ptx; do
+        file=tests/test_matvec_x8.py
+        [ "$k" = ptx ] && file=tests/test_ptx.py k=test
+        (timeout ${X8_TEST_S:-240} python3 -m pytest -q -p no:cacheprovider "$file" -k "$k" > "$OUT/pytest-x8-$i.log" 2>&1
+         echo "x8 tests $i ($file -k '$k'): exit $?") &
+        i=$((i + 1))
+      done
+      wait
+      for log in "$OUT"/pytest-x8-*.log; do echo "$(basename "$log"): $(tail -1 "$log")"; done
+      grep -h -A3 -E "^(E |FAILED)" "$OUT"/pytest-x8-*.log | head -40 ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
