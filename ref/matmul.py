@@ -209,9 +209,18 @@ class X8Choice(NamedTuple):
         and ``LLAMA_BETA_X8_MIN_ROWS`` override the two thresholds."""
         env = os.environ if environ is None else environ
         mode = env.get("LLAMA_BETA_DP4A", "0")
+        if mode not in ("0", "1", "auto"):
+            raise ValueError(f"LLAMA_BETA_DP4A: expected 0, 1 or auto, got {mode!r}")
         auto = mode == "auto"
-        return cls(mode in ("1", "auto"), int(env.get("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0)),
-                   int(env.get("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0)))
+
+        def count(name, default):
+            text = env.get(name, str(default))
+            if not text.isdigit():
+                raise ValueError(f"{name}: expected a whole number, got {text!r}")
+            return int(text)
+
+        return cls(mode != "0", count("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0),
+                   count("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0))
 
     def qkv(self, types, K: int) -> bool:
         """The Q/K/V (+ RoPE) launch: each matrix may have its own type."""

@@ -157,6 +157,10 @@ def test_x8_choice_follows_the_types_k_and_the_thresholds():
     assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048)
     off = X8Choice.from_env({})
     assert not off.product(Q4K, 32064, 3072) and not off.qkv((Q5K,), 3072) and not off.gate_up(Q4K, Q4K, 3072)
+    with pytest.raises(ValueError, match="LLAMA_BETA_DP4A: expected 0, 1 or auto, got 'yes'"):
+        X8Choice.from_env({"LLAMA_BETA_DP4A": "yes"})
+    with pytest.raises(ValueError, match="LLAMA_BETA_X8_MIN_ROWS: expected a whole number, got '4k'"):
+        X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "4k"})
 
 
 @pytest.fixture
