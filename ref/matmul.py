@@ -222,14 +222,17 @@ class X8Choice(NamedTuple):
         return cls(mode != "0", count("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0),
                    count("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0))
 
+    def _takes(self, types, K: int) -> bool:
+        return self.on and K >= self.min_k and all(x8_fits(t, K) for t in types)
+
     def qkv(self, types, K: int) -> bool:
         """The Q/K/V (+ RoPE) launch: each matrix may have its own type."""
-        return self.on and K >= self.min_k and all(x8_fits(t, K) for t in types)
+        return self._takes(types, K)
 
     def gate_up(self, gate_type, up_type, K: int) -> bool:
         """The gate/up (SwiGLU) launch: one type for both matrices."""
-        return gate_type == up_type and self.qkv((gate_type,), K)
+        return gate_type == up_type and self._takes((gate_type,), K)
 
     def product(self, ggml_type, N: int, K: int) -> bool:
         """A plain product of N rows."""
-        return N >= self.min_rows and self.qkv((ggml_type,), K)
+        return N >= self.min_rows and self._takes((ggml_type,), K)
