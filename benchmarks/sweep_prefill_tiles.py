@@ -1,7 +1,9 @@
 """Time every prefill tile configuration at the prefill shapes (device time, T tokens), to choose
 ``prefill_config`` (v10) and ``mma_config`` (v11).
 
-    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11]   # NAME: shapes whose name contains it
+    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11] [--chosen] [--f16]
+    # NAME: shapes whose name contains it; --chosen: only the heuristics' choice; --f16: each shape again with
+    # float16 weights of the same size (what the tile loop costs without decoding quants)
 
 One line per (shape, configuration, v11 split-K factor): microseconds per launch and TFLOP/s (2 T N K per
 product), the grid (rows x tokens x splits), and a '*' on the choice of the heuristics now. v11 is timed over ``MMA_SWEEP`` (a wider family than the
@@ -42,9 +44,10 @@ def main():
     T = int(args[0]) if args else mm.PREFILL_T
     only = args[1] if len(args) > 1 else ""
     rng = np.random.default_rng(0)
-    for name, kind, N, K, types in mm.PREFILL_SHAPES:
-        if only not in name:
-            continue
+    shapes = [s for s in mm.PREFILL_SHAPES if only in s[0]]
+    if "--f16" in sys.argv:
+        shapes += [(name + " f16", kind, N, K, (mm.GGMLType.F16,) * len(types)) for name, kind, N, K, types in shapes]
+    for name, kind, N, K, types in shapes:
         x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
         ws = [cuda.to_device(mm.random_weight(rng, t, N, K)) for t in types]
         out = cuda.device_array((T, N), np.float32)
@@ -53,11 +56,13 @@ def main():
         flop = 2 * T * N * K * len(ws)
         for label, cfg, mma in _configs(kernels):
             for split in _splits(mma, K):
+                picked = cfg == chosen[mma] and (not mma or split == mm.mma_split(cfg, T, N, K, swiglu))
+                if "--chosen" in sys.argv and not picked:
+                    continue
                 product = mm.PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None,
                                             config=cfg, mma=mma, split=split)
                 s = mm._time(lambda st, p=product: p(x.reshape(T * K), out.reshape(T * N), T, st), reps=5)
                 grid = "x".join(map(str, (mm.mma_grid if mma else mm.prefill_grid)(cfg, T, N, swiglu) + (split or 1,)))
-                picked = cfg == chosen[mma] and (not mma or split == mm.mma_split(cfg, T, N, K, swiglu))
                 print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} {label:22s} "
                       f"{grid:>10s} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s {'*' if picked else ' '}",
                       flush=True)
