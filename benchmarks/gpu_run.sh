@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [ab] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -177,7 +177,7 @@ for step in "$@"; do
     x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: both twins' decode steps per launch (X8_PRESETS:
       #          preset:vocab, default both) under each of X8_ENVS (default: the defaults, DP4A=1, DP4A=auto) and
       #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32"; " " for none)
-      #          forced on all; then v20's tests (last: the profiles are what a short call is for)
+      #          forced on all (v20's tests: the x8test step)
       for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
         model=/tmp/${preset%:*}.gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \
@@ -189,9 +189,7 @@ for step in "$@"; do
           env ${vars/defaults/} timeout 120 python3 benchmarks/profile_decode.py $model --reps 50 \
             --json "$OUT/profile-x8-${preset%:*}-$(echo "$env" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
         done
-      done
-      timeout ${X8_TEST_S:-240} python3 -m pytest -q -p no:cacheprovider tests/test_matvec_x8.py tests/test_ptx.py 2>&1 \
-        | tail -4 ;;
+      done ;;
     x8test)   # v20's GPU tests alone (tests/test_matvec_x8.py in four groups, and test_ptx.py, side by side)
       i=0
       for k in "dp4a_matvec and (Q4_K or Q5_K)" "dp4a_matvec and not (Q4_K or Q5_K)" qkv_rope \
@@ -205,6 +203,20 @@ for step in "$@"; do
       wait
       for log in "$OUT"/pytest-x8-*.log; do echo "$(basename "$log"): $(tail -1 "$log")"; done
       grep -h -A3 -E "^(E |FAILED)" "$OUT"/pytest-x8-*.log | head -40 ;;
+    ab)       # the prefill of both twins (profile_prefill.py, 512 tokens) in this tree, then in .gpu-exp: an export
+      #          of an experiment branch (git archive BRANCH | tar -x -C .gpu-exp, with .gpu-exp/ in .git/info/exclude;
+      #          carry it); each tree compiles into its own disk cache
+      for m in phi3-mini:phi3-mini:ggml-vocab-phi-3 qwen-synth:qwen2.5-0.5b:ggml-vocab-qwen2; do
+        IFS=: read -r name preset vocab <<< "$m"
+        [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
+          --vocab .dev-model/vocab/$vocab.gguf --force -q
+        for tree in . .gpu-exp; do
+          [ -d $tree/numba_kernels ] || continue
+          echo "== prefill of $name in $tree"
+          (cd $tree && PYTHONPATH=/tmp/site:$PWD timeout ${AB_S:-90} python3 benchmarks/profile_prefill.py \
+            /tmp/$name.gguf 512 --no-cprofile) 2>&1 | grep -v -i warn | tail -13 | tee "$OUT/ab-prefill-$name-${tree//./}.txt"
+        done
+      done ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
       cat /tmp/chunks/qwen.gguf.part-* > /tmp/qwen.gguf && sha256sum /tmp/qwen.gguf
       mkdir -p $LLAMA_BETA_CACHE/models && ln -sf /tmp/qwen.gguf $LLAMA_BETA_CACHE/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
