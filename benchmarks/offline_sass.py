@@ -101,6 +101,10 @@ def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from numba_kernels import matmul as mm
     from ref.ggml import GGMLType
+    if type_name not in GGMLType.__members__ or GGMLType[type_name] not in mm.DECODERS:
+        raise SystemExit(f"offline_sass: TYPE must be one of {', '.join(t.name for t in mm.DECODERS)}, got {type_name!r}")
+    if not hasattr(mm, f"MMA_{config}"):
+        raise SystemExit(f"offline_sass: --config must be WIDE, MID, LONG or NARROW, got {config!r}")
     t = GGMLType[type_name]
     kernel = mm._mma_kernel(t, t, getattr(mm, f"MMA_{config}"), swiglu, 1)
     f32, i32 = nt.Array(nt.float32, 1, "C"), nt.Array(nt.int32, 1, "C")
