@@ -210,11 +210,12 @@ for step in "$@"; do
         IFS=: read -r name preset vocab <<< "$m"
         [ -f /tmp/$name.gguf ] || python3 -m llama_beta.cli synth /tmp/$name.gguf --preset $preset \
           --vocab .dev-model/vocab/$vocab.gguf --force -q
-        for tree in . .gpu-exp; do
+        for side in main:. exp:.gpu-exp; do
+          tree=${side#*:}
           [ -d $tree/numba_kernels ] || continue
-          echo "== prefill of $name in $tree"
+          echo "== prefill of $name, ${side%:*} ($tree)"
           (cd $tree && PYTHONPATH=/tmp/site:$PWD timeout ${AB_S:-90} python3 benchmarks/profile_prefill.py \
-            /tmp/$name.gguf 512 --no-cprofile) 2>&1 | grep -v -i warn | tail -13 | tee "$OUT/ab-prefill-$name-${tree//./}.txt"
+            /tmp/$name.gguf 512 --no-cprofile) 2>&1 | grep -v -i warn | tail -13 | tee "$OUT/ab-prefill-$name-${side%:*}.txt"
         done
       done ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
