@@ -174,15 +174,15 @@ for step in "$@"; do
       timeout 60 python3 benchmarks/pdl_probe.py 2>&1 | grep -v -i warn | tee "$OUT/pdl-probe.txt"
       timeout 400 python3 benchmarks/sweep_decode_mma.py qwen ${V12_CONFIGS:+--configs $V12_CONFIGS} 2>&1 \
         | grep -v -i warn | tee "$OUT/sweep-decode-mma.txt" ;;
-    x8)       # matmul v20 (LLAMA_BETA_DP4A=1) against the defaults: both twins' decode steps per launch (X8_PRESETS:
-      #          preset:vocab, default both) under each of X8_ENVS (default: the defaults, DP4A=1, DP4A=auto) and
+    x8)       # matmul v20 against the defaults (DP4A=auto): both twins' decode steps per launch (X8_PRESETS:
+      #          preset:vocab, default both) under each of X8_ENVS (default: the defaults, DP4A=0, DP4A=1) and
       #          with the launch shapes in X8_CONFIGS (warps,rows,lanes; default "8,2,16 4,2,16 8,1,32"; " " for none)
       #          forced on all (v20's tests: the x8test step)
       for preset in ${X8_PRESETS:-phi3-mini:phi-3 qwen2.5-0.5b:qwen2}; do
         model=/tmp/${preset%:*}.gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset ${preset%:*} \
           --vocab .dev-model/vocab/ggml-vocab-${preset#*:}.gguf --force -q
-        for env in ${X8_ENVS:-defaults LLAMA_BETA_DP4A=1 LLAMA_BETA_DP4A=auto} \
+        for env in ${X8_ENVS:-defaults LLAMA_BETA_DP4A=0 LLAMA_BETA_DP4A=1} \
             $(for c in ${X8_CONFIGS:-8,2,16 4,2,16 8,1,32}; do echo "LLAMA_BETA_DP4A=1,LLAMA_BETA_X8_CONFIG=$c"; done); do
           echo "== ${preset%:*} $env"
           vars=${env//,/ }

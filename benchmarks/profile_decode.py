@@ -70,9 +70,11 @@ def main() -> None:
     ap.add_argument("--gqa-splits", type=int, help="attention v6's most chunks per kv head (a sweep)")
     ap.add_argument("--gqa-min-tiles", type=int, help="attention v6's fewest tiles per chunk (a sweep)")
     ap.add_argument("--v4-blocks", type=int, help="attention v4's FUSED_TARGET_BLOCKS: fewer chunks per head (a sweep)")
+    ap.add_argument("--v4-tiles", help="attention v4's (R, KG, U) as R,KG,U in place of fused_tiles' choice (a sweep)")
     ap.add_argument("--only", help="time only the launches whose name contains this")
     ap.add_argument("--blocks-per-sm", type=int, help="the fused matvec launch heuristic's BLOCKS_PER_SM (a sweep)")
     ap.add_argument("--qkv-warps", type=int, help="warps per block of the Q/K/V + RoPE launch (a sweep)")
+    ap.add_argument("--split", help="matmul v7's SPLIT_WARPS,SPLIT_WARPS_PER_SM,SPLIT_MAX (W_o, W_down; a sweep)")
     ap.add_argument("--qkv-pairs", type=int, help="RoPE pair slots per warp of the Q/K/V + RoPE launch (1, 2)")
     ap.add_argument("--kv-prefetch", action="store_true",
                     help="the Q/K/V launch asks L2 for the layer's K/V cache (matmul.KV_PREFETCH; only the whole "
@@ -83,6 +85,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.qkv_warps:
         matmul.QKV_ROPE_WARPS = a.qkv_warps
+    if a.split:
+        matmul.SPLIT_WARPS, matmul.SPLIT_WARPS_PER_SM, matmul.SPLIT_MAX = (int(v) for v in a.split.split(","))
     if a.qkv_pairs:
         matmul.QKV_ROPE_PAIRS = a.qkv_pairs
     if a.fused_configs:
@@ -95,6 +99,9 @@ def main() -> None:
         attention.GQA_MIN_TILES = a.gqa_min_tiles
     if a.v4_blocks:
         attention.FUSED_TARGET_BLOCKS = a.v4_blocks
+    if a.v4_tiles:
+        tiles = tuple(int(v) for v in a.v4_tiles.split(","))
+        attention.fused_tiles = lambda hs, kv_mul: tiles    # read by launch_decode_fused and fused_warps
     if a.kv_prefetch:
         matmul.KV_PREFETCH = True
     if a.ladder:

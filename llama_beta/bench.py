@@ -115,8 +115,8 @@ def _decode_step_settings(model) -> dict:
     read their quants in 16-byte loads (matmul v15, ``LLAMA_BETA_VECTOR_LOADS``) and whether the products warm
     their rows with L2 bulk prefetches (matmul v17, ``LLAMA_BETA_WARM_L2``; both on since the eleventh session), and
     whether gate/up copies its rows into shared memory (matmul v18, ``LLAMA_BETA_STAGE_ROWS=1``, opt-in), and whether
-    the decode products use integer dot products over 8-bit x' (matmul v20, ``LLAMA_BETA_DP4A``: "0" off, the
-    default; "1" wherever the types allow; "auto" where K is large and, for a plain product, the rows many)."""
+    the decode products use integer dot products over 8-bit x' (matmul v20, ``LLAMA_BETA_DP4A``: "auto", the
+    default, where K is large and, for a plain product, the rows many; "0" off; "1" wherever the types allow)."""
     if model.backend.name != "cuda":
         return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False, "stage_loads": 0,
                 "kv_prefetch": False, "vector_loads": False, "warm_l2": False, "stage_rows": False,

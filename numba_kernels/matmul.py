@@ -178,9 +178,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   H200 the Phi-3 gate/up launch took 29.7 us against 22.3 and executed only 10 % fewer instructions (12.3 M
   against 13.6 M): per unit and row it still decoded the scales (``_k_scales``, with a branch on the
   sub-block), computed 64-bit addresses, and every block quantized all of x' again.
-- v20 ``_x8_kernels`` (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 decode products (matvec,
-  SwiGLU, and the Q/K/V + RoPE launch ``_qkv_rope_x8_kernel``: a lane group per RoPE pair slot)
-  over x' rounded to int8 blocks of 32 (each block stages x' as v4 does, then ``_quantize_staged`` rounds it in
+- v20 ``_x8_kernels`` (where ``LLAMA_BETA_DP4A=auto``, the default, chooses it; "1" everywhere, "0" never):
+  Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 decode products (matvec, SwiGLU, and the Q/K/V + RoPE launch
+  ``_qkv_rope_x8_kernel``: a lane group per RoPE pair slot) over x' rounded to int8 blocks of 32 (each block stages x' as v4 does, then ``_quantize_staged`` rounds it in
   place, a thread per block of 32: codes, scale d_j, float sum s_j), with the work cut so that the per-weight
   instructions are the dp4a: a lane takes a *pair* of 32-weight blocks (Q4_K: the 32 quant bytes whose low
   nibbles are sub-block 2c and high nibbles 2c + 1, read in two 16-byte loads plus one 16-byte load of the
@@ -201,7 +201,8 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   (gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch
   of its own (Phi-3 gate/up 25.0 -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per
   product); docs/matmul.md has the history. Which launches take v20: ``X8`` (``ref.matmul.X8Choice``;
-  ``LLAMA_BETA_DP4A=auto``: K >= 2048, plain products of >= 4096 rows), which the NumPy backend follows.
+  ``LLAMA_BETA_DP4A=auto``, the default since the eighteenth session: K >= 2048, plain products of >= 4096 rows),
+  which the NumPy backend follows.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -2259,14 +2260,15 @@ def launch_decode_qkv_rope(x, mats, q_out, k_cache, v_cache, K, head_size, rope_
             blocks[0] + blocks[1], head_size, *rope_args, *slots)
 
 
-# v20 (opt-in): the decode products over X8_PAIRS' types round x' to int8 blocks of 32 and multiply with dp4a, a
+# v20 (default "auto"): the decode products over X8_PAIRS' types round x' to int8 blocks of 32 and multiply with dp4a, a
 # lane per pair of blocks (``_x8_kernels``, ``_qkv_rope_x8_kernel``; reference: ``ref.matmul.matmul_x8``). Which
 # launches take it: ``X8`` (``ref.matmul.X8Choice``, from LLAMA_BETA_DP4A; the NumPy backend follows the same
-# choice). "1": wherever the types allow; "auto": rows of at least 2048 weights, and plain products of at least
-# 4096 rows (fifteenth session, H100: Phi-3's K = 3072 Q/K/V, gate/up and output launches win, -10 % for the step;
-# Qwen's K = 896 ones lose, and so do the products of fewer rows, which v7 splits over K on 132 SMs).
+# choice). "0": none; "1": wherever the types allow; "auto" (the default since the eighteenth session): rows of at
+# least 2048 weights, and plain products of at least 4096 rows (H100: Phi-3's K = 3072 Q/K/V, gate/up and output
+# launches win, the step 2678 -> 2401 us; Qwen's K = 896 ones lose, and so do the products of fewer rows, which v7
+# splits over K on 132 SMs: Qwen2.5-0.5B's decode is unchanged).
 X8 = X8Choice.from_env()
-DP4A_MODE = os.environ.get("LLAMA_BETA_DP4A", "0")    # (recorded by bench)
+DP4A_MODE = os.environ.get("LLAMA_BETA_DP4A", "auto")    # (recorded by bench)
 X8_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_CONFIG", "").split(",") if v) or None   # sweeps
 
 
@@ -2278,10 +2280,17 @@ def x8_lanes(K: int) -> int:
     return min((WARP, 16, 8), key=lambda lg: (-(-pairs // lg) * lg, -lg))
 
 
-def x8_config(N: int, K: int, config=None) -> tuple[int, int, int]:
+X8_SWIGLU_WIDEN = 2   # v20's SwiGLU launch: blocks of this many times the warps x8_config picks, rows per group kept
+#                       (H100, eighteenth session, Phi-3's 8192 x 3072 gate/up: (16, 1, 16) 15.8 us against (8, 1, 16)
+#                       17.7 in the decode graph; (4, 1, 16) 23.2, (8, 1, 8) 19.9; the plain products kept theirs:
+#                       the 32064-row output (8, 4, 16) 45.8 us, forced to (16, 1, 16) 51.2)
+
+
+def x8_config(N: int, K: int, config=None, swiglu: bool = False) -> tuple[int, int, int]:
     """(warps per block, rows per lane group, lanes per group) of a v20 launch: ``config``'s (warps, rows) if
     given, else the most rows per block that still give BLOCKS_PER_SM blocks per SM, as ``fused_config`` (a
-    block holds NW (32 / LG) R rows of each matrix)."""
+    block holds NW (32 / LG) R rows of each matrix); a SwiGLU launch then takes X8_SWIGLU_WIDEN times the warps
+    (at most 16: blocks of 512 threads), so half as many blocks."""
     if X8_CONFIG and not config:
         return X8_CONFIG
     LG = x8_lanes(K)
@@ -2290,10 +2299,12 @@ def x8_config(N: int, K: int, config=None) -> tuple[int, int, int]:
     if not _sm_count():
         return 2, 2, LG                              # the simulator pays per thread
     want = BLOCKS_PER_SM * _sm_count()
-    for nw, r in FUSED_CONFIGS:
-        if -(-N // (nw * r * (WARP // LG))) >= want:
-            return nw, r, LG
-    return (*FUSED_CONFIGS[-1], LG)
+    nw, r = FUSED_CONFIGS[-1]
+    for c in FUSED_CONFIGS:
+        if -(-N // (c[0] * c[1] * (WARP // LG))) >= want:
+            nw, r = c
+            break
+    return (min(16, nw * X8_SWIGLU_WIDEN) if swiglu else nw), r, LG
 
 
 def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=8):
@@ -2306,7 +2317,7 @@ def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=
 def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args):
     """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per
     matrix."""
-    nw, R, LG = x8_config(N, K, config)
+    nw, R, LG = x8_config(N, K, config, swiglu=which == 1)
     _launch(_x8_kernels(R, nw, LG, ggml_type)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream,
             *_stage_args(x, norm_weight, eps, K), *args)
 

@@ -204,11 +204,12 @@ class X8Choice(NamedTuple):
 
     @classmethod
     def from_env(cls, environ=None) -> X8Choice:
-        """``LLAMA_BETA_DP4A``: "0" (off), "1" (every launch whose types fit) or "auto" (K >= 2048 and plain
-        products of >= 4096 rows: the launches that won on an H100, fifteenth session); ``LLAMA_BETA_X8_MIN_K``
-        and ``LLAMA_BETA_X8_MIN_ROWS`` override the two thresholds."""
+        """``LLAMA_BETA_DP4A``: "auto" (the default since the eighteenth session: K >= 2048 and plain products
+        of >= 4096 rows, the launches that won on an H100), "0" (off: every product over float32 x) or "1"
+        (every launch whose types fit); ``LLAMA_BETA_X8_MIN_K`` and ``LLAMA_BETA_X8_MIN_ROWS`` override the
+        two thresholds of "auto"."""
         env = os.environ if environ is None else environ
-        mode = env.get("LLAMA_BETA_DP4A", "0")
+        mode = env.get("LLAMA_BETA_DP4A", "auto")
         if mode not in ("0", "1", "auto"):
             raise ValueError(f"LLAMA_BETA_DP4A: expected 0, 1 or auto, got {mode!r}")
         auto = mode == "auto"

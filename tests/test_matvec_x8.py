@@ -1,4 +1,4 @@
-"""matmul v20 (opt-in, ``LLAMA_BETA_DP4A=1``): Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 decode products
+"""matmul v20 (``LLAMA_BETA_DP4A``: "auto", the default, or "1"): Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 decode products
 multiplied with ``dp4a`` (a lane per pair of sub-blocks, lane groups of 8-32 lanes per row), against their
 reference ``ref.matmul.matmul_x8``; and the reference's own
 properties (the rounding of x is at most half a step; the product differs from the float32 one by at most
@@ -138,6 +138,9 @@ def test_x8_config_keeps_two_blocks_per_sm_with_the_most_rows(monkeypatch, N, K,
     rows = nw * r * (32 // lg)
     assert -(-N // rows) >= kernels.BLOCKS_PER_SM * 132 or (nw, r) == kernels.FUSED_CONFIGS[-1]
     assert kernels.x8_config(N, K, (2, 4)) == (2, 4, lg)
+    # SwiGLU: X8_SWIGLU_WIDEN times the warps (at most 16), the same rows per group
+    assert kernels.x8_config(N, K, swiglu=True) == (min(16, nw * kernels.X8_SWIGLU_WIDEN), r, lg)
+    assert kernels.x8_config(N, K, (2, 4), swiglu=True) == (2, 4, lg)
 
 
 def test_x8_choice_follows_the_types_k_and_the_thresholds():
@@ -155,7 +158,8 @@ def test_x8_choice_follows_the_types_k_and_the_thresholds():
     assert not auto.product(Q4K, 3072, 3072) and not auto.product(Q6K, 3072, 8192)   # W_o, W_down: v7 splits
     assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1"}) == on
     assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048)
-    off = X8Choice.from_env({})
+    assert X8Choice.from_env({}) == auto                                               # the default
+    off = X8Choice.from_env({"LLAMA_BETA_DP4A": "0"})
     assert not off.product(Q4K, 32064, 3072) and not off.qkv((Q5K,), 3072) and not off.gate_up(Q4K, Q4K, 3072)
     with pytest.raises(ValueError, match="LLAMA_BETA_DP4A: expected 0, 1 or auto, got 'yes'"):
         X8Choice.from_env({"LLAMA_BETA_DP4A": "yes"})
@@ -213,6 +217,13 @@ def test_dp4a_matvec_and_swiglu_match_matmul_x8(wtype, seed, nb, N, norm, dp4a):
     # silu'(g) <= 1.1 and |silu(g)| <= |g| carry the errors of g and u (as test_matvec_fused.assert_swiglu)
     bound = tol * (1.1 * gm * np.abs(u) + np.abs(g) * um + gm * um * tol) + 8 * U * np.abs(expect)
     assert (err <= bound + 1e-30).all(), f"v20 SwiGLU: max excess {np.max(err - bound):.3g}"
+    if ON_GPU:   # blocks of 16 warps (X8_SWIGLU_WIDEN's choice for Phi-3's gate/up)
+        w_d, wide = dev(w), dev(np.zeros(N, np.float32))
+        km().launch_decode_swiglu(dev(x), w_d, wtype, w_d, wtype, N, K, wide, eps=EPS, config=(16, 1),
+                                  norm_weight=None if nw is None else dev(nw))
+        assert (np.abs(wide.copy_to_host() - expect) <= bound + 1e-30).all(), "v20 SwiGLU, 16 warps"
+        if not norm:   # without the norm's block-wide sum of squares, each row's arithmetic is the same
+            np.testing.assert_array_equal(wide.copy_to_host(), act.copy_to_host())
 
 
 @requires_cuda

@@ -5,7 +5,8 @@ matrix product is one BLAS call; the token table stays quantized and is dequanti
 row per token (``ref.embedding``). For the default model this holds about 2 GB of float32
 weights and decodes at several tokens per second on two cores.
 
-With ``LLAMA_BETA_DP4A`` set (the cuda backend's integer decode products, matmul v20) the one-token products
+Where the cuda backend's decode step uses integer dot products (matmul v20: ``LLAMA_BETA_DP4A``, by default
+"auto", which takes them for rows of at least 2048 weights: Phi-3-mini's, not Qwen2.5-0.5B's) the one-token products
 that the cuda decode step runs on int8 x round x to int8 blocks of 32 here too (``ref.matmul.matmul_x8``), so
 that both backends compute the same function and their greedy tokens can be compared. Which products those are
 is one choice per launch of the cuda step (``ref.matmul.X8Choice``: the Q/K/V launch, the gate/up launch, and
