@@ -61,7 +61,13 @@ def run_label(r: dict) -> str:
             + (["v13 staging"] if v.get("stage_loads") == 4 else []) + (["KV prefetch"] if v.get("kv_prefetch") else []) \
             + (["v15 loads"] if v.get("vector_loads") else []) + (["v17 L2 warm-up"] if v.get("warm_l2") else []) \
             + (["v18 staged rows"] if v.get("stage_rows") else []) + (["v20 dp4a"] if v.get("dp4a") not in (None, False, "0") else [])
-    return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} (H200, {', '.join([kind] + notes)})"
+    return f"llama-beta cuda {v['body']}{'+graph' if v['graph'] else ''} ({gpu_label(r)}, {', '.join([kind] + notes)})"
+
+
+def gpu_label(r: dict) -> str:
+    """'H100' or 'H200' from a bench record's GPU name; records from before the field were all made on the H200."""
+    name = r.get("gpu") or "H200"
+    return next((short for short in ("H100", "H200") if short in name), name)
 
 
 def bar_chart_svg(rows, title: str, unit: str, width: int = 720, bar: int = 26) -> str:

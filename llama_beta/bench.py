@@ -83,7 +83,7 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
     med_decode = statistics.median(decode)
     return {
         "model": Path(model.path).name, "name": model.config.name, "backend": model.backend.name,
-        "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
+        "gpu": _gpu_name(model), "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
         "prefill_tok_s": {"median": statistics.median(prefill), "min": min(prefill), "max": max(prefill)},
         "decode_tok_s": {"median": med_decode, "min": min(decode), "max": max(decode)},
         "ttft_s": statistics.median(x["prefill_s"] for x in runs),
@@ -104,6 +104,16 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         "runs": runs,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _gpu_name(model) -> str | None:
+    """The GPU the cuda backend ran on (as the driver names it), None on other backends."""
+    if model.backend.name != "cuda":
+        return None
+    from numba import cuda
+
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _decode_step_settings(model) -> dict:

@@ -22,6 +22,7 @@ def test_json_record_on_the_numpy_backend(micro, tmp_path):
     assert json.loads(out.read_text()) == result                      # -o records what --json prints
     assert (result["prompt_tokens"], result["gen_tokens"], result["repeat"]) == (6, 3, 2)
     assert result["backend"] == "numpy" and len(result["runs"]) == 2
+    assert result["gpu"] is None                                      # only the cuda backend names its GPU
     for key in ("prefill_tok_s", "decode_tok_s"):
         spread = result[key]
         assert 0 < spread["min"] <= spread["median"] <= spread["max"]
@@ -50,3 +51,17 @@ def test_run_refuses_empty_measurements(micro):
                          (dict(repeat=0), "repeat")):
         with pytest.raises(ValueError, match=f"bench: {name} must be >="):
             bench.run(model, **{"prompt_tokens": 4, "gen_tokens": 1, "repeat": 1, **kwargs})
+
+
+def test_plot_labels_name_the_gpu_of_each_record():
+    """Records name their GPU (eighteenth session on); older ones were all made on the lent H200."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plots import gpu_label
+
+    assert gpu_label({"gpu": "NVIDIA H100 80GB HBM3"}) == "H100"
+    assert gpu_label({"gpu": "NVIDIA H200"}) == "H200"
+    assert gpu_label({}) == "H200" and gpu_label({"gpu": None}) == "H200"
+    assert gpu_label({"gpu": "NVIDIA A100-SXM4-80GB"}) == "NVIDIA A100-SXM4-80GB"
