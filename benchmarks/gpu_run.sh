@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [ab] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [ab] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -190,6 +190,20 @@ for step in "$@"; do
             --json "$OUT/profile-x8-${preset%:*}-$(echo "$env" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
         done
       done ;;
+    x16)      # v11 over float16-packed x (LLAMA_BETA_PREFILL_X16=1, opt-in) against the default on the Phi-3 twin's
+      #          prefill (profile_prefill per launch kind), then Phi-3's product shapes with the 128 x 64 and the
+      #          128 x 128 tiles, float32 and packed x (sweep_prefill_tiles --x16; X16_CONFIGS, X16_SPLITS)
+      model=/tmp/phi3-mini.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
+        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      for x16 in 0 1; do
+        echo "== prefill, LLAMA_BETA_PREFILL_X16=$x16"
+        LLAMA_BETA_PREFILL_X16=$x16 timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 \
+          | grep -v -i warn | tail -14
+      done | tee "$OUT/x16-prefill.txt"
+      timeout ${X16_SWEEP_S:-240} python3 benchmarks/sweep_prefill_tiles.py 512 phi3 --v11 --x16 --splits=${X16_SPLITS:-1,2} \
+        $(for c in ${X16_CONFIGS:-4,2,2,4,1 4,4,2,4,1}; do echo "--config=$c"; done) 2>&1 | grep -v -i warn \
+        | tee "$OUT/x16-sweep.txt" ;;
     x8test)   # v20's GPU tests alone (tests/test_matvec_x8.py in four groups, and test_ptx.py, side by side)
       i=0
       for k in "dp4a_matvec and (Q4_K or Q5_K)" "dp4a_matvec and not (Q4_K or Q5_K)" qkv_rope \

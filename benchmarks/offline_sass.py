@@ -3,9 +3,10 @@ order of the instructions in its K-loop. For sessions without a device: it shows
 loads relative to the mma (a load issued after the mma waits out its whole latency every K-step).
 
     python benchmarks/offline_sass.py TYPE [--plain] [--config=WIDE|MID|LONG|NARROW] [--launch-bounds=T,B]
-                                      [--out=DIR]
+                                      [--x16] [--out=DIR]
 
-TYPE: a GGML type name (Q4_K, Q6_K, F16 ...); the SwiGLU kernel (gate and up of TYPE) unless ``--plain``.
+TYPE: a GGML type name (Q4_K, Q6_K, F16 ...); the SwiGLU kernel (gate and up of TYPE) unless ``--plain``;
+``--x16``: the kernel that reads x as float16 pairs (``PrefillProduct(..., x16=True)``).
 Needs libnvvm and ptxas (the CUDA toolkit) and nvdisasm on PATH; nvdisasm comes in NVIDIA's
 ``nvidia-cuda-nvdisasm`` wheel (``pip download --no-deps nvidia-cuda-nvdisasm``, unzip, ``nvidia/*/bin``).
 
@@ -92,7 +93,7 @@ def _offline_numba():
     return cuda
 
 
-def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Path) -> tuple[str, str]:
+def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Path, x16: bool = False) -> tuple[str, str]:
     """(ptxas's resource lines, SASS) of ``matmul._mma_kernel`` for sm_90; the PTX, cubin and SASS land in out."""
     cuda = _offline_numba()
     import numpy as np
@@ -106,12 +107,12 @@ def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Pat
     if not hasattr(mm, f"MMA_{config}"):
         raise SystemExit(f"offline_sass: --config must be WIDE, MID, LONG or NARROW, got {config!r}")
     t = GGMLType[type_name]
-    kernel = mm._mma_kernel(t, t, getattr(mm, f"MMA_{config}"), swiglu, 1)
+    kernel = mm._mma_kernel(t, t, getattr(mm, f"MMA_{config}"), swiglu, 1, x16)
     f32, i32 = nt.Array(nt.float32, 1, "C"), nt.Array(nt.int32, 1, "C")
     wa, wb = (nt.Array(from_dtype(np.dtype(v)), 2, "C") for v in mm._VIEWS.get(t, (np.uint16, np.float16)))
-    sig = (f32, nt.int64, nt.int64, wa, wb, wa, wb, nt.int64, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
+    sig = (nt.Array(nt.uint32, 1, "C") if x16 else f32, nt.int64, nt.int64, wa, wb, wa, wb, nt.int64, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=launch_bounds)
-    stem = out / f"v11-{type_name}-{'swiglu' if swiglu else 'plain'}-{config.lower()}"
+    stem = out / f"v11-{type_name}-{'swiglu' if swiglu else 'plain'}-{config.lower()}{'-x16' if x16 else ''}"
     stem.with_suffix(".ptx").write_text(ptx)
     cubin = stem.with_suffix(".cubin")
     r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(stem.with_suffix(".ptx")), "-o", str(cubin)],
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> None:
     bounds = tuple(int(v) for v in opt["--launch-bounds"].split(",")) if "--launch-bounds" in opt else None
     out = Path(opt.get("--out") or tempfile.mkdtemp(prefix="offline-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    info, sass = build_v11(args[0], "--plain" not in argv, opt.get("--config", "WIDE"), bounds, out)
+    info, sass = build_v11(args[0], "--plain" not in argv, opt.get("--config", "WIDE"), bounds, out, "--x16" in argv)
     print(info)
     print(loop_summary(sass))
     print(f"(PTX, cubin and SASS in {out})")

@@ -1,9 +1,11 @@
 """Time every prefill tile configuration at the prefill shapes (device time, T tokens), to choose
 ``prefill_config`` (v10) and ``mma_config`` (v11).
 
-    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11] [--chosen] [--f16]
+    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11] [--chosen] [--f16] [--x16]
     # NAME: shapes whose name contains it; --chosen: only the heuristics' choice; --f16: each shape again with
-    # float16 weights of the same size (what the tile loop costs without decoding quants)
+    # float16 weights of the same size (what the tile loop costs without decoding quants); --x16: each v11 line
+    # again with x as float16 pairs (PrefillProduct(x16=True): half the x bytes, the same result);
+    # --config=WM,WN,MI,NJ,KS (repeatable): only these v11 tiles; --splits=1,2: only these split-K factors
 
 One line per (shape, configuration, v11 split-K factor): microseconds per launch and TFLOP/s (2 T N K per
 product), the grid (rows x tokens x splits), and a '*' on the choice of the heuristics now. v11 is timed over ``MMA_SWEEP`` (a wider family than the
@@ -18,24 +20,26 @@ from numba_kernels import matmul as mm
 
 # v11 candidates: (warps along tokens, along rows, m16-tiles, n8-tiles per warp, K-step / 32)
 MMA_SWEEP = [mm.MmaConfig(*c) for c in (
-    (4, 2, 2, 4, 1), (2, 4, 2, 4, 1), (4, 4, 2, 2, 1), (2, 4, 2, 2, 1), (2, 4, 2, 2, 2), (4, 2, 2, 2, 1),
+    (4, 2, 2, 4, 1), (2, 4, 2, 4, 1), (4, 4, 2, 4, 1), (2, 4, 4, 4, 1), (4, 4, 2, 2, 1), (2, 4, 2, 2, 1), (2, 4, 2, 2, 2), (4, 2, 2, 2, 1),
     (4, 2, 1, 2, 2), (2, 4, 1, 2, 2), (2, 2, 2, 2, 1), (2, 2, 2, 2, 2), (2, 2, 1, 2, 2), (2, 2, 1, 2, 4))]
 
 
 def _configs(kernels):
-    """(label, config, product factory) for the chosen kernels."""
+    """(label, config, product factory) for the chosen kernels (v11: the --config=... tiles, else MMA_SWEEP)."""
+    only = [mm.MmaConfig(*map(int, a.split("=", 1)[1].split(","))) for a in sys.argv if a.startswith("--config=")]
     out = []
     if "v10" in kernels:
         out += [(mm._config_name(c), c, False) for c in mm.PREFILL_CONFIGS]
     if "v11" in kernels:
         out += [("mma " + "x".join(map(str, mm.mma_sizes(c)[:2])) + f"/k{32 * c.ks}/{mm.mma_sizes(c)[2]}t", c, True)
-                for c in MMA_SWEEP]
+                for c in (only or MMA_SWEEP)]
     return out
 
 
 def _splits(mma, K):
-    """v11 split-K factors to time: 1, 2, 4 for long rows (K >= 2048), else 1; v10: None."""
-    return ((1, 2, 4) if K >= 2048 else (1,)) if mma else (None,)
+    """v11 split-K factors to time: 1, 2, 4 for long rows (K >= 2048) (or --splits=...), else 1; v10: None."""
+    given = [tuple(map(int, a.split("=", 1)[1].split(","))) for a in sys.argv if a.startswith("--splits=")]
+    return ((given[-1] if given else (1, 2, 4)) if K >= 2048 else (1,)) if mma else (None,)
 
 
 def main():
@@ -47,8 +51,11 @@ def main():
     shapes = [s for s in mm.PREFILL_SHAPES if only in s[0]]
     if "--f16" in sys.argv:
         shapes += [(name + " f16", kind, N, K, (mm.GGMLType.F16,) * len(types)) for name, kind, N, K, types in shapes]
+    x16s = (False, True) if "--x16" in sys.argv else (False,)
     for name, kind, N, K, types in shapes:
         x = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
+        xp = cuda.device_array(T * K // 2, np.uint32)                    # x as float16 pairs (--x16)
+        mm.launch_pack_f16(x.reshape(T * K), xp, T * K)
         ws = [cuda.to_device(mm.random_weight(rng, t, N, K)) for t in types]
         out = cuda.device_array((T, N), np.float32)
         swiglu = kind == "swiglu"
@@ -59,13 +66,16 @@ def main():
                 picked = cfg == chosen[mma] and (not mma or split == mm.mma_split(cfg, T, N, K, swiglu))
                 if "--chosen" in sys.argv and not picked:
                     continue
-                product = mm.PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None,
-                                            config=cfg, mma=mma, split=split)
-                s = mm._time(lambda st, p=product: p(x.reshape(T * K), out.reshape(T * N), T, st), reps=5)
-                grid = "x".join(map(str, (mm.mma_grid if mma else mm.prefill_grid)(cfg, T, N, swiglu) + (split or 1,)))
-                print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} {label:22s} "
-                      f"{grid:>10s} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s {'*' if picked else ' '}",
-                      flush=True)
+                for x16 in (x16s if mma else (False,)):
+                    product = mm.PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None,
+                                                config=cfg, mma=mma, split=split, x16=x16)
+                    xa = xp if x16 else x.reshape(T * K)
+                    s = mm._time(lambda st, p=product, xa=xa: p(xa, out.reshape(T * N), T, st), reps=5)
+                    grid = "x".join(map(str, (mm.mma_grid if mma else mm.prefill_grid)(cfg, T, N, swiglu)
+                                        + (split or 1,)))
+                    print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} "
+                          f"{label + (' x16' if x16 else ''):22s} {grid:>10s} {s * 1e6:8.1f} us "
+                          f"{flop / s / 1e12:5.1f} TFLOP/s {'*' if picked else ' '}", flush=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   and V products of one x in one launch. Measured on the H200 (T = 512): gate/up + SwiGLU 137 us (65 TFLOP/s,
   v10 368 us), W_down 112-123 us (v10 288), whole 512-token prefill 22.2 -> 10.1 ms of GPU time. Numerics: the
   float32 product of the float16-rounded operands (section "v11" below).
+  ``x16=True`` (eighteenth session, opt-in through ``LLAMA_BETA_PREFILL_X16=1``, not yet measured): x arrives
+  as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging: the same bits), half the bytes a tile
+  reads.
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -2899,11 +2902,12 @@ class PrefillProduct:
     float32 sums) or v10 (float32); default v11 where supported unless ``LLAMA_BETA_PREFILL_MMA=0``.
     ``config``: one tile for every T (a PrefillConfig for v10, an MmaConfig for v11; default:
     ``prefill_config`` / ``mma_config`` of T). ``split``: v11's blocks per tile along K (default ``mma_split``).
-    Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so the
+    ``x16``: v11 reads x as float16 pairs (uint32 [T K / 2], ``launch_pack_f16``) instead of float32: the same
+    bits, half the bytes. Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so the
     kernel's arguments are spelled out in one place.)"""
 
     def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
-                 split=None):
+                 split=None, x16=False):
         gate_type = _check(w_raw, ggml_type, K)
         if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
             raise ValueError("PrefillProduct: the weight and bias must be device arrays")
@@ -2922,12 +2926,15 @@ class PrefillProduct:
             raise ValueError(f"PrefillProduct: bias must be [{self.N}], got {tuple(bias.shape)}")
         self._types, self._weights, self._bias = (gate_type, up_type), (ga, gb, ua, ub, up_row0), bias
         self.mma = (PREFILL_MMA and mma_supported()) if mma is None else bool(mma)     # v11, else v10
+        self.x16 = bool(x16)
+        _check_x16(self.x16, self.mma, "PrefillProduct")
         self._config = None if config is None else (MmaConfig if self.mma else PrefillConfig)(*config)
         self._split = split                                               # v11 split-K (default: mma_split)
         self._by_tokens = {}                                              # T -> (kernel, grid, threads, extra)
 
     def __call__(self, x_flat, out_flat, T: int, stream=0) -> None:
-        """x_flat: device float32 [>= T K] (x row-major), out_flat: device float32 [>= T N]."""
+        """x_flat: device float32 [>= T K] (x row-major; with ``x16`` uint32 [>= T K / 2], float16 pairs),
+        out_flat: device float32 [>= T N]."""
         launch = self._by_tokens.get(T)
         if launch is None:
             launch = self._by_tokens[T] = self._launch_for(T)
@@ -2943,7 +2950,7 @@ class PrefillProduct:
             cfg = self._config or mma_config(T, self.N, self.K, self.swiglu)
             split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
-            return (_mma_kernel(*self._types, cfg, self.swiglu, split), (bx, by, split), mma_sizes(cfg)[2],
+            return (_mma_kernel(*self._types, cfg, self.swiglu, split, self.x16), (bx, by, split), mma_sizes(cfg)[2],
                     split_workspace(split * bx * by * mma_sizes(cfg)[2] * 4 * cfg.mi * cfg.nj, bx * by)
                     if split > 1 else split_workspace(1, 1))
         cfg = self._config or prefill_config(T, self.N, self.swiglu)
@@ -3040,10 +3047,12 @@ def _check_mma_config(cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
+def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     """v11's work for one output tile, as a device function ``tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0,
     N, bias, has_bias, accumulate, out, ws, counters, bx, by, z)`` (block (bx, by, z) of the product's grid;
     ``sm``: the block's shared uint32 [smem words], ``last``: shared int32 [1]), and the shared words it needs.
+    ``x16``: x comes already rounded to float16, as uint32 pairs [T K / 2] (``launch_pack_f16``: the same
+    ``cvt.rn`` the staging applies to float32 x, so the same bits), half the bytes every tile reads.
     Arguments and epilogues are v10's (``_prefill_kernel``) plus the split-K workspace ``ws`` and tile
     ``counters`` (read only when ``split`` > 1: grid z = split, see ``finish_split``). The kernels below wrap
     it: one product per launch (``_mma_kernel``), or Q, K and V in one launch (``_mma_qkv_kernel``)."""
@@ -3060,33 +3069,53 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
     PROWS = NTH // PC                    # token rows between a thread's pairs
     tile_row, decode_w, (DT, DPT, ALL_DECODE, OSTEP) = _tile_decoder(gate_type, up_type, BN, NTH, KC, swiglu)
     ACC = MI * NJ * 4
-    SMW, XR, WN8 = 2 * BUF, 2 * PAIRS, 8 * DPT
+    SMW, XR, WN8 = 2 * BUF, (PAIRS if x16 else 2 * PAIRS), 8 * DPT
+    XDT = uint32 if x16 else float32     # x as prefetched: float16 pairs, or two floats a pair
     SPLIT = split
 
     @cuda.jit(device=True, inline=True)
     def row_of(wc, j):
         return (j // H) * (BN // 2) + wc * (H * 8) + (j % H) * 8
 
+    if x16:
+        @cuda.jit(device=True, inline=True)
+        def read_pair(x, at, inside, xr, u):
+            # the float16 pair of x's flat floats at, at + 1 (a word of the pairs): xr[u]
+            w = x[at >> uint32(1)]
+            xr[u] = w if inside else uint32(0)
+
+        @cuda.jit(device=True, inline=True)
+        def x_word(xr, u):
+            return xr[u]
+    else:
+        @cuda.jit(device=True, inline=True)
+        def read_pair(x, at, inside, xr, u):
+            # x's flat floats at, at + 1: xr[2u], xr[2u + 1]
+            a, b = x[at], x[at + uint32(1)]
+            xr[2 * u] = a if inside else float32(0.0)
+            xr[2 * u + 1] = b if inside else float32(0.0)
+
+        @cuda.jit(device=True, inline=True)
+        def x_word(xr, u):
+            return ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
+
     @cuda.jit(device=True, inline=True)
     def load_x(x, T, K, t0, k0, xr):
-        # xr[2u], xr[2u+1] = x[t0 + tid // PC + PROWS u, k0 + 2 (tid % PC) + (0, 1)]: 0 past K
+        # pair u of this thread: x[t0 + tid // PC + PROWS u, k0 + 2 (tid % PC) + (0, 1)] (read_pair): 0 past K
         tid = int32(cuda.threadIdx.x)
         k = int32(k0 + 2 * (tid % PC))
         kk = min(k, K - 2)
         for u in range(PAIRS):
             t = min(int32(t0 + tid // PC + PROWS * u), T - 1)
-            at = uint32(t * K + kk)
-            a, b = x[at], x[at + uint32(1)]
-            xr[2 * u] = a if k < K else float32(0.0)
-            xr[2 * u + 1] = b if k < K else float32(0.0)
+            read_pair(x, uint32(t * K + kk), k < K, xr, u)
 
     @cuda.jit(device=True, inline=True)
     def stage(sm, base, xr, wn):
-        # the prefetched values, rounded to float16 pairs, into the buffer at sm[base:]
+        # the prefetched values, as float16 pairs, into the buffer at sm[base:]
         tid = int32(cuda.threadIdx.x)
         xat = uint32(base + (tid // PC) * KPW + tid % PC)
         for u in range(PAIRS):
-            sm[xat + uint32(PROWS * KPW * u)] = ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
+            sm[xat + uint32(PROWS * KPW * u)] = x_word(xr, u)
         if ALL_DECODE or tid < DT:
             wat = uint32(base + XW + (tid % BN) * KPW + 4 * (tid // BN))
             for u in range(DPT):
@@ -3159,7 +3188,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
         # x flat [T K]; out flat [T N] (plain) or [T F], F = N (swiglu); tile (bx, by, z): rows bx BN
         # (features bx BN / 2 for swiglu), tokens by BM, the z-th of SPLIT stretches of K-steps
         acc = cuda.local.array(ACC, float32)
-        xr = cuda.local.array(XR, float32)
+        xr = cuda.local.array(XR, XDT)
         wn = cuda.local.array(WN8, float32)
         tid = int32(cuda.threadIdx.x)
         warp, lane = tid // 32, tid % 32
@@ -3195,9 +3224,10 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
-    """v11 kernel: one product (or SwiGLU pair) per launch, grid (tiles along rows, along tokens, split)."""
-    tile, SMW = _mma_tile(gate_type, up_type, cfg, swiglu, split)
+def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1, x16=False):
+    """v11 kernel: one product (or SwiGLU pair) per launch, grid (tiles along rows, along tokens, split); x
+    float32 [T K], or float16 pairs uint32 [T K / 2] with ``x16``."""
+    tile, SMW = _mma_tile(gate_type, up_type, cfg, swiglu, split, x16)
 
     @cuda.jit(cache=JIT_CACHE)
     def prefill_mma(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters):
@@ -3210,13 +3240,13 @@ def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_qkv_kernel(q_type, k_type, v_type, cfg):
+def _mma_qkv_kernel(q_type, k_type, v_type, cfg, x16=False):
     """v11 kernel for the Q, K and V products of one x in ONE launch (three small products: one launch fills
     the GPU better than three, and the graph has two nodes less). Grid x: q's row tiles, then k's, then v's
     (each block one tile of one matrix, its type a compile-time constant); grid y: token tiles."""
-    tq, SMW = _mma_tile(q_type, q_type, cfg, False)
-    tk, _ = _mma_tile(k_type, k_type, cfg, False)
-    tv, _ = _mma_tile(v_type, v_type, cfg, False)
+    tq, SMW = _mma_tile(q_type, q_type, cfg, False, 1, x16)
+    tk, _ = _mma_tile(k_type, k_type, cfg, False, 1, x16)
+    tv, _ = _mma_tile(v_type, v_type, cfg, False, 1, x16)
 
     @cuda.jit(cache=JIT_CACHE)
     def prefill_qkv(x, T, K, qa, qb, q_n, q_bias, q_has, q_out, ka, kb, k_n, k_bias, k_has, k_out,
@@ -3234,6 +3264,30 @@ def _mma_qkv_kernel(q_type, k_type, v_type, cfg):
                bx - q_tiles - k_tiles, by, 0)
 
     return prefill_qkv
+
+
+def _check_x16(x16, mma, who):
+    """(K is even: every type's rows are whole blocks of at least 8 weights, ``_check``.)"""
+    if x16 and not mma:
+        raise ValueError(f"{who}: x as float16 pairs (x16) needs v11 (mma=True)")
+
+
+@cuda.jit(cache=JIT_CACHE)
+def pack_f16_kernel(x, n_pairs, out):
+    """out[i] = (x[2 i], x[2 i + 1]) rounded to a float16 pair (``ptx.pack_f16x2``: cvt.rn, the rounding v11's
+    staging applies), i < n_pairs; a thread per pair."""
+    i = cuda.grid(1)
+    if i < n_pairs:
+        out[i] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
+
+
+def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256) -> None:
+    """v11's x16 operand: out_flat uint32 [>= n / 2] = x_flat float32 [>= n] as float16 pairs (n even)."""
+    if n % 2:
+        raise ValueError(f"pack_f16: n={n} must be even (pairs of consecutive floats)")
+    if n:
+        pairs = n // 2
+        pack_f16_kernel[-(-pairs // threads), threads, stream](x_flat, pairs, out_flat)
 
 
 def mma_grid(cfg, T, N, swiglu=False):
@@ -3261,11 +3315,14 @@ class PrefillQKV:
     """v11's Q, K and V products of one x in one launch (``_mma_qkv_kernel``): out_m [T, N_m] = x [T, K] W_m^T
     (+ b_m) for ``mats`` = [(w_raw, ggml_type, bias or None)] * 3, with one tile for the three (``config``,
     default ``mma_config`` of their rows together). Bit for bit what three ``PrefillProduct(..., mma=True)``
-    launches with that tile compute. Called as ``(x_flat, (q_flat, k_flat, v_flat), T, stream)``."""
+    launches with that tile compute. Called as ``(x_flat, (q_flat, k_flat, v_flat), T, stream)``; ``x16``: x_flat
+    as float16 pairs (uint32 [T K / 2]), as ``PrefillProduct``'s."""
 
-    def __init__(self, mats, K, *, config=None):
+    def __init__(self, mats, K, *, config=None, x16=False):
         if len(mats) != 3:
             raise ValueError(f"PrefillQKV: needs 3 matrices (Q, K, V), got {len(mats)}")
+        self.x16 = bool(x16)
+        _check_x16(self.x16, True, "PrefillQKV")
         self.K, self._mats = K, []
         for w, t, b in mats:
             t = _check(w, t, K)
@@ -3283,7 +3340,7 @@ class PrefillQKV:
             cfg = self._config or mma_config(T, sum(m[3] for m in self._mats), self.K)
             bn = mma_sizes(cfg)[1]
             tiles = [-(-m[3] // bn) for m in self._mats]
-            kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg)
+            kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16)
             launch = self._by_tokens[T] = (kern, (sum(tiles), -(-T // mma_sizes(cfg)[0])), mma_sizes(cfg)[2], tiles)
         kern, grid, threads, tiles = launch
         args = []

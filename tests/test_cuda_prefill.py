@@ -165,3 +165,26 @@ def test_graph_replay_equals_direct_launches(tmp_path):
                          atol=1e-6, rtol=1e-6, name=f"call {call} cache rows")   # as above
         assert len(replays) == max(0, call) and len(graphed.graphs.graphs) == min(1, call)
     graphed.close()
+
+
+@requires_cuda
+@pytest.mark.parametrize("arch", ARCHS)
+def test_float16_packed_x_changes_no_bit(tmp_path, arch):
+    """x16 (the v11 products read x as float16 pairs that a launch packs after each producer) gives the same
+    logits and cache rows as the products rounding float32 x themselves, bit for bit: the same cvt.rn."""
+    from llama_beta.backends.cuda_prefill import CudaPrefill
+
+    model = _model(tmp_path, arch)
+    packed, plain = CudaPrefill(model, chunk=8, use_graph=False, x16=True), CudaPrefill(model, chunk=8, use_graph=False)
+    assert packed.x16 and not plain.x16 and packed._products[0]["o"].x16
+    names = [name for name, _ in packed.launches(0, model.weights.layers[0], 4, 0, model.new_cache(8))]
+    assert names.count("pack float16") == 4                            # after both norms, attention, the SwiGLU
+    caches = model.new_cache(32), model.new_cache(32)
+    got, want = packed(PROMPT, 0, caches[0]), plain(PROMPT, 0, caches[1])
+    np.testing.assert_array_equal(got, want)
+    for which in (0, 1):
+        written = slice(0, len(PROMPT))                                # (rows past them were never written)
+        np.testing.assert_array_equal(caches[0][which].copy_to_host()[:, written],
+                                      caches[1][which].copy_to_host()[:, written])
+    packed.close()
+    plain.close()

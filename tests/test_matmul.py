@@ -624,3 +624,43 @@ def test_prefill_qkv_one_launch_equals_three_products():
         np.testing.assert_array_equal(g.copy_to_host(), want.copy_to_host())
     with pytest.raises(ValueError, match="3 matrices"):
         km.PrefillQKV(mats[:2], K)
+
+
+@requires_cuda
+@pytest.mark.parametrize("split", [1, 2])
+def test_prefill_x16_equals_float32_x_bit_for_bit(split):
+    """v11 reading x as float16 pairs (x16, packed by ``launch_pack_f16``) computes exactly what it computes from
+    float32 x, which its staging rounds with the same cvt.rn: the plain product with bias and residual, the
+    SwiGLU pair, split along K, and the one-launch Q/K/V; x values at the top of float16's range and below its
+    normal range included. A v10 product and an odd count of floats to pack are refused."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(40 + split)
+    gt, T, N = GGMLType.Q4_K, (70 if ON_GPU else 5), (300 if ON_GPU else 9)
+    K = 256 * (8 if ON_GPU else 1)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[0, :4] = [65504.0, -6.5e4, 3e-6, 1e-8]          # float16's largest, rounded to it, subnormal, rounded to 0
+    x_d = cuda.to_device(x).reshape(T * K)
+    x16 = cuda.device_array(T * K // 2, np.uint32)
+    km.launch_pack_f16(x_d, x16, T * K)
+    np.testing.assert_array_equal(x16.copy_to_host().view(np.float16), x.reshape(-1).astype(np.float16))
+    w = cuda.to_device(random_weight(rng, gt, N, K))
+    wu = cuda.to_device(random_weight(rng, GGMLType.Q6_K, N, K))
+    res, bias = rng.standard_normal((T, N)).astype(np.float32), cuda.to_device(rng.standard_normal(N).astype(np.float32))
+    for kw in (dict(bias=bias, accumulate=True), dict(up=(wu, GGMLType.Q6_K, 0))):
+        outs = []
+        for xa, flag in ((x_d, False), (x16, True)):
+            o = cuda.to_device(res).reshape(T * N)
+            km.PrefillProduct(w, gt, K, mma=True, split=split, x16=flag, **kw)(xa, o, T)
+            outs.append(o.copy_to_host())
+        np.testing.assert_array_equal(outs[1], outs[0])
+    mats = [(w, gt, bias), (wu, GGMLType.Q6_K, None), (w, gt, None)]
+    got = [[cuda.device_array(T * N, np.float32) for _ in range(3)] for _ in range(2)]
+    km.PrefillQKV(mats, K)(x_d, got[0], T)
+    km.PrefillQKV(mats, K, x16=True)(x16, got[1], T)
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(b.copy_to_host(), a.copy_to_host())
+    with pytest.raises(ValueError, match="x16.*needs v11"):
+        km.PrefillProduct(w, gt, K, mma=False, x16=True)
+    with pytest.raises(ValueError, match="must be even"):
+        km.launch_pack_f16(x_d, x16, 3)

@@ -44,6 +44,13 @@ whose arguments do not change between calls:
 
 ``LLAMA_BETA_PREFILL_GRAPH=0`` (or ``use_graph=False``) runs the launches directly; the simulator always
 does, and so does a head size attention v8 lacks (v2 takes the position as a host scalar).
+
+``LLAMA_BETA_PREFILL_X16=1`` (or ``x16=True``; eighteenth session, opt-in, not yet measured): the v11 products
+read their x as float16 pairs, which a small launch packs after each producer (RMSNorm's x', attention's
+output, the SwiGLU's h; ``matmul.launch_pack_f16``), instead of float32 x that every tile rounds again as it
+stages it: the same bits (the same ``cvt.rn``), half the bytes each of a product's row tiles reads. Four
+launches more per layer (after both norms, attention and the SwiGLU); fusing the packing into those producers
+is the next step if it pays.
 """
 from __future__ import annotations
 
@@ -61,15 +68,18 @@ from numba_kernels import attention, embedding, matmul, rmsnorm, rope
 DEFAULT_CHUNK = 512                          # tokens per pass: larger tiles fill the GPU better
 BUCKET = 64                                  # a chunk's token count is rounded up to a multiple of this
 MAX_GRAPHS = 8                               # captured chunks kept (each holds ~240 nodes)
+X16 = os.environ.get("LLAMA_BETA_PREFILL_X16", "0") == "1"   # v11 over float16-packed x (opt-in, see above)
 
 
 class CudaPrefill:
     """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call.
 
     bucket: token counts are rounded up to a multiple of it (see the module docstring); use_graph: None
-    (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False."""
+    (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False; x16: None (``X16``), True or
+    False: the v11 products read x as float16 pairs (only where the products are v11)."""
 
-    def __init__(self, model, chunk: int = DEFAULT_CHUNK, bucket: int = BUCKET, use_graph: bool | None = None):
+    def __init__(self, model, chunk: int = DEFAULT_CHUNK, bucket: int = BUCKET, use_graph: bool | None = None,
+                 x16: bool | None = None):
         c, p = model.config, model.rope
         self.model, self.chunk, self.bucket = model, chunk, bucket
         self._flash = attention.prefill_version(c.head_size) == "v8"
@@ -87,6 +97,10 @@ class CudaPrefill:
         self.q, self.att = buf(chunk * c.n_heads * c.head_size), buf(chunk * c.n_heads * c.head_size)
         self.k, self.v = buf(chunk * c.n_kv_heads * c.head_size), buf(chunk * c.n_kv_heads * c.head_size)
         self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
+        self.x16 = (X16 if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
+        if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
+            self.n16, self.att16 = buf(chunk * c.dim // 2, np.uint32), buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
+            self.h16 = buf(chunk * c.ffn_dim // 2, np.uint32)
         self.logits = cuda.device_array((1, c.vocab_size), np.float32)                # [1, V]
         self.ids, self.start = buf(chunk, np.int32), buf(1, np.int32)                 # [T], first position
         self._ids_host = cuda.pinned_array(chunk, np.int32)
@@ -97,20 +111,21 @@ class CudaPrefill:
                                            factors, p.attn_factor)
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
+        x16 = dict(x16=True) if self.x16 else {}
         self._products = [dict(
-            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias),
-            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias),
-            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias),
-            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True),
+            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, **x16),
+            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, **x16),
+            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, **x16),
+            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, **x16),
             gate_up=matmul.PrefillProduct(L.w_gate.raw, L.w_gate.ggml_type, L.w_gate.k,
-                                          up=(L.w_up.raw, L.w_up.ggml_type, 0)),
+                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), **x16),
             down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
-                                       accumulate=True),
+                                       accumulate=True, **x16),
         ) for L in model.weights.layers]
         for P, L in zip(self._products, model.weights.layers):
             if P["q"].mma:                      # v11: Q, K and V in one launch (PrefillQKV)
                 P["qkv"] = matmul.PrefillQKV([(L.wq.raw, L.wq.ggml_type, L.wq.bias), (L.wk.raw, L.wk.ggml_type, L.wk.bias),
-                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k)
+                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k, **x16)
 
     @property
     def stream(self):
@@ -201,18 +216,23 @@ class CudaPrefill:
             else:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
+        def pack(a, a16):                                                            # a16 = a as float16 pairs
+            return [("pack float16", lambda: matmul.launch_pack_f16(a, a16, 2 * a16.size, self.stream))] \
+                if self.x16 else []
+
+        n, att, h = (V.n16, V.att16, V.h16) if self.x16 else (V.n, V.att, V.h)      # the products' x
         if "qkv" in P:                                                               # one launch (v11)
-            qkv = [("q/k/v", lambda: P["qkv"](V.n, (V.q, V.k, V.v), T, self.stream))]
+            qkv = [("q/k/v", lambda: P["qkv"](n, (V.q, V.k, V.v), T, self.stream))]
         else:
-            qkv = [("q", product("q", V.n, V.q)), ("k", product("k", V.n, V.k)), ("v", product("v", V.n, V.v))]
-        return [("rmsnorm", norm(L.attn_norm)),
+            qkv = [("q", product("q", n, V.q)), ("k", product("k", n, V.k)), ("v", product("v", n, V.v))]
+        return [("rmsnorm", norm(L.attn_norm)), *pack(V.n, n),
                 *qkv,
                 ("rope+append", rope_append),
-                ("attention", attend),
-                ("w_o+residual", product("o", V.att, V.x)),                             # x += W_o att
-                ("rmsnorm", norm(L.ffn_norm)),
-                ("gate/up+swiglu", product("gate_up", V.n, V.h)),                       # h = silu(W_g n) W_u n
-                ("w_down+residual", product("down", V.h, V.x))]                         # x += W_down h
+                ("attention", attend), *pack(V.att, att),
+                ("w_o+residual", product("o", att, V.x)),                               # x += W_o att
+                ("rmsnorm", norm(L.ffn_norm)), *pack(V.n, n),
+                ("gate/up+swiglu", product("gate_up", n, V.h)), *pack(V.h, h),          # h = silu(W_g n) W_u n
+                ("w_down+residual", product("down", h, V.x))]                           # x += W_down h
 
     def _views(self, T: int):
         """The buffers' first T tokens, flat ([T * width]) and shaped, made once per token count (every
@@ -224,6 +244,9 @@ class CudaPrefill:
             flat = {name: getattr(self, name)[:T * width] for name, width in
                     (("ids", 1), ("x", c.dim), ("n", c.dim), ("q", nh * hs), ("k", nkv * hs), ("v", nkv * hs),
                      ("att", nh * hs), ("h", c.ffn_dim))}
+            if self.x16:                            # float16 pairs: half the words
+                flat.update({name: getattr(self, name)[:T * width // 2] for name, width in
+                             (("n16", c.dim), ("att16", nh * hs), ("h16", c.ffn_dim))})
             views = self._views_by_tokens[T] = types.SimpleNamespace(
                 **flat, x2=flat["x"].reshape(T, c.dim), n2=flat["n"].reshape(T, c.dim),      # [T, C]
                 q3=flat["q"].reshape(T, nh, hs), att3=flat["att"].reshape(T, nh, hs),      # [T, nh, hs]
