@@ -93,7 +93,8 @@ def _offline_numba():
     return cuda
 
 
-def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Path, x16: bool = False) -> tuple[str, str]:
+def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Path,
+              x16: bool = False) -> tuple[str, str]:
     """(ptxas's resource lines, SASS) of ``matmul._mma_kernel`` for sm_90; the PTX, cubin and SASS land in out."""
     cuda = _offline_numba()
     import numpy as np
@@ -110,7 +111,8 @@ def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Pat
     kernel = mm._mma_kernel(t, t, getattr(mm, f"MMA_{config}"), swiglu, 1, x16)
     f32, i32 = nt.Array(nt.float32, 1, "C"), nt.Array(nt.int32, 1, "C")
     wa, wb = (nt.Array(from_dtype(np.dtype(v)), 2, "C") for v in mm._VIEWS.get(t, (np.uint16, np.float16)))
-    sig = (nt.Array(nt.uint32, 1, "C") if x16 else f32, nt.int64, nt.int64, wa, wb, wa, wb, nt.int64, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
+    x_type = nt.Array(nt.uint32, 1, "C") if x16 else f32          # float16 pairs, or float32
+    sig = (x_type, nt.int64, nt.int64, wa, wb, wa, wb, nt.int64, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=launch_bounds)
     stem = out / f"v11-{type_name}-{'swiglu' if swiglu else 'plain'}-{config.lower()}{'-x16' if x16 else ''}"
     stem.with_suffix(".ptx").write_text(ptx)

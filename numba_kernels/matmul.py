@@ -181,31 +181,29 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   H200 the Phi-3 gate/up launch took 29.7 us against 22.3 and executed only 10 % fewer instructions (12.3 M
   against 13.6 M): per unit and row it still decoded the scales (``_k_scales``, with a branch on the
   sub-block), computed 64-bit addresses, and every block quantized all of x' again.
-- v20 ``_x8_kernels`` (where ``LLAMA_BETA_DP4A=auto``, the default, chooses it; "1" everywhere, "0" never):
-  Q4_K, Q5_K, Q5_0, Q6_K and Q8_0 decode products (matvec, SwiGLU, and the Q/K/V + RoPE launch
-  ``_qkv_rope_x8_kernel``: a lane group per RoPE pair slot) over x' rounded to int8 blocks of 32 (each block stages x' as v4 does, then ``_quantize_staged`` rounds it in
-  place, a thread per block of 32: codes, scale d_j, float sum s_j), with the work cut so that the per-weight
-  instructions are the dp4a: a lane takes a *pair* of 32-weight blocks (Q4_K: the 32 quant bytes whose low
-  nibbles are sub-block 2c and high nibbles 2c + 1, read in two 16-byte loads plus one 16-byte load of the
-  super-block's header; all eight 6-bit scales and mins built four at a time and its two picked by one ``prmt``,
-  ``_k_pair_scales``: no branch; the nibbles masked in place, the high ones unshifted, ``& 0xF0F0F0F0`` = 16 q,
-  the 1/16 applied to the exact integer sum; ``ptx.dp4a_us``: unsigned quant bytes, signed codes), 16 dp4a per
-  64 weights. Q8_0 / Q5_0 pairs (``_q8_0_at``, ``_q5_0_at``): 17 / 11 aligned words, the first block's words
-  realigned by ``prmt``; Q5_0's fifth bits put into bit 4 of each byte by one multiply (``_fifth_bits``).
-  Q6_K pairs (``_q6k_at``): the two blocks of a 128-weight half that share ql/qh bytes, nine words read for
-  eight and realigned (210-byte super-blocks are 2-aligned), q - 32 as signed bytes (``_signed6``). Q5_K pairs
-  (``_q5k_at``): Q4_K's with bits 2c, 2c + 1 of the qh bytes as the quants' bit 4, the high nibbles shifted down.
-  Rows are spread over lane groups of LG = 8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three
-  full steps of 16 lanes where 32 lanes would idle half of the second step), each group summing its R rows by
-  shuffles inside the group. Reference ``ref.matmul.matmul_x8``; offline ptxas (sm_90), no spills: 32 / 54
-  registers (Q4_K matvec / SwiGLU, R = 1), 48 / 56 (Q8_0, R = 4 / 1), 32 / 40 (Q5_0), 32 / 56 (Q6_K), 64 / 68
-  (Q5_K, R = 2). Measured on an H100
-  (thirteenth and fourteenth sessions) in two earlier forms: rounding in every block a warp per block of 32
-  (gate/up 25.0 -> 22.5 us, but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch
-  of its own (Phi-3 gate/up 25.0 -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per
-  product); docs/matmul.md has the history. Which launches take v20: ``X8`` (``ref.matmul.X8Choice``;
-  ``LLAMA_BETA_DP4A=auto``, the default since the eighteenth session: K >= 2048, plain products of >= 4096 rows),
-  which the NumPy backend follows.
+- v20 ``_x8_kernels`` (where ``LLAMA_BETA_DP4A=auto``, the default, chooses it; "1" everywhere, "0" never): Q4_K,
+  Q5_K, Q5_0, Q6_K and Q8_0 decode products (matvec, SwiGLU, and the Q/K/V + RoPE launch ``_qkv_rope_x8_kernel``: a
+  lane group per RoPE pair slot) over x' rounded to int8 blocks of 32 (each block stages x' as v4 does, then
+  ``_quantize_staged`` rounds it in place, a thread per block of 32: codes, scale d_j, float sum s_j), with the work
+  cut so that the per-weight instructions are the dp4a: a lane takes a *pair* of 32-weight blocks (Q4_K: the 32 quant
+  bytes whose low nibbles are sub-block 2c and high nibbles 2c + 1, read in two 16-byte loads plus one 16-byte load of
+  the super-block's header; all eight 6-bit scales and mins built four at a time and its two picked by one ``prmt``,
+  ``_k_pair_scales``: no branch; the nibbles masked in place, the high ones unshifted, ``& 0xF0F0F0F0`` = 16 q, the
+  1/16 applied to the exact integer sum; ``ptx.dp4a_us``: unsigned quant bytes, signed codes), 16 dp4a per 64 weights.
+  Q8_0 / Q5_0 pairs (``_q8_0_at``, ``_q5_0_at``): 17 / 11 aligned words, the first block's words realigned by
+  ``prmt``; Q5_0's fifth bits put into bit 4 of each byte by one multiply (``_fifth_bits``). Q6_K pairs (``_q6k_at``):
+  the two blocks of a 128-weight half that share ql/qh bytes, nine words read for eight and realigned (210-byte
+  super-blocks are 2-aligned), q - 32 as signed bytes (``_signed6``). Q5_K pairs (``_q5k_at``): Q4_K's with bits 2c,
+  2c + 1 of the qh bytes as the quants' bit 4, the high nibbles shifted down. Rows are spread over lane groups of LG =
+  8, 16 or 32 lanes (``x8_lanes``: K = 3072 has 48 pairs a row, three full steps of 16 lanes where 32 lanes would idle
+  half of the second step), each group summing its R rows by shuffles inside the group. Reference
+  ``ref.matmul.matmul_x8``; offline ptxas (sm_90), no spills: 32 / 54 registers (Q4_K matvec / SwiGLU, R = 1), 48 / 56
+  (Q8_0, R = 4 / 1), 32 / 40 (Q5_0), 32 / 56 (Q6_K), 64 / 68 (Q5_K, R = 2). Measured on an H100 (thirteenth and
+  fourteenth sessions) in two earlier forms: rounding in every block a warp per block of 32 (gate/up 25.0 -> 22.5 us,
+  but W_o 6.5 -> 22.9, W_down 16.8 -> 29.5), and rounding once per product in a launch of its own (Phi-3 gate/up 25.0
+  -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per product); docs/matmul.md has the
+  history. Which launches take v20: ``X8`` (``ref.matmul.X8Choice``; ``LLAMA_BETA_DP4A=auto``, the default since the
+  eighteenth session: K >= 2048, plain products of >= 4096 rows), which the NumPy backend follows.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -2903,8 +2901,8 @@ class PrefillProduct:
     ``config``: one tile for every T (a PrefillConfig for v10, an MmaConfig for v11; default:
     ``prefill_config`` / ``mma_config`` of T). ``split``: v11's blocks per tile along K (default ``mma_split``).
     ``x16``: v11 reads x as float16 pairs (uint32 [T K / 2], ``launch_pack_f16``) instead of float32: the same
-    bits, half the bytes. Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use one too, so the
-    kernel's arguments are spelled out in one place.)"""
+    bits, half the bytes. Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use
+    one too, so the kernel's arguments are spelled out in one place.)"""
 
     def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
                  split=None, x16=False):

@@ -99,7 +99,8 @@ class CudaPrefill:
         self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
         self.x16 = (X16 if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
         if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
-            self.n16, self.att16 = buf(chunk * c.dim // 2, np.uint32), buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
+            self.n16 = buf(chunk * c.dim // 2, np.uint32)
+            self.att16 = buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
             self.h16 = buf(chunk * c.ffn_dim // 2, np.uint32)
         self.logits = cuda.device_array((1, c.vocab_size), np.float32)                # [1, V]
         self.ids, self.start = buf(chunk, np.int32), buf(1, np.int32)                 # [T], first position
