@@ -51,6 +51,14 @@ def km():
     return matmul
 
 
+@pytest.fixture(autouse=True)
+def float_products(monkeypatch):
+    """This file tests the float32 decode products (v4-v18): no launch takes v20's integer products, which the
+    default (``LLAMA_BETA_DP4A=auto``) picks for rows of 2048 weights or more (tests/test_matvec_x8.py has v20)."""
+    from ref.matmul import X8Choice
+    monkeypatch.setattr(km(), "X8", X8Choice())
+
+
 def dev(a):
     from numba import cuda
     return None if a is None else cuda.to_device(np.ascontiguousarray(a))  # the GPU's reshape needs contiguity
