@@ -25,9 +25,14 @@ MMA_SWEEP = [mm.MmaConfig(*c) for c in (
     (4, 2, 1, 2, 2), (2, 4, 1, 2, 2), (2, 2, 2, 2, 1), (2, 2, 2, 2, 2), (2, 2, 1, 2, 2), (2, 2, 1, 2, 4))]
 
 
+def _int_lists(name):
+    """The comma-separated integers of every ``--NAME=a,b,c`` argument, as tuples."""
+    return [tuple(map(int, a.split("=", 1)[1].split(","))) for a in sys.argv if a.startswith(f"--{name}=")]
+
+
 def _configs(kernels):
     """(label, config, product factory) for the chosen kernels (v11: the --config=... tiles, else MMA_SWEEP)."""
-    only = [mm.MmaConfig(*map(int, a.split("=", 1)[1].split(","))) for a in sys.argv if a.startswith("--config=")]
+    only = [mm.MmaConfig(*c) for c in _int_lists("config")]
     out = []
     if "v10" in kernels:
         out += [(mm._config_name(c), c, False) for c in mm.PREFILL_CONFIGS]
@@ -39,7 +44,7 @@ def _configs(kernels):
 
 def _splits(mma, K):
     """v11 split-K factors to time: 1, 2, 4 for long rows (K >= 2048) (or --splits=...), else 1; v10: None."""
-    given = [tuple(map(int, a.split("=", 1)[1].split(","))) for a in sys.argv if a.startswith("--splits=")]
+    given = _int_lists("splits")
     return ((given[-1] if given else (1, 2, 4)) if K >= 2048 else (1,)) if mma else (None,)
 
 

@@ -112,21 +112,20 @@ class CudaPrefill:
                                            factors, p.attn_factor)
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
-        x16 = dict(x16=True) if self.x16 else {}
         self._products = [dict(
-            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, **x16),
-            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, **x16),
-            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, **x16),
-            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, **x16),
+            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, x16=self.x16),
+            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, x16=self.x16),
+            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, x16=self.x16),
+            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, x16=self.x16),
             gate_up=matmul.PrefillProduct(L.w_gate.raw, L.w_gate.ggml_type, L.w_gate.k,
-                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), **x16),
+                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), x16=self.x16),
             down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
-                                       accumulate=True, **x16),
+                                       accumulate=True, x16=self.x16),
         ) for L in model.weights.layers]
         for P, L in zip(self._products, model.weights.layers):
             if P["q"].mma:                      # v11: Q, K and V in one launch (PrefillQKV)
                 P["qkv"] = matmul.PrefillQKV([(L.wq.raw, L.wq.ggml_type, L.wq.bias), (L.wk.raw, L.wk.ggml_type, L.wk.bias),
-                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k, **x16)
+                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k, x16=self.x16)
 
     @property
     def stream(self):
