@@ -246,7 +246,7 @@ from numba import config, cuda, float32, int32, uint16, uint32, uint64
 from numba.types import float16
 
 from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
-from ref.matmul import X8_K_MULTIPLE, X8Choice
+from ref.matmul import X8_K_MULTIPLE, X8Choice, x8_fits
 
 from numba_kernels import ptx
 from numba_kernels.rmsnorm import _block_sum
@@ -926,6 +926,82 @@ def quantize_x8_kernel(x, nw, has_norm, eps, K, out):
     while p < K + (K >> 5):
         out[p] = xs[p]
         p += cuda.blockDim.x
+
+
+XQ_WORDS = 12    # v21: 32-bit words per block of 32 of x' rounded in global memory (8 code words, d, s, 2 spare:
+#                  whole 16-byte lines)
+
+
+def xq_words(K: int) -> int:
+    """Words of a v21 buffer holding x' [K] rounded to int8 blocks of 32 (``_round_rows_out``)."""
+    return K // 32 * XQ_WORDS
+
+
+@cuda.jit(device=True, inline=True)
+def _load_xq(xq, nw, has_norm, eps, K, xs, red):
+    """v21 staging: x' arrives already rounded by the launch before (``_round_rows_out``: uint32
+    [K / 32, XQ_WORDS]), so a block copies each block of 32's ten words (codes, d, s) into slots 33 j ..
+    33 j + 9 of xs, where ``_quantize_staged`` would have left them, three 16-byte loads a thread and block of
+    32, instead of staging K floats and rounding them. (Same arguments as ``_stage_x``; the norm ones unused.)"""
+    ptx.allow_next_grid()
+    ptx.wait_previous_grid()
+    xw = cuda.shared.array(0, uint32)               # the same bytes as xs
+    j = int32(cuda.threadIdx.x)
+    while j < (K >> 5):
+        a0, a1, a2, a3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j))
+        b0, b1, b2, b3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 4))
+        c0, c1, _, _ = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 8))
+        b = uint32(33 * j)
+        xw[b] = a0
+        xw[b + uint32(1)] = a1
+        xw[b + uint32(2)] = a2
+        xw[b + uint32(3)] = a3
+        xw[b + uint32(4)] = b0
+        xw[b + uint32(5)] = b1
+        xw[b + uint32(6)] = b2
+        xw[b + uint32(7)] = b3
+        xw[b + uint32(8)] = c0
+        xw[b + uint32(9)] = c1
+        j += int32(cuda.blockDim.x)
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _warp_max_sum(v):
+    """(max |v|, sum of v) over the 32 lanes of a warp, in every lane (butterfly shuffles)."""
+    a = abs(v)
+    t = v
+    off = WARP >> 1
+    while off > 0:
+        a = max(a, cuda.shfl_xor_sync(0xFFFFFFFF, a, off))
+        t += cuda.shfl_xor_sync(0xFFFFFFFF, t, off)
+        off >>= 1
+    return a, t
+
+
+@cuda.jit(device=True, inline=True)
+def _round_rows_out(hv, ROWS, row0, N, xq):
+    """v21, a producer's epilogue: the block's ROWS outputs ``hv`` (shared, rows row0 .. row0 + ROWS - 1; ROWS
+    and row0 multiples of 32) rounded to int8 blocks of 32 as ``ref.matmul.quantize_x8`` into ``xq`` (uint32
+    [N / 32, XQ_WORDS]: 8 words of codes, element 4 w + i in byte i of word w, then d and s as bits), warp w
+    taking block w. The max is exact in any order; the sum s is a butterfly here (``_quantize_staged`` adds in
+    order: s may differ in its last bits). Call after a block barrier that follows the writes of hv."""
+    lane = cuda.threadIdx.x & (WARP - 1)
+    w = int32(cuda.threadIdx.x // WARP)
+    if w < (ROWS >> 5) and row0 + 32 * w < N:
+        v = hv[32 * w + lane]
+        a, t = _warp_max_sum(v)
+        d = a / float32(127.0)
+        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        c = _code(v, inv)
+        c |= uint32(cuda.shfl_down_sync(0xFFFFFFFF, int32(c), 1)) << uint32(8)    # lane 4 i: the word of
+        c |= uint32(cuda.shfl_down_sync(0xFFFFFFFF, int32(c), 2)) << uint32(16)   # elements 4 i .. 4 i + 3
+        o = uint32(((row0 >> 5) + w) * XQ_WORDS)
+        if (lane & 3) == 0:
+            xq[o + uint32(lane >> 2)] = c
+        if lane == 0:
+            xq[o + uint32(8)] = _as_bits(d)
+            xq[o + uint32(9)] = _as_bits(t)
 
 
 NIBBLES = np.uint32(0x0F0F0F0F)     # the low nibble of each byte
@@ -1720,14 +1796,30 @@ def _warm_group_rows(w16, rb, rg, R, N, LG):
         ptx.prefetch_l2(w16, int32(min(rg + i, N - 1) * rb), rb)
 
 
+@cuda.jit(device=True, inline=True)
+def _stage_round(x, nw, has_norm, eps, K, xs, red):
+    """v20's staging: x' as v4 stages it (``_stage_x``, RMSNorm inside), rounded in place (``_quantize_staged``)."""
+    _stage_x(x, nw, has_norm, eps, K, xs, red)
+    _quantize_staged(xs, K)
+
+
 @functools.lru_cache(maxsize=None)
-def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
-    """v20 (matvec, swiglu) kernels over rows of one type (``X8_PAIRS``) and int8 x': NW warps, G = 32 / LG lane groups per warp,
-    R rows per group (R of W_gate and R of W_up for SwiGLU), so NW G R rows per block. Each block stages x'
-    as v4 does (``_stage_x``, RMSNorm inside) and rounds it to int8 blocks in place (``_quantize_staged``);
-    each group then dots its rows with ``_x8_rows``."""
+def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K, pre=False, out_q=False):
+    """v20 (matvec, swiglu) kernels over rows of one type (``X8_PAIRS``) and int8 x': NW warps, G = 32 / LG lane
+    groups per warp, R rows per group (R of W_gate and R of W_up for SwiGLU), so ROWS = NW G R rows per block.
+    Each block stages x' as v4 does (``_stage_x``, RMSNorm inside) and rounds it to int8 blocks in place
+    (``_quantize_staged``); each group then dots its rows with ``_x8_rows``.
+
+    v21 options (compile-time): ``pre``: x arrives rounded by the launch before (uint32 [K / 32, XQ_WORDS],
+    ``_load_xq``; no norm); ``out_q``: the SwiGLU kernel also writes its outputs rounded to int8 blocks of 32
+    into ``xq_out`` (``_round_rows_out``; ROWS a multiple of 32 and F a multiple of 32), the ``pre`` input of
+    the next product (W_down). Without ``out_q``, ``xq_out`` is not touched (any uint32 array)."""
     G = WARP // LG
+    ROWS = NW * G * R
+    assert not out_q or ROWS % 32 == 0, (NW, G, R)
     rows_plain, rows_gated = _x8_rows(R, LG, False, ggml_type), _x8_rows(R, LG, True, ggml_type)
+    stage = _load_xq if pre else _stage_round
+    HV = ROWS if out_q else 1                        # v21's shared outputs of a block (a constant)
 
     @cuda.jit(**_decode_jit(NW))
     def matvec_x8(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
@@ -1737,8 +1829,7 @@ def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R      # the lane group's first row
         if warm:
             _warm_group_rows(w16, rb, rg, R, N, LG)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
-        _quantize_staged(xs, K)
+        stage(x, nw, has_norm, eps, K, xs, red)
         if row0 >= N:
             return                                   # whole warp leaves
         acc = cuda.local.array(R, float32)
@@ -1748,24 +1839,32 @@ def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K):
             _store_if(lead, acc[r], rg + r, N, bias, has_bias, accumulate, out)
 
     @cuda.jit(**_decode_jit(NW))
-    def swiglu_x8(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out):
+    def swiglu_x8(x, nw, has_norm, eps, K, warm, g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out,
+                  xq_out):
         xs = cuda.shared.array(0, float32)
         red = cuda.shared.array(WARP, float32)
+        hv = cuda.shared.array(HV, float32)          # v21: the block's outputs, to be rounded
+        blk0 = cuda.blockIdx.x * ROWS
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R
         if warm:
             _warm_group_rows(g16, grb, rg, R, F, LG)
             _warm_group_rows(u16, urb, up_row0 + rg, R, up_row0 + F, LG)
-        _stage_x(x, nw, has_norm, eps, K, xs, red)
-        _quantize_staged(xs, K)
-        if row0 >= F:
-            return
+        stage(x, nw, has_norm, eps, K, xs, red)
+        if row0 >= F and not out_q:
+            return                                   # (with out_q every warp reaches the barrier below)
         ag = cuda.local.array(R, float32)
         au = cuda.local.array(R, float32)
         rows_gated(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, F, K, xs, ag, au)
         lead = (cuda.threadIdx.x & (LG - 1)) == 0
         for r in range(R):
-            _store_if(lead, _silu(ag[r]) * au[r], rg + r, F, out, False, False, out)
+            h = _silu(ag[r]) * au[r]
+            _store_if(lead, h, rg + r, F, out, False, False, out)
+            if out_q and lead:
+                hv[rg + r - blk0] = h
+        if out_q:
+            cuda.syncthreads()
+            _round_rows_out(hv, ROWS, blk0, F, xq_out)
 
     return matvec_x8, swiglu_x8
 
@@ -2185,14 +2284,21 @@ def _width(width, K):
 
 
 def launch_decode_matvec(x, w_raw, ggml_type, K, out, bias=None, norm_weight=None, eps=1e-6,
-                         accumulate=False, width=None, config=None, stream=0):
+                         accumulate=False, width=None, config=None, stream=0, xq=None):
     """v4/v5/v6 (width 32/8/16) on device arrays: x [K], w_raw uint8 [N, row_bytes], out [N].
 
     ``config``: (warps, rows per warp) = v4-v6, (warps, rows per warp, S) with S > 1 = v7
     split-K (S warps per row, S a power of 2 dividing warps); default ``decode_config``. Where ``X8.product``
     chooses it, v20 (``x8_config``; a given (warps, rows) is kept, as rows per lane group; a given split config
-    keeps v7)."""
+    keeps v7). ``xq`` (v21): x' already rounded to int8 blocks of 32 by the launch before (uint32
+    [xq_words(K)], ``launch_decode_swiglu(xq_out=...)``): v20 reads it in place of x (no norm)."""
     N = w_raw.shape[0]
+    if xq is not None:
+        if norm_weight is not None or not x8_fits(ggml_type, K):
+            raise ValueError(f"decode_matvec: a rounded x' (xq) takes no norm and a v20 type, got {ggml_type!r}")
+        _launch_x8(0, ggml_type, xq, K, N, config and config[:2], None, eps, stream,
+                   *_fused_views(w_raw, ggml_type, vector=True), *_bias(bias, out), accumulate, out, pre=True)
+        return
     width = _width(width, K)
     nw, R, *rest = config or decode_config(N, K, width)
     S = rest[0] if rest else 1
@@ -2315,12 +2421,22 @@ def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=
     _launch(quantize_x8_kernel, 1, n_warps, K, stream, *_stage_args(x, norm_weight, eps, K)[:5], out)
 
 
-def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args):
+def _rows_of_32(nw: int, R: int, LG: int) -> tuple[int, int]:
+    """v21: (warps, rows per group) grown until a block's rows nw (32 / LG) R are a multiple of 32, so that its
+    outputs are whole blocks of 32 (``_round_rows_out``): warps first (at most 16), then rows (at most 2)."""
+    while nw * (WARP // LG) * R % 32:
+        nw, R = (nw * 2, R) if nw < 16 else (nw, R * 2)
+    return nw, R
+
+
+def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args, pre=False, out_q=False):
     """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per
-    matrix."""
+    matrix; ``pre`` / ``out_q``: v21's rounded input / rounded output (``_x8_kernels``)."""
     nw, R, LG = x8_config(N, K, config, swiglu=which == 1)
-    _launch(_x8_kernels(R, nw, LG, ggml_type)[which], -(-N // (nw * R * (WARP // LG))), nw, K, stream,
-            *_stage_args(x, norm_weight, eps, K), *args)
+    if out_q:
+        nw, R = _rows_of_32(nw, R, LG)
+    _launch(_x8_kernels(R, nw, LG, ggml_type, pre, out_q)[which], -(-N // (nw * R * (WARP // LG))), nw, K,
+            stream, *_stage_args(x, norm_weight, eps, K), *args)
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:
@@ -2347,9 +2463,13 @@ def _launch_staged_swiglu(x, w_gate, gate_type, w_up, up_row0, K, out, norm_weig
 
 
 def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, norm_weight=None,
-                         eps=1e-6, width=None, config=None, stream=0):
-    """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up)."""
+                         eps=1e-6, width=None, config=None, stream=0, xq_out=None):
+    """out [F] = silu(W_gate x') * (W_up[up_row0:] x'); w_up may be w_gate itself (fused gate_up).
+    ``xq_out`` (v21; only where ``X8`` puts this launch on v20, and F a multiple of 32): also out rounded to
+    int8 blocks of 32, uint32 [xq_words(F)], for W_down (``launch_decode_matvec(xq=...)``)."""
     F = out.shape[0]
+    if xq_out is not None and not (X8.gate_up(gate_type, up_type, K) and F % 32 == 0):
+        raise ValueError(f"decode_swiglu: xq_out needs the v20 launch (LLAMA_BETA_DP4A) and F % 32 == 0, F={F}")
     nw, R = config or fused_config(F)
     width = _width(width, K)
     if _stage_rows(gate_type, up_type, K, nw, 2 * R, (w_gate, w_up)):
@@ -2360,7 +2480,8 @@ def launch_decode_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, out, n
     u16, u32, uh, uf, urb, _ = _fused_views(w_up, up_type, vector=x8 or None)
     if x8:
         _launch_x8(1, gate_type, x, K, F, config, norm_weight, eps, stream,
-                   g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out)
+                   g16, g32, gh, gf, grb, u16, u32, uh, uf, urb, up_row0, F, out,
+                   out if xq_out is None else xq_out, out_q=xq_out is not None)
         return
     kern = _fused_kernels((gate_type, up_type, gate_type), width, R, nw)[2]
     _launch(kern, -(-F // (nw * R)), nw, K, stream, *_stage_args(x, norm_weight, eps, K),
@@ -2445,6 +2566,13 @@ def _check_fused(w_raw, ggml_type, K):
     return ggml_type
 
 
+def _words(a, n, what):
+    """A v21 rounded x' buffer: a device uint32 [n] (it is written by one launch and read by the next)."""
+    if tuple(a.shape) != (n,) or np.dtype(a.dtype) != np.uint32 or not _is_device(a):
+        raise ValueError(f"decode_matvec: {what} must be a device uint32 [{n}], got {a.dtype} {tuple(a.shape)}")
+    return a
+
+
 def _vector(a, n, what):
     """A device [n] view of ``a`` ([n] or [1, n]); a NumPy x is copied (allocates), out must be
     a device array (the result is written into it)."""
@@ -2468,7 +2596,7 @@ def _use_mma(mma, types, K, what):
 
 
 def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, eps=1e-6,
-                  accumulate=False, stream=0, mma=None):
+                  accumulate=False, stream=0, mma=None, xq=None):
     r"""out[n] (=, or += with ``accumulate``) $\sum_k W_{n,k} x'_k + b_n$ in one launch.
 
     $x' = x$, or $\mathrm{RMSNorm}(x) \odot$ ``norm_weight`` when given (every block sums the
@@ -2480,9 +2608,17 @@ def decode_matvec(x, w_raw, ggml_type, K, out, *, bias=None, norm_weight=None, e
     ``mma``: the tensor-core kernel v12 (x' rounded to float16; Q5_0/Q8_0 weights) always (True), never
     (False: the float32 kernels v4-v7), or None: v12 where it applies if LLAMA_BETA_DECODE_MMA=1 (off by
     default: measured slower on the H200).
+
+    ``xq`` (v21): x' already rounded to int8 blocks of 32 (``decode_matvec_swiglu(xq_out=...)``, uint32
+    [xq_words(K)]): the v20 kernel reads it in place of x (x is then not read; no norm).
     """
     ggml_type = _check_fused(w_raw, ggml_type, K)
     N = w_raw.shape[0]
+    if xq is not None:
+        launch_decode_matvec(None, _device(w_raw, np.uint8), ggml_type, K, _vector(out, N, "out"),
+                             bias=_device(bias, np.float32), norm_weight=_device(norm_weight, np.float32),
+                             eps=eps, accumulate=accumulate, stream=stream, xq=_words(xq, xq_words(K), "xq"))
+        return out
     launch = launch_decode_mma if _use_mma(mma, (ggml_type,), K, "decode_matvec") else launch_decode_matvec
     launch(_vector(x, K, "x"), _device(w_raw, np.uint8), ggml_type, K, _vector(out, N, "out"),
            bias=_device(bias, np.float32), norm_weight=_device(norm_weight, np.float32),
@@ -2550,20 +2686,22 @@ def _gate_up_rows(w_gate, gate_type, w_up, up_type, K, F, what, check):
 
 
 def decode_matvec_swiglu(x, w_gate, w_up, ggml_type_gate, ggml_type_up, K, out, *, norm_weight=None,
-                         eps=1e-6, stream=0, mma=None):
+                         eps=1e-6, stream=0, mma=None, xq_out=None):
     r"""out[n] = silu(g_n) u_n, g = W_gate x', u = W_up x' (x' as in ``decode_matvec``), one launch.
 
     ``w_up=None``: the fused gate_up tensor of Phi-3 (``ffn_up``, 2F rows): ``w_gate`` holds the
     gate in rows 0..F-1 and up in rows F..2F-1 (F = out's length; ``ggml_type_up`` is ignored).
-    ``mma`` as in ``decode_matvec``.
+    ``mma`` as in ``decode_matvec``. ``xq_out`` (v21, where v20 serves the launch): out again, rounded to
+    int8 blocks of 32 (uint32 [xq_words(F)]), which ``decode_matvec(xq=...)`` reads in place of x.
     """
     gt = _check_fused(w_gate, ggml_type_gate, K)
     F = tuple(out.shape)[-1]                       # (the simulator's shapes reject shape[-1])
     w_g, w_u, ut, up_row0 = _gate_up_rows(w_gate, gt, w_up, ggml_type_up, K, F, "decode_matvec_swiglu", _check_fused)
-    use = _use_mma(mma, (gt, ut), K, "decode_matvec_swiglu")
+    use = _use_mma(mma, (gt, ut), K, "decode_matvec_swiglu") and xq_out is None
+    extra = {} if xq_out is None else {"xq_out": _words(xq_out, xq_words(F), "xq_out")}
     launch = launch_decode_mma_swiglu if use else launch_decode_swiglu
     launch(_vector(x, K, "x"), w_g, gt, w_u, ut, up_row0, K, _vector(out, F, "out"),
-           norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream)
+           norm_weight=_device(norm_weight, np.float32), eps=eps, stream=stream, **extra)
     return out
 
 

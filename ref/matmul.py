@@ -201,6 +201,7 @@ class X8Choice(NamedTuple):
     on: bool = False
     min_k: int = 0
     min_rows: int = 0
+    chain: bool = False     # W_down over x' rounded by the gate/up launch (v21), whatever its rows
 
     @classmethod
     def from_env(cls, environ=None) -> X8Choice:
@@ -220,8 +221,11 @@ class X8Choice(NamedTuple):
                 raise ValueError(f"{name}: expected a whole number, got {text!r}")
             return int(text)
 
+        chain = env.get("LLAMA_BETA_X8_CHAIN", "0")
+        if chain not in ("0", "1"):
+            raise ValueError(f"LLAMA_BETA_X8_CHAIN: expected 0 or 1, got {chain!r}")
         return cls(mode != "0", count("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0),
-                   count("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0))
+                   count("LLAMA_BETA_X8_MIN_ROWS", 4096 if auto else 0), chain == "1")
 
     def _takes(self, types, K: int) -> bool:
         return self.on and K >= self.min_k and all(x8_fits(t, K) for t in types)
@@ -237,3 +241,15 @@ class X8Choice(NamedTuple):
     def product(self, ggml_type, N: int, K: int) -> bool:
         """A plain product of N rows."""
         return N >= self.min_rows and self._takes((ggml_type,), K)
+
+    def down_chained(self, gate_type, up_type, down_type, F: int, K: int) -> bool:
+        """W_down (F weights a row) reads the SwiGLU outputs as the gate/up launch (rows of K) rounded them
+        (matmul v21): with ``chain``, where gate/up takes the integer products, F is whole blocks of 32 and
+        W_down's type takes them too (no min_rows, no min_k: its x is rounded already)."""
+        return (self.chain and self.gate_up(gate_type, up_type, K) and F % 32 == 0
+                and x8_fits(down_type, F))
+
+    def down(self, gate_type, up_type, down_type, F: int, K: int, N: int) -> bool:
+        """Whether W_down (N rows of F weights) is an integer product: chained (``down_chained``) or as a plain
+        product."""
+        return self.down_chained(gate_type, up_type, down_type, F, K) or self.product(down_type, N, F)

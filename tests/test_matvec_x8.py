@@ -159,6 +159,17 @@ def test_x8_choice_follows_the_types_k_and_the_thresholds():
     assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1"}) == on
     assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048)
     assert X8Choice.from_env({}) == auto                                               # the default
+    # v21: W_down chained to a v20 gate/up launch (LLAMA_BETA_X8_CHAIN=1) takes v20 whatever its rows and K
+    chained = X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_CHAIN": "1"})
+    assert chained == X8Choice(True, 2048, 4096, True) and not auto.chain
+    assert chained.down(Q4K, Q4K, Q6K, 8192, 3072, 3072) and not auto.down(Q4K, Q4K, Q6K, 8192, 3072, 3072)
+    assert not chained.down(Q4K, Q4K, Q6K, 4864, 896, 896)          # gate/up (K = 896) is not on v20
+    assert not chained.down(Q4K, Q4K, GGMLType.Q4_0, 8192, 3072, 3072) and not chained.down_chained(
+        Q4K, Q5K, Q6K, 8192, 3072)                                    # W_down's type, gate/up's types
+    assert chained.down(Q4K, Q4K, Q80, 128, 2048, 5) and not chained.down(Q4K, Q4K, Q80, 96, 2048, 5)  # F: pairs
+    assert auto.down(Q4K, Q4K, Q6K, 8192, 3072, 4096)                 # a plain product of enough rows
+    with pytest.raises(ValueError, match="LLAMA_BETA_X8_CHAIN: expected 0 or 1, got 'on'"):
+        X8Choice.from_env({"LLAMA_BETA_X8_CHAIN": "on"})
     off = X8Choice.from_env({"LLAMA_BETA_DP4A": "0"})
     assert not off.product(Q4K, 32064, 3072) and not off.qkv((Q5K,), 3072) and not off.gate_up(Q4K, Q4K, 3072)
     with pytest.raises(ValueError, match="LLAMA_BETA_DP4A: expected 0, 1 or auto, got 'yes'"):
@@ -312,15 +323,26 @@ def test_numpy_backend_prepare_follows_the_cuda_launches():
     assert chosen(layers[0]) == [True, True, True, False, True, True, False]
     assert chosen(layers[1]) == [False, False, False, True, False, False, True]
     assert weights.output.x8 is not None
+    # v21: W_down chained to its layer's v20 gate/up launch, whatever its rows (layer 0's 8); layer 1's gate/up
+    # is not on v20 (two types), so its W_down is chosen as a plain product only (16 rows)
+    for L in layers:
+        for m in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down):
+            m.x8 = None
+    be.x8 = X8Choice(True, min_k=256, min_rows=16, chain=True)
+    be.prepare(weights)
+    assert chosen(layers[0]) == [True, True, True, False, True, True, True]
+    assert chosen(layers[1]) == [False, False, False, True, False, False, True]
 
 
 @requires_cuda
-@pytest.mark.parametrize("choice", [X8Choice(True), X8Choice(True, min_rows=96)], ids=["all", "rows>=96"])
+@pytest.mark.parametrize("choice", [X8Choice(True), X8Choice(True, min_rows=96), X8Choice(True, min_rows=96, chain=True)],
+                         ids=["all", "rows>=96", "chain"])
 def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatch, choice):
     """The cuda decode step with v20 and the NumPy backend with X8 compute the same function: their logits
     agree within float32 rounding (the codes of x' are the same but where x' itself differs in its last bit at a
     rounding boundary), well inside the gap to the NumPy backend's float32 products. With every launch on v20,
-    and with the 64-row W_o and W_down left on the float products (the output layer has 99 rows, the vocabulary)."""
+    and with the 64-row W_o and W_down left on the float products (the output layer has 99 rows, the vocabulary),
+    or W_down reading the SwiGLU outputs as the gate/up launch rounded them (v21, ``chain``)."""
     from llama_beta.backends import numpy_backend
     from llama_beta.backends.cuda_decode import CudaDecoder
     from llama_beta.model import Model
@@ -349,3 +371,53 @@ def test_dp4a_decode_step_matches_the_numpy_backend_with_x8(tmp_path, monkeypatc
     # difference of x' (one step d_j of one element), which the float32 gap (4e-3 measured) still exceeds tenfold
     assert same <= 1e-4 * scale, f"cuda v20 vs numpy x8: {same:.3g} of {scale:.3g}"
     assert float32 > 10 * same, (float32, same)           # the x8 rounding is visible: the comparison can fail
+
+
+@requires_cuda
+@pytest.mark.parametrize("wtype", [Q80, Q4K], ids=lambda t: t.name)
+@settings(max_examples=6 if ON_GPU else 2, **SETTINGS)   # (the simulator: ~20 s an example)
+@given(seed=st.integers(0, 2 ** 32 - 1), nb=st.sampled_from([1, 3] if not ON_GPU else [1, 3, 12]),
+       fb=st.sampled_from([1] if not ON_GPU else [1, 3, 32]), N=st.integers(1, 12),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_v21_rounded_chain_equals_rounding_in_the_next_block(wtype, seed, nb, fb, N, scale, dp4a):
+    """v21: the SwiGLU launch writing its outputs rounded (``xq_out``), and W_down reading them (``xq``):
+    the SwiGLU outputs are those of the launch without it, bit for bit (no norm: each row's arithmetic is the
+    same whatever the block size); the codes and d_j are ref.matmul.quantize_x8's of those outputs (the same
+    float32 steps), s_j within a float32 sum of 32 terms; and W_down over them matches matmul_x8 of the outputs
+    (the module's tolerance)."""
+    rng = np.random.default_rng(seed)
+    K, F = 256 * nb, km().X8_K_MULTIPLE[wtype] * fb          # W_down's rows: F weights of its type
+    x = (rng.standard_normal(K) * scale).astype(np.float32)
+    w = km().random_weight(rng, Q4K, 2 * F, K)
+    act, plain = dev(np.zeros(F, np.float32)), dev(np.zeros(F, np.float32))
+    xq = dev(np.zeros(km().xq_words(F), np.uint32))
+    km().decode_matvec_swiglu(dev(x), dev(w), None, Q4K, None, K, act, xq_out=xq)
+    km().decode_matvec_swiglu(dev(x), dev(w), None, Q4K, None, K, plain)
+    h = act.copy_to_host()
+    np.testing.assert_array_equal(h, plain.copy_to_host())
+    got = xq.copy_to_host().reshape(-1, km().XQ_WORDS)
+    q, d, _ = quantize_x8(h)
+    np.testing.assert_array_equal(got[:, :8].copy().view(np.int8).reshape(-1), q)
+    np.testing.assert_array_equal(got[:, 8].view(np.float32), d)
+    hb = h.reshape(-1, 32).astype(np.float64)
+    assert (np.abs(got[:, 9].view(np.float32) - hb.sum(axis=1)) <= gamma(32) * np.abs(hb).sum(axis=1) + 1e-45).all()
+    wd = km().random_weight(rng, wtype, N, F)
+    start = rng.standard_normal(N).astype(np.float32)
+    out = dev(start)
+    km().decode_matvec(dev(h), dev(wd), wtype, F, out, accumulate=True, xq=xq)
+    want, mag = reference(h, None, wd, F, wtype)
+    assert_close((out.copy_to_host() - start) / mag, want / mag, atol=tolerance(F, False) + 4 * U, rtol=0.0,
+                 name="v21 W_down (units of M)")
+
+
+@requires_cuda
+def test_v21_refuses_a_rounded_buffer_of_the_wrong_kind(dp4a):
+    """xq must be a device uint32 [K / 32 * XQ_WORDS], and so must xq_out [F / 32 * XQ_WORDS]."""
+    rng = np.random.default_rng(3)
+    w = dev(km().random_weight(rng, Q4K, 128, 256))
+    x, out = dev(np.zeros(256, np.float32)), dev(np.zeros(128, np.float32))
+    with pytest.raises(ValueError, match=r"xq must be a device uint32 \[96\], got uint32 \(96,\)"):
+        km().decode_matvec(x, w, Q4K, 256, out, xq=np.zeros(96, np.uint32))
+    with pytest.raises(ValueError, match=r"xq_out must be a device uint32 \[24\], got float32 \(24,\)"):
+        km().decode_matvec_swiglu(x, w, None, Q4K, None, 256, dev(np.zeros(64, np.float32)),
+                                  xq_out=dev(np.zeros(24, np.float32)))

@@ -101,6 +101,7 @@ class CudaDecoder:
             buf(1, c.n_kv_heads, c.head_size)
         self.att = buf(1, c.n_heads, c.head_size)
         self.gate, self.up = buf(1, c.ffn_dim), buf(1, c.ffn_dim)
+        self.gate_q = buf(matmul.xq_words(c.ffn_dim), dtype=np.uint32)   # v21: the SwiGLU outputs rounded
         self.logits = buf(1, c.vocab_size)
         self.state = cuda.to_device(np.zeros(4, np.int32))
         self.history = cuda.to_device(np.zeros(history, np.int32))
@@ -173,6 +174,8 @@ class CudaDecoder:
                        attn_factor=p.attn_factor)
         g, u, d, wo = L.w_gate, L.w_up, L.w_down, L.wo
         mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
+        chain = {"xq_out": self.gate_q} if matmul.X8.down_chained(g.ggml_type, u.ggml_type, d.ggml_type, d.k,
+                                                                   g.k) else {}   # v21: W_down reads h rounded
 
         def qkv():                                    # n = rmsnorm(x); q, k, v = W_q n, W_k n, W_v n
             matmul.decode_matvec_multi(self.x, mats, [self.q.reshape(1, -1), self.k.reshape(1, -1),
@@ -202,11 +205,11 @@ class CudaDecoder:
 
         def gate_up():                                # h = silu(W_g n) * W_u n, n = rmsnorm(x)
             matmul.decode_matvec_swiglu(self.x, g.raw, u.raw, g.ggml_type, u.ggml_type, g.k, self.gate,
-                                        norm_weight=L.ffn_norm, eps=c.norm_eps, stream=self.stream)
+                                        norm_weight=L.ffn_norm, eps=c.norm_eps, stream=self.stream, **chain)
 
         def w_down():                                 # x += W_down h
             matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
-                                 stream=self.stream)
+                                 stream=self.stream, xq=chain.get("xq_out"))
 
         if self.rope_in_attention:
             head = [("norm+qkv", qkv), ("rope+attention", rope_attend)]

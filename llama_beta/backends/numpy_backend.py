@@ -64,7 +64,11 @@ class NumpyBackend:
                 self.round_x(*qkv)
             if choice.gate_up(L.w_gate.ggml_type, L.w_up.ggml_type, L.w_gate.w.shape[1]):
                 self.round_x(L.w_gate, L.w_up)
-            self.round_x(*(m for m in (L.wo, L.w_down) if choice.product(m.ggml_type, *m.w.shape)))
+            if choice.product(L.wo.ggml_type, *L.wo.w.shape):
+                self.round_x(L.wo)
+            F, K = L.w_down.w.shape[1], L.w_gate.w.shape[1]
+            if choice.down(L.w_gate.ggml_type, L.w_up.ggml_type, L.w_down.ggml_type, F, K, L.w_down.w.shape[0]):
+                self.round_x(L.w_down)
         if choice.product(weights.output.ggml_type, *weights.output.w.shape):
             self.round_x(weights.output)
 
