@@ -2421,6 +2421,11 @@ def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=
     _launch(quantize_x8_kernel, 1, n_warps, K, stream, *_stage_args(x, norm_weight, eps, K)[:5], out)
 
 
+X8_PRE_CONFIG = (4, 1)   # v21's product over a rounded x' (warps, rows per group): H100, nineteenth session, Phi-3's
+#                          3072 x 8192 W_down (LG 32), in the decode graph: (4, 1) 11.6 us, (2, 1) 12.7, (8, 1) 18.0
+#                          (x8_config's choice), (16, 1) 15.6, (8, 2) 15.6, (4, 2) 16.4, (1, 1) 20.7; v7 split-K 16.8
+
+
 def _rows_of_32(nw: int, R: int, LG: int) -> tuple[int, int]:
     """v21: (warps, rows per group) grown until a block's rows nw (32 / LG) R are a multiple of 32, so that its
     outputs are whole blocks of 32 (``_round_rows_out``): warps first (at most 16), then rows (at most 2)."""
@@ -2432,7 +2437,7 @@ def _rows_of_32(nw: int, R: int, LG: int) -> tuple[int, int]:
 def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args, pre=False, out_q=False):
     """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per
     matrix; ``pre`` / ``out_q``: v21's rounded input / rounded output (``_x8_kernels``)."""
-    nw, R, LG = x8_config(N, K, config, swiglu=which == 1)
+    nw, R, LG = x8_config(N, K, config or (X8_PRE_CONFIG if pre and not X8_CONFIG else None), swiglu=which == 1)
     if out_q:
         nw, R = _rows_of_32(nw, R, LG)
     _launch(_x8_kernels(R, nw, LG, ggml_type, pre, out_q)[which], -(-N // (nw * R * (WARP // LG))), nw, K,

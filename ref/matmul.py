@@ -202,13 +202,15 @@ class X8Choice(NamedTuple):
     min_k: int = 0
     min_rows: int = 0
     chain: bool = False     # W_down over x' rounded by the gate/up launch (v21), whatever its rows
+    #                         (LLAMA_BETA_X8_CHAIN, "1" by default since the nineteenth session)
 
     @classmethod
     def from_env(cls, environ=None) -> X8Choice:
         """``LLAMA_BETA_DP4A``: "auto" (the default since the eighteenth session: K >= 2048 and plain products
         of >= 4096 rows, the launches that won on an H100), "0" (off: every product over float32 x) or "1"
         (every launch whose types fit); ``LLAMA_BETA_X8_MIN_K`` and ``LLAMA_BETA_X8_MIN_ROWS`` override the
-        two thresholds of "auto"."""
+        two thresholds of "auto"; ``LLAMA_BETA_X8_CHAIN`` ("1", the default, or "0") chains W_down to a v20
+        gate/up launch (``down_chained``)."""
         env = os.environ if environ is None else environ
         mode = env.get("LLAMA_BETA_DP4A", "auto")
         if mode not in ("0", "1", "auto"):
@@ -221,7 +223,7 @@ class X8Choice(NamedTuple):
                 raise ValueError(f"{name}: expected a whole number, got {text!r}")
             return int(text)
 
-        chain = env.get("LLAMA_BETA_X8_CHAIN", "0")
+        chain = env.get("LLAMA_BETA_X8_CHAIN", "1")
         if chain not in ("0", "1"):
             raise ValueError(f"LLAMA_BETA_X8_CHAIN: expected 0 or 1, got {chain!r}")
         return cls(mode != "0", count("LLAMA_BETA_X8_MIN_K", 2048 if auto else 0),

@@ -175,7 +175,8 @@ def test_float16_packed_x_changes_no_bit(tmp_path, arch):
     from llama_beta.backends.cuda_prefill import CudaPrefill
 
     model = _model(tmp_path, arch)
-    packed, plain = CudaPrefill(model, chunk=8, use_graph=False, x16=True), CudaPrefill(model, chunk=8, use_graph=False)
+    packed = CudaPrefill(model, chunk=8, use_graph=False, x16=True)
+    plain = CudaPrefill(model, chunk=8, use_graph=False, x16=False)
     assert packed.x16 and not plain.x16 and packed._products[0]["o"].x16
     names = [name for name, _ in packed.launches(0, model.weights.layers[0], 4, 0, model.new_cache(8))]
     assert names.count("pack float16") == 4                            # after both norms, attention, the SwiGLU

@@ -151,17 +151,19 @@ def test_x8_choice_follows_the_types_k_and_the_thresholds():
     assert not on.product(Q4K, 1, 64) and not on.gate_up(Q4K, Q5K, 256)
     assert on.qkv((Q50, Q50, Q80), 896) and not on.qkv((Q50, Q80), 896 + 32)
     assert not on.product(GGMLType.Q4_0, 8, 256) and not on.qkv((Q50, GGMLType.F16), 256)
-    auto = X8Choice.from_env({"LLAMA_BETA_DP4A": "auto"})
+    auto = X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_CHAIN": "0"})
     assert auto == X8Choice(True, 2048, 4096)
     assert not auto.product(Q50, 151936, 896) and not auto.qkv((Q50, Q50, Q80), 896)
     assert auto.gate_up(Q4K, Q4K, 3072) and auto.qkv((Q5K, Q5K, Q5K), 3072) and auto.product(Q6K, 32064, 3072)
     assert not auto.product(Q4K, 3072, 3072) and not auto.product(Q6K, 3072, 8192)   # W_o, W_down: v7 splits
-    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1"}) == on
-    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048)
-    assert X8Choice.from_env({}) == auto                                               # the default
-    # v21: W_down chained to a v20 gate/up launch (LLAMA_BETA_X8_CHAIN=1) takes v20 whatever its rows and K
+    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1", "LLAMA_BETA_X8_CHAIN": "0"}) == on
+    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "1"}) == X8Choice(True, chain=True)
+    assert X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_MIN_ROWS": "0"}) == X8Choice(True, 2048,
+                                                                                                  chain=True)
+    # v21: W_down chained to a v20 gate/up launch (LLAMA_BETA_X8_CHAIN=1, the default) takes v20 whatever its rows
     chained = X8Choice.from_env({"LLAMA_BETA_DP4A": "auto", "LLAMA_BETA_X8_CHAIN": "1"})
     assert chained == X8Choice(True, 2048, 4096, True) and not auto.chain
+    assert X8Choice.from_env({}) == chained                                            # the default
     assert chained.down(Q4K, Q4K, Q6K, 8192, 3072, 3072) and not auto.down(Q4K, Q4K, Q6K, 8192, 3072, 3072)
     assert not chained.down(Q4K, Q4K, Q6K, 4864, 896, 896)          # gate/up (K = 896) is not on v20
     assert not chained.down(Q4K, Q4K, GGMLType.Q4_0, 8192, 3072, 3072) and not chained.down_chained(

@@ -45,12 +45,14 @@ whose arguments do not change between calls:
 ``LLAMA_BETA_PREFILL_GRAPH=0`` (or ``use_graph=False``) runs the launches directly; the simulator always
 does, and so does a head size attention v8 lacks (v2 takes the position as a host scalar).
 
-``LLAMA_BETA_PREFILL_X16=1`` (or ``x16=True``; eighteenth session, opt-in, not yet measured): the v11 products
-read their x as float16 pairs, which a small launch packs after each producer (RMSNorm's x', attention's
-output, the SwiGLU's h; ``matmul.launch_pack_f16``), instead of float32 x that every tile rounds again as it
-stages it: the same bits (the same ``cvt.rn``), half the bytes each of a product's row tiles reads. Four
-launches more per layer (after both norms, attention and the SwiGLU); fusing the packing into those producers
-is the next step if it pays.
+``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs, which a small launch
+packs after each producer (RMSNorm's x', attention's output, the SwiGLU's h; ``matmul.launch_pack_f16``),
+instead of float32 x that every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half
+the bytes each of a product's row tiles reads, for four launches more per layer (after both norms, attention
+and the SwiGLU). "auto" (the default since the nineteenth session) takes it for models at least
+``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
+tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
+"1" always, "0" never. Fusing the packing into the producers is the next step.
 """
 from __future__ import annotations
 
@@ -68,15 +70,23 @@ from numba_kernels import attention, embedding, matmul, rmsnorm, rope
 DEFAULT_CHUNK = 512                          # tokens per pass: larger tiles fill the GPU better
 BUCKET = 64                                  # a chunk's token count is rounded up to a multiple of this
 MAX_GRAPHS = 8                               # captured chunks kept (each holds ~240 nodes)
-X16 = os.environ.get("LLAMA_BETA_PREFILL_X16", "0") == "1"   # v11 over float16-packed x (opt-in, see above)
+X16 = os.environ.get("LLAMA_BETA_PREFILL_X16", "auto")   # v11 over float16-packed x: "auto", "1", "0" (above)
+if X16 not in ("auto", "0", "1"):
+    raise ValueError(f"LLAMA_BETA_PREFILL_X16: expected auto, 0 or 1, got {X16!r}")
+X16_MIN_DIM = 2048                           # "auto": models at least this wide (measured on Phi-3-mini, 3072)
+
+
+def x16_default(dim: int) -> bool:
+    """Whether a model ``dim`` wide prefills over float16-packed x unless told (``LLAMA_BETA_PREFILL_X16``)."""
+    return X16 == "1" or (X16 == "auto" and dim >= X16_MIN_DIM)
 
 
 class CudaPrefill:
     """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call.
 
     bucket: token counts are rounded up to a multiple of it (see the module docstring); use_graph: None
-    (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False; x16: None (``X16``), True or
-    False: the v11 products read x as float16 pairs (only where the products are v11)."""
+    (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False; x16: None (``x16_default``),
+    True or False: the v11 products read x as float16 pairs (only where the products are v11)."""
 
     def __init__(self, model, chunk: int = DEFAULT_CHUNK, bucket: int = BUCKET, use_graph: bool | None = None,
                  x16: bool | None = None):
@@ -97,7 +107,7 @@ class CudaPrefill:
         self.q, self.att = buf(chunk * c.n_heads * c.head_size), buf(chunk * c.n_heads * c.head_size)
         self.k, self.v = buf(chunk * c.n_kv_heads * c.head_size), buf(chunk * c.n_kv_heads * c.head_size)
         self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
-        self.x16 = (X16 if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
+        self.x16 = (x16_default(c.dim) if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
         if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
             self.n16 = buf(chunk * c.dim // 2, np.uint32)
             self.att16 = buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
