@@ -125,9 +125,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   and V products of one x in one launch. Measured on the H200 (T = 512): gate/up + SwiGLU 137 us (65 TFLOP/s,
   v10 368 us), W_down 112-123 us (v10 288), whole 512-token prefill 22.2 -> 10.1 ms of GPU time. Numerics: the
   float32 product of the float16-rounded operands (section "v11" below).
-  ``x16=True`` (eighteenth session, opt-in through ``LLAMA_BETA_PREFILL_X16=1``, not yet measured): x arrives
-  as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging: the same bits), half the bytes a tile
-  reads.
+  ``x16=True`` (eighteenth session; the prefill's default for models at least 2048 wide since the nineteenth,
+  ``LLAMA_BETA_PREFILL_X16``): x arrives as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging:
+  the same bits), half the bytes a tile reads. H100, Phi-3 twin, 512-token prefill: 93.9 -> 90.3 ms.
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -204,6 +204,18 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   -> 17.6 us, Qwen output 69.5 -> 63.6, but the whole step slower: +1 launch per product); docs/matmul.md has the
   history. Which launches take v20: ``X8`` (``ref.matmul.X8Choice``; ``LLAMA_BETA_DP4A=auto``, the default since the
   eighteenth session: K >= 2048, plain products of >= 4096 rows), which the NumPy backend follows.
+- v21 (the default since the nineteenth session; ``LLAMA_BETA_X8_CHAIN=0`` turns it off): W_down over x' that
+  the gate/up launch before it rounded. v20's SwiGLU launch writes its outputs a second time, rounded to int8
+  blocks of 32 (``_round_rows_out``: a block's ROWS outputs, a multiple of 32, gathered in shared memory, a warp
+  per block of 32: butterfly max and sum, the codes packed by two shuffles) into a uint32 buffer of
+  ``XQ_WORDS`` = 12 words per block (8 code words, d, s, two spare: whole 16-byte lines); W_down's v20 launch
+  then copies them into its shared slots (``_load_xq``: three 16-byte loads a thread and block of 32) instead
+  of staging K floats and rounding them in every block, which is what made v20 lose to v7's split-K there
+  (item 23 of docs/benchmarks.md). Blocks of 4 warps (``X8_PRE_CONFIG``). Which W_down takes it:
+  ``X8Choice.down_chained`` (gate/up on v20, F whole blocks of 32, W_down's type a v20 type), which the NumPy
+  backend follows. Measured on an H100 (Phi-3 twin, in the decode graph): W_down 16.8 (v7) -> 11.6 us, the
+  SwiGLU launch unchanged (15.9 us), whole step 2304 -> 2222 us; ``llama-beta bench`` 439.0 -> 452.6 tok/s.
+  The rounded outputs' codes and d_j are the reference's bits; s_j is summed in another order (last bits).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
