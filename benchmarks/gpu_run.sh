@@ -190,7 +190,7 @@ for step in "$@"; do
             --json "$OUT/profile-x8-${preset%:*}-$(echo "$env" | tr ' =,' '___').json" 2>&1 | grep -v -i warn
         done
       done ;;
-    x16)      # v11 over float16-packed x (LLAMA_BETA_PREFILL_X16=1, opt-in) against the default on the Phi-3 twin's
+    x16)      # v11 over float16-packed x (LLAMA_BETA_PREFILL_X16=1, the default for Phi-3) against float32 x on the Phi-3 twin's
       #          prefill (profile_prefill per launch kind), then Phi-3's product shapes with the 128 x 64 and the
       #          128 x 128 tiles, float32 and packed x (sweep_prefill_tiles --x16; X16_CONFIGS, X16_SPLITS)
       model=/tmp/phi3-mini.gguf
