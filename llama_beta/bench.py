@@ -141,7 +141,7 @@ def _decode_step_settings(model) -> dict:
             "decode_mma": matmul.DECODE_MMA, "stage_loads": matmul.STAGE_LOADS, "kv_prefetch": matmul.KV_PREFETCH,
             "vector_loads": matmul.VECTOR_LOADS, "warm_l2": matmul.WARM_L2,
             "stage_rows": matmul.STAGE_ROWS, "dp4a": matmul.DP4A_MODE, "x8_chain": matmul.X8.chain,
-            "prefill_x16": cuda_prefill.x16_default(model.config.dim) and matmul.PREFILL_MMA and matmul.mma_supported()}
+            "prefill_x16": cuda_prefill.uses_x16(model.config.dim)}
 
 
 def format_report(r: dict) -> str:

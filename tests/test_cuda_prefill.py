@@ -189,3 +189,19 @@ def test_float16_packed_x_changes_no_bit(tmp_path, arch):
                                       caches[1][which].copy_to_host()[:, written])
     packed.close()
     plain.close()
+
+
+def test_x16_auto_takes_models_at_least_2048_wide(monkeypatch):
+    """LLAMA_BETA_PREFILL_X16: "auto" packs x for models at least X16_MIN_DIM wide (measured on Phi-3-mini, 3072),
+    "1" for all, "0" for none; an explicit x16 wins; without the tensor-core products (v10) never."""
+    from llama_beta.backends import cuda_prefill
+    from numba_kernels import matmul
+
+    monkeypatch.setattr(matmul, "PREFILL_MMA", True)
+    monkeypatch.setattr(matmul, "mma_supported", lambda: True)
+    for mode, want in [("auto", (True, True, False)), ("1", (True, True, True)), ("0", (False, False, False))]:
+        monkeypatch.setattr(cuda_prefill, "X16", mode)
+        assert (cuda_prefill.uses_x16(3072), cuda_prefill.uses_x16(2048), cuda_prefill.uses_x16(896)) == want
+    assert cuda_prefill.uses_x16(896, True) and not cuda_prefill.uses_x16(3072, False)
+    monkeypatch.setattr(matmul, "PREFILL_MMA", False)
+    assert not cuda_prefill.uses_x16(3072, True)

@@ -81,6 +81,12 @@ def x16_default(dim: int) -> bool:
     return X16 == "1" or (X16 == "auto" and dim >= X16_MIN_DIM)
 
 
+def uses_x16(dim: int, x16: bool | None = None) -> bool:
+    """Whether the prefill of a model ``dim`` wide reads x as float16 pairs: asked for (``x16``, else
+    ``x16_default``), and its products are v11 (the tensor cores)."""
+    return (x16_default(dim) if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
+
+
 class CudaPrefill:
     """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call.
 
@@ -107,7 +113,7 @@ class CudaPrefill:
         self.q, self.att = buf(chunk * c.n_heads * c.head_size), buf(chunk * c.n_heads * c.head_size)
         self.k, self.v = buf(chunk * c.n_kv_heads * c.head_size), buf(chunk * c.n_kv_heads * c.head_size)
         self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
-        self.x16 = (x16_default(c.dim) if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
+        self.x16 = uses_x16(c.dim, x16)
         if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
             self.n16 = buf(chunk * c.dim // 2, np.uint32)
             self.att16 = buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
