@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [ab] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [ab] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -204,6 +204,18 @@ for step in "$@"; do
       timeout ${X16_SWEEP_S:-240} python3 benchmarks/sweep_prefill_tiles.py 512 phi3 --v11 --x16 --splits=${X16_SPLITS:-1,2} \
         $(for c in ${X16_CONFIGS:-4,2,2,4,1 4,4,2,4,1}; do echo "--config=$c"; done) 2>&1 | grep -v -i warn \
         | tee "$OUT/x16-sweep.txt" ;;
+    chain)    # v21 (W_down over the SwiGLU outputs rounded by the gate/up launch) in the WHOLE Phi-3 decode step:
+      #          off, and W_down's block shapes (LLAMA_BETA_X8_PRE_CONFIG; per launch (4, 1) won, but the step
+      #          gained only half of that: nineteenth session)
+      model=/tmp/phi3-mini.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
+        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      for v in "LLAMA_BETA_X8_CHAIN=0" ${CHAIN_CONFIGS:-LLAMA_BETA_X8_PRE_CONFIG=4,1 LLAMA_BETA_X8_PRE_CONFIG=2,1 \
+          LLAMA_BETA_X8_PRE_CONFIG=8,1 LLAMA_BETA_X8_PRE_CONFIG=4,2}; do
+        echo "== $v"
+        env "$v" timeout 120 python3 benchmarks/profile_decode.py $model --json "$OUT/chain-$(echo "${v##*=}" | tr , x).json" 2>&1 \
+          | grep -v -i warn | tail -12
+      done | tee "$OUT/chain.txt" ;;
     x8test)   # v20's GPU tests alone (tests/test_matvec_x8.py in four groups, and test_ptx.py, side by side)
       i=0
       for k in "dp4a_matvec and (Q4_K or Q5_K)" "dp4a_matvec and not (Q4_K or Q5_K)" qkv_rope \

@@ -2433,9 +2433,10 @@ def launch_quantize_x8(x, K, out, norm_weight=None, eps=1e-6, stream=0, n_warps=
     _launch(quantize_x8_kernel, 1, n_warps, K, stream, *_stage_args(x, norm_weight, eps, K)[:5], out)
 
 
-X8_PRE_CONFIG = (4, 1)   # v21's product over a rounded x' (warps, rows per group): H100, nineteenth session, Phi-3's
-#                          3072 x 8192 W_down (LG 32), in the decode graph: (4, 1) 11.6 us, (2, 1) 12.7, (8, 1) 18.0
-#                          (x8_config's choice), (16, 1) 15.6, (8, 2) 15.6, (4, 2) 16.4, (1, 1) 20.7; v7 split-K 16.8
+X8_PRE_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_X8_PRE_CONFIG", "4,1").split(","))
+# v21's product over a rounded x' (warps, rows per group; LLAMA_BETA_X8_PRE_CONFIG for sweeps): H100, nineteenth
+# session, Phi-3's 3072 x 8192 W_down (LG 32), per launch in the decode graph: (4, 1) 11.6 us, (2, 1) 12.7, (8, 1)
+# 18.0 (x8_config's choice), (16, 1) 15.6, (8, 2) 15.6, (4, 2) 16.4, (1, 1) 20.7; v7 split-K 16.8
 
 
 def _rows_of_32(nw: int, R: int, LG: int) -> tuple[int, int]:
