@@ -216,6 +216,8 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   backend follows. Measured on an H100 (Phi-3 twin, in the decode graph): W_down 16.8 (v7) -> 11.6 us, the
   SwiGLU launch unchanged (15.9 us), whole step 2304 -> 2222 us; ``llama-beta bench`` 439.0 -> 452.6 tok/s.
   The rounded outputs' codes and d_j are the reference's bits; s_j is summed in another order (last bits).
+  Offline ptxas (sm_90), no spills: the W_down kernel 32 registers (Q4_K, Q6_K; its xs keeps v20's 33-slot
+  layout, 33 KB at K = 8192: 6 blocks per SM), the SwiGLU kernel with the epilogue 54 (as without it).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
