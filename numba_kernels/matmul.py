@@ -898,6 +898,14 @@ def _code(v, inv):
 
 
 @cuda.jit(device=True, inline=True)
+def _x8_step(a):
+    """(d, 1 / d) of an int8 block of 32 whose largest |x| is a, as ``ref.matmul.quantize_x8``: d = a / 127,
+    and 0 for 1 / d where d = 0 (the block's codes are then all 0)."""
+    d = a / float32(127.0)
+    return d, float32(1.0) / d if d > float32(0.0) else float32(0.0)
+
+
+@cuda.jit(device=True, inline=True)
 def _quantize_staged(xs, K):
     """v20: x' staged in shared memory (``_stage_x``: block j of 32 in slots 33 j .. 33 j + 31) rounded in place
     to int8 blocks of 32 as ``ref.matmul.quantize_x8`` (d = max|x| / 127, code = rint(x / d), 0 where d = 0):
@@ -915,8 +923,7 @@ def _quantize_staged(xs, K):
             v = xs[b + uint32(i)]
             a = max(a, abs(v))
             t += v
-        d = a / float32(127.0)
-        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        d, inv = _x8_step(a)
         for w in range(8):
             o = b + uint32(4 * w)
             xw[b + uint32(w)] = (_code(xs[o], inv) | (_code(xs[o + uint32(1)], inv) << uint32(8))
@@ -1005,8 +1012,7 @@ def _round_rows_out(hv, ROWS, row0, N, xq):
     if w < (ROWS >> 5) and row0 + 32 * w < N:
         v = hv[32 * w + lane]
         a, t = _warp_max_sum(v)
-        d = a / float32(127.0)
-        inv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        d, inv = _x8_step(a)
         c = _code(v, inv)
         c |= uint32(cuda.shfl_down_sync(0xFFFFFFFF, int32(c), 1)) << uint32(8)    # lane 4 i: the word of
         c |= uint32(cuda.shfl_down_sync(0xFFFFFFFF, int32(c), 2)) << uint32(16)   # elements 4 i .. 4 i + 3
@@ -2452,7 +2458,9 @@ def _rows_of_32(nw: int, R: int, LG: int) -> tuple[int, int]:
 def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *args, pre=False, out_q=False):
     """One v20 product (``which``: 0 matvec, 1 SwiGLU; ``args``: the weight views onwards) with N rows per
     matrix; ``pre`` / ``out_q``: v21's rounded input / rounded output (``_x8_kernels``)."""
-    nw, R, LG = x8_config(N, K, config or (X8_PRE_CONFIG if pre and not X8_CONFIG else None), swiglu=which == 1)
+    if pre and not config and not X8_CONFIG:       # (LLAMA_BETA_X8_CONFIG, a sweep, still wins)
+        config = X8_PRE_CONFIG
+    nw, R, LG = x8_config(N, K, config, swiglu=which == 1)
     if out_q:
         nw, R = _rows_of_32(nw, R, LG)
     _launch(_x8_kernels(R, nw, LG, ggml_type, pre, out_q)[which], -(-N // (nw * R * (WARP // LG))), nw, K,

@@ -174,8 +174,8 @@ class CudaDecoder:
                        attn_factor=p.attn_factor)
         g, u, d, wo = L.w_gate, L.w_up, L.w_down, L.wo
         mats = [(W.raw, W.ggml_type, W.k, W.bias) for W in (L.wq, L.wk, L.wv)]
-        chain = {"xq_out": self.gate_q} if matmul.X8.down_chained(g.ggml_type, u.ggml_type, d.ggml_type, d.k,
-                                                                   g.k) else {}   # v21: W_down reads h rounded
+        chained = matmul.X8.down_chained(g.ggml_type, u.ggml_type, d.ggml_type, d.k, g.k)
+        h_q = self.gate_q if chained else None       # v21: W_down reads h as the gate/up launch rounded it
 
         def qkv():                                    # n = rmsnorm(x); q, k, v = W_q n, W_k n, W_v n
             matmul.decode_matvec_multi(self.x, mats, [self.q.reshape(1, -1), self.k.reshape(1, -1),
@@ -205,11 +205,11 @@ class CudaDecoder:
 
         def gate_up():                                # h = silu(W_g n) * W_u n, n = rmsnorm(x)
             matmul.decode_matvec_swiglu(self.x, g.raw, u.raw, g.ggml_type, u.ggml_type, g.k, self.gate,
-                                        norm_weight=L.ffn_norm, eps=c.norm_eps, stream=self.stream, **chain)
+                                        norm_weight=L.ffn_norm, eps=c.norm_eps, stream=self.stream, xq_out=h_q)
 
         def w_down():                                 # x += W_down h
             matmul.decode_matvec(self.gate, d.raw, d.ggml_type, d.k, self.x, bias=d.bias, accumulate=True,
-                                 stream=self.stream, xq=chain.get("xq_out"))
+                                 stream=self.stream, xq=h_q)
 
         if self.rope_in_attention:
             head = [("norm+qkv", qkv), ("rope+attention", rope_attend)]
