@@ -1,18 +1,24 @@
 """Checks on the real default model for the GPU machine: cuda greedy == numpy greedy, seeded runs repeat.
 
-    python benchmarks/real_model_checks.py [OUT.json]
+    python benchmarks/real_model_checks.py [OUT.json] [--kv-type f32|f16]
+
+``--kv-type``: both backends' KV cache element type (default f32).
 """
+import argparse
 import json
-import sys
 import time
 
 import llama_beta
 
+parser = argparse.ArgumentParser()
+parser.add_argument("out", nargs="?", default=None)
+parser.add_argument("--kv-type", choices=["f32", "f16"], default="f32")
+args = parser.parse_args()
 PROMPT = "Write a haiku about a llama."
-results = {}
+results = {"kv_type": args.kv_type}
 for backend in ("cuda", "numpy"):
     t = time.perf_counter()
-    model = llama_beta.load(backend=backend, progress=False)
+    model = llama_beta.load(backend=backend, progress=False, kv_type=args.kv_type)
     load_s = time.perf_counter() - t
     greedy = model.generate(PROMPT, temperature=0, max_tokens=40)
     seeded = [model.generate(PROMPT, temperature=0.8, seed=7, max_tokens=24).ids for _ in range(10)]
@@ -26,5 +32,6 @@ for backend in ("cuda", "numpy"):
 same = results["cuda"]["greedy_ids"] == results["numpy"]["greedy_ids"]
 print("greedy ids identical across backends:", same)
 results["greedy_identical"] = same
-if len(sys.argv) > 1:
-    json.dump(results, open(sys.argv[1], "w"), indent=2)
+if args.out:
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)

@@ -39,9 +39,11 @@ def weight_bytes_per_token(model) -> int:
 
 
 def kv_bytes_per_token(model, position: int) -> int:
-    """Bytes of the float32 KV cache one decode step reads at ``position``."""
+    """Bytes of the KV cache (float32 or float16: ``model.kv_type``) one decode step reads at ``position``."""
+    from llama_beta.model import KV_TYPES
+
     c = model.config
-    return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * 4
+    return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * np.dtype(KV_TYPES[model.kv_type]).itemsize
 
 
 def _one_run(model, cache, next_token, prompt: np.ndarray, n: int) -> dict:
@@ -90,6 +92,7 @@ def run(model, prompt_tokens: int = 512, gen_tokens: int = 128, repeat: int = 3,
         "bytes_per_decode_step": bytes_step,
         "fraction_of_copy_bandwidth": bytes_step * med_decode / bandwidth,
         "bandwidth_assumed": bandwidth,
+        "kv_type": model.kv_type,
         "prefill_variant": model.prefill_variant,
         # the prefill's switches: the tensor-core products (numba_kernels.matmul v11) and the captured graphs
         "prefill_settings": {"mma": os.environ.get("LLAMA_BETA_PREFILL_MMA", "1") != "0",
@@ -147,7 +150,7 @@ def _decode_step_settings(model) -> dict:
 def format_report(r: dict) -> str:
     p, d = r["prefill_tok_s"], r["decode_tok_s"]
     return "\n".join([
-        f"model    {r['name'] or r['model']}  ({r['backend']} backend)",
+        f"model    {r['name'] or r['model']}  ({r['backend']} backend, {r.get('kv_type', 'f32')} KV cache)",
         f"prefill  {r['prompt_tokens']} tokens: {p['median']:.1f} tok/s (min {p['min']:.1f}, max {p['max']:.1f})",
         f"decode   {r['gen_tokens']} tokens: {d['median']:.1f} tok/s (min {d['min']:.1f}, max {d['max']:.1f})"
         if r["gen_tokens"] else "decode   none (-n 0: prefill only)",

@@ -210,7 +210,7 @@ def _load_model(args):
     if context is None and hasattr(args, "prompt_tokens"):
         context = args.prompt_tokens + args.gen_tokens + 8
     return llama_beta.load(args.model, backend=args.backend, context=context,
-                           vram_limit=getattr(args, "vram_limit", None))
+                           vram_limit=getattr(args, "vram_limit", None), kv_type=args.kv_type)
 
 
 def _sampling_kwargs(args) -> dict:
@@ -312,11 +312,18 @@ def _memory_size(text: str) -> str:
     return text
 
 
+def _add_kv_type(p) -> None:
+    p.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
+                   help="the KV cache's element type: f16 halves its memory and the bytes attention reads, "
+                        "rounding each cached value to 11 significant bits (default: f32)")
+
+
 def _add_sampling_options(p, registry) -> None:
     p.add_argument("--model", "-m", default=registry.DEFAULT_MODEL, help="a .gguf path or a registered name")
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run (default: auto)")
     p.add_argument("--context", type=_number(int, 1), default=None, help="context length to allocate (default: 4096)")
     p.add_argument("--vram-limit", type=_memory_size, default=None, help="GPU memory the model may use, e.g. 8GiB (default: free memory)")
+    _add_kv_type(p)
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument("--max-tokens", "-n", type=_number(int, 0), default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--temperature", "-t", type=_sampling(float, "temperature"), default=0.8, help="0 is greedy (default 0.8)")
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-r", "--repeat", type=_number(int, 1), default=3, help="timed runs after one warm-up (default 3)")
     b.add_argument("--context", type=_number(int, 1), default=None, help=argparse.SUPPRESS)
     b.add_argument("--vram-limit", type=_memory_size, default=None, help="GPU memory the model may use, e.g. 8GiB")
+    _add_kv_type(b)
     b.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)

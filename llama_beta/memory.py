@@ -61,13 +61,14 @@ class MemoryPlan:
                 f"activations {fmt(self.activations)}, workspace {fmt(self.workspace)}")
 
 
-def plan(gguf, cfg, adapter, context: int, prompt_chunk: int = 512) -> MemoryPlan:
-    """Bytes the cuda backend will allocate for this model and context."""
+def plan(gguf, cfg, adapter, context: int, prompt_chunk: int = 512, kv_itemsize: int = 4) -> MemoryPlan:
+    """Bytes the cuda backend will allocate for this model and context (a KV cache of ``kv_itemsize``-byte
+    values: 4 for float32, 2 for float16)."""
     from llama_beta import architectures
 
     names = set(architectures.expected_tensors(cfg, adapter))
     weights = sum(gguf.tensors[n].nbytes for n in names)
-    kv = 2 * cfg.n_layers * context * cfg.n_kv_heads * cfg.head_size * 4
+    kv = 2 * cfg.n_layers * context * cfg.n_kv_heads * cfg.head_size * kv_itemsize
     T = min(prompt_chunk, context)
     q_width = cfg.n_heads * cfg.head_size
     per_token = cfg.dim * 3 + q_width * 2 + cfg.n_kv_heads * cfg.head_size * 2 + cfg.ffn_dim * 3 + cfg.vocab_size

@@ -103,6 +103,11 @@ def map_weights(g: GGUFFile, cfg: ModelConfig, adapter, backend, progress: bool 
     return weights
 
 
+# The KV cache's element types (llama.cpp's --cache-type-k/-v f32 / f16): float16 halves the bytes that decode
+# attention reads; each cached value is rounded to 11 significant bits when it is written.
+KV_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
 def rope_params(g: GGUFFile, cfg: ModelConfig, context: int) -> RopeParams:
     """RoPE settings; LongRoPE picks the long factors when the context exceeds the original one."""
     factors = None
@@ -115,14 +120,17 @@ def rope_params(g: GGUFFile, cfg: ModelConfig, context: int) -> RopeParams:
 
 
 class Model:
-    """A loaded model: ``config``, ``tokenizer``, ``forward(ids)`` and ``generate(...)``."""
+    """A loaded model: ``config``, ``tokenizer``, ``forward(ids)`` and ``generate(...)``; its KV caches
+    (``new_cache``) hold ``kv_type`` values ("f32" or "f16", ``KV_TYPES``)."""
 
     def __init__(self, path, backend: str = "auto", context: int | None = None, progress: bool = False,
-                 vram_limit=None):
+                 vram_limit=None, kv_type: str = "f32"):
         from llama_beta.backends import get_backend
         from ref import tokenizer as ref_tokenizer
 
-        self.path = path
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type: expected one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        self.path, self.kv_type = path, kv_type
         self._prefill = None             # the cuda prefill's buffers, allocated at the first prefill
         self.gguf = GGUFFile(path)
         self.config, self.adapter = load_config(self.gguf)
@@ -154,14 +162,16 @@ class Model:
         """Refuse, before any upload, a model that does not fit the GPU budget."""
         from llama_beta import memory
 
-        self.memory_plan = memory.plan(self.gguf, self.config, self.adapter, self.context)
+        kv_itemsize = np.dtype(KV_TYPES[self.kv_type]).itemsize
+        self.memory_plan = memory.plan(self.gguf, self.config, self.adapter, self.context, kv_itemsize=kv_itemsize)
         available, source = memory.budget(vram_limit)
         memory.check(self.path, self.memory_plan, available, source)
 
     # ------------------------------------------------------------ forward pass
     def new_cache(self, length: int | None = None):
         c = self.config
-        return self.backend.kv_cache(c.n_layers, length or self.context, c.n_kv_heads, c.head_size)
+        return self.backend.kv_cache(c.n_layers, length or self.context, c.n_kv_heads, c.head_size,
+                                     KV_TYPES[self.kv_type])
 
     def forward(self, ids) -> np.ndarray:
         """Logits [T, V] (float32) for a fresh sequence of token ids."""
@@ -283,11 +293,12 @@ def _cache_len(cache) -> int:
 
 
 def load(model="qwen2.5-coder-0.5b-instruct", backend: str = "auto", context: int | None = None,
-         progress: bool | None = None, vram_limit=None) -> Model:
-    """Load a model by path or registered name (fetched on first use) on a backend (auto, numpy, cuda)."""
+         progress: bool | None = None, vram_limit=None, kv_type: str = "f32") -> Model:
+    """Load a model by path or registered name (fetched on first use) on a backend (auto, numpy, cuda);
+    ``kv_type``: the KV cache's element type, "f32" or "f16" (``KV_TYPES``)."""
     from llama_beta import registry
 
     if progress is None:
         progress = sys.stderr.isatty() and os.environ.get("LLAMA_BETA_QUIET") != "1"
     path = registry.resolve(model, fetch=True, progress=progress)
-    return Model(path, backend=backend, context=context, progress=progress, vram_limit=vram_limit)
+    return Model(path, backend=backend, context=context, progress=progress, vram_limit=vram_limit, kv_type=kv_type)

@@ -44,7 +44,11 @@ import numpy as np
 
 
 def kv_append(k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start_pos: int) -> None:
-    """Write the keys/values of ``T`` new tokens into cache rows ``start_pos .. start_pos+T-1`` (in place)."""
+    """Write the keys/values of ``T`` new tokens into cache rows ``start_pos .. start_pos+T-1`` (in place).
+
+    A float16 cache (``kv_type="f16"``) stores each value rounded to the nearest float16, ties to even
+    (NumPy's cast, the same as the kernels' ``cvt.rn.f16.f32``): a relative error of at most 2^-11 per value
+    while |value| >= 2^-14; past 65504 it would become inf."""
     T = k.shape[0]  # k, v: [T, nkv, hs]; caches: [S_max, nkv, hs]
     if start_pos < 0 or start_pos + T > k_cache.shape[0]:
         raise ValueError(f"kv_append: rows {start_pos}..{start_pos + T - 1} do not fit a cache of {k_cache.shape[0]} rows")
@@ -73,8 +77,8 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start_pos
     for t in range(T):
         n = start_pos + t + 1  # query t sees cache rows 0 .. start_pos + t
         qt = q[t].reshape(nkv, kv_mul, hs)  # [nh, hs] -> [nkv, kv_mul, hs]: heads grouped by kv head
-        k = k_cache[:n]  # [n, nkv, hs]
-        v = v_cache[:n]  # [n, nkv, hs]
+        k = k_cache[:n].astype(np.float32, copy=False)  # [n, nkv, hs]; a float16 cache widens exactly
+        v = v_cache[:n].astype(np.float32, copy=False)  # [n, nkv, hs]
         scores = np.einsum("gmd,ngd->gmn", qt, k) * scale  # [nkv, kv_mul, n]
         w = softmax(scores, axis=-1)  # [nkv, kv_mul, n], rows sum to 1
         out[t] = np.einsum("gmn,ngd->gmd", w, v).reshape(nh, hs)  # [nkv, kv_mul, hs] -> [nh, hs]

@@ -42,8 +42,12 @@ MAX_CTX = 100 if not ON_GPU else 32768
 KERNEL_EXAMPLES = 4 if not ON_GPU else 25
 
 
-def make_case(seed, T, nkv, kv_mul, hs, start_pos, sharpness=1.0, spare_rows=3):
-    """Random q [T, nh, hs] and caches [S, nkv, hs] whose first start_pos + T rows are meaningful."""
+KV_TYPES = [np.float32, np.float16]   # the caches' element types (llama_beta.model.KV_TYPES)
+
+
+def make_case(seed, T, nkv, kv_mul, hs, start_pos, sharpness=1.0, spare_rows=3, kv_type=np.float32):
+    """Random q [T, nh, hs] and caches [S, nkv, hs] of ``kv_type`` whose first start_pos + T rows are
+    meaningful (a float16 cache holds the rounded values: kernel and reference read the same numbers)."""
     rng = np.random.default_rng(seed)
     S = start_pos + T + spare_rows  # spare rows past the context: they must never be read
     q = rng.standard_normal((T, nkv * kv_mul, hs), dtype=np.float32) * np.float32(sharpness)
@@ -51,7 +55,7 @@ def make_case(seed, T, nkv, kv_mul, hs, start_pos, sharpness=1.0, spare_rows=3):
     v_cache = rng.standard_normal((S, nkv, hs), dtype=np.float32)
     k_cache[start_pos + T:] = np.nan  # poison: a kernel that reads past the context returns NaN
     v_cache[start_pos + T:] = np.nan
-    return q, k_cache, v_cache
+    return q, k_cache.astype(kv_type), v_cache.astype(kv_type)
 
 
 shapes = st.fixed_dictionaries(dict(
@@ -140,6 +144,28 @@ def test_ref_kv_append_writes_exactly_its_rows(case):
         ref.kv_append(k_new, v_new, kc2, vc2, kc2.shape[0] - T + 1)
 
 
+@settings(deadline=None, max_examples=20)
+@given(shapes)
+def test_ref_float16_cache_moves_the_output_within_its_rounding_bound(case):
+    """A float16 cache (kv_type="f16") rounds every cached value by at most 2^-11 of itself (values here are
+    normal float16). So each score a_s = q.k_s / sqrt(hs) moves by at most delta_s = 2^-11 sum_d |q_d k_sd| /
+    sqrt(hs), each softmax weight by a factor within e^(+-2 max delta), and the output, a weighted mean of
+    the v_s, by at most ((e^(2 max delta) - 1) + 2^-11) max |v| (+ TOL: the float32 sums)."""
+    q, kc, vc = make_case(**case)
+    T, start = case["T"], case["start_pos"]
+    n = start + T
+    kh, vh = kc.astype(np.float16), vc.astype(np.float16)
+    ref.kv_append(kc[:n], vc[:n], kh, vh, 0)                          # the append rounds as the cast does
+    assert kh.dtype == np.float16 and np.array_equal(kh[:n], kc[:n].astype(np.float16))
+    got, exact = ref.attention(q, kh, vh, start), ref.attention(q, kc, vc, start)
+    kv_mul = case["kv_mul"]
+    qk = np.abs(q.astype(np.float64)).reshape(T, -1, kv_mul, q.shape[2])            # [T, nkv, kv_mul, hs]
+    delta = 2.0 ** -11 * np.einsum("tgmd,sgd->tgms", qk, np.abs(kc[:n].astype(np.float64))) / np.sqrt(q.shape[2])
+    bound = (np.expm1(2 * delta.max()) + 2.0 ** -11) * np.abs(vc[:n]).max()
+    assert_close(got, exact, atol=bound + TOL["atol"], rtol=TOL["rtol"], name="float16 cache vs float32 cache")
+    assert not np.array_equal(got, exact)                               # the rounding is visible
+
+
 # ------------------------------------------------------------------------------------------------
 # kernels (CUDA simulator in CI, the GPU for real)
 # ------------------------------------------------------------------------------------------------
@@ -184,7 +210,8 @@ def flash_shapes(draw):
     else:
         T, start_pos = draw(st.integers(1, MAX_T)), draw(st.integers(0, MAX_START))
     return dict(seed=draw(st.integers(0, 2**32 - 1)), T=T, nkv=draw(st.integers(1, 1 if SIMULATOR else 4)),
-                kv_mul=kv_mul, hs=hs, start_pos=start_pos, sharpness=draw(st.sampled_from([0.1, 1.0, 8.0])))
+                kv_mul=kv_mul, hs=hs, start_pos=start_pos, sharpness=draw(st.sampled_from([0.1, 1.0, 8.0])),
+                kv_type=draw(st.sampled_from(KV_TYPES)))
 
 
 @requires_cuda
@@ -193,10 +220,12 @@ def flash_shapes(draw):
 @example(dict(seed=1, T=1, nkv=1, kv_mul=7, hs=64, start_pos=0, sharpness=1.0))      # one query, one key, 7 heads
 @example(dict(seed=2, T=17, nkv=1, kv_mul=1, hs=128, start_pos=0, sharpness=8.0))    # 2 query tiles of 16, one partial
 @example(dict(seed=3, T=5, nkv=1, kv_mul=2, hs=96, start_pos=30, sharpness=1.0))     # the queries straddle keys 31|32
+@example(dict(seed=4, T=9, nkv=1, kv_mul=7, hs=64, start_pos=7, sharpness=1.0, kv_type=np.float16))  # f16 cache
 def test_flash_prefill_matches_ref(case):
     """v8 equals the reference (dense softmax(QK^T / sqrt(hs)) V with the causal mask) for T = 1, T not a
-    multiple of the query tile, start_pos > 0 (a continued prompt), head sizes 64/96/128 and GQA ratios 1/2/7;
-    cache rows past the context hold NaN (a read past the last query's position fails)."""
+    multiple of the query tile, start_pos > 0 (a continued prompt), head sizes 64/96/128 and GQA ratios 1/2/7,
+    float32 and float16 caches; cache rows past the context hold NaN (a read past the last query's position
+    fails)."""
     from numba_kernels import attention as ka
 
     q, kc, vc = make_case(**case)
@@ -398,6 +427,7 @@ one_launch_shapes = st.fixed_dictionaries(dict(
     n_splits=st.sampled_from([1, 2, 3, 5, 8]),
     sharpness=st.sampled_from([0.1, 1.0, 8.0]),
     version=st.sampled_from(["v4", "v6"]),
+    kv_type=st.sampled_from(KV_TYPES),
 ))
 
 
@@ -413,9 +443,13 @@ one_launch_shapes = st.fixed_dictionaries(dict(
 @example(dict(seed=7, nkv=1, kv_mul=7, hs=64, seq_len=70, n_splits=1, sharpness=8.0, version="v6"))  # 3 tiles, 1 chunk
 @example(dict(seed=8, nkv=1, kv_mul=12, hs=96, seq_len=40, n_splits=2, sharpness=1.0, version="v6"))  # 8 + 4 heads
 @example(dict(seed=9, nkv=2, kv_mul=1, hs=128, seq_len=3, n_splits=5, sharpness=1.0, version="v6"))   # 7 spare warps
+@example(dict(seed=10, nkv=1, kv_mul=1, hs=96, seq_len=40, n_splits=2, sharpness=1.0, version="v4",
+              kv_type=np.float16))                                                     # Phi-3's heads, f16 cache
+@example(dict(seed=11, nkv=1, kv_mul=7, hs=64, seq_len=40, n_splits=2, sharpness=1.0, version="v6",
+              kv_type=np.float16))                                                     # Qwen2.5's heads, f16 cache
 def test_one_launch_decode_equals_dense_softmax(case):
     """v4 and v6 equal softmax(q K^T / sqrt(hs)) V built densely, for any split count (dividing seq_len or
-    not, more splits than keys), and leave every chunk counter at zero."""
+    not, more splits than keys) and float32 or float16 caches, and leave every chunk counter at zero."""
     from numba_kernels import attention as ka
 
     n, n_splits, version = case.pop("seq_len"), case.pop("n_splits"), case.pop("version")
@@ -545,8 +579,10 @@ def test_one_launch_decode_heuristics():
 
 @requires_cuda
 @settings(deadline=None, max_examples=3 if SIMULATOR else 10)
-@given(kernel_shapes)
-def test_kv_append_kernel_writes_exactly_its_rows(case):
+@given(kernel_shapes, st.sampled_from(KV_TYPES))
+def test_kv_append_kernel_writes_exactly_its_rows(case, kv_type):
+    """Rows start .. start + T - 1 hold k and v (a float16 cache: rounded to nearest even, bit for bit as
+    NumPy's cast); every other row is untouched."""
     from numba import cuda
 
     from numba_kernels import attention as ka
@@ -555,11 +591,12 @@ def test_kv_append_kernel_writes_exactly_its_rows(case):
     S, nkv, hs = start + T + 5, case["nkv"], case["hs"]
     rng = np.random.default_rng(case["seed"])
     k, v = rng.standard_normal((2, T, nkv, hs), dtype=np.float32)
-    kc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
-    vc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, np.float32))
+    kc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, kv_type))
+    vc_d = cuda.to_device(np.full((S, nkv, hs), -7.0, kv_type))
     ka.kv_append(k, v, kc_d, vc_d, cuda.to_device(np.array([start], np.int32)))
     kc, vc = kc_d.copy_to_host(), vc_d.copy_to_host()
-    assert np.array_equal(kc[start:start + T], k) and np.array_equal(vc[start:start + T], v)
+    assert kc.dtype == kv_type
+    assert np.array_equal(kc[start:start + T], k.astype(kv_type)) and np.array_equal(vc[start:start + T], v.astype(kv_type))
     assert (np.delete(kc, np.s_[start:start + T], axis=0) == -7.0).all()
     assert (np.delete(vc, np.s_[start:start + T], axis=0) == -7.0).all()
 

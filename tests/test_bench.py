@@ -33,6 +33,27 @@ def test_json_record_on_the_numpy_backend(micro, tmp_path):
         result["bytes_per_decode_step"] * result["decode_tok_s"]["median"] / result["bandwidth_assumed"])
 
 
+def test_float16_kv_cache_is_recorded_and_counted(micro):
+    """--kv-type f16: the JSON says so, and a decode step reads half the cache bytes of an f32 run (the
+    weights' bytes are the same); an unknown type is a usage error before any model is loaded."""
+    runs = {}
+    for kv_type in ("f32", "f16"):
+        r = run_cli("bench", "--model", micro, "--backend", "numpy", "-p", 4, "-n", 2, "-r", 1, "--json",
+                    "--kv-type", kv_type)
+        assert r.returncode == 0, r.stderr
+        runs[kv_type] = json.loads(r.stdout)
+        assert runs[kv_type]["kv_type"] == kv_type
+    from llama_beta.bench import kv_bytes_per_token
+    from llama_beta.model import Model
+
+    model = Model(micro, backend="numpy", context=8, kv_type="f16")
+    half = kv_bytes_per_token(model, 4 + 2 // 2)                        # the cache read at the mean position
+    assert runs["f32"]["bytes_per_decode_step"] - runs["f16"]["bytes_per_decode_step"] == half > 0
+    r = run_cli("bench", "--model", micro, "--kv-type", "f8")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--kv-type" in r.stderr.strip().splitlines()[-1] and "'f16'" in r.stderr
+
+
 def test_report_and_progress_lines(micro):
     r = run_cli("bench", "--model", micro, "--backend", "numpy", "-p", 4, "-n", 0, "-r", 1)
     assert r.returncode == 0, r.stderr

@@ -29,6 +29,9 @@ def test_plan_of_the_real_model(qwen_model_path):
         p = memory.plan(g, cfg, adapter, context=4096)
         assert p.weights == sum(t.nbytes for t in g.tensors.values())  # every tensor is used
     assert p.kv_cache == 2 * 24 * 4096 * 2 * 64 * 4                     # K and V, float32
+    with GGUFFile(qwen_model_path) as g:
+        half = memory.plan(g, cfg, adapter, context=4096, kv_itemsize=2)  # kv_type="f16"
+    assert half.kv_cache * 2 == p.kv_cache and half.weights == p.weights
     assert p.total == p.weights + p.kv_cache + p.activations + p.workspace
     assert 400 << 20 < p.weights < 500 << 20
 

@@ -55,10 +55,26 @@ def test_logits_are_finite_and_vary(numpy_tiny):
     assert not np.allclose(logits[0], logits[2])
 
 
+def test_float16_cache_keeps_the_logits_close(tiny_qwen, numpy_tiny):
+    """The same steps over a float16 KV cache: a cache of half the bytes, logits within 1e-2 of the float32
+    cache's (each cached value moves by at most 2^-11 of itself; two layers carry it to the logits)."""
+    half = Model(tiny_qwen, backend="numpy", context=64, kv_type="f16")
+    ids = np.array([5, 77, 260, 3, 19, 141], np.int32)
+    caches = numpy_tiny.new_cache(8), half.new_cache(8)
+    assert caches[1][0].dtype == np.float16 and caches[1][0].nbytes * 2 == caches[0][0].nbytes
+    full, rounded = (m.step(ids, 0, c, all_logits=True) for m, c in zip((numpy_tiny, half), caches))
+    assert_close(rounded, full, atol=1e-2, rtol=0, name="f16 vs f32 cache logits")
+    assert not np.array_equal(rounded[1:], full[1:])                     # the later tokens read rounded rows
+
+
 @requires_cuda
-def test_tiny_model_same_logits_on_both_backends(tiny_qwen, nano_qwen):
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_tiny_model_same_logits_on_both_backends(tiny_qwen, nano_qwen, kv_type):
+    """Both backends, a KV cache of either type: the CUDA backend's caches hold what the NumPy backend's hold
+    (float16: the same round-to-nearest-even of the same float32 values, up to the float32 differences)."""
     path = tiny_qwen if ON_GPU else nano_qwen
-    gpu, cpu = Model(path, backend="cuda", context=64), Model(path, backend="numpy", context=64)
+    gpu = Model(path, backend="cuda", context=64, kv_type=kv_type)
+    cpu = Model(path, backend="numpy", context=64, kv_type=kv_type)
     ids = [5, 77, 60, 3] if ON_GPU else [5, 60]
     # Kernels accumulate dot products in another order than BLAS: float32 rounding, amplified
     # a little through the blocks and the norms.
@@ -96,6 +112,8 @@ def test_meaningless_settings_are_refused(tiny_qwen, numpy_tiny):
     with pytest.raises(ValueError, match="max_tokens must be >= 0, got -1"):
         numpy_tiny.generate("the", chat=False, max_tokens=-1)
     assert numpy_tiny.generate("the", chat=False, max_tokens=0).ids == []
+    with pytest.raises(ValueError, match="kv_type: expected one of f32, f16, got 'bf16'"):
+        Model(tiny_qwen, backend="numpy", context=8, kv_type="bf16")
 
 
 # ------------------------------------------------------------------ real model

@@ -15,7 +15,7 @@ Every backend offers the same methods (shapes in the project's vocabulary):
 ``prepare(weights)``                      after loading: per-matrix choices over the whole model
 ``vector(array)``                         a float32 vector (norm weights, RoPE factors)
 ``embedding(raw, ggml_type, shape)``      the token table [V, C], looked up row by row
-``kv_cache(n_layers, S, nkv, hs)``        per-layer K and V caches [S, nkv, hs]
+``kv_cache(n_layers, S, nkv, hs, dtype)`` per-layer K and V caches [S, nkv, hs] (float32/16)
 ``embed(table, ids)``                     [T] -> [T, C]
 ``rmsnorm(x, w, eps)``                    [T, C] -> [T, C]
 ``matmul(x, W)``                          [T, K] -> [T, N]

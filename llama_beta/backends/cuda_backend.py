@@ -61,9 +61,9 @@ class CudaBackend:
     def embedding(self, raw, ggml_type, shape) -> Embedding:
         return Embedding(self._upload(raw), ggml_type, shape[1])
 
-    def kv_cache(self, n_layers: int, max_len: int, nkv: int, hs: int):
+    def kv_cache(self, n_layers: int, max_len: int, nkv: int, hs: int, dtype=np.float32):
         shape = (n_layers, max_len, nkv, hs)
-        return cuda.device_array(shape, np.float32), cuda.device_array(shape, np.float32)
+        return cuda.device_array(shape, dtype), cuda.device_array(shape, dtype)
 
     # ------------------------------------------------------------------ stages
     def embed(self, table: Embedding, ids):

@@ -84,9 +84,9 @@ class NumpyBackend:
     def embedding(self, raw, ggml_type, shape) -> Embedding:
         return Embedding(raw, ggml_type, shape[1])
 
-    def kv_cache(self, n_layers: int, max_len: int, nkv: int, hs: int):
+    def kv_cache(self, n_layers: int, max_len: int, nkv: int, hs: int, dtype=np.float32):
         shape = (n_layers, max_len, nkv, hs)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return np.zeros(shape, dtype), np.zeros(shape, dtype)
 
     # ------------------------------------------------------------------ stages
     def embed(self, table: Embedding, ids) -> np.ndarray:
