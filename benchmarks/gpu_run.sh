@@ -206,14 +206,15 @@ for step in "$@"; do
         | tee "$OUT/x16-sweep.txt" ;;
     chain)    # v21 (W_down over the SwiGLU outputs rounded by the gate/up launch) in the WHOLE Phi-3 decode step:
       #          off, and W_down's block shapes (LLAMA_BETA_X8_PRE_CONFIG; per launch (4, 1) won, but the step
-      #          gained only half of that: nineteenth session)
+      #          gained only half of that: nineteenth session), and W_down's compact shared layout (11 slots per block
+      #          of 32 instead of 33: 11 KB instead of 33 KB, 6 -> 16 blocks per SM offline; twentieth session)
       model=/tmp/phi3-mini.gguf
       [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
         --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
-      for v in "LLAMA_BETA_X8_CHAIN=0" ${CHAIN_CONFIGS:-LLAMA_BETA_X8_PRE_CONFIG=4,1 LLAMA_BETA_X8_PRE_CONFIG=2,1 \
-          LLAMA_BETA_X8_PRE_CONFIG=8,1 LLAMA_BETA_X8_PRE_CONFIG=4,2}; do
+      for v in "LLAMA_BETA_X8_CHAIN=0" ${CHAIN_CONFIGS:-LLAMA_BETA_X8_PRE_CONFIG=4,1 LLAMA_BETA_X8_COMPACT=1 \
+          LLAMA_BETA_X8_PRE_CONFIG=2,1 LLAMA_BETA_X8_PRE_CONFIG=8,1 LLAMA_BETA_X8_PRE_CONFIG=4,2}; do
         echo "== $v"
-        env "$v" timeout 120 python3 benchmarks/profile_decode.py $model --json "$OUT/chain-$(echo "${v##*=}" | tr , x).json" 2>&1 \
+        env "$v" timeout 120 python3 benchmarks/profile_decode.py $model --json "$OUT/chain-$(echo "${v#LLAMA_BETA_}" | tr =, -x).json" 2>&1 \
           | grep -v -i warn | tail -12
       done | tee "$OUT/chain.txt" ;;
     x8test)   # v20's GPU tests alone (tests/test_matvec_x8.py in four groups, and test_ptx.py, side by side)

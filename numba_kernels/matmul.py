@@ -209,7 +209,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   blocks of 32 (``_round_rows_out``: a block's ROWS outputs, a multiple of 32, gathered in shared memory, a warp
   per block of 32: butterfly max and sum, the codes packed by two shuffles) into a uint32 buffer of
   ``XQ_WORDS`` = 12 words per block (8 code words, d, s, two spare: whole 16-byte lines); W_down's v20 launch
-  then copies them into its shared slots (``_load_xq``: three 16-byte loads a thread and block of 32) instead
+  then copies them into its shared slots (``_xq_loader``: three 16-byte loads a thread and block of 32) instead
   of staging K floats and rounding them in every block, which is what made v20 lose to v7's split-K there
   (item 23 of docs/benchmarks.md). Blocks of 4 warps (``X8_PRE_CONFIG``). Which W_down takes it:
   ``X8Choice.down_chained`` (gate/up on v20, F whole blocks of 32, W_down's type a v20 type), which the NumPy
@@ -218,6 +218,8 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   The rounded outputs' codes and d_j are the reference's bits; s_j is summed in another order (last bits).
   Offline ptxas (sm_90), no spills: the W_down kernel 32 registers (Q4_K, Q6_K; its xs keeps v20's 33-slot
   layout, 33 KB at K = 8192: 6 blocks per SM), the SwiGLU kernel with the epilogue 54 (as without it).
+  Opt-in (``LLAMA_BETA_X8_COMPACT=1``, twentieth session, not yet timed): W_down's copy keeps ``COMPACT_SLOTS`` = 11
+  slots per block of 32 (the pair functions take the slot stride ``bs``): 11 KB, 16 blocks per SM; same bits.
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -958,33 +960,49 @@ def xq_words(K: int) -> int:
     return K // 32 * XQ_WORDS
 
 
-@cuda.jit(device=True, inline=True)
-def _load_xq(xq, nw, has_norm, eps, K, xs, red):
+COMPACT_SLOTS = 11   # v21 compact (opt-in): shared slots per block of 32 in W_down (10 words used; odd: banks spread)
+X8_COMPACT = os.environ.get("LLAMA_BETA_X8_COMPACT", "0") == "1"
+
+
+def xq_shared_floats(K: int, compact: bool) -> int:
+    """Shared floats of a v21 block holding the rounded x' [K]: v20's padded layout (``xs_floats``), or
+    ``COMPACT_SLOTS`` per block of 32 (11 KB instead of 33 KB at K = 8192)."""
+    return K // 32 * COMPACT_SLOTS if compact else xs_floats(K)
+
+
+@functools.cache
+def _xq_loader(BS: int):
     """v21 staging: x' arrives already rounded by the launch before (``_round_rows_out``: uint32
-    [K / 32, XQ_WORDS]), so a block copies each block of 32's ten words (codes, d, s) into slots 33 j ..
-    33 j + 9 of xs, where ``_quantize_staged`` would have left them, three 16-byte loads a thread and block of
-    32, instead of staging K floats and rounding them. (Same arguments as ``_stage_x``; the norm ones unused.)"""
-    ptx.allow_next_grid()
-    ptx.wait_previous_grid()
-    xw = cuda.shared.array(0, uint32)               # the same bytes as xs
-    j = int32(cuda.threadIdx.x)
-    while j < (K >> 5):
-        a0, a1, a2, a3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j))
-        b0, b1, b2, b3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 4))
-        c0, c1, _, _ = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 8))
-        b = uint32(33 * j)
-        xw[b] = a0
-        xw[b + uint32(1)] = a1
-        xw[b + uint32(2)] = a2
-        xw[b + uint32(3)] = a3
-        xw[b + uint32(4)] = b0
-        xw[b + uint32(5)] = b1
-        xw[b + uint32(6)] = b2
-        xw[b + uint32(7)] = b3
-        xw[b + uint32(8)] = c0
-        xw[b + uint32(9)] = c1
-        j += int32(cuda.blockDim.x)
-    cuda.syncthreads()
+    [K / 32, XQ_WORDS]), so a block copies each block of 32's ten words (codes, d, s) into slots BS j ..
+    BS j + 9 of xs, three 16-byte loads a thread and block of 32, instead of staging K floats and rounding
+    them. BS = 33 is where ``_quantize_staged`` would have left them (v20's layout); the compact layout
+    (``COMPACT_SLOTS`` = 11, opt-in) keeps only the slots the products read. (Same arguments as
+    ``_stage_x``; the norm ones unused.)"""
+
+    @cuda.jit(device=True, inline=True)
+    def load_xq(xq, nw, has_norm, eps, K, xs, red):
+        ptx.allow_next_grid()
+        ptx.wait_previous_grid()
+        xw = cuda.shared.array(0, uint32)               # the same bytes as xs
+        j = int32(cuda.threadIdx.x)
+        while j < (K >> 5):
+            a0, a1, a2, a3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j))
+            b0, b1, b2, b3 = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 4))
+            c0, c1, _, _ = ptx.load_u32x4(xq, uint32(XQ_WORDS * j + 8))
+            b = uint32(BS * j)
+            xw[b] = a0
+            xw[b + uint32(1)] = a1
+            xw[b + uint32(2)] = a2
+            xw[b + uint32(3)] = a3
+            xw[b + uint32(4)] = b0
+            xw[b + uint32(5)] = b1
+            xw[b + uint32(6)] = b2
+            xw[b + uint32(7)] = b3
+            xw[b + uint32(8)] = c0
+            xw[b + uint32(9)] = c1
+            j += int32(cuda.blockDim.x)
+        cuda.syncthreads()
+    return load_xq
 
 
 @cuda.jit(device=True, inline=True)
@@ -1054,12 +1072,12 @@ def _dp4a_nibbles(a, xs, x0, x1, j, lo, hi):
 
 
 @cuda.jit(device=True, inline=True)
-def _k_pair_sum(wh, gw, sc, m, lo, hi, xs, x0, mg):
+def _k_pair_sum(wh, gw, sc, m, lo, hi, xs, x0, bs, mg):
     """v20, Q4_K/Q5_K: a pair's share of the row from its two exact integer dots (lo: sub-block 2c against x'
     block x0, hi: 2c + 1 against the next, as floats), the super-block's d, dmin (f16 halves 2 gw, 2 gw + 1) and
     the pair's scales and mins (bytes 0, 1 of sc and m): d_x0 (d sc_0) lo + d_x1 (d sc_1) hi - dmin (m_0 s_x0 +
-    m_1 s_x1)."""
-    x1 = x0 + uint32(33)
+    m_1 s_x1); bs: the slots per block of 32 (x1 = x0 + bs)."""
+    x1 = x0 + uint32(bs)
     d = float32(wh[gw << uint32(1)])
     dmin = float32(wh[(gw << uint32(1)) + uint32(1)])
     s = xs[x0 + uint32(8)] * ((d * _qf(sc, 0, F23, mg)) * lo)
@@ -1068,11 +1086,11 @@ def _k_pair_sum(wh, gw, sc, m, lo, hi, xs, x0, mg):
 
 
 @cuda.jit(device=True, inline=True)
-def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
+def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, bs, mg):
     """v20: sum over the 64 weights of sub-blocks 2c, 2c + 1 of one Q4_K super-block times the int8 x' of
     ``_quantize_staged``. gw: uint32 word index of the super-block (144 bytes: d, dmin f16 @0, 12 scale bytes @4,
     quants @16); qw = gw + 4 + 8c: its quant words 32c .. 32c + 31 (the low nibbles are sub-block 2c, the high
-    ones 2c + 1); x0: the slot of sub-block 2c's codes (2c + 1's are 33 slots on).
+    ones 2c + 1); x0: the slot of sub-block 2c's codes (2c + 1's are bs slots on: 33, or 11 compact).
     = d_x0 (d sc_0) sum_i u_i q_i + d_x1 (d sc_1) (sum_i 16 u'_i q'_i) / 16 - dmin (m_0 s_x0 + m_1 s_x1):
     sixteen ``dp4a`` (unsigned nibbles masked in place, signed codes), the high nibbles unshifted (16 u', the
     1/16 applied to the exact integer sum: |sum| < 2^24)."""
@@ -1080,7 +1098,7 @@ def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     sc, m = _k_pair_scales(h1, h2, h3, sel)
     a0, a1, a2, a3 = ptx.load_u32x4(w32, qw)
     a4, a5, a6, a7 = ptx.load_u32x4(w32, qw + uint32(4))
-    x1 = x0 + uint32(33)
+    x1 = x0 + uint32(bs)
     lo, hi = _dp4a_nibbles(a0, xs, x0, x1, 0, int32(0), int32(0))     # written out: literal slot offsets
     lo, hi = _dp4a_nibbles(a1, xs, x0, x1, 1, lo, hi)
     lo, hi = _dp4a_nibbles(a2, xs, x0, x1, 2, lo, hi)
@@ -1089,14 +1107,14 @@ def _q4k_pair(w32, wh, gw, qw, sel, xs, x0, mg):
     lo, hi = _dp4a_nibbles(a5, xs, x0, x1, 5, lo, hi)
     lo, hi = _dp4a_nibbles(a6, xs, x0, x1, 6, lo, hi)
     lo, hi = _dp4a_nibbles(a7, xs, x0, x1, 7, lo, hi)
-    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi) * SIXTEENTH, xs, x0, mg)
+    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi) * SIXTEENTH, xs, x0, bs, mg)
 
 
 @cuda.jit(device=True, inline=True)
-def _q4k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+def _q4k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, bs, mg):
     """v20, Q4_K: pair p of the row that starts at byte rbyte (super-block p // 4: 36 words of 144 bytes)."""
     sb = (rbyte >> uint32(2)) + uint32(36 * (p >> 2))
-    return _q4k_pair(w32, wh, sb, sb + q, sel, xs, x0, mg)
+    return _q4k_pair(w32, wh, sb, sb + q, sel, xs, x0, bs, mg)
 
 
 @cuda.jit(device=True, inline=True)
@@ -1109,7 +1127,7 @@ def _dp4a_fifths(a, e, xs, x0, x1, j, lo, hi):
 
 
 @cuda.jit(device=True, inline=True)
-def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, bs, mg):
     """v20, Q5_K: pair p of the row that starts at byte rbyte: super-block p // 4 (44 words of 176 bytes: d, dmin
     f16 @0, 12 scale bytes @4, qh @16, quants @48), pair c = p % 4 (q = 4 + 8c). As ``_q4k_pair``, with the
     quant words 12 + 8c .. and bits 2c, 2c + 1 of every qh byte (weight l of sub-blocks 2c, 2c + 1 is qh byte l)
@@ -1124,7 +1142,7 @@ def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     e0, e1, e2, e3 = ptx.load_u32x4(w32, gw + uint32(4))
     e4, e5, e6, e7 = ptx.load_u32x4(w32, gw + uint32(8))
     sh = (q - uint32(4)) >> uint32(2)             # 2c
-    x1 = x0 + uint32(33)
+    x1 = x0 + uint32(bs)
     lo, hi = _dp4a_fifths(a0, e0 >> sh, xs, x0, x1, 0, int32(0), int32(0))
     lo, hi = _dp4a_fifths(a1, e1 >> sh, xs, x0, x1, 1, lo, hi)
     lo, hi = _dp4a_fifths(a2, e2 >> sh, xs, x0, x1, 2, lo, hi)
@@ -1133,11 +1151,11 @@ def _q5k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     lo, hi = _dp4a_fifths(a5, e5 >> sh, xs, x0, x1, 5, lo, hi)
     lo, hi = _dp4a_fifths(a6, e6 >> sh, xs, x0, x1, 6, lo, hi)
     lo, hi = _dp4a_fifths(a7, e7 >> sh, xs, x0, x1, 7, lo, hi)
-    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi), xs, x0, mg)
+    return _k_pair_sum(wh, gw, sc, m, float32(lo), float32(hi), xs, x0, bs, mg)
 
 
 @cuda.jit(device=True, inline=True)
-def _q8_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+def _q8_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, bs, mg):
     """v20, Q8_0: blocks 2p and 2p + 1 of the row that starts at byte rbyte, against the int8 x' of
     ``_quantize_staged``: d_x0 d_0 sum_i q_i c_i + d_x1 d_1 sum_i q'_i c'_i, eight ``dp4a`` per block.
     The pair's 68 bytes are 17 words from word rbyte / 4 + 17 p (rows of whole pairs start 4-byte aligned):
@@ -1149,7 +1167,7 @@ def _q8_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     w5, w6, w7, w8 = w32[b + uint32(5)], w32[b + uint32(6)], w32[b + uint32(7)], w32[b + uint32(8)]
     v0, v1, v2, v3 = w32[b + uint32(9)], w32[b + uint32(10)], w32[b + uint32(11)], w32[b + uint32(12)]
     v4, v5, v6, v7 = w32[b + uint32(13)], w32[b + uint32(14)], w32[b + uint32(15)], w32[b + uint32(16)]
-    x1 = x0 + uint32(33)
+    x1 = x0 + uint32(bs)
     s0 = ptx.dp4a(_prmt(w0, w1, 0x5432), _as_bits(xs[x0]), int32(0))
     s0 = ptx.dp4a(_prmt(w1, w2, 0x5432), _as_bits(xs[x0 + uint32(1)]), s0)
     s0 = ptx.dp4a(_prmt(w2, w3, 0x5432), _as_bits(xs[x0 + uint32(2)]), s0)
@@ -1195,7 +1213,7 @@ def _q5_0_block(qh, a0, a1, a2, a3, xs, x0, d):
 
 
 @cuda.jit(device=True, inline=True)
-def _q5_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+def _q5_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, bs, mg):
     """v20, Q5_0: blocks 2p and 2p + 1 of the row that starts at byte rbyte (``_q5_0_block`` each). The pair's
     44 bytes are 11 words from word rbyte / 4 + 11 p: word 0 = d_0 | qh_0[0:2], word 1 = qh_0[2:4] | q_0[0:2],
     words 2-4 = q_0[2:14], word 5 = q_0[14:16] | d_1, word 6 = qh_1, words 7-10 = q_1; block 0's words
@@ -1208,7 +1226,7 @@ def _q5_0_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     h = b << uint32(1)                            # the f16 index of d_0; d_1 is 11 halves on
     s = _q5_0_block(uint32(_prmt(w0, w1, 0x5432)), uint32(_prmt(w1, w2, 0x5432)), uint32(_prmt(w2, w3, 0x5432)),
                     uint32(_prmt(w3, w4, 0x5432)), uint32(_prmt(w4, w5, 0x5432)), xs, x0, float32(wh[h]))
-    return s + _q5_0_block(qh1, v0, v1, v2, v3, xs, x0 + uint32(33), float32(wh[h + uint32(11)]))
+    return s + _q5_0_block(qh1, v0, v1, v2, v3, xs, x0 + uint32(bs), float32(wh[h + uint32(11)]))
 
 
 @cuda.jit(device=True, inline=True)
@@ -1238,14 +1256,14 @@ def _q6k_word(l, h, sh, xs, xa, xb, i, a, b):
 
 
 @cuda.jit(device=True, inline=True)
-def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
+def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, bs, mg):
     """v20, Q6_K: pair p of the row that starts at byte rbyte. Half h = p // 2 of the row (128 weights, super-block
     h // 2, its half n = h % 2) and t = p % 2: weights 32 t + l and 32 (t + 2) + l (l < 32) of the half share the
     ql bytes 64 n + 32 t + l (low and high nibble) and the qh bytes 128 + 32 n + l (bits 2t, 2t + 1 and 2t + 4,
     2t + 5), so the pair is x' blocks 4h + t and 4h + t + 2. Each has two int8 scales (one per 16 weights: bytes
     192 + 8n + 2t, + 1 and + 4, + 5), so four dp4a sums. Super-blocks are 210 bytes, 2-aligned only: nine words
-    are read for eight and realigned by ``prmt`` (selector 0x3210, a no-op, or 0x5432). (x0, q, sel, mg: other
-    types', unused.)"""
+    are read for eight and realigned by ``prmt`` (selector 0x3210, a no-op, or 0x5432). x' block i starts at slot
+    bs i. (x0, q, sel, mg: other types', unused.)"""
     pu = uint32(p)                                # (32-bit index arithmetic throughout)
     h_ = pu >> uint32(1)
     t = pu & uint32(1)
@@ -1261,8 +1279,8 @@ def _q6k_at(w16, w32, wh, rbyte, p, q, sel, xs, x0, mg):
     sb = (B + uint32(192) + uint32(8) * n + uint32(2) * t) >> uint32(1)
     s01, s23 = uint32(w16[sb]), uint32(w16[sb + uint32(2)])
     sh = uint32(2) * t
-    xa = uint32(132) * h_ + uint32(33) * t
-    xb = xa + uint32(66)
+    xa = uint32(4 * bs) * h_ + uint32(bs) * t
+    xb = xa + uint32(2 * bs)
     a0, b0 = _q6k_word(uint32(_prmt(m0, m1, al)), uint32(_prmt(k0, k1, al)), sh, xs, xa, xb, 0, int32(0), int32(0))
     a0, b0 = _q6k_word(uint32(_prmt(m1, m2, al)), uint32(_prmt(k1, k2, al)), sh, xs, xa, xb, 1, a0, b0)
     a0, b0 = _q6k_word(uint32(_prmt(m2, m3, al)), uint32(_prmt(k2, k3, al)), sh, xs, xa, xb, 2, a0, b0)
@@ -1305,12 +1323,13 @@ def _group_sums(acc, a0, a1, a2, a3, R, LG):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_rows_at(R, LG, gated, ggml_type=GGMLType.Q4_K):
+def _x8_rows_at(R, LG, gated, ggml_type=GGMLType.Q4_K, BS=33):
     """v20 device function: the rows n0 .. n3 (the first R of them, already clamped to the matrix) of one lane
     group (LG lanes, G = 32 / LG groups per warp) dotted with the int8 x'. Lane l of the group takes the pairs of
     32-weight blocks p = l, l + LG, .. < K / 64 (K-quants: super-block p // 4, pair c = p % 4: the same c every
     step, hence one ``sel``) of each of its rows (and with ``gated`` the R up rows ``up_row0 + n`` too, of the
-    same type); ``ag`` (and with ``gated`` ``au``) receive the group sums in the group's first lane."""
+    same type); ``ag`` (and with ``gated`` ``au``) receive the group sums in the group's first lane. x' block i
+    starts at slot BS i of xs (33: v20's staging; 11: v21's compact copy, ``_xq_loader``)."""
     pair = X8_PAIRS[ggml_type]
 
     @cuda.jit(device=True, inline=True)
@@ -1328,20 +1347,20 @@ def _x8_rows_at(R, LG, gated, ggml_type=GGMLType.Q4_K):
         P = int32(K >> 6)
         p = int32(li)
         while p < P:
-            x0 = uint32(66 * p)                   # slot of block 2p's codes: 33 slots per 32-weight block
-            g0 += pair(g16, g32, gh, gb0, p, q, sel, xs, x0, mg)
+            x0 = uint32(2 * BS * p)               # slot of block 2p's codes: BS slots per 32-weight block
+            g0 += pair(g16, g32, gh, gb0, p, q, sel, xs, x0, BS, mg)
             if gated:
-                u0 += pair(u16, u32, uh, ub0, p, q, sel, xs, x0, mg)
+                u0 += pair(u16, u32, uh, ub0, p, q, sel, xs, x0, BS, mg)
             if R > 1:
-                g1 += pair(g16, g32, gh, gb1, p, q, sel, xs, x0, mg)
+                g1 += pair(g16, g32, gh, gb1, p, q, sel, xs, x0, BS, mg)
                 if gated:
-                    u1 += pair(u16, u32, uh, ub1, p, q, sel, xs, x0, mg)
+                    u1 += pair(u16, u32, uh, ub1, p, q, sel, xs, x0, BS, mg)
             if R > 2:
-                g2 += pair(g16, g32, gh, gb2, p, q, sel, xs, x0, mg)
-                g3 += pair(g16, g32, gh, gb3, p, q, sel, xs, x0, mg)
+                g2 += pair(g16, g32, gh, gb2, p, q, sel, xs, x0, BS, mg)
+                g3 += pair(g16, g32, gh, gb3, p, q, sel, xs, x0, BS, mg)
                 if gated:
-                    u2 += pair(u16, u32, uh, ub2, p, q, sel, xs, x0, mg)
-                    u3 += pair(u16, u32, uh, ub3, p, q, sel, xs, x0, mg)
+                    u2 += pair(u16, u32, uh, ub2, p, q, sel, xs, x0, BS, mg)
+                    u3 += pair(u16, u32, uh, ub3, p, q, sel, xs, x0, BS, mg)
             p = int32(p + LG)
         _group_sums(ag, g0, g1, g2, g3, R, LG)
         if gated:
@@ -1350,10 +1369,10 @@ def _x8_rows_at(R, LG, gated, ggml_type=GGMLType.Q4_K):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K):
+def _x8_rows(R, LG, gated, ggml_type=GGMLType.Q4_K, BS=33):
     """v20 device function: ``_x8_rows_at`` for the consecutive rows rg .. rg + R - 1 of a lane group. Rows past
     N re-read row N - 1 and are not stored."""
-    rows_at = _x8_rows_at(R, LG, gated, ggml_type)
+    rows_at = _x8_rows_at(R, LG, gated, ggml_type, BS)
 
     @cuda.jit(device=True, inline=True)
     def rows(g16, g32, gh, grb, u16, u32, uh, urb, up_row0, rg, N, K, xs, ag, au):
@@ -1824,26 +1843,30 @@ def _stage_round(x, nw, has_norm, eps, K, xs, red):
 
 
 @functools.lru_cache(maxsize=None)
-def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K, pre=False, out_q=False):
+def _x8_kernels(R, NW, LG, ggml_type=GGMLType.Q4_K, pre=False, out_q=False, compact=False):
     """v20 (matvec, swiglu) kernels over rows of one type (``X8_PAIRS``) and int8 x': NW warps, G = 32 / LG lane
     groups per warp, R rows per group (R of W_gate and R of W_up for SwiGLU), so ROWS = NW G R rows per block.
     Each block stages x' as v4 does (``_stage_x``, RMSNorm inside) and rounds it to int8 blocks in place
     (``_quantize_staged``); each group then dots its rows with ``_x8_rows``.
 
     v21 options (compile-time): ``pre``: x arrives rounded by the launch before (uint32 [K / 32, XQ_WORDS],
-    ``_load_xq``; no norm); ``out_q``: the SwiGLU kernel also writes its outputs rounded to int8 blocks of 32
+    ``_xq_loader``; no norm); ``out_q``: the SwiGLU kernel also writes its outputs rounded to int8 blocks of 32
     into ``xq_out`` (``_round_rows_out``; ROWS a multiple of 32 and F a multiple of 32), the ``pre`` input of
-    the next product (W_down). Without ``out_q``, ``xq_out`` is not touched (any uint32 array)."""
+    the next product (W_down). Without ``out_q``, ``xq_out`` is not touched (any uint32 array). ``compact``
+    (with ``pre``): the copy keeps ``COMPACT_SLOTS`` shared slots per block of 32 instead of 33
+    (``xq_shared_floats``)."""
     G = WARP // LG
     ROWS = NW * G * R
     assert not out_q or ROWS % 32 == 0, (NW, G, R)
-    rows_plain, rows_gated = _x8_rows(R, LG, False, ggml_type), _x8_rows(R, LG, True, ggml_type)
-    stage = _load_xq if pre else _stage_round
+    assert pre or not compact
+    BS = COMPACT_SLOTS if compact else 33
+    rows_plain, rows_gated = _x8_rows(R, LG, False, ggml_type, BS), _x8_rows(R, LG, True, ggml_type, BS)
+    stage = _xq_loader(BS) if pre else _stage_round
     HV = ROWS if out_q else 1                        # v21's shared outputs of a block (a constant)
 
     @cuda.jit(**_decode_jit(NW))
     def matvec_x8(x, nw, has_norm, eps, K, warm, w16, w32, wh, wf, rb, N, bias, has_bias, accumulate, out):
-        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
+        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K) (compact: xq_shared_floats)
         red = cuda.shared.array(WARP, float32)
         row0 = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * (G * R)
         rg = row0 + ((cuda.threadIdx.x & (WARP - 1)) // LG) * R      # the lane group's first row
@@ -2288,9 +2311,9 @@ def _check_fits(K):
                          f"K <= {MAX_K_FUSED}); use matvec")
 
 
-def _launch(kern, blocks, nw, K, stream, *args):
+def _launch(kern, blocks, nw, K, stream, *args, floats=None):
     _check_fits(K)
-    smem = 4 * xs_floats(K)                            # dynamic: padded x' (+ a static 32 floats)
+    smem = 4 * (floats or xs_floats(K))                # dynamic: padded x' (+ a static 32 floats)
     kern[blocks, nw * WARP, stream, smem](*args)
 
 
@@ -2463,8 +2486,9 @@ def _launch_x8(which, ggml_type, x, K, N, config, norm_weight, eps, stream, *arg
     nw, R, LG = x8_config(N, K, config, swiglu=which == 1)
     if out_q:
         nw, R = _rows_of_32(nw, R, LG)
-    _launch(_x8_kernels(R, nw, LG, ggml_type, pre, out_q)[which], -(-N // (nw * R * (WARP // LG))), nw, K,
-            stream, *_stage_args(x, norm_weight, eps, K), *args)
+    compact = pre and X8_COMPACT
+    _launch(_x8_kernels(R, nw, LG, ggml_type, pre, out_q, compact)[which], -(-N // (nw * R * (WARP // LG))), nw, K,
+            stream, *_stage_args(x, norm_weight, eps, K), *args, floats=xq_shared_floats(K, compact))
 
 
 def _stage_rows(gate_type, up_type, K, nw, rows, weights) -> bool:

@@ -414,6 +414,37 @@ def test_v21_rounded_chain_equals_rounding_in_the_next_block(wtype, seed, nb, fb
                  name="v21 W_down (units of M)")
 
 
+def xq_words_of(h):
+    """The v21 buffer ``_round_rows_out`` writes for outputs h, built on the host from the reference: per block of
+    32, its 8 code words, d and s (float32 bits), and two spare words."""
+    q, d, s = quantize_x8(h)
+    words = np.zeros((len(d), 12), np.uint32)
+    words[:, :8] = q.reshape(-1, 32).view(np.uint32)
+    words[:, 8], words[:, 9] = d.view(np.uint32), s.astype(np.float32).view(np.uint32)
+    return words.reshape(-1)
+
+
+@requires_cuda
+@pytest.mark.parametrize("wtype", [Q4K, Q6K, Q50] if not ON_GPU else X8_TYPES, ids=lambda t: t.name)
+def test_v21_compact_slots_give_the_same_bits(wtype, dp4a, monkeypatch):
+    """LLAMA_BETA_X8_COMPACT=1 (11 shared slots per block of 32 in W_down instead of 33): the same words at
+    other slots, the same arithmetic in the same order, so the same bits (Q6_K: blocks 4h + t and 4h + t + 2)."""
+    rng = np.random.default_rng(5)
+    F, N = 2 * km().X8_K_MULTIPLE[wtype], 5
+    h = rng.standard_normal(F).astype(np.float32)
+    wd = dev(km().random_weight(rng, wtype, N, F))
+    xq = dev(xq_words_of(h))
+    outs = []
+    for compact in (False, True):
+        monkeypatch.setattr(km(), "X8_COMPACT", compact)
+        out = dev(np.zeros(N, np.float32))
+        km().decode_matvec(dev(h), wd, wtype, F, out, xq=xq)
+        outs.append(out.copy_to_host())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    want, mag = reference(h, None, wd.copy_to_host(), F, wtype)      # and both are the product over the words
+    assert_close(outs[0] / mag, want / mag, atol=tolerance(F, False), rtol=0.0, name="v21 over host-built words")
+
+
 @requires_cuda
 def test_v21_refuses_a_rounded_buffer_of_the_wrong_kind(dp4a):
     """xq must be a device uint32 [K / 32 * XQ_WORDS], and so must xq_out [F / 32 * XQ_WORDS]."""
