@@ -40,10 +40,8 @@ def weight_bytes_per_token(model) -> int:
 
 def kv_bytes_per_token(model, position: int) -> int:
     """Bytes of the KV cache (float32 or float16: ``model.kv_type``) one decode step reads at ``position``."""
-    from llama_beta.model import KV_TYPES
-
     c = model.config
-    return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * np.dtype(KV_TYPES[model.kv_type]).itemsize
+    return 2 * c.n_layers * position * c.n_kv_heads * c.head_size * model.kv_itemsize
 
 
 def _one_run(model, cache, next_token, prompt: np.ndarray, n: int) -> dict:

@@ -313,7 +313,9 @@ def _memory_size(text: str) -> str:
 
 
 def _add_kv_type(p) -> None:
-    p.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
+    from llama_beta.model import KV_TYPES
+
+    p.add_argument("--kv-type", choices=list(KV_TYPES), default="f32",
                    help="the KV cache's element type: f16 halves its memory and the bytes attention reads, "
                         "rounding each cached value to 11 significant bits (default: f32)")
 

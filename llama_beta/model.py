@@ -162,10 +162,15 @@ class Model:
         """Refuse, before any upload, a model that does not fit the GPU budget."""
         from llama_beta import memory
 
-        kv_itemsize = np.dtype(KV_TYPES[self.kv_type]).itemsize
-        self.memory_plan = memory.plan(self.gguf, self.config, self.adapter, self.context, kv_itemsize=kv_itemsize)
+        self.memory_plan = memory.plan(self.gguf, self.config, self.adapter, self.context,
+                                       kv_itemsize=self.kv_itemsize)
         available, source = memory.budget(vram_limit)
         memory.check(self.path, self.memory_plan, available, source)
+
+    @property
+    def kv_itemsize(self) -> int:
+        """Bytes per cached value: 4 (f32) or 2 (f16)."""
+        return np.dtype(KV_TYPES[self.kv_type]).itemsize
 
     # ------------------------------------------------------------ forward pass
     def new_cache(self, length: int | None = None):
