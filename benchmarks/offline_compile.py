@@ -124,8 +124,8 @@ class _Compile:
         if key in self.seen:
             return
         name = self.dispatcher.py_func.__name__
-        options = {k: v for k, v in self.dispatcher.targetoptions.items()
-                   if k in ("fastmath", "lineinfo", "max_registers", "debug", "opt")}
+        options = {k: v for k, v in self.dispatcher.targetoptions.items()   # those compile_ptx takes
+                   if k in ("debug", "lineinfo", "fastmath", "opt", "launch_bounds", "forceinline")}
         try:
             ptx, _ = cuda.compile_ptx(self.dispatcher.py_func, sig, cc=(9, 0), **options)
         except Exception as exc:  # a typing or lowering error: the thing this script is for
