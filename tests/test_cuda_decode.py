@@ -24,9 +24,9 @@ IDS = [19, 41, 7] if ON_GPU else [19]
 GQA_SIZE = dict(n_layers=1, dim=128, n_heads=4, n_kv_heads=1, ffn_dim=32, vocab=tiny_vocab(ascii_only=True))
 
 
-def _model(tmp_path, arch, matrix_type=GGMLType.Q8_0, size=None):
+def _model(tmp_path, arch, matrix_type=GGMLType.Q8_0, size=None, kv_type="f32"):
     path = synth_model(tmp_path / "m.gguf", "micro", arch=arch, matrix_type=matrix_type, **(size or SIZE))
-    return Model(path, backend="cuda", context=32)
+    return Model(path, backend="cuda", context=32, kv_type=kv_type)
 
 
 BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"]) for fused in (False, True)]
@@ -34,18 +34,22 @@ BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"])
 
 @requires_cuda
 @pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True),
-                                                   ("qwen2-qkv-rope", True)]
-                         + ([("phi3-qkv-rope", True)] if ON_GPU else []))
+                                                   ("qwen2-qkv-rope", True), ("qwen2-qkv-rope-f16", True)]
+                         + ([("phi3-qkv-rope", True), ("phi3-qkv-rope-f16", True)] if ON_GPU else []))
 def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
+    """(``-f16``: both with a float16 KV cache, which the Q/K/V launch writes and attention reads.)"""
     from llama_beta.backends import cuda_decode
     from llama_beta.backends.cuda_decode import CudaDecoder
 
     gqa = "-gqa-" in arch
     if gqa:
         monkeypatch.setenv("LLAMA_BETA_ATTENTION", arch[-2:])
+    f16 = arch.endswith("-f16")
+    arch = arch.removesuffix("-f16")
     monkeypatch.setattr(cuda_decode, "QKV_ROPE", arch.endswith("-qkv-rope"))  # RoPE inside the Q/K/V launch
-    model = _model(tmp_path, arch.split("-")[0], size=GQA_SIZE if gqa else None)
+    model = _model(tmp_path, arch.split("-")[0], size=GQA_SIZE if gqa else None, kv_type="f16" if f16 else "f32")
     cache = model.new_cache(16)
+    assert cache[0].dtype == (np.float16 if f16 else np.float32)
     model.step(PROMPT, 0, cache)
     decoder = CudaDecoder(model, cache, fused=fused)
     assert decoder.rope_in_attention == arch.endswith("-v7")  # v7: RoPE and the append inside attention

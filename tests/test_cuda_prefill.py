@@ -26,9 +26,9 @@ FLASH_SIZE = dict(n_layers=1, dim=64 if ON_GPU else 32, n_heads=1, n_kv_heads=1,
                   **({} if ON_GPU else dict(vocab=tiny_vocab(ascii_only=True))))
 
 
-def _model(tmp_path, arch, size=None):
+def _model(tmp_path, arch, size=None, kv_type="f32"):
     path = synth_model(tmp_path / "m.gguf", "micro", arch=arch, matrix_type=GGMLType.Q8_0, **(size or SIZE))
-    return Model(path, backend="cuda", context=32)
+    return Model(path, backend="cuda", context=32, kv_type=kv_type)
 
 
 def _logits_tol(prefill):
@@ -71,11 +71,13 @@ def test_prefill_matches_forward(tmp_path, arch, chunk):
 
 
 @requires_cuda
-def test_prefill_continues_a_cache(tmp_path):
-    """Prefill after earlier tokens (start_pos > 0) attends to the rows already in the cache."""
+@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+def test_prefill_continues_a_cache(tmp_path, kv_type):
+    """Prefill after earlier tokens (start_pos > 0) attends to the rows already in the cache (of either type;
+    the readable pass rounds its float16 cache rows the same way)."""
     from llama_beta.backends.cuda_prefill import CudaPrefill
 
-    model = _model(tmp_path, "qwen2")
+    model = _model(tmp_path, "qwen2", kv_type=kv_type)
     head, tail = PROMPT[:2], PROMPT[2:]
     cache = model.new_cache(16)
     prefill = CudaPrefill(model, chunk=4)
