@@ -171,10 +171,12 @@ def blocks_per_sm(threads: int, registers: int, smem: int) -> tuple[int, str]:
 
 
 def main(argv=None) -> int:
+    from llama_beta.model import KV_TYPES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="phi3-mini", help="a llama_beta.synth preset (default phi3-mini)")
     p.add_argument("--layers", type=int, default=2, help="blocks of the synthetic model (default 2)")
-    p.add_argument("--kv-type", choices=["f32", "f16"], default="f32")
+    p.add_argument("--kv-type", choices=list(KV_TYPES), default="f32")
     p.add_argument("--prompt", type=int, default=64, help="prompt tokens of the prefill (default 64)")
     p.add_argument("--steps", type=int, default=3, help="decode steps (default 3)")
     p.add_argument("--vocab", default=None, help="a GGUF vocabulary to copy (default: the synthetic tiny one)")

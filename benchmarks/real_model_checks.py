@@ -9,10 +9,11 @@ import json
 import time
 
 import llama_beta
+from llama_beta.model import KV_TYPES
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out", nargs="?", default=None)
-parser.add_argument("--kv-type", choices=["f32", "f16"], default="f32")
+parser.add_argument("--kv-type", choices=list(KV_TYPES), default="f32")
 args = parser.parse_args()
 PROMPT = "Write a haiku about a llama."
 results = {"kv_type": args.kv_type}

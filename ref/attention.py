@@ -74,11 +74,13 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start_pos
     kv_mul = nh // nkv  # query heads per kv head; kv_head = h // kv_mul
     scale = np.float32(1.0 / np.sqrt(hs))
     out = np.empty((T, nh, hs), dtype=np.float32)
+    keys = k_cache[:start_pos + T].astype(np.float32, copy=False)  # [start_pos + T, nkv, hs]; a float16
+    values = v_cache[:start_pos + T].astype(np.float32, copy=False)  # cache widens exactly, once per call
     for t in range(T):
         n = start_pos + t + 1  # query t sees cache rows 0 .. start_pos + t
         qt = q[t].reshape(nkv, kv_mul, hs)  # [nh, hs] -> [nkv, kv_mul, hs]: heads grouped by kv head
-        k = k_cache[:n].astype(np.float32, copy=False)  # [n, nkv, hs]; a float16 cache widens exactly
-        v = v_cache[:n].astype(np.float32, copy=False)  # [n, nkv, hs]
+        k = keys[:n]  # [n, nkv, hs]
+        v = values[:n]  # [n, nkv, hs]
         scores = np.einsum("gmd,ngd->gmn", qt, k) * scale  # [nkv, kv_mul, n]
         w = softmax(scores, axis=-1)  # [nkv, kv_mul, n], rows sum to 1
         out[t] = np.einsum("gmn,ngd->gmd", w, v).reshape(nh, hs)  # [nkv, kv_mul, hs] -> [nh, hs]
