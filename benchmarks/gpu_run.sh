@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [ab] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -246,7 +246,7 @@ for step in "$@"; do
         done
       done ;;
     kv16)     # the float16 KV cache (--kv-type f16, twentieth session, not yet measured) against float32, both twins,
-      #          a 512-token prompt and 128 decoded tokens; then its kernel tests on the GPU
+      #          a 512-token prompt and 128 decoded tokens (its GPU tests: the kv16test step)
       vocab=.dev-model/vocab
       [ -f /tmp/qwen-synth.gguf ] || python3 -m llama_beta.cli synth /tmp/qwen-synth.gguf --preset qwen2.5-0.5b --vocab $vocab/ggml-vocab-qwen2.gguf --force -q
       [ -f /tmp/phi3-mini.gguf ] || python3 -m llama_beta.cli synth /tmp/phi3-mini.gguf --preset phi3-mini --vocab $vocab/ggml-vocab-phi-3.gguf --force -q
@@ -256,7 +256,8 @@ for step in "$@"; do
           timeout 250 python3 -m llama_beta.cli bench --model /tmp/$model.gguf --backend cuda -p 512 -n 128 -r 3 \
             --kv-type $kv -o "$OUT/bench-$model-kv-$kv.json" 2>&1 | tail -5
         done
-      done
+      done ;;
+    kv16test) # the float16 cache's kernel and model tests on the GPU
       LLAMA_BETA_JIT_CACHE=0 timeout 400 python3 -m pytest -q -p no:cacheprovider tests/test_attention.py \
         tests/test_model.py -k "float16 or one_launch or flash_prefill or kv_append or both_backends" 2>&1 | tail -4 ;;
     real)     # the real model, assembled from chunks in /tmp/chunks by earlier calls
