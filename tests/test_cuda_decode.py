@@ -12,11 +12,11 @@ from ref import sampling as ref_sampling
 from ref.ggml import GGMLType
 
 # Simulator budget: every simulated CUDA thread is a Python thread, so off the GPU the model is
-# one small block and the decode steps few.
+# one small block and the decode steps few (about 5 s a step; tests/cudasim_support.py).
 SIZE = {} if ON_GPU else dict(n_layers=1, dim=32, n_heads=2, n_kv_heads=1, ffn_dim=32,
                                 vocab=tiny_vocab(ascii_only=True))
 PROMPT = np.array([5, 77, 60, 3] if ON_GPU else [5, 60], np.int32)
-IDS = [19, 41, 7] if ON_GPU else [19]
+IDS = [19, 41, 7] if ON_GPU else [19, 41]
 
 
 # Grouped-query heads that attention v6 / v7 serve (4 query heads per kv head, head size 32); with v7
@@ -29,13 +29,13 @@ def _model(tmp_path, arch, matrix_type=GGMLType.Q8_0, size=None, kv_type="f32"):
     return Model(path, backend="cuda", context=32, kv_type=kv_type)
 
 
-BODIES = [(arch, fused) for arch in (["qwen2", "phi3"] if ON_GPU else ["qwen2"]) for fused in (False, True)]
+BODIES = [(arch, fused) for arch in ("qwen2", "phi3") for fused in (False, True)]
 
 
 @requires_cuda
 @pytest.mark.parametrize("arch, fused", BODIES + [("qwen2-gqa-v6", True), ("qwen2-gqa-v7", True),
-                                                   ("qwen2-qkv-rope", True), ("qwen2-qkv-rope-f16", True)]
-                         + ([("phi3-qkv-rope", True), ("phi3-qkv-rope-f16", True)] if ON_GPU else []))
+                                                   ("qwen2-qkv-rope", True), ("qwen2-qkv-rope-f16", True),
+                                                   ("phi3-qkv-rope", True), ("phi3-qkv-rope-f16", True)])
 def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
     """(``-f16``: both with a float16 KV cache, which the Q/K/V launch writes and attention reads.)"""
     from llama_beta.backends import cuda_decode
@@ -73,7 +73,7 @@ def test_next_token_on_device_matches_host_sampler(tmp_path, sampler):
     model.step(PROMPT, 0, cache)
     decoder = CudaDecoder(model, cache)
     token, pos = int(IDS[0]), len(PROMPT)
-    for step in range(1, 3 if ON_GPU else 2):
+    for step in range(1, 3):
         chosen = decoder.next_token(token, pos, step, sampler)
         logits = decoder.logits.copy_to_host()[0]
         if sampler is None:
@@ -89,7 +89,7 @@ def test_next_token_on_device_matches_host_sampler(tmp_path, sampler):
 
 
 @requires_cuda
-@pytest.mark.parametrize("sampler", [None] + ([(0.8, 5, 0.9, 0.05, 1234)] if ON_GPU else []))  # simulator: slow
+@pytest.mark.parametrize("sampler", [None, (0.8, 5, 0.9, 0.05, 1234)])
 def test_run_ahead_picks_the_same_tokens(tmp_path, sampler):
     """Steps queued ahead (``ahead``) give the tokens of one-at-a-time steps; a call that breaks the
     queued sequence (another position) waits for the queue and starts over from its own state."""

@@ -17,7 +17,7 @@ from ref.ggml import GGMLType
 SIZE = {} if ON_GPU else dict(n_layers=1, dim=32, n_heads=2, n_kv_heads=1, ffn_dim=32,
                                 vocab=tiny_vocab(ascii_only=True))
 PROMPT = np.array([5, 77, 60, 3, 41, 19, 7, 88, 12] if ON_GPU else [5, 60, 41], np.int32)
-ARCHS = ["qwen2", "phi3"] if ON_GPU else ["qwen2"]
+ARCHS = ["qwen2", "phi3"]
 
 
 # Head size 32 (the model above has 16): attention v8, the kernel a captured prefill needs (it reads the start
