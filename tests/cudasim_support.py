@@ -144,7 +144,8 @@ _simulator_thread_run = None
 
 
 def install() -> None:
-    """Add the shuffles (and nanosleep) to the simulator's fake ``cuda`` module (idempotent)."""
+    """Add the shuffles (and nanosleep) to the simulator's fake ``cuda`` module and put the condition-variable
+    barrier in place of its polling one (idempotent)."""
     from numba.cuda.simulator import kernelapi
 
     fake = kernelapi.FakeCUDAModule
