@@ -48,7 +48,7 @@ def test_kernel_matches_ref(t, rows, per_row):
 
 
 @requires_cuda
-@settings(deadline=None, max_examples=60 if ON_GPU else 12)
+@settings(deadline=None, max_examples=60 if ON_GPU else 25)
 @given(st.sampled_from(KERNEL_TYPES), st.integers(1, 3), st.integers(1, MAX_BLOCKS), st.integers(0, 2**32 - 1))
 def test_kernel_matches_ref_random(t, rows, n_blocks, seed):
     per_row = max(1, n_blocks // rows) * (40 if BLOCK_SIZES[t][0] == 1 else 1)

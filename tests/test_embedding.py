@@ -39,7 +39,7 @@ def test_ref_embed_is_rows_of_the_whole_table(t, n_blocks, ids):
 
 
 @requires_cuda
-@settings(deadline=None, max_examples=40 if ON_GPU else 10)
+@settings(deadline=None, max_examples=40 if ON_GPU else 20)
 @given(st.sampled_from(TYPES), st.integers(1, 3), st.data())
 def test_kernel_matches_ref(t, n_blocks, data):
     C = n_blocks * 256 if ON_GPU else n_blocks * (256 if BLOCK_SIZES[t][0] == 256 else 96)

@@ -28,7 +28,7 @@ KERNEL_TYPES = [GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_0, GGMLType.Q4_K, GGML
 MAX_N = 300 if ON_GPU else 70
 MAX_T = 100 if ON_GPU else 6
 MAX_BLOCKS_K = 24 if ON_GPU else 4   # blocks per row (of 32 or 256 weights)
-EXAMPLES = 60 if ON_GPU else 10
+EXAMPLES = 60 if ON_GPU else 20
 
 
 def compose_decorators(*decorators):
@@ -236,7 +236,7 @@ def test_real_model_rows(qwen_model_path):
 # tiny launch each below. Shapes stay small: the simulator runs every thread in Python.
 PREFILL_T = 100 if ON_GPU else 12
 PREFILL_N = 300 if ON_GPU else 12
-PREFILL_EXAMPLES = 40 if ON_GPU else 15
+PREFILL_EXAMPLES = 40 if ON_GPU else 25
 
 
 def prefill_problem(seed, gt, N, nb, T):

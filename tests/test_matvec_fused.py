@@ -41,7 +41,7 @@ TYPES = [GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5
 # (warps per block, rows per warp); the simulator pays per block and per thread: small blocks
 CONFIGS = [(4, 1), (4, 2), (4, 4), (8, 1), (8, 2), (8, 4)] if ON_GPU else [(2, 1), (2, 4), (4, 2), (4, 4)]
 WIDTHS = [32, 8, 16]                                         # v4, v5, v6
-EXAMPLES = 40 if ON_GPU else 10
+EXAMPLES = 40 if ON_GPU else 20
 EPS = 1e-5
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from conftest import ON_GPU, assert_close, requires_cuda
 from ref import rmsnorm as ref
 
-EXAMPLES = 40 if ON_GPU else 12
+EXAMPLES = 40 if ON_GPU else 25
 MAX_C = 3000 if ON_GPU else 200
 
 

@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 from conftest import ON_GPU, assert_close, requires_cuda
 from ref import rope as ref
 
-EXAMPLES = 40 if ON_GPU else 10
+EXAMPLES = 40 if ON_GPU else 20
 
 
 @st.composite

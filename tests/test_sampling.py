@@ -19,7 +19,7 @@ from numba import cuda, uint64
 from numba_kernels import sampling as kern
 from ref import sampling as ref
 
-EXAMPLES = 60 if ON_GPU else 8
+EXAMPLES = 60 if ON_GPU else 16
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered")   # simulator uint64 wrap
 
 

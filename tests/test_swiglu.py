@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from conftest import ON_GPU, assert_close, requires_cuda
 from ref import swiglu as ref
 
-EXAMPLES = 40 if ON_GPU else 12
+EXAMPLES = 40 if ON_GPU else 25
 
 
 @st.composite
