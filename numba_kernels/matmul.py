@@ -12,7 +12,11 @@ bytes) at an even byte offset, for every supported type, so ``decode8`` reads fo
 words of quants plus the block's float16 scale(s). The kernels see the weight through two
 *views* of the same bytes (``_views``): uint16 words for the quants and float16 for the
 scales (the block sizes 18, 22, 34, 144, 176, 210 are even, so every scale is 2-aligned;
-a 4-byte view would not fit Q8_0/Q6_K rows with an odd number of blocks).
+a 4-byte view would not fit Q8_0/Q6_K rows with an odd number of blocks). Every view access
+indexes with unsigned 32-bit integers (twenty-first session): with signed indices Numba emits a
+negative-index wraparound per access. In sm_90 SASS (``benchmarks/offline_sass.py``, v11's SwiGLU
+K-loop over x16) that cut the loop from 718 to 561 instructions for Q4_K, 685 -> 613 Q6_K,
+474 -> 432 Q8_0, 409 -> 355 F16, and the registers from 124-128 to 119 (not yet timed on a GPU).
 
 Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
 - v1 ``matvec_v1``: decode (one token). One warp per output row, 4 rows per block of 128
@@ -286,22 +290,22 @@ MM_THREADS = 256          # 16 x 16 threads, each a 4 x 4 micro-tile
 
 # ---------------------------------------------------------------------------------------------
 # decode8: 8 consecutive weights W[row, k:k+8] -> dst[d0:d0+8], per type.
-# q16 is the row as uint16 words, h16 the same bytes as float16 (for the scales).
+# q16 is the row as uint16 words, h16 the same bytes as float16 (for the scales); indices unsigned 32-bit.
 # ---------------------------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _byte(q16, row, at):
     """Byte ``at`` of the row (little-endian words)."""
-    return (int32(q16[row, at >> 1]) >> ((at & 1) * 8)) & 0xFF
+    return (int32(q16[uint32(row), uint32(at >> 1)]) >> ((at & 1) * 8)) & 0xFF
 
 
 @cuda.jit(device=True)
 def _decode8_q8_0(q16, h16, row, k, dst, d0):
     # block of 34 bytes: d f16 @0, 32 int8 @2;  x_j = d * q_j
     base = (k >> 5) * 34
-    d = float32(h16[row, base >> 1])
+    d = float32(h16[uint32(row), uint32(base >> 1)])
     word0 = (base + 2 + (k & 31)) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
+        w = int32(q16[uint32(row), uint32(word0 + i)])
         lo = w & 0xFF
         hi = w >> 8
         dst[d0 + 2 * i] = d * float32(lo - ((lo & 0x80) << 1))       # sign-extend int8
@@ -313,11 +317,11 @@ def _decode8_q4_0(q16, h16, row, k, dst, d0):
     # block of 18 bytes: d f16 @0, qs @2; weight j<16 = low nibble of qs[j], j+16 = high
     base = (k >> 5) * 18
     j = k & 31
-    d = float32(h16[row, base >> 1])
+    d = float32(h16[uint32(row), uint32(base >> 1)])
     shift = (j >> 4) * 4
     word0 = (base + 2 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
+        w = int32(q16[uint32(row), uint32(word0 + i)])
         dst[d0 + 2 * i] = d * float32(((w >> shift) & 0xF) - 8)
         dst[d0 + 2 * i + 1] = d * float32(((w >> (8 + shift)) & 0xF) - 8)
 
@@ -327,12 +331,12 @@ def _decode8_q5_0(q16, h16, row, k, dst, d0):
     # block of 22 bytes: d f16 @0, qh u32 @2 (bit j = 5th bit of weight j), qs @6
     base = (k >> 5) * 22
     j = k & 31
-    d = float32(h16[row, base >> 1])
+    d = float32(h16[uint32(row), uint32(base >> 1)])
     high = _byte(q16, row, base + 2 + (j >> 3))       # 5th bits of weights j .. j+7
     shift = (j >> 4) * 4
     word0 = (base + 6 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
+        w = int32(q16[uint32(row), uint32(word0 + i)])
         q0 = ((w >> shift) & 0xF) | (((high >> (2 * i)) & 1) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((high >> (2 * i + 1)) & 1) << 4)
         dst[d0 + 2 * i] = d * float32(q0 - 16)
@@ -359,12 +363,12 @@ def _decode8_q4_k(q16, h16, row, k, dst, d0):
     j = k & 255
     s = j >> 5                                        # sub-block of 32 = 2c + h
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[row, base >> 1]) * float32(sc)
-    dm = float32(h16[row, (base >> 1) + 1]) * float32(m)
+    ds = float32(h16[uint32(row), uint32(base >> 1)]) * float32(sc)
+    dm = float32(h16[uint32(row), uint32((base >> 1) + 1)]) * float32(m)
     shift = (s & 1) * 4
     word0 = (base + 16 + (j >> 6) * 32 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
+        w = int32(q16[uint32(row), uint32(word0 + i)])
         dst[d0 + 2 * i] = ds * float32((w >> shift) & 0xF) - dm
         dst[d0 + 2 * i + 1] = ds * float32((w >> (8 + shift)) & 0xF) - dm
 
@@ -376,14 +380,14 @@ def _decode8_q5_k(q16, h16, row, k, dst, d0):
     j = k & 255
     s = j >> 5
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[row, base >> 1]) * float32(sc)
-    dm = float32(h16[row, (base >> 1) + 1]) * float32(m)
+    ds = float32(h16[uint32(row), uint32(base >> 1)]) * float32(sc)
+    dm = float32(h16[uint32(row), uint32((base >> 1) + 1)]) * float32(m)
     shift = (s & 1) * 4
     word0 = (base + 48 + (j >> 6) * 32 + (j & 31)) >> 1
     hword0 = (base + 16 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
-        h = int32(q16[row, hword0 + i]) >> s               # bit s of both bytes
+        w = int32(q16[uint32(row), uint32(word0 + i)])
+        h = int32(q16[uint32(row), uint32(hword0 + i)]) >> s               # bit s of both bytes
         q0 = ((w >> shift) & 0xF) | ((h & 1) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 1) << 4)
         dst[d0 + 2 * i] = ds * float32(q0) - dm
@@ -399,13 +403,13 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
     quarter = (j >> 5) & 3
     l0 = j & 31
     sc = _byte(q16, row, base + 192 + 8 * n + (l0 >> 4) + 2 * quarter)
-    ds = float32(h16[row, (base + 208) >> 1]) * float32(sc - ((sc & 0x80) << 1))
+    ds = float32(h16[uint32(row), uint32((base + 208) >> 1)]) * float32(sc - ((sc & 0x80) << 1))
     shift = (quarter >> 1) * 4                          # quarters 2, 3: high nibbles
     word0 = (base + 64 * n + 32 * (quarter & 1) + l0) >> 1
     hword0 = (base + 128 + 32 * n + l0) >> 1
     for i in range(4):
-        w = int32(q16[row, word0 + i])
-        h = int32(q16[row, hword0 + i]) >> (2 * quarter)
+        w = int32(q16[uint32(row), uint32(word0 + i)])
+        h = int32(q16[uint32(row), uint32(hword0 + i)]) >> (2 * quarter)
         q0 = ((w >> shift) & 0xF) | ((h & 3) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 3) << 4)
         dst[d0 + 2 * i] = ds * float32(q0 - 32)
@@ -416,7 +420,7 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
 def _decode8_float(wa, wb, row, k, dst, d0):
     # F16 / F32: the view already has the element type; widen to float32
     for i in range(8):
-        dst[d0 + i] = float32(wa[row, k + i])
+        dst[d0 + i] = float32(wa[uint32(row), uint32(k + i)])
 
 
 DECODERS = {
