@@ -3273,7 +3273,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         @cuda.jit(device=True, inline=True)
         def read_pair(x, at, inside, xr, u):
             # the float16 pair of x's flat floats at, at + 1 (a word of the pairs): xr[u]
-            w = x[at >> uint32(1)]
+            w = x[at >> uint64(1)]
             xr[u] = w if inside else uint32(0)
 
         @cuda.jit(device=True, inline=True)
@@ -3283,7 +3283,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         @cuda.jit(device=True, inline=True)
         def read_pair(x, at, inside, xr, u):
             # x's flat floats at, at + 1: xr[2u], xr[2u + 1]
-            a, b = x[at], x[at + uint32(1)]
+            a, b = x[at], x[at + uint64(1)]
             xr[2 * u] = a if inside else float32(0.0)
             xr[2 * u + 1] = b if inside else float32(0.0)
 
@@ -3299,7 +3299,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         kk = min(k, K - 2)
         for u in range(PAIRS):
             t = min(int32(t0 + tid // PC + PROWS * u), T - 1)
-            read_pair(x, uint32(t * K + kk), k < K, xr, u)
+            read_pair(x, uint64(t * K + kk), k < K, xr, u)   # 64-bit: no truncation mask per load
 
     @cuda.jit(device=True, inline=True)
     def stage(sm, base, xr, wn):
