@@ -83,13 +83,16 @@ def loop_summary(sass: str, width: int = 100) -> str:
 
 
 def _offline_numba():
-    """Make Numba compile for sm_90 with no GPU and no NVRTC (the PTX goes to ptxas by hand)."""
+    """Make Numba compile for sm_90 with no GPU and no NVRTC (the PTX goes to ptxas by hand). The stand-in
+    device has the H100's and H200's 132 SMs, so that the kernels' launch choices (tiles, block shapes: they
+    read ``MULTIPROCESSOR_COUNT``) are the GPU's, not the simulator's (which has none)."""
     os.environ["NUMBA_FORCE_CUDA_CC"] = "9.0"
     import numba.cuda.cuda_paths as cuda_paths
     cuda_paths._get_nvrtc_path = lambda: ("offline", None)
     from numba import cuda
     import numba.cuda.dispatcher as dispatcher
-    dispatcher.get_current_device = cuda.get_current_device = lambda: SimpleNamespace(compute_capability=(9, 0))
+    dispatcher.get_current_device = cuda.get_current_device = lambda: SimpleNamespace(
+        compute_capability=(9, 0), MULTIPROCESSOR_COUNT=132)
     return cuda
 
 
