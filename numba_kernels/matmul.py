@@ -295,17 +295,19 @@ MM_THREADS = 256          # 16 x 16 threads, each a 4 x 4 micro-tile
 @cuda.jit(device=True)
 def _byte(q16, row, at):
     """Byte ``at`` of the row (little-endian words)."""
-    return (int32(q16[uint32(row), uint32(at >> 1)]) >> ((at & 1) * 8)) & 0xFF
+    r = uint32(row)                                   # unsigned indices: no wraparound code
+    return (int32(q16[r, uint32(at >> 1)]) >> ((at & 1) * 8)) & 0xFF
 
 
 @cuda.jit(device=True)
 def _decode8_q8_0(q16, h16, row, k, dst, d0):
     # block of 34 bytes: d f16 @0, 32 int8 @2;  x_j = d * q_j
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 5) * 34
-    d = float32(h16[uint32(row), uint32(base >> 1)])
+    d = float32(h16[r, uint32(base >> 1)])
     word0 = (base + 2 + (k & 31)) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
+        w = int32(q16[r, uint32(word0 + i)])
         lo = w & 0xFF
         hi = w >> 8
         dst[d0 + 2 * i] = d * float32(lo - ((lo & 0x80) << 1))       # sign-extend int8
@@ -315,13 +317,14 @@ def _decode8_q8_0(q16, h16, row, k, dst, d0):
 @cuda.jit(device=True)
 def _decode8_q4_0(q16, h16, row, k, dst, d0):
     # block of 18 bytes: d f16 @0, qs @2; weight j<16 = low nibble of qs[j], j+16 = high
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 5) * 18
     j = k & 31
-    d = float32(h16[uint32(row), uint32(base >> 1)])
+    d = float32(h16[r, uint32(base >> 1)])
     shift = (j >> 4) * 4
     word0 = (base + 2 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
+        w = int32(q16[r, uint32(word0 + i)])
         dst[d0 + 2 * i] = d * float32(((w >> shift) & 0xF) - 8)
         dst[d0 + 2 * i + 1] = d * float32(((w >> (8 + shift)) & 0xF) - 8)
 
@@ -329,14 +332,15 @@ def _decode8_q4_0(q16, h16, row, k, dst, d0):
 @cuda.jit(device=True)
 def _decode8_q5_0(q16, h16, row, k, dst, d0):
     # block of 22 bytes: d f16 @0, qh u32 @2 (bit j = 5th bit of weight j), qs @6
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 5) * 22
     j = k & 31
-    d = float32(h16[uint32(row), uint32(base >> 1)])
+    d = float32(h16[r, uint32(base >> 1)])
     high = _byte(q16, row, base + 2 + (j >> 3))       # 5th bits of weights j .. j+7
     shift = (j >> 4) * 4
     word0 = (base + 6 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
+        w = int32(q16[r, uint32(word0 + i)])
         q0 = ((w >> shift) & 0xF) | (((high >> (2 * i)) & 1) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((high >> (2 * i + 1)) & 1) << 4)
         dst[d0 + 2 * i] = d * float32(q0 - 16)
@@ -359,16 +363,17 @@ def _k_scale_min(q16, row, base, s):
 @cuda.jit(device=True)
 def _decode8_q4_k(q16, h16, row, k, dst, d0):
     # 144 bytes: d @0, dmin @2, scales @4, qs @16; j = 64c + 32h + l -> nibble h of qs[32c + l]
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 8) * 144
     j = k & 255
     s = j >> 5                                        # sub-block of 32 = 2c + h
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[uint32(row), uint32(base >> 1)]) * float32(sc)
-    dm = float32(h16[uint32(row), uint32((base >> 1) + 1)]) * float32(m)
+    ds = float32(h16[r, uint32(base >> 1)]) * float32(sc)
+    dm = float32(h16[r, uint32((base >> 1) + 1)]) * float32(m)
     shift = (s & 1) * 4
     word0 = (base + 16 + (j >> 6) * 32 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
+        w = int32(q16[r, uint32(word0 + i)])
         dst[d0 + 2 * i] = ds * float32((w >> shift) & 0xF) - dm
         dst[d0 + 2 * i + 1] = ds * float32((w >> (8 + shift)) & 0xF) - dm
 
@@ -376,18 +381,19 @@ def _decode8_q4_k(q16, h16, row, k, dst, d0):
 @cuda.jit(device=True)
 def _decode8_q5_k(q16, h16, row, k, dst, d0):
     # 176 bytes: d @0, dmin @2, scales @4, qh @16, qs @48; 5th bit of j = bit j//32 of qh[j%32]
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 8) * 176
     j = k & 255
     s = j >> 5
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[uint32(row), uint32(base >> 1)]) * float32(sc)
-    dm = float32(h16[uint32(row), uint32((base >> 1) + 1)]) * float32(m)
+    ds = float32(h16[r, uint32(base >> 1)]) * float32(sc)
+    dm = float32(h16[r, uint32((base >> 1) + 1)]) * float32(m)
     shift = (s & 1) * 4
     word0 = (base + 48 + (j >> 6) * 32 + (j & 31)) >> 1
     hword0 = (base + 16 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
-        h = int32(q16[uint32(row), uint32(hword0 + i)]) >> s               # bit s of both bytes
+        w = int32(q16[r, uint32(word0 + i)])
+        h = int32(q16[r, uint32(hword0 + i)]) >> s        # bit s of both bytes
         q0 = ((w >> shift) & 0xF) | ((h & 1) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 1) << 4)
         dst[d0 + 2 * i] = ds * float32(q0) - dm
@@ -397,19 +403,20 @@ def _decode8_q5_k(q16, h16, row, k, dst, d0):
 @cuda.jit(device=True)
 def _decode8_q6_k(q16, h16, row, k, dst, d0):
     # 210 bytes: ql @0, qh @128, int8 scales @192, d @208; j = 128n + 32i + l
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     base = (k >> 8) * 210
     j = k & 255
     n = j >> 7
     quarter = (j >> 5) & 3
     l0 = j & 31
     sc = _byte(q16, row, base + 192 + 8 * n + (l0 >> 4) + 2 * quarter)
-    ds = float32(h16[uint32(row), uint32((base + 208) >> 1)]) * float32(sc - ((sc & 0x80) << 1))
+    ds = float32(h16[r, uint32((base + 208) >> 1)]) * float32(sc - ((sc & 0x80) << 1))
     shift = (quarter >> 1) * 4                          # quarters 2, 3: high nibbles
     word0 = (base + 64 * n + 32 * (quarter & 1) + l0) >> 1
     hword0 = (base + 128 + 32 * n + l0) >> 1
     for i in range(4):
-        w = int32(q16[uint32(row), uint32(word0 + i)])
-        h = int32(q16[uint32(row), uint32(hword0 + i)]) >> (2 * quarter)
+        w = int32(q16[r, uint32(word0 + i)])
+        h = int32(q16[r, uint32(hword0 + i)]) >> (2 * quarter)
         q0 = ((w >> shift) & 0xF) | ((h & 3) << 4)
         q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 3) << 4)
         dst[d0 + 2 * i] = ds * float32(q0 - 32)
@@ -419,8 +426,9 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
 @cuda.jit(device=True)
 def _decode8_float(wa, wb, row, k, dst, d0):
     # F16 / F32: the view already has the element type; widen to float32
+    r = uint32(row)                                   # unsigned indices: no wraparound code
     for i in range(8):
-        dst[d0 + i] = float32(wa[uint32(row), uint32(k + i)])
+        dst[d0 + i] = float32(wa[r, uint32(k + i)])
 
 
 DECODERS = {
