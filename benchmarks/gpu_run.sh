@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -49,6 +49,11 @@ for step in "$@"; do
       #          one line per log (their files may be too many to come back from the machine), then the failures
       for log in "$OUT"/pytest-gpu-*.log; do echo "$(basename "$log"): $(grep -E "passed|failed" "$log" | tail -1)"; done
       grep -h -E "^(FAILED|ERROR) " "$OUT"/pytest-gpu-*.log ;;
+    output)   # issue 4's output shape alone: v4 on the raw blocks, v22 on the two planes (configs), a pure read;
+      #          then the cost of a grid barrier (the question before a persistent decode kernel)
+      timeout 240 python3 benchmarks/output_product.py --json "$OUT/output-product.json" ${OUTPUT_CONFIGS:-} \
+        2>&1 | grep -v -i warn | tee "$OUT/output-product.txt"
+      timeout 120 python3 benchmarks/grid_sync_probe.py 2>&1 | grep -v -i warn | tee "$OUT/grid-sync.txt" ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue

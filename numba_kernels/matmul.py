@@ -224,6 +224,17 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   layout, 33 KB at K = 8192: 6 blocks per SM), the SwiGLU kernel with the epilogue 54 (as without it).
   Opt-in (``LLAMA_BETA_X8_COMPACT=1``, twentieth session, not yet timed): W_down's copy keeps ``COMPACT_SLOTS`` = 11
   slots per block of 32 (the pair functions take the slot stride ``bs``): 11 KB, 16 blocks per SM; same bits.
+- v22 ``launch_planar_q8`` / ``PlanarQ8`` (``_planar_q8_kernel``; opt-in, ``LLAMA_BETA_PLANAR_Q8=1``, twenty-second
+  session, not yet timed): the output product over a Q8_0 matrix kept on the device a second time as two planes,
+  the quants int8 [N, K] and the scales float16 [N, K / 32] (``ref.quants.planar_q8_0``; made at load by a
+  repack kernel, ``CudaBackend.prepare``; 145 MB more for Qwen2.5-0.5B's tied 151936 x 896 table). Why: a Q8_0
+  block is 34 bytes, so its quants are only 2-byte aligned and v4 reads each lane's block as 16 uint16 loads 34
+  bytes apart; the tenth session's ladder measured the output launch at 60.7 us with its loads ALONE (70.0 us
+  whole): the load pattern, not the arithmetic, is the limit. v22: 8 lanes per row, each lane one 16-byte load
+  per 16 quants (the group reads 128 contiguous bytes), every load of a pass issued before the first sum (a
+  branch on the xor of all the words keeps ptxas from sinking them: without it only two were in flight), x'
+  staged as v4 (norm inside), the float products of v4 (``_qf``), a warp repeating over ``passes`` row sets.
+  Offline ptxas (sm_90, K = 896): 94 registers at R = 1, 166 at R = 2, no spills (R = 4: a stack frame).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -3949,6 +3960,143 @@ def launch_decode_mma_swiglu(x, w_gate, gate_type, w_up, up_type, up_row0, K, ou
     x_, nw_, has_norm, eps_, _, _ = _stage_args(x, norm_weight, eps, K)
     kern[-(-F // MMA_M16), WARP * cfg.tm * cfg.s, stream](x_, nw_, has_norm, eps_, g16, gh, grb, u16, uh, urb,
                                                            up_row0, F, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# v22: Q8_0 rows as two planes, a quant plane and a scale plane (the output product's layout)
+# ---------------------------------------------------------------------------------------------
+PLANAR_LG = 8          # v22: lanes per row: 8 lanes x 16 bytes = 128 contiguous quant bytes per load instruction
+PLANAR_CHUNK = 16      # int8 quants one 16-byte load brings (half a block of 32)
+PLANAR_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_PLANAR_CONFIG", "").split(",") if v) or None
+PLANAR_Q8 = os.environ.get("LLAMA_BETA_PLANAR_Q8", "0") == "1"   # v22 for the output product (opt-in: untimed)
+PLANAR_MIN_ROWS = 32768   # ... for Q8_0 matrices of at least this many rows (the vocabulary-sized output)
+
+
+def planar_q8_0_fits(ggml_type, N: int, K: int) -> bool:
+    """Whether v22 can take a product: Q8_0, rows of whole 128-weight steps (8 lanes x 16 quants)."""
+    return GGMLType(ggml_type) == GGMLType.Q8_0 and K % (PLANAR_LG * PLANAR_CHUNK) == 0 and N * K < 2 ** 31
+
+
+@cuda.jit(cache=JIT_CACHE)
+def planar_q8_0_kernel(w16, nb, qs16, d16):
+    """Thread per Q8_0 block of 34 bytes (uint16 words: d, then 16 words of quants): block b of row n goes to
+    the quant plane's words [n, 16 b : 16 b + 16] and the scale plane's d16[n, b] (the bits, not converted)."""
+    i = cuda.grid(1)
+    if i < w16.shape[0] // 17:
+        n, b = i // nb, i % nb
+        src = 17 * i
+        d16[n, b] = w16[src]
+        for j in range(16):
+            qs16[n, 16 * b + j] = w16[src + 1 + j]
+
+
+class PlanarQ8:
+    """v22's layout of a Q8_0 matrix [N, K] on the device: ``qs`` int8 [N, K] (the quants, rows contiguous and
+    16-byte aligned when K % 16 == 0) and ``d`` float16 [N, K / 32] (the block scales), the same 34 bytes a block
+    as the GGUF layout (``ref.quants.planar_q8_0`` is the NumPy twin). Built on the device from the raw bytes."""
+
+    def __init__(self, w_raw, K: int, stream=0):
+        N, rb = w_raw.shape
+        nb = K // 32
+        if rb != 34 * nb:
+            raise ValueError(f"PlanarQ8: rows of {rb} bytes are not the {nb} Q8_0 blocks of K={K}")
+        self.n, self.k = N, K
+        self.qs = cuda.device_array((N, K), np.int8, stream=stream)
+        self.d = cuda.device_array((N, nb), np.float16, stream=stream)
+        w16 = w_raw.reshape(N * rb).view(np.uint16)
+        blocks = N * nb
+        planar_q8_0_kernel[-(-blocks // 256), 256, stream](w16, nb, self.qs.view(np.uint16),
+                                                          self.d.view(np.uint16))
+
+
+@functools.lru_cache(maxsize=None)
+def _planar_q8_kernel(NW, R, STEPS):
+    """v22 kernel: NW warps, each 4 groups of PLANAR_LG lanes, R rows per group; STEPS = K / 128 (compile-time,
+    so the R STEPS 16-byte loads of a pass sit in registers, all in flight before the first is used).
+
+    Lane l of a group takes chunks c = l + 8 i (i < STEPS) of 16 quants of each of its rows: one
+    ``ld.global.nc.v4`` per chunk and row (the 8 lanes of a group read 128 contiguous bytes, a warp 4 rows'
+    worth), plus the float16 scale of the chunk's block. Its sum is d_c sum_j q_j x'_j (x' staged as v4 stages
+    it: RMSNorm inside, padded one float per 32; the 8 chunks of one step sit in 8 different banks, and the 4
+    groups read the same addresses); the quants become floats without I2F (``_qf`` on q + 128). The group's 8
+    partial sums meet in 3 shuffles. A warp repeats for ``passes`` row sets one grid further on, so a launch of
+    fewer blocks stages x' fewer times."""
+    G = WARP // PLANAR_LG
+    ND = STEPS * R                                  # chunks (and scales) a lane holds per pass
+    NQ = 4 * ND                                     # ... and their quant words
+
+    @cuda.jit(**_decode_jit(NW))
+    def matvec_planar_q8(x, nw, has_norm, eps, K, q32, dh, N, passes, bias, has_bias, out):
+        xs = cuda.shared.array(0, float32)          # dynamic: xs_floats(K)
+        red = cuda.shared.array(WARP, float32)
+        _stage_x(x, nw, has_norm, eps, K, xs, red)
+        lane = cuda.threadIdx.x % WARP
+        l8 = uint32(lane % PLANAR_LG)
+        mg = _magic(K)
+        wpr = uint32(K // 4)                        # quant words per row
+        spr = uint32(K // 32)                       # scales per row
+        warp_rows = G * R
+        first = (cuda.blockIdx.x * NW + cuda.threadIdx.x // WARP) * warp_rows
+        stride = cuda.gridDim.x * NW * warp_rows
+        q = cuda.local.array(NQ, uint32)
+        d = cuda.local.array(ND, float32)
+        acc = cuda.local.array(R, float32)
+        for p in range(passes):
+            row0 = first + p * stride
+            if row0 >= N:
+                return                              # whole warp leaves (its rows are its groups')
+            rg = row0 + (lane // PLANAR_LG) * R      # this group's first row
+            t = uint32(0)
+            for r in range(R):
+                row = uint32(min(rg + r, N - 1))    # rows past N re-read row N - 1 and are not stored
+                for i in range(STEPS):
+                    c = l8 + uint32(PLANAR_LG * i)
+                    w0, w1, w2, w3 = ptx.load_u32x4(q32, row * wpr + c * uint32(4))
+                    at = 4 * (STEPS * r + i)
+                    q[at] = w0
+                    q[at + 1] = w1
+                    q[at + 2] = w2
+                    q[at + 3] = w3
+                    t ^= w0 ^ w1 ^ w2 ^ w3
+                    d[STEPS * r + i] = float32(dh[row * spr + (c >> uint32(1))])
+            _keep(t, N)          # a branch on every word: ptxas keeps the loads ahead of the sums (all in flight)
+            for r in range(R):
+                s = float32(0.0)
+                for i in range(STEPS):
+                    c = l8 + uint32(PLANAR_LG * i)
+                    xo = c * uint32(PLANAR_CHUNK) + (c >> uint32(1))     # padded x' index of the chunk
+                    part = float32(0.0)
+                    for t in range(4):
+                        w = int32(q[4 * (STEPS * r + i) + t]) ^ int32(-2139062144)   # 0x80808080: q + 128
+                        for j in range(4):
+                            part += xs[xo + uint32(4 * t + j)] * _qf(w, j, F23_128, mg)
+                    s += d[STEPS * r + i] * part
+                acc[r] = _group_sum(s, PLANAR_LG)
+            for r in range(R):
+                _store_if(l8 == 0, acc[r], rg + r, N, bias, has_bias, False, out)
+
+    return matvec_planar_q8
+
+
+def planar_config(N: int, K: int, config=None) -> tuple[int, int, int]:
+    """v22's (warps per block, rows per lane group, passes): ``config`` or ``PLANAR_CONFIG``, else (8, 1, 1)."""
+    cfg = tuple(config or PLANAR_CONFIG or (8, 1, 1))
+    return cfg + (1,) * (3 - len(cfg))
+
+
+def launch_planar_q8(x, planar: PlanarQ8, out, bias=None, norm_weight=None, eps=1e-6, config=None, stream=0):
+    """v22 on device arrays: out [N] = planar W [N, K] x' (+ bias), x' = x or RMSNorm(x) * norm_weight."""
+    N, K = planar.n, planar.k
+    if not planar_q8_0_fits(GGMLType.Q8_0, N, K):
+        raise ValueError(f"launch_planar_q8: K={K} must be a multiple of {PLANAR_LG * PLANAR_CHUNK}")
+    nw, R, passes = planar_config(N, K, config)
+    rows_per_pass = nw * (WARP // PLANAR_LG) * R
+    blocks = max(1, -(-N // (rows_per_pass * passes)))
+    kern = _planar_q8_kernel(nw, R, K // (PLANAR_LG * PLANAR_CHUNK))
+    x_, nw_, has_norm, eps_, _, _ = _stage_args(x, norm_weight, eps, K)
+    b, has = _bias(bias, out)
+    _launch(kern, blocks, nw, K, stream, x_, nw_, has_norm, eps_, K, planar.qs.reshape(N * K).view(np.uint32),
+            planar.d.reshape(N * (K // 32)), N, passes, b, has, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,6 +131,20 @@ def dequant_q8_0(blocks: np.ndarray) -> np.ndarray:
     return blocks[:, 2:34].view(np.int8).astype(np.float32) * d
 
 
+def planar_q8_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q8_0 rows [N, 34 K/32] as two planes: the quants int8 [N, K] and the scales float16 [N, K/32].
+
+    The same bytes, regrouped (a memory layout, not a new function): row n's weight k is
+    ``qs[n, k] * d[n, k // 32]``. The CUDA output product v22 reads this layout, so that the quants
+    of a row are contiguous and 16-byte aligned (a block of 34 bytes is only 2-byte aligned).
+    """
+    n, row_bytes = raw.shape
+    blocks = np.ascontiguousarray(raw).reshape(n, row_bytes // 34, 34)
+    qs = blocks[:, :, 2:].reshape(n, -1).view(np.int8)
+    d = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(n, -1)
+    return qs.copy(), d
+
+
 # --- K-quants: 256-weight super-blocks ----------------------------------------------------
 
 def dequant_q2_k(blocks: np.ndarray) -> np.ndarray:

@@ -63,6 +63,30 @@ def test_decoder_matches_forward(tmp_path, monkeypatch, arch, fused):
 
 
 @requires_cuda
+def test_planar_output_product_gives_the_same_step(tmp_path, monkeypatch):
+    """With ``LLAMA_BETA_PLANAR_Q8`` (here: its switch, and no row minimum) the backend gives the Q8_0 output
+    matrix v22's two-plane copy at load, and the decode step's logits match the default launch's."""
+    from numba_kernels import matmul
+    from llama_beta.backends.cuda_decode import CudaDecoder
+
+    monkeypatch.setattr(matmul, "PLANAR_Q8", True)
+    monkeypatch.setattr(matmul, "PLANAR_MIN_ROWS", 0)
+    launches = []
+    launch = matmul.launch_planar_q8
+    monkeypatch.setattr(matmul, "launch_planar_q8", lambda *a, **k: launches.append(1) or launch(*a, **k))
+    model = _model(tmp_path, "qwen2", size=GQA_SIZE)           # dim 128: one 128-weight step a row
+    assert model.weights.output.planar is not None
+    cache = model.new_cache(16)
+    model.step(PROMPT, 0, cache)
+    planar = CudaDecoder(model, cache).step_logits(IDS[0], len(PROMPT))
+    assert launches, "the decode step did not launch v22"
+    model.weights.output.planar = None                       # the same step with v4 on the raw blocks
+    plain = CudaDecoder(model, cache).step_logits(IDS[0], len(PROMPT))
+    # the same products summed in other orders (float32 over K = 128 terms)
+    assert_close(planar, plain, atol=1e-4, rtol=1e-4, name="v22 output vs v4")
+
+
+@requires_cuda
 @pytest.mark.parametrize("sampler", [None, (0.8, 5, 0.9, 0.05, 1234)])
 def test_next_token_on_device_matches_host_sampler(tmp_path, sampler):
     """The token chosen inside the step equals the host chain on the same logits, and the state advances."""

@@ -654,3 +654,55 @@ def test_disk_cache_key_sees_the_decode_settings(setting):
     assert len(keys["0"]) == len(keys["1"]) == 5
     for off, on in zip(keys["0"], keys["1"]):
         assert off != on
+
+
+# --- v22: Q8_0 as a quant plane and a scale plane (the output product's layout) ----------------
+# (warps, rows per lane group, passes); N is drawn so that the last pass has idle lane groups and,
+# with passes > 1, warps whose later passes start past N.
+PLANAR_CONFIGS = [(1, 1, 1), (1, 2, 1), (2, 1, 2), (1, 1, 3)]
+
+
+@requires_cuda
+def test_planar_layout_is_the_reference_split():
+    """The device repack (``PlanarQ8``) holds exactly ``ref.quants.planar_q8_0``'s planes."""
+    from ref.quants import planar_q8_0
+    rng = np.random.default_rng(3)
+    w = weight(rng, GGMLType.Q8_0, 5, 256)
+    planar = km().PlanarQ8(dev(w), 256)
+    qs, d = planar_q8_0(w)
+    np.testing.assert_array_equal(planar.qs.copy_to_host(), qs)
+    np.testing.assert_array_equal(planar.d.copy_to_host().view(np.uint16), d.view(np.uint16))
+
+
+@requires_cuda
+@settings(max_examples=EXAMPLES // 2, **SETTINGS)
+@given(seed=st.integers(0, 2 ** 32 - 1), steps=st.sampled_from([1, 2] if not ON_GPU else [1, 2, 7]),
+       cfg=st.sampled_from(PLANAR_CONFIGS), extra=st.integers(0, 2 ** 16), norm=st.booleans(),
+       with_bias=st.booleans())
+def test_planar_q8_matches_ref(seed, steps, cfg, extra, norm, with_bias):
+    nw_, R, passes = cfg
+    N = 1 + extra % (nw_ * 4 * R * passes + 5)             # up to one block's rows and a few more
+    rng, x, nw, w, K = problem(seed, GGMLType.Q8_0, N, 4 * steps, norm)
+    b = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    (want, mag), = reference(x, nw, [(w, GGMLType.Q8_0, K, b)])
+    out = dev(np.zeros(N, np.float32))
+    km().launch_planar_q8(dev(x), km().PlanarQ8(dev(w), K), out, bias=dev(b), norm_weight=dev(nw), eps=EPS,
+                          config=cfg)
+    assert_terms(out.copy_to_host(), want, mag, tolerance(K, norm), f"v22 cfg={cfg} N={N} K={K} norm={norm}")
+
+
+@requires_cuda
+def test_planar_bias_is_one_addition_and_bad_shapes_raise():
+    rng, x, nw, w, K = problem(5, GGMLType.Q8_0, 9, 8, True)
+    b = rng.standard_normal(9).astype(np.float32)
+    planar = km().PlanarQ8(dev(w), K)
+    plain, biased = dev(np.zeros(9, np.float32)), dev(np.zeros(9, np.float32))
+    for o, bias in ((plain, None), (biased, dev(b))):
+        km().launch_planar_q8(dev(x), planar, o, bias=bias, norm_weight=dev(nw), eps=EPS, config=(1, 1, 2))
+    np.testing.assert_array_equal(biased.copy_to_host(), (plain.copy_to_host() + b).astype(np.float32))
+    with pytest.raises(ValueError, match="K=96 must be a multiple of 128"):
+        km().launch_planar_q8(dev(x[:96]), km().PlanarQ8(dev(weight(rng, GGMLType.Q8_0, 2, 96)), 96), plain)
+    with pytest.raises(ValueError, match="not the 4 Q8_0 blocks of K=128"):
+        km().PlanarQ8(dev(weight(rng, GGMLType.Q8_0, 2, 256)), 128)
+    assert not km().planar_q8_0_fits(GGMLType.Q6_K, 1 << 16, 896)
+    assert km().planar_q8_0_fits(GGMLType.Q8_0, 151936, 896)

@@ -27,6 +27,7 @@ class Matrix:
     n: int                   # N output rows
     k: int                   # K inputs
     bias: object | None      # device float32 [N]
+    planar: object | None = None   # matmul.PlanarQ8: v22's two-plane copy (the output product, opt-in)
 
 
 @dataclass
@@ -52,8 +53,14 @@ class CudaBackend:
         return Matrix(self._upload(raw), ggml_type, shape[0], shape[1], b)
 
     def prepare(self, weights) -> None:
-        """Nothing to do after loading: the kernels choose their launches (``numba_kernels.matmul.X8``) as
-        they run."""
+        """After loading: the kernels choose their launches (``numba_kernels.matmul.X8``) as they run; only
+        with ``LLAMA_BETA_PLANAR_Q8=1`` a vocabulary-sized Q8_0 output matrix gets v22's two-plane copy here
+        (``matmul.PlanarQ8``: as many bytes again on the device), before any decode step is captured."""
+        out = weights.output
+        if matmul.PLANAR_Q8 and out.n >= matmul.PLANAR_MIN_ROWS and matmul.planar_q8_0_fits(out.ggml_type, out.n,
+                                                                                            out.k):
+            out.planar = matmul.PlanarQ8(out.raw, out.k)
+            cuda.synchronize()
 
     def vector(self, array):
         return self._upload(np.asarray(array, np.float32))

@@ -73,6 +73,10 @@ def output_logits(model, x, logits, stream=0) -> None:
     output product, one launch (the decode step's last launch, and the prefill's for its last token)."""
     c, W = model.config, model.weights
     out = W.output
+    if getattr(out, "planar", None) is not None:      # v22 (LLAMA_BETA_PLANAR_Q8=1, made by CudaBackend.prepare)
+        matmul.launch_planar_q8(x.reshape(out.k), out.planar, logits.reshape(out.n), bias=out.bias,
+                                norm_weight=W.output_norm, eps=c.norm_eps, stream=stream)
+        return
     matmul.decode_matvec(x, out.raw, out.ggml_type, out.k, logits, bias=out.bias, norm_weight=W.output_norm,
                          eps=c.norm_eps, stream=stream)
 
