@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output] [planar]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -54,6 +54,15 @@ for step in "$@"; do
       timeout 240 python3 benchmarks/output_product.py --json "$OUT/output-product.json" ${OUTPUT_CONFIGS:-} \
         2>&1 | grep -v -i warn | tee "$OUT/output-product.txt"
       timeout 120 python3 benchmarks/grid_sync_probe.py 2>&1 | grep -v -i warn | tee "$OUT/grid-sync.txt" ;;
+    planar)   # v22 (the Q8_0 output product over two planes) in the WHOLE Qwen decode step, per launch and replayed
+      model=/tmp/qwen-synth.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset qwen2.5-0.5b \
+        --vocab .dev-model/vocab/ggml-vocab-qwen2.gguf --force -q
+      for v in LLAMA_BETA_PLANAR_Q8=0 LLAMA_BETA_PLANAR_Q8=1 ${PLANAR_ENVS:-}; do
+        echo "== $v"
+        env LLAMA_BETA_PLANAR_Q8=1 "$v" timeout 120 python3 benchmarks/profile_decode.py $model \
+          --json "$OUT/planar-$(echo "${v#LLAMA_BETA_}" | tr =, -x).json" 2>&1 | grep -v -i warn | tail -12
+      done | tee "$OUT/planar.txt" ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue
