@@ -58,7 +58,9 @@ for step in "$@"; do
       model=/tmp/qwen-synth.gguf
       [ -f $model ] || python3 -m llama_beta.cli synth $model --preset qwen2.5-0.5b \
         --vocab .dev-model/vocab/ggml-vocab-qwen2.gguf --force -q
-      for v in LLAMA_BETA_PLANAR_Q8=0 LLAMA_BETA_PLANAR_Q8=1 ${PLANAR_ENVS:-}; do
+      best=""   # the fastest v22 config of the output step, when it ran before in this call
+      [ -f "$OUT/output-product.json" ] && best=$(python3 -c "import json; r = [x for x in json.load(open('$OUT/output-product.json'))['rows'] if x['kernel'].startswith('v22')]; print('LLAMA_BETA_PLANAR_CONFIG=' + min(r, key=lambda x: x['us'])['kernel'][5:-1].replace(' ', '') if r else '')")
+      for v in LLAMA_BETA_PLANAR_Q8=0 LLAMA_BETA_PLANAR_Q8=1 $best ${PLANAR_ENVS:-}; do
         echo "== $v"
         env LLAMA_BETA_PLANAR_Q8=1 "$v" timeout 120 python3 benchmarks/profile_decode.py $model \
           --json "$OUT/planar-$(echo "${v#LLAMA_BETA_}" | tr =, -x).json" 2>&1 | grep -v -i warn | tail -12
