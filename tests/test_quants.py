@@ -94,6 +94,21 @@ def test_known_q8_0_block():
     np.testing.assert_array_equal(quants.dequantize(block, GGMLType.Q8_0, (32,)), np.arange(-16, 16) / 2)
 
 
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 2 ** 32 - 1))
+def test_planar_q8_0_regroups_the_same_weights(n, blocks, seed):
+    """The two planes (matmul v22's layout) give back every weight: qs[n, k] * d[n, k // 32] == the dequantized
+    row, bit for bit, and the planes hold exactly the blocks' bytes."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (n, 34 * blocks), dtype=np.uint8)
+    raw.reshape(-1, 34)[:, 0:2] = rng.uniform(-1, 1, (n * blocks, 1)).astype(np.float16).view(np.uint8)
+    qs, d = quants.planar_q8_0(raw)
+    assert qs.dtype == np.int8 and qs.shape == (n, 32 * blocks) and d.dtype == np.float16 and d.shape == (n, blocks)
+    got = qs.astype(np.float32) * np.repeat(d.astype(np.float32), 32, axis=1)
+    np.testing.assert_array_equal(bits(got), bits(quants.dequantize(raw, GGMLType.Q8_0, (n, 32 * blocks))))
+    assert sorted(np.concatenate([qs.view(np.uint8).ravel(), d.view(np.uint8).ravel()])) == sorted(raw.ravel())
+
+
 def test_errors_are_clear():
     raw = np.zeros(144, np.uint8)
     with pytest.raises(ValueError, match="IQ2_XXS is not supported"):
