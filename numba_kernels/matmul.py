@@ -132,6 +132,11 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``x16=True`` (eighteenth session; the prefill's default for models at least 2048 wide since the nineteenth,
   ``LLAMA_BETA_PREFILL_X16``): x arrives as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging:
   the same bits), half the bytes a tile reads. H100, Phi-3 twin, 512-token prefill: 93.9 -> 90.3 ms.
+  Twenty-second session (offline, not yet timed): x16's tile rows are read with 16-byte loads (4 pairs, ``ptx.
+  load_u32x4``; K % 8 == 0 and an aligned x, ``_check_x16_layout``) instead of one word per pair: sm_90 SASS of
+  the K-loop (``benchmarks/offline_sass.py --x16``) 553 -> 487 instructions (Q4_K SwiGLU, WIDE), 605 -> 537
+  (Q6_K), 480 -> 381 (Q5_K plain), 347 -> 280 (F16), MID 368 -> 309, LONG 346 -> 315, NARROW 1083 -> 955;
+  registers 119 -> 95 (WIDE), 128 -> 96 (NARROW). Same values staged in the same places: the same bits.
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -3150,6 +3155,8 @@ class PrefillProduct:
         if launch is None:
             launch = self._by_tokens[T] = self._launch_for(T)
         kern, grid, threads, split_args = launch
+        if self.x16:
+            _check_x16_layout(x_flat, "PrefillProduct")
         has = self._bias is not None
         kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
                                     has, self.accumulate, out_flat, *split_args)
@@ -3282,6 +3289,10 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     ACC = MI * NJ * 4
     SMW, XR, WN8 = 2 * BUF, (PAIRS if x16 else 2 * PAIRS), 8 * DPT
     XDT = uint32 if x16 else float32     # x as prefetched: float16 pairs, or two floats a pair
+    QUADS = PC // 4                      # x16: 16-byte loads (4 pairs) per token row and K-step ...
+    VEC = x16 and (BM * QUADS) % NTH == 0 and NTH % QUADS == 0   # ... that the threads share evenly
+    VLOADS = BM * QUADS // NTH           # 16-byte loads a thread issues per K-step
+    VROWS = NTH // QUADS                 # token rows between them
     SPLIT = split
 
     @cuda.jit(device=True, inline=True)
@@ -3310,23 +3321,53 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         def x_word(xr, u):
             return ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
 
-    @cuda.jit(device=True, inline=True)
-    def load_x(x, T, K, t0, k0, xr):
-        # pair u of this thread: x[t0 + tid // PC + PROWS u, k0 + 2 (tid % PC) + (0, 1)] (read_pair): 0 past K
-        tid = int32(cuda.threadIdx.x)
-        k = int32(k0 + 2 * (tid % PC))
-        kk = min(k, K - 2)
-        for u in range(PAIRS):
-            t = min(int32(t0 + tid // PC + PROWS * u), T - 1)
-            read_pair(x, uint64(t * K + kk), k < K, xr, u)   # 64-bit: no truncation mask per load
+    if VEC:
+        @cuda.jit(device=True, inline=True)
+        def load_x(x, T, K, t0, k0, xr):
+            # load v of this thread: the 4 pairs x[t0 + tid // QUADS + VROWS v, k0 + 8 (tid % QUADS) ..+ 8] in one
+            # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x16_layout``), 0 past K
+            tid = int32(cuda.threadIdx.x)
+            k = int32(k0 + 8 * (tid % QUADS))
+            inside = k < K
+            kk = min(k, K - 8)
+            for v in range(VLOADS):
+                t = min(int32(t0 + tid // QUADS + VROWS * v), T - 1)
+                w0, w1, w2, w3 = ptx.load_u32x4(x, uint64(t * K + kk) >> uint64(1))
+                xr[4 * v] = w0 if inside else uint32(0)
+                xr[4 * v + 1] = w1 if inside else uint32(0)
+                xr[4 * v + 2] = w2 if inside else uint32(0)
+                xr[4 * v + 3] = w3 if inside else uint32(0)
+
+        @cuda.jit(device=True, inline=True)
+        def stage_x(sm, base, xr):
+            tid = int32(cuda.threadIdx.x)
+            xat = uint32(base + (tid // QUADS) * KPW + 4 * (tid % QUADS))
+            for v in range(VLOADS):
+                for i in range(4):
+                    sm[xat + uint32(VROWS * KPW * v + i)] = xr[4 * v + i]
+    else:
+        @cuda.jit(device=True, inline=True)
+        def load_x(x, T, K, t0, k0, xr):
+            # pair u of this thread: x[t0 + tid // PC + PROWS u, k0 + 2 (tid % PC) + (0, 1)] (read_pair): 0 past K
+            tid = int32(cuda.threadIdx.x)
+            k = int32(k0 + 2 * (tid % PC))
+            kk = min(k, K - 2)
+            for u in range(PAIRS):
+                t = min(int32(t0 + tid // PC + PROWS * u), T - 1)
+                read_pair(x, uint64(t * K + kk), k < K, xr, u)   # 64-bit: no truncation mask per load
+
+        @cuda.jit(device=True, inline=True)
+        def stage_x(sm, base, xr):
+            tid = int32(cuda.threadIdx.x)
+            xat = uint32(base + (tid // PC) * KPW + tid % PC)
+            for u in range(PAIRS):
+                sm[xat + uint32(PROWS * KPW * u)] = x_word(xr, u)
 
     @cuda.jit(device=True, inline=True)
     def stage(sm, base, xr, wn):
         # the prefetched values, as float16 pairs, into the buffer at sm[base:]
         tid = int32(cuda.threadIdx.x)
-        xat = uint32(base + (tid // PC) * KPW + tid % PC)
-        for u in range(PAIRS):
-            sm[xat + uint32(PROWS * KPW * u)] = x_word(xr, u)
+        stage_x(sm, base, xr)
         if ALL_DECODE or tid < DT:
             wat = uint32(base + XW + (tid % BN) * KPW + 4 * (tid // BN))
             for u in range(DPT):
@@ -3478,9 +3519,18 @@ def _mma_qkv_kernel(q_type, k_type, v_type, cfg, x16=False):
 
 
 def _check_x16(x16, mma, who):
-    """(K is even: every type's rows are whole blocks of at least 8 weights, ``_check``.)"""
+    """(K is a multiple of 8, ``_check``: every row of x16 is whole 16-byte loads of pairs, and starts 16-byte
+    aligned when x does, ``_check_x16_layout``.)"""
     if x16 and not mma:
         raise ValueError(f"{who}: x as float16 pairs (x16) needs v11 (mma=True)")
+
+
+def _check_x16_layout(x_flat, who):
+    """v11 reads x16 rows with 16-byte loads: x must start at a 16-byte aligned address (a whole allocation
+    does; a slice may not)."""
+    iface = getattr(x_flat, "__cuda_array_interface__", None)     # (the simulator has none)
+    if iface is not None and iface["data"][0] % 16:
+        raise ValueError(f"{who}: x as float16 pairs must start at a 16-byte aligned address")
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -3554,6 +3604,8 @@ class PrefillQKV:
             kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16)
             launch = self._by_tokens[T] = (kern, (sum(tiles), -(-T // mma_sizes(cfg)[0])), mma_sizes(cfg)[2], tiles)
         kern, grid, threads, tiles = launch
+        if self.x16:
+            _check_x16_layout(x_flat, "PrefillQKV")
         args = []
         for (_, wa, wb, n, b), out in zip(self._mats, outs):
             args += [wa, wb, n, out if b is None else b, b is not None, out]

@@ -664,3 +664,37 @@ def test_prefill_x16_equals_float32_x_bit_for_bit(split):
         km.PrefillProduct(w, gt, K, mma=False, x16=True)
     with pytest.raises(ValueError, match="must be even"):
         km.launch_pack_f16(x_d, x16, 3)
+
+
+@requires_cuda
+def test_prefill_x16_rows_ending_inside_a_k_step():
+    """x16's 16-byte loads (4 pairs) past K read zeros: F16 rows of K = 32 n + 8 (the last K-step holds one
+    load's worth of weights) equal the float32-x product bit for bit."""
+    km = _kernels()
+    from numba import cuda
+    rng = np.random.default_rng(7)
+    T, N, K = (37, 70, 296) if ON_GPU else (3, 5, 72)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x_d = cuda.to_device(x).reshape(T * K)
+    x16 = cuda.device_array(T * K // 2, np.uint32)
+    km.launch_pack_f16(x_d, x16, T * K)
+    w = cuda.to_device(random_weight(rng, GGMLType.F16, N, K))
+    outs = []
+    for xa, flag in ((x_d, False), (x16, True)):
+        o = cuda.device_array(T * N, np.float32)
+        km.PrefillProduct(w, GGMLType.F16, K, mma=True, x16=flag)(xa, o, T)
+        outs.append(o.copy_to_host())
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_prefill_x16_refuses_an_unaligned_x():
+    """The 16-byte loads need x16 to start 16-byte aligned (a slice of a buffer may not): refused in one line."""
+    km = _kernels()
+
+    class Slice:                                   # what a device array tells about its memory
+        def __init__(self, address):
+            self.__cuda_array_interface__ = {"data": (address, False)}
+
+    km._check_x16_layout(Slice(4096), "PrefillProduct")
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        km._check_x16_layout(Slice(4096 + 4), "PrefillProduct")
