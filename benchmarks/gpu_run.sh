@@ -2,7 +2,7 @@
 # One GPU-machine session: the kernel test suite for real, every kernel's __main__ check and timing,
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
-#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output] [planar]
+#        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output] [planar] [s22]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -65,6 +65,17 @@ for step in "$@"; do
         env LLAMA_BETA_PLANAR_Q8=1 "$v" timeout 120 python3 benchmarks/profile_decode.py $model \
           --json "$OUT/planar-$(echo "${v#LLAMA_BETA_}" | tr =, -x).json" 2>&1 | grep -v -i warn | tail -12
       done | tee "$OUT/planar.txt" ;;
+    s22)      # the twenty-second session's kernels in one call: their GPU tests (v22, v11's 16-byte x16 loads), the
+      #          output shape (the output step), and the Phi-3 twin's prefill per launch kind with x16 (the default)
+      LLAMA_BETA_JIT_CACHE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
+        tests/test_matvec_fused.py -k "x16 or planar" 2>&1 | tail -4
+      timeout 200 python3 benchmarks/output_product.py --json "$OUT/output-product.json" 2>&1 | grep -v -i warn \
+        | tee "$OUT/output-product.txt"
+      model=/tmp/phi3-mini.gguf
+      [ -f $model ] || python3 -m llama_beta.cli synth $model --preset phi3-mini \
+        --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
+      timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | grep -v -i warn | tail -14 \
+        | tee "$OUT/x16-prefill.txt" ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue
