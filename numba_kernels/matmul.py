@@ -137,6 +137,12 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   the K-loop (``benchmarks/offline_sass.py --x16``) 553 -> 487 instructions (Q4_K SwiGLU, WIDE), 605 -> 537
   (Q6_K), 480 -> 381 (Q5_K plain), 347 -> 280 (F16), MID 368 -> 309, LONG 346 -> 315, NARROW 1083 -> 955;
   registers 119 -> 95 (WIDE), 128 -> 96 (NARROW). Same values staged in the same places: the same bits.
+  And the decoders (``DECODERS``) turn quants into floats without ``I2F.S64``: Numba computed their shifts in
+  64 bits (the shift amount is a variable), and float32 of a 64-bit integer is a slow conversion; now
+  ``ptx.shr_u32`` shifts in 32 bits and ``_small`` makes the float from the bits 2^23 + q (exact, a LOP3 and an
+  FADD). Per K-step of the WIDE tile: 16-20 I2F.S64 -> 0 for Q4_K, Q4_0, Q5_0, Q8_0 (Q8_0 357 -> 317
+  instructions, Q6_K 537 -> 521, Q4_K 487 -> 490: the count is about even, the slow pipe is gone). Every value
+  is the same float (``test_decode8_gives_the_reference_weights``).
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -312,7 +318,19 @@ MM_THREADS = 256          # 16 x 16 threads, each a 4 x 4 micro-tile
 def _byte(q16, row, at):
     """Byte ``at`` of the row (little-endian words)."""
     r = uint32(row)                                   # unsigned indices: no wraparound code
-    return (int32(q16[r, uint32(at >> 1)]) >> ((at & 1) * 8)) & 0xFF
+    return int32(_field(q16[r, uint32(at >> 1)], (at & 1) * 8, 0xFF))
+
+
+@cuda.jit(device=True, inline=True)
+def _small(q):
+    """float32(q) for an integer 0 <= q < 2^23, exactly, without an I2F: the bits MAGIC | q are 2^23 + q."""
+    return _as_float(int32(q) | int32(MAGIC)) - F23
+
+
+@cuda.jit(device=True, inline=True)
+def _field(w, shift, mask):
+    """(w >> shift) & mask of a 32-bit word, in 32-bit arithmetic (``ptx.shr_u32``)."""
+    return ptx.shr_u32(w, shift) & uint32(mask)
 
 
 @cuda.jit(device=True)
@@ -323,11 +341,9 @@ def _decode8_q8_0(q16, h16, row, k, dst, d0):
     d = float32(h16[r, uint32(base >> 1)])
     word0 = (base + 2 + (k & 31)) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        lo = w & 0xFF
-        hi = w >> 8
-        dst[d0 + 2 * i] = d * float32(lo - ((lo & 0x80) << 1))       # sign-extend int8
-        dst[d0 + 2 * i + 1] = d * float32(hi - ((hi & 0x80) << 1))
+        w = q16[r, uint32(word0 + i)] ^ uint16(0x8080)   # int8 q -> q + 128 in [0, 256)
+        dst[d0 + 2 * i] = d * (_small(w & uint16(0xFF)) - float32(128.0))
+        dst[d0 + 2 * i + 1] = d * (_small(w >> uint16(8)) - float32(128.0))
 
 
 @cuda.jit(device=True)
@@ -340,9 +356,9 @@ def _decode8_q4_0(q16, h16, row, k, dst, d0):
     shift = (j >> 4) * 4
     word0 = (base + 2 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        dst[d0 + 2 * i] = d * float32(((w >> shift) & 0xF) - 8)
-        dst[d0 + 2 * i + 1] = d * float32(((w >> (8 + shift)) & 0xF) - 8)
+        w = q16[r, uint32(word0 + i)]
+        dst[d0 + 2 * i] = d * (_small(_field(w, shift, 0xF)) - float32(8.0))
+        dst[d0 + 2 * i + 1] = d * (_small(_field(w, 8 + shift, 0xF)) - float32(8.0))
 
 
 @cuda.jit(device=True)
@@ -356,11 +372,11 @@ def _decode8_q5_0(q16, h16, row, k, dst, d0):
     shift = (j >> 4) * 4
     word0 = (base + 6 + (j & 15)) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        q0 = ((w >> shift) & 0xF) | (((high >> (2 * i)) & 1) << 4)
-        q1 = ((w >> (8 + shift)) & 0xF) | (((high >> (2 * i + 1)) & 1) << 4)
-        dst[d0 + 2 * i] = d * float32(q0 - 16)
-        dst[d0 + 2 * i + 1] = d * float32(q1 - 16)
+        w = q16[r, uint32(word0 + i)]
+        q0 = _field(w, shift, 0xF) | ((high >> (2 * i)) & 1) << 4
+        q1 = _field(w, 8 + shift, 0xF) | ((high >> (2 * i + 1)) & 1) << 4
+        dst[d0 + 2 * i] = d * (_small(q0) - float32(16.0))
+        dst[d0 + 2 * i + 1] = d * (_small(q1) - float32(16.0))
 
 
 @cuda.jit(device=True)
@@ -384,14 +400,14 @@ def _decode8_q4_k(q16, h16, row, k, dst, d0):
     j = k & 255
     s = j >> 5                                        # sub-block of 32 = 2c + h
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[r, uint32(base >> 1)]) * float32(sc)
-    dm = float32(h16[r, uint32((base >> 1) + 1)]) * float32(m)
+    ds = float32(h16[r, uint32(base >> 1)]) * _small(sc)
+    dm = float32(h16[r, uint32((base >> 1) + 1)]) * _small(m)
     shift = (s & 1) * 4
     word0 = (base + 16 + (j >> 6) * 32 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        dst[d0 + 2 * i] = ds * float32((w >> shift) & 0xF) - dm
-        dst[d0 + 2 * i + 1] = ds * float32((w >> (8 + shift)) & 0xF) - dm
+        w = q16[r, uint32(word0 + i)]
+        dst[d0 + 2 * i] = ds * _small(_field(w, shift, 0xF)) - dm
+        dst[d0 + 2 * i + 1] = ds * _small(_field(w, 8 + shift, 0xF)) - dm
 
 
 @cuda.jit(device=True)
@@ -402,18 +418,18 @@ def _decode8_q5_k(q16, h16, row, k, dst, d0):
     j = k & 255
     s = j >> 5
     sc, m = _k_scale_min(q16, row, base, s)
-    ds = float32(h16[r, uint32(base >> 1)]) * float32(sc)
-    dm = float32(h16[r, uint32((base >> 1) + 1)]) * float32(m)
+    ds = float32(h16[r, uint32(base >> 1)]) * _small(sc)
+    dm = float32(h16[r, uint32((base >> 1) + 1)]) * _small(m)
     shift = (s & 1) * 4
     word0 = (base + 48 + (j >> 6) * 32 + (j & 31)) >> 1
     hword0 = (base + 16 + (j & 31)) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        h = int32(q16[r, uint32(hword0 + i)]) >> s        # bit s of both bytes
-        q0 = ((w >> shift) & 0xF) | ((h & 1) << 4)
-        q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 1) << 4)
-        dst[d0 + 2 * i] = ds * float32(q0) - dm
-        dst[d0 + 2 * i + 1] = ds * float32(q1) - dm
+        w = q16[r, uint32(word0 + i)]
+        h = ptx.shr_u32(q16[r, uint32(hword0 + i)], s)    # bit s of both bytes
+        q0 = _field(w, shift, 0xF) | (h & 1) << 4
+        q1 = _field(w, 8 + shift, 0xF) | ((h >> 8) & 1) << 4
+        dst[d0 + 2 * i] = ds * _small(q0) - dm
+        dst[d0 + 2 * i + 1] = ds * _small(q1) - dm
 
 
 @cuda.jit(device=True)
@@ -431,12 +447,12 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
     word0 = (base + 64 * n + 32 * (quarter & 1) + l0) >> 1
     hword0 = (base + 128 + 32 * n + l0) >> 1
     for i in range(4):
-        w = int32(q16[r, uint32(word0 + i)])
-        h = int32(q16[r, uint32(hword0 + i)]) >> (2 * quarter)
-        q0 = ((w >> shift) & 0xF) | ((h & 3) << 4)
-        q1 = ((w >> (8 + shift)) & 0xF) | (((h >> 8) & 3) << 4)
-        dst[d0 + 2 * i] = ds * float32(q0 - 32)
-        dst[d0 + 2 * i + 1] = ds * float32(q1 - 32)
+        w = q16[r, uint32(word0 + i)]
+        h = ptx.shr_u32(q16[r, uint32(hword0 + i)], 2 * quarter)
+        q0 = _field(w, shift, 0xF) | (h & 3) << 4
+        q1 = _field(w, 8 + shift, 0xF) | ((h >> 8) & 3) << 4
+        dst[d0 + 2 * i] = ds * (_small(q0) - float32(32.0))
+        dst[d0 + 2 * i + 1] = ds * (_small(q1) - float32(32.0))
 
 
 @cuda.jit(device=True)

@@ -69,6 +69,11 @@ The decode products over 8-bit activations (``matmul`` v19, then v20) use
 - ``dp4a_us(a, b, c) -> int32``: ``dp4a.u32.s32``, the same with a's bytes unsigned (0..255): quant nibbles
   masked in place (``w & 0xF0F0F0F0`` = 16 q) against signed int8 activations (``matmul`` v20).
 
+and the weight decoders (``matmul.DECODERS``) one that is not an asm statement but plain LLVM IR:
+
+- ``shr_u32(a, n) -> uint32``: ``a >> n`` on 32 bits. Numba types arithmetic on 32-bit integers as 64-bit, and a
+  64-bit shift by a variable amount stays a pair of 64-bit funnel shifts in the SASS.
+
 In the simulator ``bulk_copy`` copies at once (after checking alignment and bounds) and the barrier calls do nothing.
 
 The rule every kernel launched with the attribute follows: no read of anything another kernel writes
@@ -210,7 +215,12 @@ def _simulator_dp4a_us(a, b, c):
     return _wrap_int32(int(c) + int((ua * _signed_bytes(b)).sum()))
 
 
+def _simulator_shr_u32(a, n):
+    return np.uint32((int(a) & 0xFFFFFFFF) >> int(n))
+
+
 if config.ENABLE_CUDASIM:
+    shr_u32 = _simulator_shr_u32
     dp4a = _simulator_dp4a
     dp4a_us = _simulator_dp4a_us
     bulk_copy = _simulator_bulk_copy
@@ -282,6 +292,18 @@ else:
 
     allow_next_grid = _statement("griddepcontrol.launch_dependents;")
     wait_previous_grid = _statement("griddepcontrol.wait;")
+
+    @intrinsic
+    def shr_u32(typingctx, a, n):
+        """a >> n on 32 bits (a as unsigned, 0 <= n < 32). Numba widens integer arithmetic to 64 bits, and a
+        64-bit shift by a variable amount stays 64-bit in the SASS (two funnel shifts); this is one ``shr``."""
+        sig = types.uint32(a, n)
+
+        def codegen(context, builder, signature, args):
+            av, nv = _cast_all(context, builder, args, signature.args, types.uint32)
+            return builder.lshr(av, nv)
+
+        return sig, codegen
 
     @intrinsic
     def sub_f16x2(typingctx, a, b):
@@ -476,6 +498,21 @@ def _dp4a_words(a, b, c, out):
     if i < a.shape[0]:
         out[0, i] = dp4a(a[i], b[i], c[i])
         out[1, i] = dp4a_us(a[i], b[i], c[i])
+
+
+@cuda.jit
+def _shifted(a, n, out):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[i] = shr_u32(a[i], n[i])
+
+
+def shr_u32_all(a, n):
+    """uint32 [len(a)]: ``shr_u32(a[i], n[i])``, one per thread."""
+    out = cuda.to_device(np.zeros(len(a), np.uint32))
+    _shifted[-(-len(a) // 64), 64](cuda.to_device(np.ascontiguousarray(a, np.uint32)),
+                                   cuda.to_device(np.ascontiguousarray(n, np.uint32)), out)
+    return out.copy_to_host()
 
 
 def dp4a_both(a, b, c):

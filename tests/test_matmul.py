@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from numba import cuda   # (a module global: the simulator swaps it inside the kernels defined here)
 from hypothesis import strategies as st
 
 from conftest import ON_GPU, assert_close, requires_cuda
@@ -206,6 +207,45 @@ def test_unsupported_type_and_bad_shapes_raise():
         km.matvec(np.zeros((2, 64), np.float32), w, GGMLType.Q8_0, 64)
     with pytest.raises(ValueError, match="uint8"):
         km.matmul(np.zeros((2, 32), np.float32), w, GGMLType.Q8_0, 32)
+
+
+# --- decode8: the weights every product decodes ------------------------------------------------
+def _decode_kernel(gt):
+    km = _kernels()
+    dec = km.DECODERS[gt]
+
+    @cuda.jit
+    def decode_all(wa, wb, K, out):
+        # thread per octet: out[n, 8 o : 8 o + 8] = decode8 of row n, weights 8 o ..
+        i = cuda.grid(1)
+        if i < out.shape[0] * (K // 8):
+            n, o = i // (K // 8), i % (K // 8)
+            w = cuda.local.array(8, np.float32)
+            dec(wa, wb, n, 8 * o, w, 0)
+            for j in range(8):
+                out[n, 8 * o + j] = w[j]
+    return decode_all
+
+
+@requires_cuda
+@pytest.mark.parametrize("gt", KERNEL_TYPES, ids=[t.name for t in KERNEL_TYPES])
+def test_decode8_gives_the_reference_weights(gt):
+    """Every octet the products decode equals ``ref.quants.dequantize``: bit for bit for the types whose decode is one
+    product (or none), within one rounding for Q4_K/Q5_K (d sc q - dmin m: on the GPU the product and the difference
+    may be fused into one FMA, which skips the product's rounding; |error| <= u (|d sc q| + |dmin m|))."""
+    from numba import cuda
+    km = _kernels()
+    rng = np.random.default_rng(int(gt))
+    N, K = 3, 2 * max(BLOCK_SIZES[gt][0], 32)
+    w = random_weight(rng, gt, N, K)
+    out = cuda.device_array((N, K), np.float32)
+    wa, wb = km._views(cuda.to_device(w), gt)
+    _decode_kernel(gt)[-(-N * K // 8 // 64), 64](wa, wb, K, out)
+    got, want = out.copy_to_host(), dequantize(w, gt, (N, K)).astype(np.float32)
+    if gt in (GGMLType.Q4_K, GGMLType.Q5_K):
+        np.testing.assert_allclose(got, want, rtol=0, atol=float(2 * U * np.abs(want).max() + 1e-30) * 4)
+    else:
+        np.testing.assert_array_equal(got, want)
 
 
 # --- a real tensor ----------------------------------------------------------------------------

@@ -74,6 +74,17 @@ def test_load_u32x4_reads_four_words_in_order():
 
 
 @requires_cuda
+def test_shr_u32_is_a_32_bit_logical_shift():
+    """The weight decoders' 32-bit shift: every shift amount, words with the top bit set (no sign comes in)."""
+    from numba_kernels.ptx import shr_u32_all
+
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.integers(0, 2 ** 32, 64, dtype=np.uint64), [2 ** 32 - 1, 2 ** 31]]).astype(np.uint32)
+    n = np.arange(len(a)) % 32
+    np.testing.assert_array_equal(shr_u32_all(a, n), a >> n.astype(np.uint32))
+
+
+@requires_cuda
 def test_programmatic_launches_keep_the_order():
     """A chain of launches that each read a counter after ``wait_previous_grid`` and add 1 to it: under
     programmatic dependent launch (on an sm_90 GPU; elsewhere plain launches) every launch sees the previous
