@@ -68,7 +68,7 @@ for step in "$@"; do
     s22)      # the twenty-second session's kernels in one call: their GPU tests (v22, v11's 16-byte x16 loads), the
       #          output shape (the output step), and the Phi-3 twin's prefill per launch kind with x16 (the default)
       LLAMA_BETA_JIT_CACHE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
-        tests/test_matvec_fused.py -k "x16 or planar" 2>&1 | tail -4
+        tests/test_matvec_fused.py tests/test_ptx.py -k "x16 or planar or decode8 or shr_u32" 2>&1 | tail -4
       timeout 200 python3 benchmarks/output_product.py --json "$OUT/output-product.json" 2>&1 | grep -v -i warn \
         | tee "$OUT/output-product.txt"
       model=/tmp/phi3-mini.gguf
