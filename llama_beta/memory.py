@@ -68,6 +68,9 @@ def plan(gguf, cfg, adapter, context: int, prompt_chunk: int = 512, kv_itemsize:
 
     names = set(architectures.expected_tensors(cfg, adapter))
     weights = sum(gguf.tensors[n].nbytes for n in names)
+    out = gguf.tensors["token_embd.weight" if cfg.tied_embeddings else "output.weight"]
+    if _planar_copy(out):
+        weights += out.nbytes                      # matmul v22's second copy of the output matrix (opt-in)
     kv = 2 * cfg.n_layers * context * cfg.n_kv_heads * cfg.head_size * kv_itemsize
     T = min(prompt_chunk, context)
     q_width = cfg.n_heads * cfg.head_size
@@ -76,6 +79,13 @@ def plan(gguf, cfg, adapter, context: int, prompt_chunk: int = 512, kv_itemsize:
     n_splits = 1024  # the most split-decode attention ever uses
     workspace = 4 * cfg.n_heads * n_splits * (cfg.head_size + 2)
     return MemoryPlan(weights, kv, activations, workspace, context)
+
+
+def _planar_copy(info) -> bool:
+    """Whether the cuda backend will keep a two-plane copy of this output matrix (``matmul.planar_q8_0_wanted``)."""
+    from numba_kernels import matmul
+
+    return len(info.shape) == 2 and matmul.planar_q8_0_wanted(info.ggml_type, *info.shape)   # shape [N, K]
 
 
 def budget(limit=None) -> tuple[int, str]:

@@ -238,7 +238,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
 - v22 ``launch_planar_q8`` / ``PlanarQ8`` (``_planar_q8_kernel``; opt-in, ``LLAMA_BETA_PLANAR_Q8=1``, twenty-second
   session, not yet timed): the output product over a Q8_0 matrix kept on the device a second time as two planes,
   the quants int8 [N, K] and the scales float16 [N, K / 32] (``ref.quants.planar_q8_0``; made at load by a
-  repack kernel, ``CudaBackend.prepare``; 145 MB more for Qwen2.5-0.5B's tied 151936 x 896 table). Why: a Q8_0
+  repack kernel, ``CudaBackend.prepare``; 145 MB more for Qwen2.5-0.5B's 151936 x 896 output.weight, counted by the memory plan). Why: a Q8_0
   block is 34 bytes, so its quants are only 2-byte aligned and v4 reads each lane's block as 16 uint16 loads 34
   bytes apart; the tenth session's ladder measured the output launch at 60.7 us with its loads ALONE (70.0 us
   whole): the load pattern, not the arithmetic, is the limit. v22: 8 lanes per row, each lane one 16-byte load
@@ -4043,6 +4043,12 @@ PLANAR_MIN_ROWS = 32768   # ... for Q8_0 matrices of at least this many rows (th
 def planar_q8_0_fits(ggml_type, N: int, K: int) -> bool:
     """Whether v22 can take a product: Q8_0, rows of whole 128-weight steps (8 lanes x 16 quants)."""
     return GGMLType(ggml_type) == GGMLType.Q8_0 and K % (PLANAR_LG * PLANAR_CHUNK) == 0 and N * K < 2 ** 31
+
+
+def planar_q8_0_wanted(ggml_type, N: int, K: int) -> bool:
+    """Whether the cuda backend keeps v22's copy of an output matrix: ``LLAMA_BETA_PLANAR_Q8=1``, a Q8_0 matrix of
+    at least PLANAR_MIN_ROWS rows that v22 can take (``CudaBackend.prepare``; the memory plan counts it)."""
+    return PLANAR_Q8 and N >= PLANAR_MIN_ROWS and planar_q8_0_fits(ggml_type, N, K)
 
 
 @cuda.jit(cache=JIT_CACHE)

@@ -36,6 +36,21 @@ def test_plan_of_the_real_model(qwen_model_path):
     assert 400 << 20 < p.weights < 500 << 20
 
 
+def test_plan_counts_the_planar_output_copy(qwen_model_path, monkeypatch):
+    """With ``LLAMA_BETA_PLANAR_Q8=1`` the cuda backend keeps a second copy of the Q8_0 output matrix (matmul v22;
+    the default model's output.weight, 151936 x 896, not tied to its Q5_0 embedding table): the plan counts it."""
+    from numba_kernels import matmul
+
+    with GGUFFile(qwen_model_path) as g:
+        cfg, adapter = load_config(g)
+        plain = memory.plan(g, cfg, adapter, context=1024)
+        monkeypatch.setattr(matmul, "PLANAR_Q8", True)
+        planar = memory.plan(g, cfg, adapter, context=1024)
+        table = g.tensors["output.weight"]
+    assert not cfg.tied_embeddings and table.ggml_type == GGMLType.Q8_0 and table.shape == (151936, 896)
+    assert planar.weights == plain.weights + table.nbytes
+
+
 def test_budget_sources(monkeypatch):
     assert memory.budget("3GiB") == (3 << 30, "--vram-limit")
     monkeypatch.setenv("LLAMA_BETA_VRAM_LIMIT", "100MiB")

@@ -57,8 +57,7 @@ class CudaBackend:
         with ``LLAMA_BETA_PLANAR_Q8=1`` a vocabulary-sized Q8_0 output matrix gets v22's two-plane copy here
         (``matmul.PlanarQ8``: as many bytes again on the device), before any decode step is captured."""
         out = weights.output
-        if matmul.PLANAR_Q8 and out.n >= matmul.PLANAR_MIN_ROWS and matmul.planar_q8_0_fits(out.ggml_type, out.n,
-                                                                                            out.k):
+        if matmul.planar_q8_0_wanted(out.ggml_type, out.n, out.k):
             out.planar = matmul.PlanarQ8(out.raw, out.k)
             cuda.synchronize()
 
