@@ -41,8 +41,8 @@ def _read_all(w32, n4, out):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", nargs="*", default=["8,1,1", "8,2,1", "4,1,1", "4,2,1", "16,1,1", "8,1,2",
-                                                     "8,1,4", "8,2,2"])
+    ap.add_argument("--configs", nargs="*", default=["8,1,1", "4,1,1", "8,1,2", "8,1,4", "4,1,4", "4,1,8", "2,1,8",
+                                                     "8,2,2"])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", default=None)
     ap.add_argument("--rows", type=int, default=N, help="rows of the matrix (fewer: a quick check)")

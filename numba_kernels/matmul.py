@@ -132,7 +132,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``x16=True`` (eighteenth session; the prefill's default for models at least 2048 wide since the nineteenth,
   ``LLAMA_BETA_PREFILL_X16``): x arrives as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging:
   the same bits), half the bytes a tile reads. H100, Phi-3 twin, 512-token prefill: 93.9 -> 90.3 ms.
-  Twenty-second session (offline, not yet timed): x16's tile rows are read with 16-byte loads (4 pairs, ``ptx.
+  Twenty-second session: x16's tile rows are read with 16-byte loads (4 pairs, ``ptx.
   load_u32x4``; K % 8 == 0 and an aligned x, ``_check_x16_layout``) instead of one word per pair: sm_90 SASS of
   the K-loop (``benchmarks/offline_sass.py --x16``) 553 -> 487 instructions (Q4_K SwiGLU, WIDE), 605 -> 537
   (Q6_K), 480 -> 381 (Q5_K plain), 347 -> 280 (F16), MID 368 -> 309, LONG 346 -> 315, NARROW 1083 -> 955;
@@ -142,7 +142,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``ptx.shr_u32`` shifts in 32 bits and ``_small`` makes the float from the bits 2^23 + q (exact, a LOP3 and an
   FADD). Per K-step of the WIDE tile: 16-20 I2F.S64 -> 0 for Q4_K, Q4_0, Q5_0, Q8_0 (Q8_0 357 -> 317
   instructions, Q6_K 537 -> 521, Q4_K 487 -> 490: the count is about even, the slow pipe is gone). Every value
-  is the same float (``test_decode8_gives_the_reference_weights``).
+  is the same float (``test_decode8_gives_the_reference_weights``). Both measured together on an H100 (Phi-3
+  twin, 512-token prefill, ``profile_prefill.py``): 90.3 -> 81.2 ms (5,671 -> 6,307 tok/s); per layer q/k/v 723 ->
+  674 us, W_o 291 -> 233, gate/up 873 -> 818, W_down 790 -> 645. Their GPU tests passed.
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -236,7 +238,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Opt-in (``LLAMA_BETA_X8_COMPACT=1``, twentieth session, not yet timed): W_down's copy keeps ``COMPACT_SLOTS`` = 11
   slots per block of 32 (the pair functions take the slot stride ``bs``): 11 KB, 16 blocks per SM; same bits.
 - v22 ``launch_planar_q8`` / ``PlanarQ8`` (``_planar_q8_kernel``; opt-in, ``LLAMA_BETA_PLANAR_Q8=1``, twenty-second
-  session, not yet timed): the output product over a Q8_0 matrix kept on the device a second time as two planes,
+  session): the output product over a Q8_0 matrix kept on the device a second time as two planes,
   the quants int8 [N, K] and the scales float16 [N, K / 32] (``ref.quants.planar_q8_0``; made at load by a
   repack kernel, ``CudaBackend.prepare``; 145 MB more for Qwen2.5-0.5B's 151936 x 896 output.weight, which the
   memory plan counts). Why: a Q8_0 block is 34 bytes, so its quants are only 2-byte aligned and v4 reads each
@@ -246,6 +248,11 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   branch on the xor of all the words keeps ptxas from sinking them: without it only two were in flight), x'
   staged as v4 (norm inside), the float products of v4 (``_qf``), a warp repeating over ``passes`` row sets.
   Offline ptxas (sm_90, K = 896): 94 registers at R = 1, 166 at R = 2, no spills (R = 4: a stack frame).
+  Measured on an H100 (``benchmarks/output_product.py``, norm inside): v4 68.7 us, v22 (4, 1, 1) 64.3, (8, 1, 2)
+  60.7, (8, 1, 4) 58.9 (two rows per group: 74-85, slower); a plain 16-byte read of the same bytes 50.4 us (the
+  H100's ceiling here). In the Qwen twin's decode graph (``profile_decode.py``): 69.3 -> 57.9 us at (4, 1, 4)
+  (``PLANAR_DEFAULT``), the step 906.9 -> 897.2 us; ``llama-beta bench`` 1117 -> 1136 tok/s. Its GPU tests passed.
+  Still opt-in: the real model's greedy tokens have not been checked with it (another summation order).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -4152,9 +4159,12 @@ def _planar_q8_kernel(NW, R, STEPS):
     return matvec_planar_q8
 
 
+PLANAR_DEFAULT = (4, 1, 4)   # v22 at Qwen's output in the decode graph, H100: 57.9 us; (8, 1, 4) 60.1, (8, 1, 8) 63.9
+
+
 def planar_config(N: int, K: int, config=None) -> tuple[int, int, int]:
-    """v22's (warps per block, rows per lane group, passes): ``config`` or ``PLANAR_CONFIG``, else (8, 1, 1)."""
-    cfg = tuple(config or PLANAR_CONFIG or (8, 1, 1))
+    """v22's (warps per block, rows per lane group, passes): ``config`` or ``PLANAR_CONFIG``, else PLANAR_DEFAULT."""
+    cfg = tuple(config or PLANAR_CONFIG or PLANAR_DEFAULT)
     return cfg + (1,) * (3 - len(cfg))
 
 
