@@ -145,6 +145,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   is the same float (``test_decode8_gives_the_reference_weights``). Both measured together on an H100 (Phi-3
   twin, 512-token prefill, ``profile_prefill.py``): 90.3 -> 81.2 ms (5,671 -> 6,307 tok/s); per layer q/k/v 723 ->
   674 us, W_o 291 -> 233, gate/up 873 -> 818, W_down 790 -> 645. Their GPU tests passed.
+  Then (offline, not yet timed) each decoder takes its k as unsigned 32-bit (``k = uint32(k)``): the block
+  offsets and shifts derived from k were 64-bit. K-loop SASS: Q4_K WIDE 490 -> 435, Q6_K 521 -> 446, Q5_K
+  plain 376 -> 329 (104 -> 96 registers), Q8_0 317 -> 277, Q5_0 406 -> 370, MID 310 -> 284, LONG 309 -> 268.
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -344,6 +347,7 @@ def _field(w, shift, mask):
 def _decode8_q8_0(q16, h16, row, k, dst, d0):
     # block of 34 bytes: d f16 @0, 32 int8 @2;  x_j = d * q_j
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 5) * 34
     d = float32(h16[r, uint32(base >> 1)])
     word0 = (base + 2 + (k & 31)) >> 1
@@ -357,6 +361,7 @@ def _decode8_q8_0(q16, h16, row, k, dst, d0):
 def _decode8_q4_0(q16, h16, row, k, dst, d0):
     # block of 18 bytes: d f16 @0, qs @2; weight j<16 = low nibble of qs[j], j+16 = high
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 5) * 18
     j = k & 31
     d = float32(h16[r, uint32(base >> 1)])
@@ -372,6 +377,7 @@ def _decode8_q4_0(q16, h16, row, k, dst, d0):
 def _decode8_q5_0(q16, h16, row, k, dst, d0):
     # block of 22 bytes: d f16 @0, qh u32 @2 (bit j = 5th bit of weight j), qs @6
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 5) * 22
     j = k & 31
     d = float32(h16[r, uint32(base >> 1)])
@@ -403,6 +409,7 @@ def _k_scale_min(q16, row, base, s):
 def _decode8_q4_k(q16, h16, row, k, dst, d0):
     # 144 bytes: d @0, dmin @2, scales @4, qs @16; j = 64c + 32h + l -> nibble h of qs[32c + l]
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 8) * 144
     j = k & 255
     s = j >> 5                                        # sub-block of 32 = 2c + h
@@ -421,6 +428,7 @@ def _decode8_q4_k(q16, h16, row, k, dst, d0):
 def _decode8_q5_k(q16, h16, row, k, dst, d0):
     # 176 bytes: d @0, dmin @2, scales @4, qh @16, qs @48; 5th bit of j = bit j//32 of qh[j%32]
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 8) * 176
     j = k & 255
     s = j >> 5
@@ -443,6 +451,7 @@ def _decode8_q5_k(q16, h16, row, k, dst, d0):
 def _decode8_q6_k(q16, h16, row, k, dst, d0):
     # 210 bytes: ql @0, qh @128, int8 scales @192, d @208; j = 128n + 32i + l
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     base = (k >> 8) * 210
     j = k & 255
     n = j >> 7
@@ -466,6 +475,7 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
 def _decode8_float(wa, wb, row, k, dst, d0):
     # F16 / F32: the view already has the element type; widen to float32
     r = uint32(row)                                   # unsigned indices: no wraparound code
+    k = uint32(k)
     for i in range(8):
         dst[d0 + i] = float32(wa[r, uint32(k + i)])
 
