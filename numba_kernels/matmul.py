@@ -458,7 +458,7 @@ def _decode8_q6_k(q16, h16, row, k, dst, d0):
     quarter = (j >> 5) & 3
     l0 = j & 31
     sc = _byte(q16, row, base + 192 + 8 * n + (l0 >> 4) + 2 * quarter)
-    ds = float32(h16[r, uint32((base + 208) >> 1)]) * float32(sc - ((sc & 0x80) << 1))
+    ds = float32(h16[r, uint32((base + 208) >> 1)]) * (_small(sc ^ 0x80) - float32(128.0))   # int8 scale
     shift = (quarter >> 1) * 4                          # quarters 2, 3: high nibbles
     word0 = (base + 64 * n + 32 * (quarter & 1) + l0) >> 1
     hword0 = (base + 128 + 32 * n + l0) >> 1
