@@ -61,8 +61,8 @@ def main() -> None:
 
     def record(name, us, err=None):
         gbs = nbytes / (us * 1e-6) / 1e9
-        rows.append({"kernel": name, "us": round(us, 2), "GB/s": round(gbs), "pct_copy": round(100 * gbs * 1e9 / COPY_BW, 1),
-                     "max_rel_err": err})
+        rows.append({"kernel": name, "us": round(us, 2), "GB/s": round(gbs),
+                     "pct_copy": round(100 * gbs * 1e9 / COPY_BW, 1), "max_rel_err": err})
         extra = "" if err is None else f"   max |v22 - v4| / max |y| = {err:.1e}"
         print(f"{name:22s} {us:8.2f} us  {gbs:6.0f} GB/s  {100 * gbs * 1e9 / COPY_BW:5.1f} %{extra}", flush=True)
 

@@ -245,8 +245,8 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   the quants int8 [N, K] and the scales float16 [N, K / 32] (``ref.quants.planar_q8_0``; made at load by a
   repack kernel, ``CudaBackend.prepare``; 145 MB more for Qwen2.5-0.5B's 151936 x 896 output.weight, which the
   memory plan counts). Why: a Q8_0 block is 34 bytes, so its quants are only 2-byte aligned and v4 reads each
-  lane's block as 16 uint16 loads 34 bytes apart; the tenth session's ladder measured the output launch at 60.7 us with its loads ALONE (70.0 us
-  whole): the load pattern, not the arithmetic, is the limit. v22: 8 lanes per row, each lane one 16-byte load
+  lane's block as 16 uint16 loads 34 bytes apart; the tenth session's ladder measured the output launch at
+  60.7 us with its loads ALONE (70.0 us whole): the load pattern, not the arithmetic, is the limit. v22: 8 lanes per row, each lane one 16-byte load
   per 16 quants (the group reads 128 contiguous bytes), every load of a pass issued before the first sum (a
   branch on the xor of all the words keeps ptxas from sinking them: without it only two were in flight), x'
   staged as v4 (norm inside), the float products of v4 (``_qf``), a warp repeating over ``passes`` row sets.
