@@ -133,7 +133,7 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   ``LLAMA_BETA_PREFILL_X16``): x arrives as float16 pairs (``launch_pack_f16``, the same cvt.rn as the staging:
   the same bits), half the bytes a tile reads. H100, Phi-3 twin, 512-token prefill: 93.9 -> 90.3 ms.
   Twenty-second session: x16's tile rows are read with 16-byte loads (4 pairs, ``ptx.
-  load_u32x4``; K % 8 == 0 and an aligned x, ``_check_x16_layout``) instead of one word per pair: sm_90 SASS of
+  load_u32x4``; K % 8 == 0 and an aligned x, ``_check_x_layout``) instead of one word per pair: sm_90 SASS of
   the K-loop (``benchmarks/offline_sass.py --x16``) 553 -> 487 instructions (Q4_K SwiGLU, WIDE), 605 -> 537
   (Q6_K), 480 -> 381 (Q5_K plain), 347 -> 280 (F16), MID 368 -> 309, LONG 346 -> 315, NARROW 1083 -> 955;
   registers 119 -> 95 (WIDE), 128 -> 96 (NARROW). Same values staged in the same places: the same bits.
@@ -148,6 +148,9 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   Then (offline, not yet timed) each decoder takes its k as unsigned 32-bit (``k = uint32(k)``): the block
   offsets and shifts derived from k were 64-bit. K-loop SASS: Q4_K WIDE 490 -> 435, Q6_K 521 -> 446, Q5_K
   plain 376 -> 329 (104 -> 96 registers), Q8_0 317 -> 277, Q5_0 406 -> 370, MID 310 -> 284, LONG 309 -> 268.
+  And float32 x (the models under 2048 wide: Qwen2.5-0.5B) is read the same way, two pairs per 16-byte load
+  (``ptx.load_f32x4``), rounded to pairs as before: Q4_K WIDE 499 -> 463, Q5_0 WIDE 432 -> 396, Q5_0 MID (the
+  Q/K/V tile) 304 -> 265, Q6_K LONG 294 -> 281 (offline, not timed; the same bits).
 - v12 ``decode_matvec(..., mma=True)`` (``_decode_mma_kernel``): Q5_0/Q8_0 decode products on the tensor cores,
   opt-in (``LLAMA_BETA_DECODE_MMA=1``): measured slower than v4-v9 at every Qwen shape (section "v12" below).
 - v13 x' staging (``_stage_x`` -> ``_stage_x4``, ``STAGE_LOADS = 4``; ``LLAMA_BETA_STAGE_LOADS=1`` restores the
@@ -3188,8 +3191,8 @@ class PrefillProduct:
         if launch is None:
             launch = self._by_tokens[T] = self._launch_for(T)
         kern, grid, threads, split_args = launch
-        if self.x16:
-            _check_x16_layout(x_flat, "PrefillProduct")
+        if self.mma:
+            _check_x_layout(x_flat, "PrefillProduct")
         has = self._bias is not None
         kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
                                     has, self.accumulate, out_flat, *split_args)
@@ -3322,8 +3325,8 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     ACC = MI * NJ * 4
     SMW, XR, WN8 = 2 * BUF, (PAIRS if x16 else 2 * PAIRS), 8 * DPT
     XDT = uint32 if x16 else float32     # x as prefetched: float16 pairs, or two floats a pair
-    QUADS = PC // 4                      # x16: 16-byte loads (4 pairs) per token row and K-step ...
-    VEC = x16 and (BM * QUADS) % NTH == 0 and NTH % QUADS == 0   # ... that the threads share evenly
+    QUADS = PC // 4 if x16 else PC // 2  # 16-byte loads per token row and K-step (4 pairs x16, 2 pairs float32) ...
+    VEC = (BM * QUADS) % NTH == 0 and NTH % QUADS == 0   # ... that the threads share evenly
     VLOADS = BM * QUADS // NTH           # 16-byte loads a thread issues per K-step
     VROWS = NTH // QUADS                 # token rows between them
     SPLIT = split
@@ -3354,11 +3357,35 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         def x_word(xr, u):
             return ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
 
-    if VEC:
+    if VEC and not x16:
+        @cuda.jit(device=True, inline=True)
+        def load_x(x, T, K, t0, k0, xr):
+            # load v of this thread: the 2 pairs x[t0 + tid // QUADS + VROWS v, k0 + 4 (tid % QUADS) ..+ 4] in one
+            # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x_layout``), 0 past K
+            tid = int32(cuda.threadIdx.x)
+            k = int32(k0 + 4 * (tid % QUADS))
+            inside = k < K
+            kk = min(k, K - 4)
+            for v in range(VLOADS):
+                t = min(int32(t0 + tid // QUADS + VROWS * v), T - 1)
+                a, b, c, d = ptx.load_f32x4(x, uint64(t * K + kk))
+                xr[4 * v] = a if inside else float32(0.0)
+                xr[4 * v + 1] = b if inside else float32(0.0)
+                xr[4 * v + 2] = c if inside else float32(0.0)
+                xr[4 * v + 3] = d if inside else float32(0.0)
+
+        @cuda.jit(device=True, inline=True)
+        def stage_x(sm, base, xr):
+            tid = int32(cuda.threadIdx.x)
+            xat = uint32(base + (tid // QUADS) * KPW + 2 * (tid % QUADS))
+            for v in range(VLOADS):
+                for i in range(2):
+                    sm[xat + uint32(VROWS * KPW * v + i)] = ptx.pack_f16x2(xr[4 * v + 2 * i], xr[4 * v + 2 * i + 1])
+    elif VEC:
         @cuda.jit(device=True, inline=True)
         def load_x(x, T, K, t0, k0, xr):
             # load v of this thread: the 4 pairs x[t0 + tid // QUADS + VROWS v, k0 + 8 (tid % QUADS) ..+ 8] in one
-            # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x16_layout``), 0 past K
+            # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x_layout``), 0 past K
             tid = int32(cuda.threadIdx.x)
             k = int32(k0 + 8 * (tid % QUADS))
             inside = k < K
@@ -3553,17 +3580,17 @@ def _mma_qkv_kernel(q_type, k_type, v_type, cfg, x16=False):
 
 def _check_x16(x16, mma, who):
     """(K is a multiple of 8, ``_check``: every row of x16 is whole 16-byte loads of pairs, and starts 16-byte
-    aligned when x does, ``_check_x16_layout``.)"""
+    aligned when x does, ``_check_x_layout``.)"""
     if x16 and not mma:
         raise ValueError(f"{who}: x as float16 pairs (x16) needs v11 (mma=True)")
 
 
-def _check_x16_layout(x_flat, who):
-    """v11 reads x16 rows with 16-byte loads: x must start at a 16-byte aligned address (a whole allocation
-    does; a slice may not)."""
+def _check_x_layout(x_flat, who):
+    """v11 reads x's rows (float32, or float16 pairs) with 16-byte loads: x must start at a 16-byte aligned address
+    (a whole allocation does; a slice may not)."""
     iface = getattr(x_flat, "__cuda_array_interface__", None)     # (the simulator has none)
     if iface is not None and iface["data"][0] % 16:
-        raise ValueError(f"{who}: x as float16 pairs must start at a 16-byte aligned address")
+        raise ValueError(f"{who}: x must start at a 16-byte aligned address (v11 reads its rows 16 bytes at a time)")
 
 
 @cuda.jit(cache=JIT_CACHE)
@@ -3637,8 +3664,7 @@ class PrefillQKV:
             kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16)
             launch = self._by_tokens[T] = (kern, (sum(tiles), -(-T // mma_sizes(cfg)[0])), mma_sizes(cfg)[2], tiles)
         kern, grid, threads, tiles = launch
-        if self.x16:
-            _check_x16_layout(x_flat, "PrefillQKV")
+        _check_x_layout(x_flat, "PrefillQKV")
         args = []
         for (_, wa, wb, n, b), out in zip(self._mats, outs):
             args += [wa, wb, n, out if b is None else b, b is not None, out]

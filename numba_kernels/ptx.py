@@ -47,7 +47,8 @@ The decode products' K-quant units (``matmul`` v15) read their quants with
 - ``load_u32x4(a, i) -> (a[i], a[i+1], a[i+2], a[i+3])``: one 16-byte load (``ld.global.nc.v4.u32``)
   from a uint32 array whose element ``i`` starts on a 16-byte aligned address (the caller's promise; a
   misaligned address faults). Not inline PTX but an LLVM vector load in the global address space,
-  marked invariant (weights never change during a kernel), so the compiler still schedules it.
+  marked invariant (weights never change during a kernel), so the compiler still schedules it;
+  ``load_f32x4`` is the same load of four floats (v11's float32 x rows).
 
 The decode products with their rows staged in shared memory (``matmul`` v18) copy each weight row with the
 Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals a transaction barrier
@@ -215,6 +216,13 @@ def _simulator_dp4a_us(a, b, c):
     return _wrap_int32(int(c) + int((ua * _signed_bytes(b)).sum()))
 
 
+def _simulator_load_f32x4(a, i):
+    """The four floats a[i .. i + 3], i a multiple of 4 (the 16-byte alignment the GPU needs)."""
+    assert int(i) % 4 == 0, f"load_f32x4: float {int(i)} is not 16-byte aligned"
+    i = int(i)
+    return a[i], a[i + 1], a[i + 2], a[i + 3]
+
+
 def _simulator_shr_u32(a, n):
     return np.uint32((int(a) & 0xFFFFFFFF) >> int(n))
 
@@ -231,6 +239,7 @@ if config.ENABLE_CUDASIM:
     sub_f16x2 = _simulator_sub_f16x2
     prefetch_l2 = _simulator_prefetch_l2
     load_u32x4 = _simulator_load_u32x4
+    load_f32x4 = _simulator_load_f32x4
     allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
@@ -417,23 +426,28 @@ else:
     dp4a = _dp4a("s32.s32")
     dp4a_us = _dp4a("u32.s32")
 
-    @intrinsic
-    def load_u32x4(typingctx, arr, index):
-        sig = types.UniTuple(types.uint32, 4)(arr, index)
+    def _load_x4(element, llvm_type):
+        @intrinsic
+        def load_x4(typingctx, arr, index):
+            sig = types.UniTuple(element, 4)(arr, index)
 
-        def codegen(context, builder, signature, args):
-            ary = context.make_array(signature.args[0])(context, builder, args[0])
-            (i,) = _cast_all(context, builder, args[1:], signature.args[1:], types.int64)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vec = ir.VectorType(i32, 4)
-            addr = builder.add(builder.ptrtoint(ary.data, i64), builder.mul(i, i64(4)))
-            ptr = builder.addrspacecast(builder.inttoptr(addr, vec.as_pointer()), vec.as_pointer(1))   # -> global
-            v = builder.load(ptr, align=16)
-            v.set_metadata("invariant.load", builder.module.add_metadata([]))
-            parts = [builder.extract_element(v, i32(k)) for k in range(4)]
-            return context.make_tuple(builder, signature.return_type, parts)
+            def codegen(context, builder, signature, args):
+                ary = context.make_array(signature.args[0])(context, builder, args[0])
+                (i,) = _cast_all(context, builder, args[1:], signature.args[1:], types.int64)
+                i64 = ir.IntType(64)
+                vec = ir.VectorType(llvm_type, 4)
+                addr = builder.add(builder.ptrtoint(ary.data, i64), builder.mul(i, i64(4)))
+                ptr = builder.addrspacecast(builder.inttoptr(addr, vec.as_pointer()), vec.as_pointer(1))  # -> global
+                v = builder.load(ptr, align=16)
+                v.set_metadata("invariant.load", builder.module.add_metadata([]))
+                parts = [builder.extract_element(v, ir.IntType(32)(k)) for k in range(4)]
+                return context.make_tuple(builder, signature.return_type, parts)
 
-        return sig, codegen
+            return sig, codegen
+        return load_x4
+
+    load_u32x4 = _load_x4(types.uint32, ir.IntType(32))
+    load_f32x4 = _load_x4(types.float32, ir.FloatType())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -735,6 +735,6 @@ def test_prefill_x16_refuses_an_unaligned_x():
         def __init__(self, address):
             self.__cuda_array_interface__ = {"data": (address, False)}
 
-    km._check_x16_layout(Slice(4096), "PrefillProduct")
+    km._check_x_layout(Slice(4096), "PrefillProduct")
     with pytest.raises(ValueError, match="16-byte aligned"):
-        km._check_x16_layout(Slice(4096 + 4), "PrefillProduct")
+        km._check_x_layout(Slice(4096 + 4), "PrefillProduct")
