@@ -3357,54 +3357,37 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
         def x_word(xr, u):
             return ptx.pack_f16x2(xr[2 * u], xr[2 * u + 1])
 
-    if VEC and not x16:
+    if VEC:
+        EL = 8 if x16 else 4             # values of x (k) one 16-byte load brings: 4 float16 pairs, or 4 floats
+        SH = 1 if x16 else 0             # the array index of x's flat value at is at >> SH
+        load4 = ptx.load_u32x4 if x16 else ptx.load_f32x4
+        ZERO = XDT(0)
+
         @cuda.jit(device=True, inline=True)
         def load_x(x, T, K, t0, k0, xr):
-            # load v of this thread: the 2 pairs x[t0 + tid // QUADS + VROWS v, k0 + 4 (tid % QUADS) ..+ 4] in one
+            # load v of this thread: x[t0 + tid // QUADS + VROWS v, k0 + EL (tid % QUADS) ..+ EL] in one
             # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x_layout``), 0 past K
             tid = int32(cuda.threadIdx.x)
-            k = int32(k0 + 4 * (tid % QUADS))
+            k = int32(k0 + EL * (tid % QUADS))
             inside = k < K
-            kk = min(k, K - 4)
+            kk = min(k, K - EL)
             for v in range(VLOADS):
                 t = min(int32(t0 + tid // QUADS + VROWS * v), T - 1)
-                a, b, c, d = ptx.load_f32x4(x, uint64(t * K + kk))
-                xr[4 * v] = a if inside else float32(0.0)
-                xr[4 * v + 1] = b if inside else float32(0.0)
-                xr[4 * v + 2] = c if inside else float32(0.0)
-                xr[4 * v + 3] = d if inside else float32(0.0)
+                a, b, c, d = load4(x, uint64(t * K + kk) >> uint64(SH))
+                xr[4 * v] = a if inside else ZERO
+                xr[4 * v + 1] = b if inside else ZERO
+                xr[4 * v + 2] = c if inside else ZERO
+                xr[4 * v + 3] = d if inside else ZERO
+
+        PPL = EL // 2                    # float16 pairs a load brings
 
         @cuda.jit(device=True, inline=True)
         def stage_x(sm, base, xr):
             tid = int32(cuda.threadIdx.x)
-            xat = uint32(base + (tid // QUADS) * KPW + 2 * (tid % QUADS))
+            xat = uint32(base + (tid // QUADS) * KPW + PPL * (tid % QUADS))
             for v in range(VLOADS):
-                for i in range(2):
-                    sm[xat + uint32(VROWS * KPW * v + i)] = ptx.pack_f16x2(xr[4 * v + 2 * i], xr[4 * v + 2 * i + 1])
-    elif VEC:
-        @cuda.jit(device=True, inline=True)
-        def load_x(x, T, K, t0, k0, xr):
-            # load v of this thread: the 4 pairs x[t0 + tid // QUADS + VROWS v, k0 + 8 (tid % QUADS) ..+ 8] in one
-            # ld.global.nc.v4 (K % 8 == 0 and 16-byte aligned rows: ``_check_x_layout``), 0 past K
-            tid = int32(cuda.threadIdx.x)
-            k = int32(k0 + 8 * (tid % QUADS))
-            inside = k < K
-            kk = min(k, K - 8)
-            for v in range(VLOADS):
-                t = min(int32(t0 + tid // QUADS + VROWS * v), T - 1)
-                w0, w1, w2, w3 = ptx.load_u32x4(x, uint64(t * K + kk) >> uint64(1))
-                xr[4 * v] = w0 if inside else uint32(0)
-                xr[4 * v + 1] = w1 if inside else uint32(0)
-                xr[4 * v + 2] = w2 if inside else uint32(0)
-                xr[4 * v + 3] = w3 if inside else uint32(0)
-
-        @cuda.jit(device=True, inline=True)
-        def stage_x(sm, base, xr):
-            tid = int32(cuda.threadIdx.x)
-            xat = uint32(base + (tid // QUADS) * KPW + 4 * (tid % QUADS))
-            for v in range(VLOADS):
-                for i in range(4):
-                    sm[xat + uint32(VROWS * KPW * v + i)] = xr[4 * v + i]
+                for i in range(PPL):
+                    sm[xat + uint32(VROWS * KPW * v + i)] = x_word(xr, PPL * v + i)
     else:
         @cuda.jit(device=True, inline=True)
         def load_x(x, T, K, t0, k0, xr):
