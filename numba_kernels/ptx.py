@@ -170,9 +170,10 @@ def _simulator_prefetch_l2(arr, start, nbytes):
         f"prefetch_l2: bytes [{int(start)}, {int(start) + int(nbytes)}) outside the array's {size}"
 
 
-def _simulator_load_u32x4(a, i):
-    """The four words a[i .. i + 3], i a multiple of 4 (the 16-byte alignment the GPU needs)."""
-    assert int(i) % 4 == 0, f"load_u32x4: word {int(i)} is not 16-byte aligned"
+def _simulator_load_x4(a, i):
+    """The four elements a[i .. i + 3] (4-byte words or floats), i a multiple of 4 (the 16-byte alignment the GPU
+    needs): ``load_u32x4`` and ``load_f32x4``."""
+    assert int(i) % 4 == 0, f"16-byte load: element {int(i)} is not 16-byte aligned"
     i = int(i)
     return a[i], a[i + 1], a[i + 2], a[i + 3]
 
@@ -216,13 +217,6 @@ def _simulator_dp4a_us(a, b, c):
     return _wrap_int32(int(c) + int((ua * _signed_bytes(b)).sum()))
 
 
-def _simulator_load_f32x4(a, i):
-    """The four floats a[i .. i + 3], i a multiple of 4 (the 16-byte alignment the GPU needs)."""
-    assert int(i) % 4 == 0, f"load_f32x4: float {int(i)} is not 16-byte aligned"
-    i = int(i)
-    return a[i], a[i + 1], a[i + 2], a[i + 3]
-
-
 def _simulator_shr_u32(a, n):
     return np.uint32((int(a) & 0xFFFFFFFF) >> int(n))
 
@@ -238,8 +232,7 @@ if config.ENABLE_CUDASIM:
     mma_f16 = _simulator_mma_f16
     sub_f16x2 = _simulator_sub_f16x2
     prefetch_l2 = _simulator_prefetch_l2
-    load_u32x4 = _simulator_load_u32x4
-    load_f32x4 = _simulator_load_f32x4
+    load_u32x4 = load_f32x4 = _simulator_load_x4
     allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
