@@ -3,6 +3,7 @@
 # and end-to-end benchmarks. Results land in $OUT (or benchmarks/results/ when OUT is unset).
 # Usage: bash benchmarks/gpu_run.sh [tests] [kernels] [bench] [decode] [variants] [prefill] [v12] [phi3] [phi3prof]
 #        [ladder] [toggles] [ncu] [x8] [x8test] [x16] [chain] [kv16] [kv16test] [ab] [real] [output] [planar] [s22]
+#        [f16w]
 #   needs the numpy<2.5 wheel in .whl/ (shared/device/fetch_wheels.sh) on the lent H200 image.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
@@ -76,6 +77,22 @@ for step in "$@"; do
         --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
       timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | grep -v -i warn | tail -14 \
         | tee "$OUT/x16-prefill.txt" ;;
+    f16w)     # matmul v23 (LLAMA_BETA_PREFILL_F16W=1, twenty-third session, never timed): its GPU tests, the
+      #          512-token prefill of both twins per launch kind, v11 (the default) and v23, side by side, then
+      #          every prefill shape: v11's chosen tile (float32 and x16) against each v23 tile and its decode alone
+      LLAMA_BETA_JIT_CACHE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
+        tests/test_ptx.py tests/test_cuda_prefill.py -k "f16w or fragment or lines or float16_weights" 2>&1 | tail -4
+      for preset in phi3-mini qwen2.5-0.5b; do
+        model=/tmp/$preset.gguf vocab=.dev-model/vocab/ggml-vocab-$([ $preset = phi3-mini ] && echo phi-3 || echo qwen2).gguf
+        [ -f $model ] || python3 -m llama_beta.cli synth $model --preset $preset --vocab $vocab --force -q
+        for f in 0 1; do
+          echo "== $preset prefill-512, LLAMA_BETA_PREFILL_F16W=$f"
+          LLAMA_BETA_PREFILL_F16W=$f timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 \
+            | grep -v -i warn | tail -14
+        done
+      done 2>&1 | tee "$OUT/f16w-prefill.txt"
+      timeout 240 python3 benchmarks/sweep_prefill_tiles.py 512 --v11 --v23 --chosen --x16 --splits=1,2 2>&1 \
+        | grep -v -i warn | tee "$OUT/f16w-sweep.txt" ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue

@@ -93,6 +93,7 @@ def _install_fakes() -> None:
     cuda.stream = cuda.external_stream = cuda.event = lambda *a, **k: _Nothing()
     cuda.event_elapsed_time = lambda *a: 1.0
     cuda.synchronize = lambda: None
+    cuda.is_available = lambda: True            # the stand-in sm_90 device: the tensor-core prefill (v11, v23) too
     cuda.defer_cleanup = contextlib.nullcontext
     numba_dispatcher.CUDADispatcher.configure = lambda self, grid, block, stream=0, sharedmem=0: _Compile(self, block, sharedmem)
     from llama_beta import backends

@@ -4,9 +4,12 @@ loads relative to the mma (a load issued after the mma waits out its whole laten
 
     python benchmarks/offline_sass.py TYPE [--plain] [--config=WIDE|MID|LONG|NARROW] [--launch-bounds=T,B]
                                       [--x16] [--out=DIR]
+    python benchmarks/offline_sass.py f16w [--plain] [--config=0|1|2|3] [--out=DIR]
 
 TYPE: a GGML type name (Q4_K, Q6_K, F16 ...); the SwiGLU kernel (gate and up of TYPE) unless ``--plain``;
-``--x16``: the kernel that reads x as float16 pairs (``PrefillProduct(..., x16=True)``).
+``--x16``: the kernel that reads x as float16 pairs (``PrefillProduct(..., x16=True)``). ``f16w``: v23's GEMM
+over float16 weights (``matmul._gemm_kernel``, the tile ``matmul.F16W_CONFIGS[config]``; no TYPE: its weights
+are already float16).
 Needs libnvvm and ptxas (the CUDA toolkit) and nvdisasm on PATH; nvdisasm comes in NVIDIA's
 ``nvidia-cuda-nvdisasm`` wheel (``pip download --no-deps nvidia-cuda-nvdisasm``, unzip, ``nvidia/*/bin``).
 
@@ -117,7 +120,12 @@ def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Pat
     x_type = nt.Array(nt.uint32, 1, "C") if x16 else f32          # float16 pairs, or float32
     sig = (x_type, nt.int64, nt.int64, wa, wb, wa, wb, nt.int64, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=launch_bounds)
-    stem = out / f"v11-{type_name}-{'swiglu' if swiglu else 'plain'}-{config.lower()}{'-x16' if x16 else ''}"
+    return _ptxas_and_sass(ptx, out / f"v11-{type_name}-{'swiglu' if swiglu else 'plain'}-{config.lower()}"
+                                      f"{'-x16' if x16 else ''}")
+
+
+def _ptxas_and_sass(ptx: str, stem: Path) -> tuple[str, str]:
+    """Write the PTX, assemble it for sm_90, disassemble: (ptxas's resource lines, SASS); files next to stem."""
     stem.with_suffix(".ptx").write_text(ptx)
     cubin = stem.with_suffix(".cubin")
     r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(stem.with_suffix(".ptx")), "-o", str(cubin)],
@@ -131,6 +139,22 @@ def build_v11(type_name: str, swiglu: bool, config: str, launch_bounds, out: Pat
     return info, sass
 
 
+def build_v23(swiglu: bool, index: int, out: Path) -> tuple[str, str]:
+    """(ptxas's resource lines, SASS) of ``matmul._gemm_kernel`` (v23) for sm_90, tile F16W_CONFIGS[index]."""
+    cuda = _offline_numba()
+    from numba import types as nt
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from numba_kernels import matmul as mm
+    cfg = mm.F16W_CONFIGS[index]
+    kernel = mm._gemm_kernel(cfg, swiglu, 1)
+    f32, i32, u32 = (nt.Array(t, 1, "C") for t in (nt.float32, nt.int32, nt.uint32))
+    sig = (u32, nt.int64, nt.int64, u32, nt.int64, f32, nt.boolean, nt.boolean, f32, f32, i32)
+    bounds = mm._f16w_jit_options(cfg).get("launch_bounds")
+    ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=bounds)
+    return _ptxas_and_sass(ptx, out / f"v23-{'swiglu' if swiglu else 'plain'}-{index}")
+
+
 def main(argv: list[str]) -> None:
     args = [a for a in argv if not a.startswith("--")]
     opt = {a.split("=")[0]: a.split("=", 1)[1] for a in argv if a.startswith("--") and "=" in a}
@@ -139,7 +163,11 @@ def main(argv: list[str]) -> None:
     bounds = tuple(int(v) for v in opt["--launch-bounds"].split(",")) if "--launch-bounds" in opt else None
     out = Path(opt.get("--out") or tempfile.mkdtemp(prefix="offline-sass-"))
     out.mkdir(parents=True, exist_ok=True)
-    info, sass = build_v11(args[0], "--plain" not in argv, opt.get("--config", "WIDE"), bounds, out, "--x16" in argv)
+    if args[0] == "f16w":
+        info, sass = build_v23("--plain" not in argv, int(opt.get("--config", "0")), out)
+    else:
+        info, sass = build_v11(args[0], "--plain" not in argv, opt.get("--config", "WIDE"), bounds, out,
+                               "--x16" in argv)
     print(info)
     print(loop_summary(sass))
     print(f"(PTX, cubin and SASS in {out})")

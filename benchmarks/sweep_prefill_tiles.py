@@ -1,11 +1,13 @@
 """Time every prefill tile configuration at the prefill shapes (device time, T tokens), to choose
 ``prefill_config`` (v10) and ``mma_config`` (v11).
 
-    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11] [--chosen] [--f16] [--x16]
+    python benchmarks/sweep_prefill_tiles.py [T] [NAME] [--v10] [--v11] [--v23] [--chosen] [--f16] [--x16]
     # NAME: shapes whose name contains it; --chosen: only the heuristics' choice; --f16: each shape again with
     # float16 weights of the same size (what the tile loop costs without decoding quants); --x16: each v11 line
     # again with x as float16 pairs (PrefillProduct(x16=True): half the x bytes, the same result);
-    # --config=WM,WN,MI,NJ,KS (repeatable): only these v11 tiles; --splits=1,2: only these split-K factors
+    # --config=WM,WN,MI,NJ,KS (repeatable): only these v11 tiles; --splits=1,2: only these split-K factors;
+    # --v23: matmul v23 (W decoded once to float16, then the GEMM) over its tiles F16W_CONFIGS, each line the
+    # two launches together, and one line per shape with the decode launch alone ("f16w decode")
 
 One line per (shape, configuration, v11 split-K factor): microseconds per launch and TFLOP/s (2 T N K per
 product), the grid (rows x tokens x splits), and a '*' on the choice of the heuristics now. v11 is timed over ``MMA_SWEEP`` (a wider family than the
@@ -50,7 +52,7 @@ def _splits(mma, K):
 
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    kernels = [k for k in ("v10", "v11") if f"--{k}" in sys.argv] or ["v10", "v11"]
+    kernels = [k for k in ("v10", "v11", "v23") if f"--{k}" in sys.argv] or ["v10", "v11"]
     T = int(args[0]) if args else mm.PREFILL_T
     only = args[1] if len(args) > 1 else ""
     rng = np.random.default_rng(0)
@@ -82,6 +84,31 @@ def main():
                     print(f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s} "
                           f"{label + (' x16' if x16 else ''):22s} {grid:>10s} {s * 1e6:8.1f} us "
                           f"{flop / s / 1e12:5.1f} TFLOP/s {'*' if picked else ' '}", flush=True)
+        if "v23" in kernels:
+            _sweep_v23(name, N, K, T, types, ws, x, out, swiglu, flop)
+
+
+def _sweep_v23(name, N, K, T, types, ws, x, out, swiglu, flop):
+    """v23's lines for one shape: every F16W_CONFIGS tile and split (decode + GEMM), then the decode alone."""
+    xf = cuda.device_array(T * K // 2, np.uint32)                        # x as float16 pairs in fragment order
+    mm.launch_pack_f16(x.reshape(T * K), xf, T * K, frag=True)
+    chosen = mm.f16w_config(T, N, swiglu)
+    head = f"{name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s}"
+    for cfg in mm.F16W_CONFIGS:
+        for split in _splits(True, K):
+            product = mm.PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None, config=cfg,
+                                        mma=True, split=split, x16=True, f16w=True)
+            s = mm._time(lambda st, p=product: p(xf, out.reshape(T * N), T, st), reps=5)
+            picked = cfg == chosen and split == mm.mma_split(cfg, T, N, K, swiglu)
+            label = "f16w " + "x".join(map(str, mm.mma_sizes(cfg)[:2])) + f"/{mm.mma_sizes(cfg)[2]}t"
+            grid = "x".join(map(str, mm.mma_grid(cfg, T, N, swiglu) + (split,)))
+            print(f"{head} {label:22s} {grid:>10s} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s "
+                  f"{'*' if picked else ' '}", flush=True)
+    kern, grid, threads, split_args, (rows, bn, scratch) = product._launch_for(T)
+    s = mm._time(lambda st: mm.launch_f16w(product._weights[:4], product._types, product._weights[4], N, K, scratch,
+                                           0, rows, bn, swiglu, st), reps=5)
+    print(f"{head} {'f16w decode':22s} {rows:>10d} {s * 1e6:8.1f} us "
+          f"{rows * K * 2 / s / 1e9:6.0f} GB/s written", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,11 +131,12 @@ def _decode_step_settings(model) -> dict:
     whether W_down reads the SwiGLU outputs as the gate/up launch rounded them (matmul v21,
     ``LLAMA_BETA_X8_CHAIN``, on since the nineteenth session) and keeps them in 11 shared slots per block of 32
     (``LLAMA_BETA_X8_COMPACT=1``, opt-in), and whether the prefill products read x as
-    float16 pairs (``LLAMA_BETA_PREFILL_X16``: "auto" by default, on for models at least 2048 wide)."""
+    float16 pairs (``LLAMA_BETA_PREFILL_X16``: "auto" by default, on for models at least 2048 wide), and whether
+    they decode each weight matrix once to float16 before a GEMM (matmul v23, ``LLAMA_BETA_PREFILL_F16W=1``, opt-in)."""
     if model.backend.name != "cuda":
         return {"run_ahead": 0, "qkv_rope": False, "pdl": False, "decode_mma": False, "stage_loads": 0,
                 "kv_prefetch": False, "vector_loads": False, "warm_l2": False, "stage_rows": False,
-                "dp4a": "0", "x8_chain": False, "x8_compact": False, "prefill_x16": False}
+                "dp4a": "0", "x8_chain": False, "x8_compact": False, "prefill_x16": False, "prefill_f16w": False}
     from llama_beta.backends import cuda_decode, cuda_prefill
     from numba_kernels import matmul
 
@@ -144,7 +145,8 @@ def _decode_step_settings(model) -> dict:
             "vector_loads": matmul.VECTOR_LOADS, "warm_l2": matmul.WARM_L2,
             "stage_rows": matmul.STAGE_ROWS, "dp4a": matmul.DP4A_MODE, "x8_chain": matmul.X8.chain,
             "x8_compact": matmul.X8_COMPACT,
-            "prefill_x16": cuda_prefill.uses_x16(model.config.dim)}
+            "prefill_x16": cuda_prefill.uses_f16w(model.config) or cuda_prefill.uses_x16(model.config.dim),
+            "prefill_f16w": cuda_prefill.uses_f16w(model.config)}
 
 
 def format_report(r: dict) -> str:

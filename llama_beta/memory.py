@@ -77,8 +77,22 @@ def plan(gguf, cfg, adapter, context: int, prompt_chunk: int = 512, kv_itemsize:
     per_token = cfg.dim * 3 + q_width * 2 + cfg.n_kv_heads * cfg.head_size * 2 + cfg.ffn_dim * 3 + cfg.vocab_size
     activations = 4 * T * per_token
     n_splits = 1024  # the most split-decode attention ever uses
-    workspace = 4 * cfg.n_heads * n_splits * (cfg.head_size + 2)
+    workspace = 4 * cfg.n_heads * n_splits * (cfg.head_size + 2) + 4 * f16w_scratch_words(cfg)
     return MemoryPlan(weights, kv, activations, workspace, context)
+
+
+def f16w_scratch_words(cfg) -> int:
+    """uint32 words of the prefill's float16 weight scratch (matmul v23, opt-in; 0 when off): the largest product's
+    matrix as float16 pairs, rows padded to whole tiles. ``CudaPrefill`` allocates exactly this."""
+    from llama_beta.backends.cuda_prefill import uses_f16w
+    from numba_kernels import matmul
+
+    if not uses_f16w(cfg):
+        return 0
+    q_width = cfg.n_heads * cfg.head_size
+    return max(matmul.f16w_words(n, k, parts) for n, k, parts in (
+        (q_width + 2 * cfg.n_kv_heads * cfg.head_size, cfg.dim, 3), (cfg.dim, q_width, 1),
+        (2 * cfg.ffn_dim, cfg.dim, 1), (cfg.dim, cfg.ffn_dim, 1)))
 
 
 def _planar_copy(info) -> bool:

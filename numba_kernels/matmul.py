@@ -259,6 +259,13 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
   H100's ceiling here). In the Qwen twin's decode graph (``profile_decode.py``): 69.3 -> 57.9 us at (4, 1, 4)
   (``PLANAR_DEFAULT``), the step 906.9 -> 897.2 us; ``llama-beta bench`` 1117 -> 1136 tok/s. Its GPU tests passed.
   Still opt-in: the real model's greedy tokens have not been checked with it (another summation order).
+- v23 ``PrefillProduct(..., f16w=True)`` / ``PrefillQKV(..., f16w=True)`` (``_f16w_kernel``, ``_gemm_tile``; opt-in,
+  ``LLAMA_BETA_PREFILL_F16W=1``, twenty-third session, not yet timed): the prefill product in two launches, W decoded
+  ONCE into a float16 scratch matrix (v11 decodes it in every token tile, and its decode8 is most of its K-loop: 435
+  SASS instructions per 16 mma), then a float16 GEMM whose K-loop only moves 16-byte lines (``ptx.load_u32x4``,
+  ``ptx.store_shared_u32x4``, ``ptx.load_shared_u32x4``: one load per mma operand, x and W16 in the "fragment
+  order" of ``ref.matmul.fragment_order``) and issues mma: 133 instructions per 32 mma (128 x 128 tile), 90 per 16
+  (128 x 64). v11's epilogues (``_mma_epilogue``); v11's bits (the same operands and mma chain per output).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -3159,7 +3166,7 @@ class PrefillProduct:
     one too, so the kernel's arguments are spelled out in one place.)"""
 
     def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
-                 split=None, x16=False):
+                 split=None, x16=False, f16w=False):
         gate_type = _check(w_raw, ggml_type, K)
         if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
             raise ValueError("PrefillProduct: the weight and bias must be device arrays")
@@ -3178,8 +3185,9 @@ class PrefillProduct:
             raise ValueError(f"PrefillProduct: bias must be [{self.N}], got {tuple(bias.shape)}")
         self._types, self._weights, self._bias = (gate_type, up_type), (ga, gb, ua, ub, up_row0), bias
         self.mma = (PREFILL_MMA and mma_supported()) if mma is None else bool(mma)     # v11, else v10
-        self.x16 = bool(x16)
+        self.x16, self.f16w = bool(x16), bool(f16w)
         _check_x16(self.x16, self.mma, "PrefillProduct")
+        _check_f16w(self.f16w, self.x16, K, "PrefillProduct")
         self._config = None if config is None else (MmaConfig if self.mma else PrefillConfig)(*config)
         self._split = split                                               # v11 split-K (default: mma_split)
         self._by_tokens = {}                                              # T -> (kernel, grid, threads, extra)
@@ -3190,26 +3198,39 @@ class PrefillProduct:
         launch = self._by_tokens.get(T)
         if launch is None:
             launch = self._by_tokens[T] = self._launch_for(T)
-        kern, grid, threads, split_args = launch
+        kern, grid, threads, split_args, w16 = launch
         if self.mma:
             _check_x_layout(x_flat, "PrefillProduct")
         has = self._bias is not None
+        if self.f16w:                                     # v23: W16 = W as float16 pairs, then the GEMM
+            rows, bn, scratch = w16
+            launch_f16w(self._weights[:4], self._types, self._weights[4], self.N, self.K, scratch, 0, rows, bn,
+                        self.swiglu, stream)
+            kern[grid, threads, stream](x_flat, T, self.K, scratch, self.N, self._bias if has else out_flat,
+                                        has, self.accumulate, out_flat, *split_args)
+            return
         kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
                                     has, self.accumulate, out_flat, *split_args)
 
     def _launch_for(self, T: int):
         """(kernel, grid, threads, extra arguments) for T tokens: v11 (tensor cores; split-K workspace and
         counters) or v10, tile from the token count."""
+        if self.f16w:
+            cfg = self._config or f16w_config(T, self.N, self.swiglu)
+            split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
+            bx, by = mma_grid(cfg, T, self.N, self.swiglu)
+            bn = mma_sizes(cfg)[1]
+            return (_gemm_kernel(cfg, self.swiglu, split), (by, bx, split), mma_sizes(cfg)[2],
+                    _split_args(cfg, split, bx, by), (bx * bn, bn, f16w_scratch(bx * bn * self.K // 2)))
         if self.mma:
             cfg = self._config or mma_config(T, self.N, self.K, self.swiglu)
             split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
             return (_mma_kernel(*self._types, cfg, self.swiglu, split, self.x16), (bx, by, split), mma_sizes(cfg)[2],
-                    split_workspace(split * bx * by * mma_sizes(cfg)[2] * 4 * cfg.mi * cfg.nj, bx * by)
-                    if split > 1 else split_workspace(1, 1))
+                    _split_args(cfg, split, bx, by), None)
         cfg = self._config or prefill_config(T, self.N, self.swiglu)
         return (_prefill_kernel(*self._types, cfg, self.swiglu), prefill_grid(cfg, T, self.N, self.swiglu),
-                prefill_sizes(cfg)[4], ())
+                prefill_sizes(cfg)[4], (), None)
 
 
 # =============================================================================================
@@ -3301,6 +3322,69 @@ def _check_mma_config(cfg):
 
 
 @functools.lru_cache(maxsize=None)
+def _mma_epilogue(MI, NJ, BN, NTH, swiglu, split):
+    """The end of a tensor-core tile (v11, v23), for warps of MI m16 x NJ n8 accumulator tiles in a block of NTH
+    threads and BN tile rows: ``row_of(wc, j)`` (the tile row of the warp's n8-tile j, the SwiGLU pairing below),
+    ``store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)`` (the epilogues) and
+    ``finish_split(acc, ws, counters, last, z)`` (split-K: True in the block that adds the parts)."""
+    H = NJ // 2
+    ACC = MI * NJ * 4
+    SPLIT = split
+
+    @cuda.jit(device=True, inline=True)
+    def row_of(wc, j):
+        return (j // H) * (BN // 2) + wc * (H * 8) + (j % H) * 8
+
+    @cuda.jit(device=True, inline=True)
+    def store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out):
+        # lane (g, t) of tile (i, j) holds out[token g (+8), tile row 2t (+1)]; SwiGLU pairs tile j with j + H
+        for i in range(MI):
+            for j in range(H if swiglu else NJ):
+                for r in range(4):
+                    tok = int32(t0 + wr * MI * 16 + i * 16 + g + 8 * (r // 2))
+                    n = int32(n0 + row_of(wc, j) + 2 * t + r % 2)
+                    if tok < T and n < N:
+                        v = acc[(i * NJ + j) * 4 + r]
+                        at = uint32(tok * N + n)
+                        if swiglu:
+                            out[at] = _silu(v) * acc[(i * NJ + j + H) * 4 + r]
+                        else:
+                            v = v + bias[n] if has_bias else v
+                            out[at] = out[at] + v if accumulate else v
+
+    @cuda.jit(device=True, inline=True)
+    def finish_split(acc, ws, counters, last, z):
+        # every block of a tile leaves its partial sums in ws[z, tile]; the last of the tile's SPLIT blocks to
+        # finish (one atomic counter per tile) adds the SPLIT partials in the order z = 0, 1, .. (deterministic)
+        # and resets the counter for the next launch. Returns True in that block only.
+        tid = int32(cuda.threadIdx.x)
+        tile = int32(cuda.blockIdx.x + cuda.gridDim.x * cuda.blockIdx.y)
+        tiles = int32(cuda.gridDim.x * cuda.gridDim.y)
+        at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
+        for m in range(ACC):
+            ws[at + uint32(m)] = acc[m]
+        cuda.threadfence()                            # the partials are visible before the count
+        cuda.syncthreads()
+        if tid == 0:
+            last[0] = cuda.atomic.add(counters, tile, 1)
+        cuda.syncthreads()
+        if last[0] != SPLIT - 1:
+            return False
+        cuda.threadfence()
+        for m in range(ACC):
+            acc[m] = float32(0.0)
+        for z in range(SPLIT):
+            at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
+            for m in range(ACC):
+                acc[m] += ws[at + uint32(m)]
+        if tid == 0:
+            counters[tile] = 0
+        return True
+
+    return row_of, store, finish_split
+
+
+@functools.lru_cache(maxsize=None)
 def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     """v11's work for one output tile, as a device function ``tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0,
     N, bias, has_bias, accumulate, out, ws, counters, bx, by, z)`` (block (bx, by, z) of the product's grid;
@@ -3313,7 +3397,6 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     _check_mma_config(cfg)
     WM, WN, MI, NJ, KS = cfg
     BM, BN, NTH = mma_sizes(cfg)
-    H = NJ // 2
     KC = 32 * KS                         # weights per K-step
     PC = KC // 2                         # float16 pairs (words) per tile row
     KPW = PC + 4                         # padded row: 4 mod 32 words apart, fragment loads conflict-free
@@ -3331,9 +3414,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     VROWS = NTH // QUADS                 # token rows between them
     SPLIT = split
 
-    @cuda.jit(device=True, inline=True)
-    def row_of(wc, j):
-        return (j // H) * (BN // 2) + wc * (H * 8) + (j % H) * 8
+    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split)
 
     if x16:
         @cuda.jit(device=True, inline=True)
@@ -3430,52 +3511,6 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
                     m = (i * NJ + j) * 4
                     acc[m], acc[m + 1], acc[m + 2], acc[m + 3] = ptx.mma_f16(
                         a0, a1, a2, a3, sm[rb], sm[rb + uint32(4)], acc[m], acc[m + 1], acc[m + 2], acc[m + 3])
-
-    @cuda.jit(device=True, inline=True)
-    def store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out):
-        # lane (g, t) of tile (i, j) holds out[token g (+8), tile row 2t (+1)]; SwiGLU pairs tile j with j + H
-        for i in range(MI):
-            for j in range(H if swiglu else NJ):
-                for r in range(4):
-                    tok = int32(t0 + wr * MI * 16 + i * 16 + g + 8 * (r // 2))
-                    n = int32(n0 + row_of(wc, j) + 2 * t + r % 2)
-                    if tok < T and n < N:
-                        v = acc[(i * NJ + j) * 4 + r]
-                        at = uint32(tok * N + n)
-                        if swiglu:
-                            out[at] = _silu(v) * acc[(i * NJ + j + H) * 4 + r]
-                        else:
-                            v = v + bias[n] if has_bias else v
-                            out[at] = out[at] + v if accumulate else v
-
-    @cuda.jit(device=True, inline=True)
-    def finish_split(acc, ws, counters, last, z):
-        # every block of a tile leaves its partial sums in ws[z, tile]; the last of the tile's SPLIT blocks to
-        # finish (one atomic counter per tile) adds the SPLIT partials in the order z = 0, 1, .. (deterministic)
-        # and resets the counter for the next launch. Returns True in that block only.
-        tid = int32(cuda.threadIdx.x)
-        tile = int32(cuda.blockIdx.x + cuda.gridDim.x * cuda.blockIdx.y)
-        tiles = int32(cuda.gridDim.x * cuda.gridDim.y)
-        at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
-        for m in range(ACC):
-            ws[at + uint32(m)] = acc[m]
-        cuda.threadfence()                            # the partials are visible before the count
-        cuda.syncthreads()
-        if tid == 0:
-            last[0] = cuda.atomic.add(counters, tile, 1)
-        cuda.syncthreads()
-        if last[0] != SPLIT - 1:
-            return False
-        cuda.threadfence()
-        for m in range(ACC):
-            acc[m] = float32(0.0)
-        for z in range(SPLIT):
-            at = uint32(((z * tiles + tile) * NTH + tid) * ACC)
-            for m in range(ACC):
-                acc[m] += ws[at + uint32(m)]
-        if tid == 0:
-            counters[tile] = 0
-        return True
 
     @cuda.jit(device=True, inline=True)
     def tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters,
@@ -3577,21 +3612,25 @@ def _check_x_layout(x_flat, who):
 
 
 @cuda.jit(cache=JIT_CACHE)
-def pack_f16_kernel(x, n_pairs, out):
+def pack_f16_kernel(x, n_pairs, frag, out):
     """out[i] = (x[2 i], x[2 i + 1]) rounded to a float16 pair (``ptx.pack_f16x2``: cvt.rn, the rounding v11's
-    staging applies), i < n_pairs; a thread per pair."""
+    staging applies), i < n_pairs; a thread per pair. ``frag``: at out[16 (i // 16) + pos(i % 16)] instead, the
+    fragment order of v23 (pos(p) = 4 (p % 4) + p // 4)."""
     i = cuda.grid(1)
     if i < n_pairs:
-        out[i] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
+        p = i % 16
+        out[i - p + 4 * (p % 4) + p // 4 if frag else i] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
 
 
-def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256) -> None:
-    """v11's x16 operand: out_flat uint32 [>= n / 2] = x_flat float32 [>= n] as float16 pairs (n even)."""
-    if n % 2:
-        raise ValueError(f"pack_f16: n={n} must be even (pairs of consecutive floats)")
+def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256, frag: bool = False) -> None:
+    """v11's x16 operand: out_flat uint32 [>= n / 2] = x_flat float32 [>= n] as float16 pairs (n even); with
+    ``frag`` v23's, each 32 floats' pairs in fragment order (n a multiple of 32)."""
+    if n % (32 if frag else 2):
+        raise ValueError(f"pack_f16: n={n} must be " + ("a multiple of 32 (pairs of consecutive floats in groups of "
+                         "16: the fragment order)" if frag else "even (pairs of consecutive floats)"))
     if n:
         pairs = n // 2
-        pack_f16_kernel[-(-pairs // threads), threads, stream](x_flat, pairs, out_flat)
+        pack_f16_kernel[-(-pairs // threads), threads, stream](x_flat, pairs, bool(frag), out_flat)
 
 
 def mma_grid(cfg, T, N, swiglu=False):
@@ -3622,11 +3661,12 @@ class PrefillQKV:
     launches with that tile compute. Called as ``(x_flat, (q_flat, k_flat, v_flat), T, stream)``; ``x16``: x_flat
     as float16 pairs (uint32 [T K / 2]), as ``PrefillProduct``'s."""
 
-    def __init__(self, mats, K, *, config=None, x16=False):
+    def __init__(self, mats, K, *, config=None, x16=False, f16w=False):
         if len(mats) != 3:
             raise ValueError(f"PrefillQKV: needs 3 matrices (Q, K, V), got {len(mats)}")
-        self.x16 = bool(x16)
+        self.x16, self.f16w = bool(x16), bool(f16w)
         _check_x16(self.x16, True, "PrefillQKV")
+        _check_f16w(self.f16w, self.x16, K, "PrefillQKV")
         self.K, self._mats = K, []
         for w, t, b in mats:
             t = _check(w, t, K)
@@ -3641,16 +3681,29 @@ class PrefillQKV:
     def __call__(self, x_flat, outs, T: int, stream=0) -> None:
         launch = self._by_tokens.get(T)
         if launch is None:
-            cfg = self._config or mma_config(T, sum(m[3] for m in self._mats), self.K)
-            bn = mma_sizes(cfg)[1]
+            N = sum(m[3] for m in self._mats)
+            cfg = self._config or (f16w_config(T, N) if self.f16w else mma_config(T, N, self.K))
+            bm, bn, threads = mma_sizes(cfg)
             tiles = [-(-m[3] // bn) for m in self._mats]
-            kern = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16)
-            launch = self._by_tokens[T] = (kern, (sum(tiles), -(-T // mma_sizes(cfg)[0])), mma_sizes(cfg)[2], tiles)
-        kern, grid, threads, tiles = launch
+            if self.f16w:                                 # v23: the three W16 stacked, tiles q, k, v
+                kern, grid = _gemm_qkv_kernel(cfg), (-(-T // bm), sum(tiles))
+                scratch = f16w_scratch(sum(tiles) * bn * self.K // 2)
+            else:
+                kern, grid, scratch = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16), \
+                    (sum(tiles), -(-T // bm)), None
+            launch = self._by_tokens[T] = (kern, grid, threads, tiles, bn, scratch)
+        kern, grid, threads, tiles, bn, scratch = launch
         _check_x_layout(x_flat, "PrefillQKV")
         args = []
         for (_, wa, wb, n, b), out in zip(self._mats, outs):
-            args += [wa, wb, n, out if b is None else b, b is not None, out]
+            args += ([] if self.f16w else [wa, wb]) + [n, out if b is None else b, b is not None, out]
+        if self.f16w:
+            row0 = 0
+            for (t, wa, wb, n, _), rows in zip(self._mats, tiles):
+                launch_f16w((wa, wb, wa, wb), (t, t), 0, n, self.K, scratch, row0, rows * bn, bn, False, stream)
+                row0 += rows * bn
+            kern[grid, threads, stream](x_flat, T, self.K, scratch, *args, tiles[0], tiles[1], split_workspace(1, 1)[1])
+            return
         kern[grid, threads, stream](x_flat, T, self.K, *args, tiles[0], tiles[1], split_workspace(1, 1)[1])
 
 
@@ -3668,6 +3721,18 @@ def mma_split(cfg, T, N, K, swiglu=False):
     return split
 
 
+def _split_args(cfg, split, bx, by):
+    """The (workspace, counters) a v11 / v23 launch of bx x by tiles split ``split`` ways along K passes."""
+    return split_workspace(split * bx * by * mma_sizes(cfg)[2] * 4 * cfg.mi * cfg.nj, bx * by) if split > 1 \
+        else split_workspace(1, 1)
+
+
+def _check_f16w(f16w, x16, K, who):
+    if f16w and not (x16 and K % 32 == 0):
+        raise ValueError(f"{who}: v23 (f16w) reads x as float16 pairs in fragment order (x16) and needs K a "
+                         f"multiple of 32, got K={K}{'' if x16 else ' and x16 off'}")
+
+
 _SPLIT_BUFFERS = []        # [(workspace, counters)], largest last; never freed (captured graphs keep pointers)
 
 
@@ -3682,6 +3747,293 @@ def split_workspace(floats: int, tiles: int):
         tiles = max(tiles, 1, have[1].size if have else 0)
         _SPLIT_BUFFERS.append((cuda.device_array(floats, np.float32), cuda.to_device(np.zeros(tiles, np.int32))))
     return _SPLIT_BUFFERS[-1]
+
+
+# =============================================================================================
+# v23: the prefill product over float16 weights decoded once per launch (twenty-third session; opt-in,
+# ``LLAMA_BETA_PREFILL_F16W=1``, not yet timed on a GPU).
+#
+# Why. v11 decodes its W tile in every block, so with 128-token tiles each weight is decoded T / 128 times,
+# and the decoding is most of v11's instructions: the sm_90 SASS of its K-loop (Q4_K SwiGLU, WIDE tile, x16)
+# has 435 instructions per warp for 16 mma, about 300 of them one decode8 per thread (its loads, the scale
+# extraction, shifts, index arithmetic). The tensor cores wait for the issue slots. v23 does the work in two
+# launches, as llama.cpp's cuBLAS path does for large batches:
+# 1. ``_f16w_kernel``: W decoded once, a thread per 32 weights of a row (four decode8), rounded to float16 pairs
+#    (the cvt.rn of v11's staging: the same bits) into a scratch matrix W16 (uint32 [NP, K / 2]);
+# 2. ``_gemm_tile``: a float16 GEMM of x16 and W16 on the tensor cores whose K-loop only moves 16-byte lines
+#    and issues mma: per K-step of 32 weights each thread copies its lines of the x and W tiles global ->
+#    registers -> shared (``ptx.load_u32x4``, ``ptx.store_shared_u32x4``; two buffers, the next step's lines
+#    loaded before the current step's mma, one barrier a step, as v11), and a warp reads each fragment row of
+#    A and B with one ``ptx.load_shared_u32x4``.
+#
+# Fragment order. Lane (g, t) of an m16n8k16 needs, of a row's 16 pairs (32 k) of a K-step, the pairs t,
+# t + 4 (the first k16 slice) and t + 8, t + 12 (the second). x16 (``launch_pack_f16(..., frag=True)``) and
+# W16 both keep each row's groups of 16 pairs in the order pos(p) = 4 (p % 4) + p // 4, so those four pairs are
+# one aligned 16-byte line, words 4t .. 4t + 3 of the group (``ref.matmul.fragment_order`` is the permutation).
+# Tile rows are 16 words apart in shared memory: the 8 lanes of a quarter-warp (rows g, g + 1, t = 0..3) read
+# 32 distinct banks, and so do the staging stores.
+#
+# Rows. W16 holds NP = (row tiles) BN rows; rows past N repeat row N - 1 (computed, never stored). For the
+# SwiGLU pair the tiles interleave: tile b = the gate rows of features b BN/2 .. + BN/2, then their up rows, the
+# order v11's ``row_of`` expects, so the epilogues are v11's (``_mma_epilogue``). The Q, K and V products stack
+# their W16 (each padded to whole tiles) and run as one launch.
+#
+# Numerics: the operands are v11's float16 values and every output is the same chain of mma (k16 slices in
+# order), so with the same split v23 computes v11's bits (``tests/test_matmul.py`` checks that).
+# =============================================================================================
+F16W = os.environ.get("LLAMA_BETA_PREFILL_F16W", "0") == "1"
+# tiles, largest first (f16w_config takes the first whose grid fills the SMs): registers per thread <= 128
+F16W_CONFIGS = (MmaConfig(2, 4, 4, 4, 1),     # 128 tokens x 128 rows, 256 threads, K-steps of 32 [32 KiB]
+                MmaConfig(4, 2, 2, 4, 1),     # 128 x 64, 256 threads [24 KiB]
+                MmaConfig(2, 2, 2, 4, 1),     # 64 x 64, 128 threads [16 KiB]
+                MmaConfig(2, 2, 2, 2, 1))     # 64 x 32, 128 threads [12 KiB]
+SIM_F16W_CONFIG = MmaConfig(1, 1, 1, 2, 1)    # 16 x 16, one warp (the simulator pays per thread)
+F16W_BLOCKS_PER_SM = 1                        # f16w_config: the largest tile with at least this many blocks per SM
+F16W_THREADS = 256                            # the decode launch's block
+
+
+def f16w_supported(K: int) -> bool:
+    """v23 needs the tensor cores and whole 32-weight groups per row (the fragment order's unit)."""
+    return mma_supported() and K % 32 == 0
+
+
+def f16w_smem(cfg):
+    """Bytes of shared memory of a v23 tile: two buffers of [BM + BN, 16] words (a K-step of 32 weights)."""
+    bm, bn, _ = mma_sizes(cfg)
+    return 2 * (bm + bn) * 16 * 4
+
+
+def _check_f16w_config(cfg):
+    bm, bn, nth = mma_sizes(cfg)
+    if not (cfg.nj % 2 == 0 and cfg.ks == 1 and (2 * bm) % nth == 0 and (4 * bn) % nth == 0
+            and f16w_smem(cfg) <= SMEM_LIMIT):
+        raise ValueError(f"matmul v23: config {tuple(cfg)} does not tile (even nj, K-steps of 32, whole lines per "
+                         f"thread, 48 KiB of shared memory)")
+
+
+def f16w_config(T, N, swiglu=False):
+    """The v23 tile: the largest of F16W_CONFIGS whose grid has F16W_BLOCKS_PER_SM blocks per SM, else the
+    smallest (``mma_split`` then splits long rows). The simulator: SIM_F16W_CONFIG."""
+    sms = _sm_count()
+    if not sms:
+        return SIM_F16W_CONFIG
+    for cfg in F16W_CONFIGS:
+        bx, by = mma_grid(cfg, T, N, swiglu)
+        if bx * by >= F16W_BLOCKS_PER_SM * sms:
+            return cfg
+    return F16W_CONFIGS[-1]
+
+
+def _f16w_jit_options(cfg):
+    """cuda.jit options of a v23 GEMM: at most 128 registers (two 256-thread blocks, or four of 128, per SM)."""
+    if config.ENABLE_CUDASIM:
+        return {"cache": JIT_CACHE}
+    nth = mma_sizes(cfg)[2]
+    return {"cache": JIT_CACHE, "launch_bounds": (nth, 65536 // (128 * nth))}
+
+
+@functools.lru_cache(maxsize=None)
+def _f16w_kernel(gate_type, up_type, BN, swiglu):
+    """v23's first launch: W16 rows w_row0 .. w_row0 + rows of the scratch ``w16`` (uint32, K / 2 words a row,
+    fragment order) = W decoded and rounded to float16 pairs. A thread per (row r, group of 32 weights); row r
+    is W's row min(r, N - 1), or for the SwiGLU pair (tiles of BN rows: BN / 2 gate rows, then the same
+    features' up rows, from up_row0 of the up matrix) the feature min((r // BN) BN / 2 + r % (BN / 2), N - 1)."""
+    dec_g, dec_u = DECODERS[gate_type], DECODERS[up_type]
+    HALF = BN // 2
+
+    @cuda.jit(cache=JIT_CACHE)
+    def f16w(wga, wgb, wua, wub, up_row0, N, K, w16, w_row0, rows):
+        i = uint32(cuda.grid(1))
+        groups = uint32(K // 32)
+        if i >= uint32(rows) * groups:
+            return
+        r, gi = int32(i // groups), int32(i % groups)
+        up = swiglu and r % BN >= HALF
+        src = int32(min((r // BN) * HALF + r % HALF, N - 1) if swiglu else min(r, N - 1))
+        wn = cuda.local.array(32, float32)
+        for c in range(4):                                  # octet c: pairs 4c .. 4c + 3 of the group
+            if up:
+                dec_u(wua, wub, int32(up_row0 + src), int32(32 * gi + 8 * c), wn, 8 * c)
+            else:
+                dec_g(wga, wgb, src, int32(32 * gi + 8 * c), wn, 8 * c)
+        at = uint32((w_row0 + r) * (K // 2) + 16 * gi)
+        for j in range(4):                                  # line j: pair j of each octet (pos(4c + j) = 4j + c)
+            ptx.store_u32x4(w16, at + uint32(4 * j), ptx.pack_f16x2(wn[2 * j], wn[2 * j + 1]),
+                            ptx.pack_f16x2(wn[8 + 2 * j], wn[9 + 2 * j]), ptx.pack_f16x2(wn[16 + 2 * j], wn[17 + 2 * j]),
+                            ptx.pack_f16x2(wn[24 + 2 * j], wn[25 + 2 * j]))
+
+    return f16w
+
+
+def launch_f16w(views, types, up_row0, N, K, w16, w_row0, rows, BN, swiglu, stream=0):
+    """Queue ``_f16w_kernel``: ``rows`` W16 rows from w_row0 of ``w16`` (views = (wga, wgb, wua, wub) of the
+    gate / plain and the up matrix, ``_views``; types their GGML types)."""
+    n = rows * (K // 32)
+    _f16w_kernel(*types, BN, swiglu)[-(-n // F16W_THREADS), F16W_THREADS, stream](
+        *views, up_row0, N, K, w16, w_row0, rows)
+
+
+def f16w_words(N: int, K: int, parts: int = 1) -> int:
+    """An upper bound of the W16 words v23 decodes for ``parts`` matrices of N rows in all (2F for a SwiGLU pair)
+    and K columns, whatever the tile: each part padded by less than the largest tile's rows."""
+    return (N + parts * max(mma_sizes(c)[1] for c in F16W_CONFIGS)) * K // 2
+
+
+_F16W_SCRATCH = []         # W16 buffers, largest last; never freed (captured graphs keep pointers)
+
+
+def f16w_scratch(words: int):
+    """The W16 scratch (uint32 [>= words]) shared by every v23 launch: the launches of a stream run one after
+    another, each product decoding its W just before its GEMM reads it."""
+    if not _F16W_SCRATCH or _F16W_SCRATCH[-1].size < words:
+        _F16W_SCRATCH.append(cuda.device_array(max(words, 4), np.uint32))
+    return _F16W_SCRATCH[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_tile(cfg, swiglu, split=1):
+    """v23's GEMM for one output tile as a device function ``tile(sm, last, x, T, K, w16, w_row0, N, bias,
+    has_bias, accumulate, out, ws, counters, bx, by, z)``: x uint32 [T, K / 2] and W16 rows w_row0 + bx BN ..
+    + BN (both float16 pairs in fragment order), out / bias / ws / counters and the tile (bx, by, z) as v11's
+    ``_mma_tile``; and the shared words it needs.
+
+    Shared memory per buffer: the x tile as BM / 16 blocks of 256 words, one per m16 tile, holding for each
+    k16 slice s and lane (g, t) the line [A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4]] (pairs of the
+    slice) at 128 s + 4 (4 g + t): the lane's four A registers in mma order, so one ``load_shared_u32x4`` is
+    a whole A operand with nothing to move; then the W tile, BN rows of 16 words (a row's line t: pairs t,
+    t + 4 of slice 0, t + 8, t + 12 of slice 1: the B operands of both slices). A thread stages one (m16 tile,
+    g, t) of x per unit: the global lines t of rows g and g + 8, re-paired into the two slice lines."""
+    _check_f16w_config(cfg)
+    WM, WN, MI, NJ, _ = cfg
+    BM, BN, NTH = mma_sizes(cfg)
+    XW = BM * 16                         # words of the x tile in a buffer; the W tile follows
+    BUF = XW + BN * 16
+    UX, LW = 2 * BM // NTH, 4 * BN // NTH     # per thread and K-step: x units (two lines each), W lines
+    ACC, XRN, BQN = MI * NJ * 4, 8 * UX + 4 * LW, 4 * NJ    # registers: sums, staged lines, B fragment lines
+    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split)
+
+    @cuda.jit(device=True, inline=True)
+    def load_lines(x, T, K, t0, w16, wr0, s, xr):
+        # into xr: per x unit (m16 tile m, lane slot gt = 4 g + t) the lines t of rows 16 m + g and + 8 (rows
+        # past T re-read row T - 1), then this thread's W16 lines, of K-step s
+        tid = int32(cuda.threadIdx.x)
+        kw = uint32(K // 2)
+        k0 = uint32(s * 16)
+        for u in range(UX):
+            ui = tid + NTH * u
+            r = t0 + (ui // 32) * 16 + (ui % 32) // 4
+            at = k0 + uint32(4 * (ui % 4))
+            for h in range(2):
+                a, b, c, d = ptx.load_u32x4(x, uint32(min(r + 8 * h, T - 1)) * kw + at)
+                xr[8 * u + 4 * h], xr[8 * u + 4 * h + 1], xr[8 * u + 4 * h + 2], xr[8 * u + 4 * h + 3] = a, b, c, d
+        for u in range(LW):
+            li, o = tid + NTH * u, 8 * UX + 4 * u
+            a, b, c, d = ptx.load_u32x4(w16, uint32(wr0 + li // 4) * kw + k0 + uint32(4 * (li % 4)))
+            xr[o], xr[o + 1], xr[o + 2], xr[o + 3] = a, b, c, d
+
+    @cuda.jit(device=True, inline=True)
+    def stage(sm, base, xr):
+        # the lines into the buffer at sm[base:]: x units as the two slice lines, W lines as they came
+        tid = int32(cuda.threadIdx.x)
+        for u in range(UX):
+            ui = tid + NTH * u
+            at = uint32(base + (ui // 32) * 256 + 4 * (ui % 32))
+            ptx.store_shared_u32x4(sm, at, xr[8 * u], xr[8 * u + 4], xr[8 * u + 1], xr[8 * u + 5])
+            ptx.store_shared_u32x4(sm, at + uint32(128), xr[8 * u + 2], xr[8 * u + 6], xr[8 * u + 3], xr[8 * u + 7])
+        for u in range(LW):
+            li, o = tid + NTH * u, 8 * UX + 4 * u
+            ptx.store_shared_u32x4(sm, uint32(base + XW + 4 * li), xr[o], xr[o + 1], xr[o + 2], xr[o + 3])
+
+    @cuda.jit(device=True, inline=True)
+    def compute(sm, base, wr, wc, g, t, acc, bq):
+        # acc[(i NJ + j) 4 + r] += the warp's mma over the step's two k16 slices
+        lane = 4 * g + t
+        for j in range(NJ):
+            b0, b1, b2, b3 = ptx.load_shared_u32x4(sm, uint32(base + XW + (row_of(wc, j) + g) * 16 + 4 * t))
+            bq[4 * j], bq[4 * j + 1], bq[4 * j + 2], bq[4 * j + 3] = b0, b1, b2, b3
+        for i in range(MI):
+            for sl in range(2):
+                a0, a1, a2, a3 = ptx.load_shared_u32x4(sm, uint32(base + (wr * MI + i) * 256 + 128 * sl + 4 * lane))
+                for j in range(NJ):
+                    m = (i * NJ + j) * 4
+                    acc[m], acc[m + 1], acc[m + 2], acc[m + 3] = ptx.mma_f16(
+                        a0, a1, a2, a3, bq[4 * j + 2 * sl], bq[4 * j + 2 * sl + 1],
+                        acc[m], acc[m + 1], acc[m + 2], acc[m + 3])
+
+    @cuda.jit(device=True, inline=True)
+    def tile(sm, last, x, T, K, w16, w_row0, N, bias, has_bias, accumulate, out, ws, counters, bx, by, z):
+        acc = cuda.local.array(ACC, float32)
+        xr = cuda.local.array(XRN, uint32)
+        bq = cuda.local.array(BQN, uint32)
+        tid = int32(cuda.threadIdx.x)
+        warp, lane = tid // 32, tid % 32
+        wr, wc = warp // WN, warp % WN
+        g, t = lane // 4, lane % 4
+        n0 = int32(bx * (BN // 2 if swiglu else BN))
+        t0 = int32(by * BM)
+        wr0 = int32(w_row0 + bx * BN)                 # the tile's first W16 row
+        for m in range(ACC):
+            acc[m] = float32(0.0)
+        steps = int32(K // 32)
+        per = int32((steps + split - 1) // split)
+        s = int32(z * per)                            # this block's K-steps: s .. s_end - 1
+        s_end = min(steps, int32(s + per))
+        load_lines(x, T, K, t0, w16, wr0, min(s, steps - 1), xr)
+        stage(sm, (s & 1) * BUF, xr)
+        cuda.syncthreads()
+        while s < s_end:
+            base = (s & 1) * BUF
+            load_lines(x, T, K, t0, w16, wr0, min(s + 1, steps - 1), xr)   # the next step (the last: reread)
+            compute(sm, base, wr, wc, g, t, acc, bq)
+            stage(sm, BUF - base, xr)
+            cuda.syncthreads()
+            s = int32(s + 1)
+        if split > 1 and not finish_split(acc, ws, counters, last, z):
+            return
+        store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)
+
+    return tile, 2 * BUF
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_kernel(cfg, swiglu, split=1):
+    """v23 GEMM, one product (or SwiGLU pair) per launch. Grid (token tiles, row tiles, split): the blocks that
+    run together share their W16 tile, so W16 comes from DRAM about once and x (small) stays in L2."""
+    tile, SMW = _gemm_tile(cfg, swiglu, split)
+
+    @cuda.jit(**_f16w_jit_options(cfg))
+    def gemm_f16(x, T, K, w16, N, bias, has_bias, accumulate, out, ws, counters):
+        sm = cuda.shared.array(SMW, uint32, alignment=SMEM_ALIGN)   # 16-byte lines
+        last = cuda.shared.array(1, int32)
+        tile(sm, last, x, T, K, w16, 0, N, bias, has_bias, accumulate, out, ws, counters,
+             int32(cuda.blockIdx.y), int32(cuda.blockIdx.x), int32(cuda.blockIdx.z))
+
+    return gemm_f16
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_qkv_kernel(cfg):
+    """v23 GEMM of the Q, K and V products in one launch over their stacked W16 (q's row tiles, k's, v's)."""
+    tile, SMW = _gemm_tile(cfg, False, 1)
+    BN = mma_sizes(cfg)[1]
+
+    @cuda.jit(**_f16w_jit_options(cfg))
+    def gemm_qkv(x, T, K, w16, q_n, q_bias, q_has, q_out, k_n, k_bias, k_has, k_out, v_n, v_bias, v_has, v_out,
+                 q_tiles, k_tiles, counters):
+        sm = cuda.shared.array(SMW, uint32, alignment=SMEM_ALIGN)   # 16-byte lines
+        last = cuda.shared.array(1, int32)
+        bx = int32(cuda.blockIdx.y)
+        n, bias, has, out, first = q_n, q_bias, q_has, q_out, int32(0)     # the block's matrix and its first tile
+        if bx >= q_tiles + k_tiles:
+            n, bias, has, out, first = v_n, v_bias, v_has, v_out, int32(q_tiles + k_tiles)
+        elif bx >= q_tiles:
+            n, bias, has, out, first = k_n, k_bias, k_has, k_out, int32(q_tiles)
+        # one call of the tile (the weights are all float16 now: no per-type code to choose), its W16 rows after
+        # the matrices before it
+        tile(sm, last, x, T, K, w16, first * BN, n, bias, has, False, out, out, counters, bx - first,
+             int32(cuda.blockIdx.x), 0)
+
+    return gemm_qkv
 
 
 def _prefill_matrix(a, shape, what):

@@ -50,6 +50,12 @@ The decode products' K-quant units (``matmul`` v15) read their quants with
   marked invariant (weights never change during a kernel), so the compiler still schedules it;
   ``load_f32x4`` is the same load of four floats (v11's float32 x rows).
 
+The prefill product over float16 weights (``matmul`` v23) moves whole 16-byte lines between memories:
+
+- ``load_shared_u32x4(sm, i) -> (sm[i], .., sm[i+3])`` and ``store_shared_u32x4(sm, i, a, b, c, d)``:
+  ``ld.shared.v4.u32`` / ``st.shared.v4.u32`` on a uint32 shared array, ``i`` a multiple of 4 (16-byte aligned);
+- ``store_u32x4(a, i, a0, a1, a2, a3)``: ``st.global.v4.u32``, the 16-byte store to a global uint32 array.
+
 The decode products with their rows staged in shared memory (``matmul`` v18) copy each weight row with the
 Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals a transaction barrier
 (``mbarrier``) in that shared memory when the bytes have landed:
@@ -178,6 +184,13 @@ def _simulator_load_x4(a, i):
     return a[i], a[i + 1], a[i + 2], a[i + 3]
 
 
+def _simulator_store_x4(a, i, w0, w1, w2, w3):
+    """a[i .. i + 3] = w0 .. w3, i a multiple of 4 (``store_shared_u32x4``, ``store_u32x4``)."""
+    assert int(i) % 4 == 0, f"16-byte store: element {int(i)} is not 16-byte aligned"
+    i = int(i)
+    a[i], a[i + 1], a[i + 2], a[i + 3] = w0, w1, w2, w3
+
+
 def _simulator_bulk_copy(dst, dst_byte, src, src_byte, nbytes, bars, i):
     """Copy at once, word by word through the uint32 views; alignment and bounds as the GPU needs them."""
     d, s, n = int(dst_byte), int(src_byte), int(nbytes)
@@ -232,7 +245,8 @@ if config.ENABLE_CUDASIM:
     mma_f16 = _simulator_mma_f16
     sub_f16x2 = _simulator_sub_f16x2
     prefetch_l2 = _simulator_prefetch_l2
-    load_u32x4 = load_f32x4 = _simulator_load_x4
+    load_u32x4 = load_f32x4 = load_shared_u32x4 = _simulator_load_x4
+    store_shared_u32x4 = store_u32x4 = _simulator_store_x4
     allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
@@ -442,6 +456,47 @@ else:
     load_u32x4 = _load_x4(types.uint32, ir.IntType(32))
     load_f32x4 = _load_x4(types.float32, ir.FloatType())
 
+    def _word4_pointer(context, builder, arr_type, arr, index_type, index, space):
+        """Pointer in address space ``space`` (1 global, 3 shared) to the 16 bytes at element ``index`` of a
+        4-byte-element array, typed <4 x i32>*."""
+        ary = context.make_array(arr_type)(context, builder, arr)
+        (i,) = _cast_all(context, builder, [index], [index_type], types.int64)
+        vec = ir.VectorType(ir.IntType(32), 4)
+        p = builder.bitcast(builder.gep(ary.data, [i]), vec.as_pointer())
+        return builder.addrspacecast(p, vec.as_pointer(space))
+
+    @intrinsic
+    def load_shared_u32x4(typingctx, sm, index):
+        sig = types.UniTuple(types.uint32, 4)(sm, index)
+
+        def codegen(context, builder, signature, args):
+            ptr = _word4_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1], 3)
+            v = builder.load(ptr, align=16)
+            parts = [builder.extract_element(v, ir.IntType(32)(k)) for k in range(4)]
+            return context.make_tuple(builder, signature.return_type, parts)
+
+        return sig, codegen
+
+    def _store_x4(space):
+        @intrinsic
+        def store_x4(typingctx, arr, index, w0, w1, w2, w3):
+            sig = types.void(arr, index, w0, w1, w2, w3)
+
+            def codegen(context, builder, signature, args):
+                ptr = _word4_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1], space)
+                words = _cast_all(context, builder, args[2:], signature.args[2:], types.uint32)
+                v = ir.Constant(ir.VectorType(ir.IntType(32), 4), ir.Undefined)
+                for k, w in enumerate(words):
+                    v = builder.insert_element(v, w, ir.IntType(32)(k))
+                builder.store(v, ptr, align=16)
+                return context.get_dummy_value()
+
+            return sig, codegen
+        return store_x4
+
+    store_shared_u32x4 = _store_x4(3)
+    store_u32x4 = _store_x4(1)
+
 
 # ---------------------------------------------------------------------------------------------
 # One warp, one instruction: D = A B + C from fragments loaded as the layout above says
@@ -497,6 +552,19 @@ def _copy_by_fours(a, out):
     if i + 3 < a.shape[0]:
         w0, w1, w2, w3 = load_u32x4(a, i)
         out[i], out[i + 1], out[i + 2], out[i + 3] = w0, w1, w2, w3
+
+
+@cuda.jit
+def _lines_through_shared(a, out):
+    # one block of 32 threads: 16-byte line l of a -> shared line l -> (barrier) -> out's line 31 - l, the line
+    # read back from shared memory by another thread than the one that wrote it
+    sm = cuda.shared.array(128, uint32, alignment=SHARED_ALIGN)
+    l = cuda.threadIdx.x
+    w0, w1, w2, w3 = load_u32x4(a, 4 * l)
+    store_shared_u32x4(sm, 4 * l, w0, w1, w2, w3)
+    cuda.syncthreads()
+    v0, v1, v2, v3 = load_shared_u32x4(sm, 4 * (WARP - 1 - l))
+    store_u32x4(out, 4 * l, v0, v1, v2, v3)
 
 
 @cuda.jit
@@ -572,6 +640,14 @@ def copy_by_fours(a):
     _copy_by_fours[-(-len(a) // 128), WARP](a_d, out)
     return out.copy_to_host()
 
+
+def lines_through_shared(a):
+    """uint32 [128] -> its 32 lines of four words in reverse order, each moved by 16-byte loads and stores:
+    global -> shared (``store_shared_u32x4``), shared -> registers of another thread (``load_shared_u32x4``),
+    -> global (``store_u32x4``)."""
+    out = cuda.to_device(np.zeros(4 * WARP, np.uint32))
+    _lines_through_shared[1, WARP](cuda.to_device(np.asarray(a, np.uint32)), out)
+    return out.copy_to_host()
 
 if __name__ == "__main__":
     rng = np.random.default_rng(0)

@@ -88,6 +88,17 @@ def term_magnitude(x: np.ndarray, w_raw: np.ndarray, ggml_type, K: int) -> np.nd
 
 
 # --8<-- [start:quantize_x8]
+def fragment_order(pairs: np.ndarray) -> np.ndarray:
+    """The layout of float16 pairs that the tensor-core prefill over float16 weights (``numba_kernels/matmul.py``
+    v23) reads: in each group of 16 consecutive pairs of a row (32 values of k), pair p moves to position
+    4 (p % 4) + p // 4, so the four pairs one mma lane needs (t, t + 4, t + 8, t + 12) are one 16-byte line.
+    pairs [..., 16 m] -> the same shape, permuted along the last axis (the same values)."""
+    p = np.asarray(pairs)
+    if p.shape[-1] % 16:
+        raise ValueError(f"fragment_order: rows of {p.shape[-1]} pairs are not whole groups of 16")
+    return p.reshape(*p.shape[:-1], -1, 4, 4).swapaxes(-1, -2).reshape(p.shape)
+
+
 def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x [K] (K a multiple of 32) -> (q int8 [K], d float32 [K/32], s float32 [K/32]) per block of 32:
     d = max|x| / 127, q = rint(x * (1 / d)) (0 where d = 0), s = the block's sum of x. All in float32, in

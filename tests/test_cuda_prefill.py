@@ -193,6 +193,52 @@ def test_float16_packed_x_changes_no_bit(tmp_path, arch):
     plain.close()
 
 
+@requires_cuda
+@pytest.mark.parametrize("arch", ARCHS)
+def test_float16_weights_decoded_once_change_no_bit(tmp_path, arch):
+    """f16w (matmul v23: each product decodes its weights once to float16, then a GEMM over x packed in fragment
+    order) gives the same logits and cache rows as v11 over x16, bit for bit."""
+    from llama_beta.backends.cuda_prefill import CudaPrefill
+
+    model = _model(tmp_path, arch)
+    fast = CudaPrefill(model, chunk=8, use_graph=False, f16w=True)
+    v11 = CudaPrefill(model, chunk=8, use_graph=False, x16=True, f16w=False)
+    assert fast.f16w and fast.x16 and fast._products[0]["down"].f16w and fast._products[0]["qkv"].f16w
+    assert not v11.f16w and not v11._products[0]["o"].f16w
+    caches = model.new_cache(32), model.new_cache(32)
+    got, want = fast(PROMPT, 0, caches[0]), v11(PROMPT, 0, caches[1])
+    np.testing.assert_array_equal(got, want)
+    for which in (0, 1):
+        written = slice(0, len(PROMPT))                                # (rows past them were never written)
+        np.testing.assert_array_equal(caches[0][which].copy_to_host()[:, written],
+                                      caches[1][which].copy_to_host()[:, written])
+    fast.close()
+    v11.close()
+
+
+def test_f16w_needs_whole_32_weight_groups(monkeypatch):
+    """uses_f16w: asked for (argument, else LLAMA_BETA_PREFILL_F16W), on the tensor cores, and every product's K a
+    multiple of 32; the memory plan's scratch is 0 when off and the largest product's float16 matrix when on."""
+    from types import SimpleNamespace
+
+    from llama_beta import memory
+    from llama_beta.backends import cuda_prefill
+    from numba_kernels import matmul
+
+    monkeypatch.setattr(matmul, "PREFILL_MMA", True)
+    monkeypatch.setattr(matmul, "mma_supported", lambda: True)
+    c = SimpleNamespace(dim=896, n_heads=14, n_kv_heads=2, head_size=64, ffn_dim=4864)
+    monkeypatch.setattr(matmul, "F16W", False)
+    assert not cuda_prefill.uses_f16w(c) and cuda_prefill.uses_f16w(c, True)
+    assert memory.f16w_scratch_words(c) == 0
+    monkeypatch.setattr(matmul, "F16W", True)
+    assert cuda_prefill.uses_f16w(c) and not cuda_prefill.uses_f16w(c, False)
+    assert memory.f16w_scratch_words(c) == (2 * 4864 + 128) * 896 // 2          # gate/up: the widest
+    assert not cuda_prefill.uses_f16w(SimpleNamespace(**{**vars(c), "ffn_dim": 4864 + 16}))
+    monkeypatch.setattr(matmul, "PREFILL_MMA", False)
+    assert not cuda_prefill.uses_f16w(c, True)
+
+
 def test_x16_auto_takes_models_at_least_2048_wide(monkeypatch):
     """LLAMA_BETA_PREFILL_X16: "auto" packs x for models at least X16_MIN_DIM wide (measured on Phi-3-mini, 3072),
     "1" for all, "0" for none; an explicit x16 wins; without the tensor-core products (v10) never."""

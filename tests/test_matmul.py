@@ -738,3 +738,111 @@ def test_prefill_x16_refuses_an_unaligned_x():
     km._check_x_layout(Slice(4096), "PrefillProduct")
     with pytest.raises(ValueError, match="16-byte aligned"):
         km._check_x_layout(Slice(4096 + 4), "PrefillProduct")
+
+
+# --- v23: float16 weights decoded once, then a float16 GEMM (twenty-third session) ---------------------------
+def _pack(km, x, frag):
+    """x float32 [T, K] on the device as float16 pairs (uint32 [T K / 2]), in fragment order with ``frag``."""
+    from numba import cuda
+    T, K = x.shape
+    x16 = cuda.device_array(T * K // 2, np.uint32)
+    km.launch_pack_f16(cuda.to_device(x).reshape(T * K), x16, T * K, frag=frag)
+    return x16
+
+
+@requires_cuda
+def test_pack_f16_fragment_order_moves_the_plain_pairs():
+    """``launch_pack_f16(frag=True)`` writes the same float16 pairs as the plain packing, each row's groups of 16
+    pairs permuted as ``ref.matmul.fragment_order`` says; counts that are not whole groups are refused."""
+    from ref.matmul import fragment_order
+    km = _kernels()
+    x = np.random.default_rng(2).standard_normal((3, 96)).astype(np.float32)
+    plain, frag = (_pack(km, x, f).copy_to_host() for f in (False, True))
+    np.testing.assert_array_equal(frag, fragment_order(plain.reshape(3, 48)).reshape(-1))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        km.launch_pack_f16(_pack(km, x, False), _pack(km, x, False), 48, frag=True)
+
+
+@requires_cuda
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_f16w_rows_are_the_rounded_weights_in_fragment_order(swiglu):
+    """v23's decode launch: W16 row r holds W's row (plain: min(r, N - 1); SwiGLU: tiles of BN rows, the gate rows
+    of BN / 2 features then their up rows) as float16 pairs of the dequantized weights, in fragment order."""
+    from numba import cuda
+    from ref.matmul import fragment_order
+    km = _kernels()
+    rng = np.random.default_rng(8 + swiglu)
+    N, K, BN = 11, 256, 8
+    gt, ut = GGMLType.Q4_K, GGMLType.Q6_K
+    wg, wu = random_weight(rng, gt, N, K), random_weight(rng, ut, N + 3, K)
+    rows = -(-N // (BN // 2 if swiglu else BN)) * BN
+    w16 = cuda.to_device(np.zeros(rows * K // 2, np.uint32))
+    ga, gb = km._views(cuda.to_device(wg), gt)
+    ua, ub = km._views(cuda.to_device(wu), ut)
+    km.launch_f16w((ga, gb, ua, ub), (gt, ut), 3, N, K, w16, 0, rows, BN, swiglu)
+    g, u = dequantize(wg, gt, (N, K)), dequantize(wu, ut, (N + 3, K))[3:]
+    r = np.arange(rows)
+    if swiglu:
+        f = np.minimum((r // BN) * (BN // 2) + r % (BN // 2), N - 1)
+        want = np.where((r % BN >= BN // 2)[:, None], u[f], g[f])
+    else:
+        want = g[np.minimum(r, N - 1)]
+    pairs = want.astype(np.float16).view(np.uint32)                      # [rows, K / 2]
+    np.testing.assert_array_equal(w16.copy_to_host().reshape(rows, K // 2), fragment_order(pairs))
+
+
+F16W_TYPES = [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=25 if ON_GPU else 6, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from(F16W_TYPES), st.integers(1, 150 if ON_GPU else 20),
+       st.integers(1, 300 if ON_GPU else 20), st.sampled_from(["plain", "bias+residual", "swiglu"]),
+       st.sampled_from([1, 2]))
+def test_f16w_equals_v11_bit_for_bit(seed, gt, T, N, mode, split):
+    """v23 (W decoded once to float16, then the GEMM over fragment-order x16 and W16) computes v11's bits: the same
+    float16 operands and the same chain of mma per output, for every type, token and row counts that are not
+    multiples of the tiles, the residual add with a bias, the SwiGLU pair (up rows from an offset of another
+    type), and the split along K."""
+    from numba import cuda
+    km = _kernels()
+    rng = np.random.default_rng(seed)
+    K = BLOCK_SIZES[gt][0] * int(rng.integers(1, 3)) if BLOCK_SIZES[gt][0] > 32 else 32 * int(rng.integers(1, 5))
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    w = cuda.to_device(random_weight(rng, gt, N, K))
+    kw = {"plain": {}, "swiglu": dict(up=(cuda.to_device(random_weight(rng, GGMLType.Q8_0 if K % 256 else
+                                                                       GGMLType.Q4_K, N + 2, K)),
+                                          GGMLType.Q8_0 if K % 256 else GGMLType.Q4_K, 2)),
+          "bias+residual": dict(bias=cuda.to_device(rng.standard_normal(N).astype(np.float32)), accumulate=True)}[mode]
+    res = rng.standard_normal(T * N).astype(np.float32)
+    outs = []
+    for x16, f16w in ((_pack(km, x, False), False), (_pack(km, x, True), True)):
+        o = cuda.to_device(res)
+        km.PrefillProduct(w, gt, K, mma=True, split=split, x16=True, f16w=f16w, **kw)(x16, o, T)
+        outs.append(o.copy_to_host())
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+@requires_cuda
+def test_f16w_qkv_one_launch_equals_v11():
+    """v23's Q, K and V in one launch (three W16 stacked, each padded to whole tiles) equal v11's PrefillQKV bit
+    for bit, each matrix its own type and bias; v23 without x16 or with K not a multiple of 32 is refused."""
+    from numba import cuda
+    km = _kernels()
+    rng = np.random.default_rng(31)
+    K, T = 64, (70 if ON_GPU else 5)
+    rows = (300, 40, 72) if ON_GPU else (20, 9, 16)
+    types = (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0)
+    mats = [(cuda.to_device(random_weight(rng, t, n, K)), t, cuda.to_device(rng.standard_normal(n).astype(np.float32))
+             if i != 1 else None) for i, (t, n) in enumerate(zip(types, rows))]
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    got = [[cuda.to_device(np.full(T * n, np.nan, np.float32)) for n in rows] for _ in range(2)]
+    km.PrefillQKV(mats, K, x16=True)(_pack(km, x, False), got[0], T)
+    km.PrefillQKV(mats, K, x16=True, f16w=True)(_pack(km, x, True), got[1], T)
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(b.copy_to_host(), a.copy_to_host())
+    with pytest.raises(ValueError, match="x16"):
+        km.PrefillQKV(mats, K, f16w=True)
+    w = cuda.to_device(random_weight(rng, GGMLType.F16, 4, 40))
+    with pytest.raises(ValueError, match="multiple of 32, got K=40"):
+        km.PrefillProduct(w, GGMLType.F16, 40, mma=True, x16=True, f16w=True)

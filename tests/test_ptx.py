@@ -74,6 +74,16 @@ def test_load_u32x4_reads_four_words_in_order():
 
 
 @requires_cuda
+def test_shared_and_global_16_byte_lines_keep_their_words():
+    """matmul v23's line moves: every word of a 16-byte line lands in its place through shared memory, read back
+    by another thread than the one that wrote it, and stored to global memory in one piece."""
+    from numba_kernels.ptx import lines_through_shared
+
+    a = np.random.default_rng(4).integers(0, 2 ** 32, 128, dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(lines_through_shared(a), a.reshape(32, 4)[::-1].reshape(-1))
+
+
+@requires_cuda
 def test_shr_u32_is_a_32_bit_logical_shift():
     """The weight decoders' 32-bit shift: every shift amount, words with the top bit set (no sign comes in)."""
     from numba_kernels.ptx import shr_u32_all

@@ -53,6 +53,11 @@ and the SwiGLU). "auto" (the default since the nineteenth session) takes it for 
 ``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
 tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
 "1" always, "0" never. Fusing the packing into the producers is the next step.
+
+``LLAMA_BETA_PREFILL_F16W=1`` (``f16w``; opt-in, twenty-third session, not yet timed on a GPU): the products are
+matmul v23, each a launch that decodes its weight matrix once into a float16 scratch matrix (``matmul.f16w_scratch``,
+sized here for the largest product) and a float16 GEMM over it; x is then always packed, in v23's fragment order.
+Needs every product's K to be a multiple of 32 (``uses_f16w``); the same bits as v11 over x16.
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ import types
 import numpy as np
 from numba import cuda
 
+from llama_beta import memory
 from llama_beta.backends.cuda_decode import output_logits
 from llama_beta.backends.cuda_graphs import GraphStream, graphs_supported
 from numba_kernels import attention, embedding, matmul, rmsnorm, rope
@@ -87,15 +93,24 @@ def uses_x16(dim: int, x16: bool | None = None) -> bool:
     return (x16_default(dim) if x16 is None else x16) and matmul.PREFILL_MMA and matmul.mma_supported()
 
 
+def uses_f16w(config, f16w: bool | None = None) -> bool:
+    """Whether the prefill's products are v23 (weights decoded once to float16, then a GEMM): asked for (``f16w``,
+    else ``LLAMA_BETA_PREFILL_F16W``), on the tensor cores, and every product's K a multiple of 32."""
+    ks = (config.dim, config.n_heads * config.head_size, config.ffn_dim)
+    return ((matmul.F16W if f16w is None else f16w) and matmul.PREFILL_MMA
+            and all(matmul.f16w_supported(k) for k in ks))
+
+
 class CudaPrefill:
     """Prefill for ``model`` (cuda backend); buffers for ``chunk`` tokens, reused by every call.
 
     bucket: token counts are rounded up to a multiple of it (see the module docstring); use_graph: None
     (graphs where supported, unless LLAMA_BETA_PREFILL_GRAPH=0), True or False; x16: None (``x16_default``),
-    True or False: the v11 products read x as float16 pairs (only where the products are v11)."""
+    True or False: the v11 products read x as float16 pairs (only where the products are v11); f16w: None
+    (``LLAMA_BETA_PREFILL_F16W``), True or False: the products are v23 (``uses_f16w``; x16 then always)."""
 
     def __init__(self, model, chunk: int = DEFAULT_CHUNK, bucket: int = BUCKET, use_graph: bool | None = None,
-                 x16: bool | None = None):
+                 x16: bool | None = None, f16w: bool | None = None):
         c, p = model.config, model.rope
         self.model, self.chunk, self.bucket = model, chunk, bucket
         self._flash = attention.prefill_version(c.head_size) == "v8"
@@ -113,7 +128,10 @@ class CudaPrefill:
         self.q, self.att = buf(chunk * c.n_heads * c.head_size), buf(chunk * c.n_heads * c.head_size)
         self.k, self.v = buf(chunk * c.n_kv_heads * c.head_size), buf(chunk * c.n_kv_heads * c.head_size)
         self.h = buf(chunk * c.ffn_dim)                                               # [T, F]
-        self.x16 = uses_x16(c.dim, x16)
+        self.f16w = uses_f16w(c, f16w)
+        self.x16 = self.f16w or uses_x16(c.dim, x16)
+        if self.f16w:                               # the scratch for the largest decoded weight matrix, made once
+            matmul.f16w_scratch(memory.f16w_scratch_words(c))
         if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
             self.n16 = buf(chunk * c.dim // 2, np.uint32)
             self.att16 = buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
@@ -128,20 +146,21 @@ class CudaPrefill:
                                            factors, p.attn_factor)
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
+        fast = dict(x16=self.x16, f16w=self.f16w)
         self._products = [dict(
-            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, x16=self.x16),
-            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, x16=self.x16),
-            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, x16=self.x16),
-            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, x16=self.x16),
+            q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, **fast),
+            k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, **fast),
+            v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, **fast),
+            o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, **fast),
             gate_up=matmul.PrefillProduct(L.w_gate.raw, L.w_gate.ggml_type, L.w_gate.k,
-                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), x16=self.x16),
+                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), **fast),
             down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
-                                       accumulate=True, x16=self.x16),
+                                       accumulate=True, **fast),
         ) for L in model.weights.layers]
         for P, L in zip(self._products, model.weights.layers):
             if P["q"].mma:                      # v11: Q, K and V in one launch (PrefillQKV)
                 P["qkv"] = matmul.PrefillQKV([(L.wq.raw, L.wq.ggml_type, L.wq.bias), (L.wk.raw, L.wk.ggml_type, L.wk.bias),
-                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k, x16=self.x16)
+                                              (L.wv.raw, L.wv.ggml_type, L.wv.bias)], L.wq.k, **fast)
 
     @property
     def stream(self):
@@ -233,7 +252,8 @@ class CudaPrefill:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
         def pack(a, a16):                                                            # a16 = a as float16 pairs
-            return [("pack float16", lambda: matmul.launch_pack_f16(a, a16, 2 * a16.size, self.stream))] \
+            return [("pack float16", lambda: matmul.launch_pack_f16(a, a16, 2 * a16.size, self.stream,
+                                                                                frag=self.f16w))] \
                 if self.x16 else []
 
         n, att, h = (V.n16, V.att16, V.h16) if self.x16 else (V.n, V.att, V.h)      # the products' x
