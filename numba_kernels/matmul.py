@@ -262,10 +262,10 @@ Kernel versions (llm.c dev/cuda style; ``__main__`` checks each against ``ref``)
 - v23 ``PrefillProduct(..., f16w=True)`` / ``PrefillQKV(..., f16w=True)`` (``_f16w_kernel``, ``_gemm_tile``; opt-in,
   ``LLAMA_BETA_PREFILL_F16W=1``, twenty-third session, not yet timed): the prefill product in two launches, W decoded
   ONCE into a float16 scratch matrix (v11 decodes it in every token tile, and its decode8 is most of its K-loop: 435
-  SASS instructions per 16 mma), then a float16 GEMM whose K-loop only moves 16-byte lines (``ptx.load_u32x4``,
-  ``ptx.store_shared_u32x4``, ``ptx.load_shared_u32x4``: one load per mma operand, x and W16 in the "fragment
-  order" of ``ref.matmul.fragment_order``) and issues mma: 133 instructions per 32 mma (128 x 128 tile), 90 per 16
-  (128 x 64). v11's epilogues (``_mma_epilogue``); v11's bits (the same operands and mma chain per output).
+  SASS instructions per 16 mma), then a float16 GEMM whose K-loop only moves 16-byte lines (
+  ``ptx.cp_async16``, ``ptx.load_shared_u32x4``: one load per mma operand; W16 in ``ref.matmul.fragment_order``, x16
+  in ``ref.matmul.a_tile_index`` order) and issues mma, with a ring of F16W_STAGES K-step buffers in flight.
+  v11's epilogues (``_mma_epilogue``); v11's bits (the same operands and mma chain per output).
 
 Expected speed on an H200 (memory-bound decode: time = weight bytes / bandwidth; 4.3
 TB/s device-to-device copy). Target >= 70 % (3 TB/s) at 151936x896 Q8_0 and the FFN
@@ -3203,11 +3203,12 @@ class PrefillProduct:
             _check_x_layout(x_flat, "PrefillProduct")
         has = self._bias is not None
         if self.f16w:                                     # v23: W16 = W as float16 pairs, then the GEMM
-            rows, bn, scratch = w16
+            rows, bn, scratch, smem = w16
+            _check_tile_words(x_flat, T, self.K, "PrefillProduct")
             launch_f16w(self._weights[:4], self._types, self._weights[4], self.N, self.K, scratch, 0, rows, bn,
                         self.swiglu, stream)
-            kern[grid, threads, stream](x_flat, T, self.K, scratch, self.N, self._bias if has else out_flat,
-                                        has, self.accumulate, out_flat, *split_args)
+            launch_with_shared(kern, grid, threads, stream, smem, x_flat, T, self.K, scratch, self.N,
+                               self._bias if has else out_flat, has, self.accumulate, out_flat, *split_args)
             return
         kern[grid, threads, stream](x_flat, T, self.K, *self._weights, self.N, self._bias if has else out_flat,
                                     has, self.accumulate, out_flat, *split_args)
@@ -3221,7 +3222,7 @@ class PrefillProduct:
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
             bn = mma_sizes(cfg)[1]
             return (_gemm_kernel(cfg, self.swiglu, split), (by, bx, split), mma_sizes(cfg)[2],
-                    _split_args(cfg, split, bx, by), (bx * bn, bn, f16w_scratch(bx * bn * self.K // 2)))
+                    _split_args(cfg, split, bx, by), (bx * bn, bn, f16w_scratch(bx * bn * self.K // 2), f16w_smem(cfg)))
         if self.mma:
             cfg = self._config or mma_config(T, self.N, self.K, self.swiglu)
             split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
@@ -3612,25 +3613,40 @@ def _check_x_layout(x_flat, who):
 
 
 @cuda.jit(cache=JIT_CACHE)
-def pack_f16_kernel(x, n_pairs, frag, out):
+def pack_f16_kernel(x, n_pairs, tile_k, out):
     """out[i] = (x[2 i], x[2 i + 1]) rounded to a float16 pair (``ptx.pack_f16x2``: cvt.rn, the rounding v11's
-    staging applies), i < n_pairs; a thread per pair. ``frag``: at out[16 (i // 16) + pos(i % 16)] instead, the
-    fragment order of v23 (pos(p) = 4 (p % 4) + p // 4)."""
+    staging applies), i < n_pairs; a thread per pair. ``tile_k`` > 0: x is [T, tile_k] and the pair of token t goes
+    where v23 reads it instead (``ref.matmul.a_tile_index``: blocks of 16 tokens, each K-step's pairs as the mma's
+    A operands)."""
     i = cuda.grid(1)
     if i < n_pairs:
-        p = i % 16
-        out[i - p + 4 * (p % 4) + p // 4 if frag else i] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
+        at = i
+        if tile_k:
+            hk = tile_k // 2
+            t, p = i // hk, i % hk
+            q = p % 16
+            w = q % 8
+            at = (((t // 16) * (tile_k // 32) + p // 16) * 256 + 128 * (q // 8) + 4 * (4 * (t % 8) + w % 4)
+                  + 2 * (w // 4) + (t % 16) // 8)
+        out[at] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
 
 
-def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256, frag: bool = False) -> None:
+def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256, tile_k: int = 0) -> None:
     """v11's x16 operand: out_flat uint32 [>= n / 2] = x_flat float32 [>= n] as float16 pairs (n even); with
-    ``frag`` v23's, each 32 floats' pairs in fragment order (n a multiple of 32)."""
-    if n % (32 if frag else 2):
-        raise ValueError(f"pack_f16: n={n} must be " + ("a multiple of 32 (pairs of consecutive floats in groups of "
-                         "16: the fragment order)" if frag else "even (pairs of consecutive floats)"))
+    ``tile_k`` = K, v23's (x [n / K, K], K a multiple of 32, in ``ref.matmul.a_tile_index`` order: out_flat needs
+    ``tile_words(n // K, K)`` words, whole blocks of 16 tokens)."""
+    if tile_k and (tile_k % 32 or n % tile_k):
+        raise ValueError(f"pack_f16: v23's tile order needs K a multiple of 32 and whole rows, got K={tile_k}, n={n}")
+    if n % 2:
+        raise ValueError(f"pack_f16: n={n} must be even (pairs of consecutive floats)")
     if n:
         pairs = n // 2
-        pack_f16_kernel[-(-pairs // threads), threads, stream](x_flat, pairs, bool(frag), out_flat)
+        pack_f16_kernel[-(-pairs // threads), threads, stream](x_flat, pairs, int(tile_k), out_flat)
+
+
+def tile_words(T: int, K: int) -> int:
+    """uint32 words of x16 in v23's tile order for T tokens of K: ceil(T / 16) blocks of 16 tokens."""
+    return -(-T // 16) * 16 * K // 2
 
 
 def mma_grid(cfg, T, N, swiglu=False):
@@ -3687,7 +3703,7 @@ class PrefillQKV:
             tiles = [-(-m[3] // bn) for m in self._mats]
             if self.f16w:                                 # v23: the three W16 stacked, tiles q, k, v
                 kern, grid = _gemm_qkv_kernel(cfg), (-(-T // bm), sum(tiles))
-                scratch = f16w_scratch(sum(tiles) * bn * self.K // 2)
+                scratch = (f16w_scratch(sum(tiles) * bn * self.K // 2), f16w_smem(cfg))
             else:
                 kern, grid, scratch = _mma_qkv_kernel(*(m[0] for m in self._mats), cfg, self.x16), \
                     (sum(tiles), -(-T // bm)), None
@@ -3698,11 +3714,14 @@ class PrefillQKV:
         for (_, wa, wb, n, b), out in zip(self._mats, outs):
             args += ([] if self.f16w else [wa, wb]) + [n, out if b is None else b, b is not None, out]
         if self.f16w:
+            w16, smem = scratch
+            _check_tile_words(x_flat, T, self.K, "PrefillQKV")
             row0 = 0
             for (t, wa, wb, n, _), rows in zip(self._mats, tiles):
-                launch_f16w((wa, wb, wa, wb), (t, t), 0, n, self.K, scratch, row0, rows * bn, bn, False, stream)
+                launch_f16w((wa, wb, wa, wb), (t, t), 0, n, self.K, w16, row0, rows * bn, bn, False, stream)
                 row0 += rows * bn
-            kern[grid, threads, stream](x_flat, T, self.K, scratch, *args, tiles[0], tiles[1], split_workspace(1, 1)[1])
+            launch_with_shared(kern, grid, threads, stream, smem, x_flat, T, self.K, w16, *args, tiles[0], tiles[1],
+                               split_workspace(1, 1)[1])
             return
         kern[grid, threads, stream](x_flat, T, self.K, *args, tiles[0], tiles[1], split_workspace(1, 1)[1])
 
@@ -3727,9 +3746,16 @@ def _split_args(cfg, split, bx, by):
         else split_workspace(1, 1)
 
 
+def _check_tile_words(x_flat, T, K, who):
+    """v23 reads x16 in whole blocks of 16 tokens (``tile_words``): a smaller buffer would be read past its end."""
+    if x_flat.size < tile_words(T, K):
+        raise ValueError(f"{who}: x16 in v23's tile order for {T} tokens needs {tile_words(T, K)} words (whole "
+                         f"blocks of 16 tokens), got {x_flat.size}")
+
+
 def _check_f16w(f16w, x16, K, who):
     if f16w and not (x16 and K % 32 == 0):
-        raise ValueError(f"{who}: v23 (f16w) reads x as float16 pairs in fragment order (x16) and needs K a "
+        raise ValueError(f"{who}: v23 (f16w) reads x as float16 pairs in its tile order (x16) and needs K a "
                          f"multiple of 32, got K={K}{'' if x16 else ' and x16 off'}")
 
 
@@ -3761,17 +3787,22 @@ def split_workspace(floats: int, tiles: int):
 # 1. ``_f16w_kernel``: W decoded once, a thread per 32 weights of a row (four decode8), rounded to float16 pairs
 #    (the cvt.rn of v11's staging: the same bits) into a scratch matrix W16 (uint32 [NP, K / 2]);
 # 2. ``_gemm_tile``: a float16 GEMM of x16 and W16 on the tensor cores whose K-loop only moves 16-byte lines
-#    and issues mma: per K-step of 32 weights each thread copies its lines of the x and W tiles global ->
-#    registers -> shared (``ptx.load_u32x4``, ``ptx.store_shared_u32x4``; two buffers, the next step's lines
-#    loaded before the current step's mma, one barrier a step, as v11), and a warp reads each fragment row of
-#    A and B with one ``ptx.load_shared_u32x4``.
+#    and issues mma: each thread copies its lines of a K-step's x and W tiles global -> shared with
+#    ``ptx.cp_async16`` (no registers, no staging instructions) into a ring of F16W_STAGES buffers, so that
+#    F16W_STAGES - 1 steps' loads are in flight while the tensor cores work on the oldest (one barrier a step),
+#    and a warp reads each mma operand with one ``ptx.load_shared_u32x4``.
 #
-# Fragment order. Lane (g, t) of an m16n8k16 needs, of a row's 16 pairs (32 k) of a K-step, the pairs t,
-# t + 4 (the first k16 slice) and t + 8, t + 12 (the second). x16 (``launch_pack_f16(..., frag=True)``) and
-# W16 both keep each row's groups of 16 pairs in the order pos(p) = 4 (p % 4) + p // 4, so those four pairs are
-# one aligned 16-byte line, words 4t .. 4t + 3 of the group (``ref.matmul.fragment_order`` is the permutation).
-# Tile rows are 16 words apart in shared memory: the 8 lanes of a quarter-warp (rows g, g + 1, t = 0..3) read
-# 32 distinct banks, and so do the staging stores.
+# Layouts, both made so that a 16-byte line is what a lane needs. Lane (g, t) of an m16n8k16 needs, of a row's
+# 16 pairs (32 k) of a K-step, the pairs t, t + 4 (the first k16 slice) and t + 8, t + 12 (the second).
+# - W16 keeps each row's groups of 16 pairs in the order pos(p) = 4 (p % 4) + p // 4 (``ref.matmul.
+#   fragment_order``): line t of a row's group is the lane's B operands of both slices.
+# - x16 (``launch_pack_f16(..., tile_k=K)``, ``ref.matmul.a_tile_index``) goes one step further: tokens in blocks
+#   of 16, each block's K-step as 256 words holding, per slice and lane, the line [x(g, t), x(g + 8, t),
+#   x(g, t + 4), x(g + 8, t + 4)]: the A operand in the instruction's register order (with two separate row
+#   lines the compiler spent 15 MOVs a K-step rearranging them). Whole blocks of 16 tokens: the buffer has
+#   ``tile_words(T, K)`` words, and the rows past T are computed and never stored.
+# In shared memory both keep the global order (x: 256 words a block, W: 16 words a row), so every warp-wide
+# 16-byte access covers 128 consecutive words or two 64-byte rows per quarter-warp: no bank conflicts.
 #
 # Rows. W16 holds NP = (row tiles) BN rows; rows past N repeat row N - 1 (computed, never stored). For the
 # SwiGLU pair the tiles interleave: tile b = the gate rows of features b BN/2 .. + BN/2, then their up rows, the
@@ -3783,11 +3814,14 @@ def split_workspace(floats: int, tiles: int):
 # =============================================================================================
 F16W = os.environ.get("LLAMA_BETA_PREFILL_F16W", "0") == "1"
 # tiles, largest first (f16w_config takes the first whose grid fills the SMs): registers per thread <= 128
-F16W_CONFIGS = (MmaConfig(2, 4, 4, 4, 1),     # 128 tokens x 128 rows, 256 threads, K-steps of 32 [32 KiB]
-                MmaConfig(4, 2, 2, 4, 1),     # 128 x 64, 256 threads [24 KiB]
-                MmaConfig(2, 2, 2, 4, 1),     # 64 x 64, 128 threads [16 KiB]
-                MmaConfig(2, 2, 2, 2, 1))     # 64 x 32, 128 threads [12 KiB]
+F16W_CONFIGS = (MmaConfig(2, 4, 4, 4, 1),     # 128 tokens x 128 rows, 256 threads [16 KiB a K-step buffer]
+                MmaConfig(4, 2, 2, 4, 1),     # 128 x 64, 256 threads [12 KiB]
+                MmaConfig(2, 2, 2, 4, 1),     # 64 x 64, 128 threads [8 KiB]
+                MmaConfig(2, 2, 2, 2, 1))     # 64 x 32, 128 threads [6 KiB]
 SIM_F16W_CONFIG = MmaConfig(1, 1, 1, 2, 1)    # 16 x 16, one warp (the simulator pays per thread)
+F16W_STAGES = int(os.environ.get("LLAMA_BETA_F16W_STAGES", "4"))   # K-steps in flight + 1 (shared buffers)
+if F16W_STAGES not in range(2, 9):
+    raise ValueError(f"LLAMA_BETA_F16W_STAGES: expected 2 to 8 buffers, got {F16W_STAGES}")
 F16W_BLOCKS_PER_SM = 1                        # f16w_config: the largest tile with at least this many blocks per SM
 F16W_THREADS = 256                            # the decode launch's block
 
@@ -3797,18 +3831,18 @@ def f16w_supported(K: int) -> bool:
     return mma_supported() and K % 32 == 0
 
 
-def f16w_smem(cfg):
-    """Bytes of shared memory of a v23 tile: two buffers of [BM + BN, 16] words (a K-step of 32 weights)."""
+def f16w_smem(cfg, stages=None):
+    """Bytes of dynamic shared memory of a v23 tile: ``stages`` (default F16W_STAGES) buffers of [BM + BN, 16]
+    words (a K-step of 32 weights)."""
     bm, bn, _ = mma_sizes(cfg)
-    return 2 * (bm + bn) * 16 * 4
+    return (F16W_STAGES if stages is None else stages) * (bm + bn) * 16 * 4
 
 
 def _check_f16w_config(cfg):
     bm, bn, nth = mma_sizes(cfg)
-    if not (cfg.nj % 2 == 0 and cfg.ks == 1 and (2 * bm) % nth == 0 and (4 * bn) % nth == 0
-            and f16w_smem(cfg) <= SMEM_LIMIT):
+    if not (cfg.nj % 2 == 0 and cfg.ks == 1 and (4 * bm) % nth == 0 and (4 * bn) % nth == 0):
         raise ValueError(f"matmul v23: config {tuple(cfg)} does not tile (even nj, K-steps of 32, whole lines per "
-                         f"thread, 48 KiB of shared memory)")
+                         f"thread)")
 
 
 def f16w_config(T, N, swiglu=False):
@@ -3891,62 +3925,53 @@ def f16w_scratch(words: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_tile(cfg, swiglu, split=1):
+def _gemm_tile(cfg, swiglu, split=1, stages=None):
     """v23's GEMM for one output tile as a device function ``tile(sm, last, x, T, K, w16, w_row0, N, bias,
-    has_bias, accumulate, out, ws, counters, bx, by, z)``: x uint32 [T, K / 2] and W16 rows w_row0 + bx BN ..
-    + BN (both float16 pairs in fragment order), out / bias / ws / counters and the tile (bx, by, z) as v11's
-    ``_mma_tile``; and the shared words it needs.
+    has_bias, accumulate, out, ws, counters, bx, by, z)``: x uint32 in tile order (``launch_pack_f16(...,
+    tile_k=K)``) and W16 rows w_row0 + bx BN .. + BN (fragment order), out / bias / ws / counters and the tile
+    (bx, by, z) as v11's ``_mma_tile``; ``sm`` the block's dynamic shared memory, ``f16w_smem(cfg)`` bytes.
 
-    Shared memory per buffer: the x tile as BM / 16 blocks of 256 words, one per m16 tile, holding for each
-    k16 slice s and lane (g, t) the line [A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4]] (pairs of the
-    slice) at 128 s + 4 (4 g + t): the lane's four A registers in mma order, so one ``load_shared_u32x4`` is
-    a whole A operand with nothing to move; then the W tile, BN rows of 16 words (a row's line t: pairs t,
-    t + 4 of slice 0, t + 8, t + 12 of slice 1: the B operands of both slices). A thread stages one (m16 tile,
-    g, t) of x per unit: the global lines t of rows g and g + 8, re-paired into the two slice lines."""
+    Shared memory: a ring of ``stages`` buffers (default F16W_STAGES), one per K-step in flight, each the x tile
+    (BM / 16 blocks of 256 words: the K-step's words of a block of 16 tokens exactly as x16 holds them, per k16
+    slice and lane the A operand in register order) then the W tile (BN rows of 16 words: a row's line t holds
+    the B operands of both slices). Every line moves global -> shared by ``ptx.cp_async16``, with no register in
+    between; the copies of step s + stages - 1 are issued (one group per step and thread) right after the
+    barrier that ends step s - 1, so stages - 1 steps' loads are in flight while the tensor cores work."""
     _check_f16w_config(cfg)
     WM, WN, MI, NJ, _ = cfg
     BM, BN, NTH = mma_sizes(cfg)
+    STAGES = F16W_STAGES if stages is None else stages
     XW = BM * 16                         # words of the x tile in a buffer; the W tile follows
     BUF = XW + BN * 16
-    UX, LW = 2 * BM // NTH, 4 * BN // NTH     # per thread and K-step: x units (two lines each), W lines
-    ACC, XRN, BQN = MI * NJ * 4, 8 * UX + 4 * LW, 4 * NJ    # registers: sums, staged lines, B fragment lines
+    LX, LW = 4 * BM // NTH, 4 * BN // NTH     # 16-byte lines a thread copies per K-step: of x, of W
+    ACC, BQN, LINES = MI * NJ * 4, 4 * NJ, LX + LW   # registers: the sums, the B operand lines, line starts
+    wait_ring = ptx.CP_ASYNC_WAIT[STAGES - 2]  # until the oldest step in flight has landed
     row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split)
 
     @cuda.jit(device=True, inline=True)
-    def load_lines(x, T, K, t0, w16, wr0, s, xr):
-        # into xr: per x unit (m16 tile m, lane slot gt = 4 g + t) the lines t of rows 16 m + g and + 8 (rows
-        # past T re-read row T - 1), then this thread's W16 lines, of K-step s
+    def line_starts(mb0, MB, K, wr0, at):
+        # at[u] = the word of this thread's line u in K-step 0: x's lines (its block of 16 tokens clamped to the
+        # last, MB - 1: rows past T are computed and never stored), then W16's; step s adds 256 s / 16 s words
         tid = int32(cuda.threadIdx.x)
-        kw = uint32(K // 2)
-        k0 = uint32(s * 16)
-        for u in range(UX):
-            ui = tid + NTH * u
-            r = t0 + (ui // 32) * 16 + (ui % 32) // 4
-            at = k0 + uint32(4 * (ui % 4))
-            for h in range(2):
-                a, b, c, d = ptx.load_u32x4(x, uint32(min(r + 8 * h, T - 1)) * kw + at)
-                xr[8 * u + 4 * h], xr[8 * u + 4 * h + 1], xr[8 * u + 4 * h + 2], xr[8 * u + 4 * h + 3] = a, b, c, d
+        for u in range(LX):
+            li = tid + NTH * u
+            at[u] = uint32(min(mb0 + li // 64, MB - 1)) * uint32(8 * K) + uint32(4 * (li % 64))
         for u in range(LW):
-            li, o = tid + NTH * u, 8 * UX + 4 * u
-            a, b, c, d = ptx.load_u32x4(w16, uint32(wr0 + li // 4) * kw + k0 + uint32(4 * (li % 4)))
-            xr[o], xr[o + 1], xr[o + 2], xr[o + 3] = a, b, c, d
+            li = tid + NTH * u
+            at[LX + u] = uint32(wr0 + li // 4) * uint32(K // 2) + uint32(4 * (li % 4))
 
     @cuda.jit(device=True, inline=True)
-    def stage(sm, base, xr):
-        # the lines into the buffer at sm[base:]: x units as the two slice lines, W lines as they came
+    def issue(sm, base, x, w16, at, s):
+        # this thread's lines of K-step s into the buffer at sm[base:]: x's, then W16's
         tid = int32(cuda.threadIdx.x)
-        for u in range(UX):
-            ui = tid + NTH * u
-            at = uint32(base + (ui // 32) * 256 + 4 * (ui % 32))
-            ptx.store_shared_u32x4(sm, at, xr[8 * u], xr[8 * u + 4], xr[8 * u + 1], xr[8 * u + 5])
-            ptx.store_shared_u32x4(sm, at + uint32(128), xr[8 * u + 2], xr[8 * u + 6], xr[8 * u + 3], xr[8 * u + 7])
+        for u in range(LX):
+            ptx.cp_async16(sm, uint32(base + 4 * (tid + NTH * u)), x, at[u] + uint32(256 * s))
         for u in range(LW):
-            li, o = tid + NTH * u, 8 * UX + 4 * u
-            ptx.store_shared_u32x4(sm, uint32(base + XW + 4 * li), xr[o], xr[o + 1], xr[o + 2], xr[o + 3])
+            ptx.cp_async16(sm, uint32(base + XW + 4 * (tid + NTH * u)), w16, at[LX + u] + uint32(16 * s))
 
     @cuda.jit(device=True, inline=True)
     def compute(sm, base, wr, wc, g, t, acc, bq):
-        # acc[(i NJ + j) 4 + r] += the warp's mma over the step's two k16 slices
+        # acc[(i NJ + j) 4 + r] += the warp's mma over the step's two k16 slices: one 16-byte load per operand
         lane = 4 * g + t
         for j in range(NJ):
             b0, b1, b2, b3 = ptx.load_shared_u32x4(sm, uint32(base + XW + (row_of(wc, j) + g) * 16 + 4 * t))
@@ -3963,7 +3988,6 @@ def _gemm_tile(cfg, swiglu, split=1):
     @cuda.jit(device=True, inline=True)
     def tile(sm, last, x, T, K, w16, w_row0, N, bias, has_bias, accumulate, out, ws, counters, bx, by, z):
         acc = cuda.local.array(ACC, float32)
-        xr = cuda.local.array(XRN, uint32)
         bq = cuda.local.array(BQN, uint32)
         tid = int32(cuda.threadIdx.x)
         warp, lane = tid // 32, tid % 32
@@ -3971,39 +3995,48 @@ def _gemm_tile(cfg, swiglu, split=1):
         g, t = lane // 4, lane % 4
         n0 = int32(bx * (BN // 2 if swiglu else BN))
         t0 = int32(by * BM)
+        mb0, MB = int32(t0 // 16), int32((T + 15) // 16)   # the tile's first block of 16 tokens, the blocks of x
         wr0 = int32(w_row0 + bx * BN)                 # the tile's first W16 row
         for m in range(ACC):
             acc[m] = float32(0.0)
+        at = cuda.local.array(LINES, uint32)
+        line_starts(mb0, MB, K, wr0, at)
         steps = int32(K // 32)
         per = int32((steps + split - 1) // split)
         s = int32(z * per)                            # this block's K-steps: s .. s_end - 1
         s_end = min(steps, int32(s + per))
-        load_lines(x, T, K, t0, w16, wr0, min(s, steps - 1), xr)
-        stage(sm, (s & 1) * BUF, xr)
-        cuda.syncthreads()
+        for u in range(STAGES - 1):                   # the first stages - 1 steps in flight (empty groups past the end)
+            if s + u < s_end:
+                issue(sm, u * BUF, x, w16, at, s + u)
+            ptx.cp_async_commit()
+        base = uint32(0)                              # the buffer of step s
         while s < s_end:
-            base = (s & 1) * BUF
-            load_lines(x, T, K, t0, w16, wr0, min(s + 1, steps - 1), xr)   # the next step (the last: reread)
+            wait_ring()                               # this thread's copies of step s have landed ...
+            cuda.syncthreads()                        # ... everyone's; and step s - 1's buffer is free
+            ahead = uint32(base - BUF if base > 0 else (STAGES - 1) * BUF)
+            if s + STAGES - 1 < s_end:
+                issue(sm, ahead, x, w16, at, s + STAGES - 1)
+            ptx.cp_async_commit()
             compute(sm, base, wr, wc, g, t, acc, bq)
-            stage(sm, BUF - base, xr)
-            cuda.syncthreads()
+            base = uint32(base + BUF if base < (STAGES - 1) * BUF else 0)
             s = int32(s + 1)
         if split > 1 and not finish_split(acc, ws, counters, last, z):
             return
         store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)
 
-    return tile, 2 * BUF
+    return tile
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_kernel(cfg, swiglu, split=1):
-    """v23 GEMM, one product (or SwiGLU pair) per launch. Grid (token tiles, row tiles, split): the blocks that
-    run together share their W16 tile, so W16 comes from DRAM about once and x (small) stays in L2."""
-    tile, SMW = _gemm_tile(cfg, swiglu, split)
+def _gemm_kernel(cfg, swiglu, split=1, stages=None):
+    """v23 GEMM, one product (or SwiGLU pair) per launch, ``f16w_smem(cfg, stages)`` bytes of dynamic shared
+    memory. Grid (token tiles, row tiles, split): the blocks that run together share their W16 tile, so W16
+    comes from DRAM about once and x (small) stays in L2."""
+    tile = _gemm_tile(cfg, swiglu, split, stages)
 
     @cuda.jit(**_f16w_jit_options(cfg))
     def gemm_f16(x, T, K, w16, N, bias, has_bias, accumulate, out, ws, counters):
-        sm = cuda.shared.array(SMW, uint32, alignment=SMEM_ALIGN)   # 16-byte lines
+        sm = cuda.shared.array(0, uint32, alignment=SMEM_ALIGN)        # the ring of K-step buffers
         last = cuda.shared.array(1, int32)
         tile(sm, last, x, T, K, w16, 0, N, bias, has_bias, accumulate, out, ws, counters,
              int32(cuda.blockIdx.y), int32(cuda.blockIdx.x), int32(cuda.blockIdx.z))
@@ -4012,15 +4045,15 @@ def _gemm_kernel(cfg, swiglu, split=1):
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_qkv_kernel(cfg):
+def _gemm_qkv_kernel(cfg, stages=None):
     """v23 GEMM of the Q, K and V products in one launch over their stacked W16 (q's row tiles, k's, v's)."""
-    tile, SMW = _gemm_tile(cfg, False, 1)
+    tile = _gemm_tile(cfg, False, 1, stages)
     BN = mma_sizes(cfg)[1]
 
     @cuda.jit(**_f16w_jit_options(cfg))
     def gemm_qkv(x, T, K, w16, q_n, q_bias, q_has, q_out, k_n, k_bias, k_has, k_out, v_n, v_bias, v_has, v_out,
                  q_tiles, k_tiles, counters):
-        sm = cuda.shared.array(SMW, uint32, alignment=SMEM_ALIGN)   # 16-byte lines
+        sm = cuda.shared.array(0, uint32, alignment=SMEM_ALIGN)
         last = cuda.shared.array(1, int32)
         bx = int32(cuda.blockIdx.y)
         n, bias, has, out, first = q_n, q_bias, q_has, q_out, int32(0)     # the block's matrix and its first tile

@@ -54,7 +54,13 @@ The prefill product over float16 weights (``matmul`` v23) moves whole 16-byte li
 
 - ``load_shared_u32x4(sm, i) -> (sm[i], .., sm[i+3])`` and ``store_shared_u32x4(sm, i, a, b, c, d)``:
   ``ld.shared.v4.u32`` / ``st.shared.v4.u32`` on a uint32 shared array, ``i`` a multiple of 4 (16-byte aligned);
-- ``store_u32x4(a, i, a0, a1, a2, a3)``: ``st.global.v4.u32``, the 16-byte store to a global uint32 array.
+- ``store_u32x4(a, i, a0, a1, a2, a3)``: ``st.global.v4.u32``, the 16-byte store to a global uint32 array;
+- ``cp_async16(sm, i, src, j)``: ``cp.async.cg.shared.global``, an asynchronous copy of the 16 bytes at word j of a
+  global uint32 array to word i of a shared one (both 16-byte aligned; sm_80+), with no register in between;
+  ``cp_async_commit()`` closes the thread's group of copies issued since the last one (``cp.async.commit_group``),
+  and ``cp_async_wait(n)`` (n a compile-time constant: one intrinsic per n, ``CP_ASYNC_WAIT[n]``) waits until at
+  most n of the thread's groups are still in flight (``cp.async.wait_group n``). The copies of other threads are
+  visible after that wait and a barrier.
 
 The decode products with their rows staged in shared memory (``matmul`` v18) copy each weight row with the
 Hopper bulk-copy engine (TMA, 1-D form), which writes shared memory and signals a transaction barrier
@@ -191,6 +197,11 @@ def _simulator_store_x4(a, i, w0, w1, w2, w3):
     a[i], a[i + 1], a[i + 2], a[i + 3] = w0, w1, w2, w3
 
 
+def _simulator_cp_async16(sm, i, src, j):
+    """The simulator's asynchronous copy is done when issued (alignment as the GPU needs it)."""
+    _simulator_store_x4(sm, i, *_simulator_load_x4(src, j))
+
+
 def _simulator_bulk_copy(dst, dst_byte, src, src_byte, nbytes, bars, i):
     """Copy at once, word by word through the uint32 views; alignment and bounds as the GPU needs them."""
     d, s, n = int(dst_byte), int(src_byte), int(nbytes)
@@ -247,6 +258,9 @@ if config.ENABLE_CUDASIM:
     prefetch_l2 = _simulator_prefetch_l2
     load_u32x4 = load_f32x4 = load_shared_u32x4 = _simulator_load_x4
     store_shared_u32x4 = store_u32x4 = _simulator_store_x4
+    cp_async16 = _simulator_cp_async16
+    cp_async_commit = _no_op
+    CP_ASYNC_WAIT = tuple(_no_op for _ in range(8))
     allow_next_grid = wait_previous_grid = _no_op
 else:
     from llvmlite import ir
@@ -497,6 +511,35 @@ else:
     store_shared_u32x4 = _store_x4(3)
     store_u32x4 = _store_x4(1)
 
+    @intrinsic
+    def cp_async16(typingctx, sm, sm_index, src, src_index):
+        sig = types.void(sm, sm_index, src, src_index)
+
+        def codegen(context, builder, signature, args):
+            d = _word4_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1], 3)
+            g = _word4_pointer(context, builder, signature.args[2], args[2], signature.args[3], args[3], 1)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [i32, i64]),
+                               "cp.async.cg.shared.global [$0], [$1], 16;", "r,l,~{memory}", side_effect=True)
+            builder.call(asm, [builder.ptrtoint(d, i32), builder.ptrtoint(g, i64)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def _always(ptx_text):
+        """An intrinsic with no operands that emits ``ptx_text`` on every GPU (side effect, memory clobber)."""
+        @intrinsic
+        def statement(typingctx):
+            def codegen(context, builder, signature, args):
+                asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), ptx_text, "~{memory}", side_effect=True)
+                builder.call(asm, [])
+                return context.get_dummy_value()
+            return types.void(), codegen
+        return statement
+
+    cp_async_commit = _always("cp.async.commit_group;")
+    CP_ASYNC_WAIT = tuple(_always(f"cp.async.wait_group {n};") for n in range(8))
+
 
 # ---------------------------------------------------------------------------------------------
 # One warp, one instruction: D = A B + C from fragments loaded as the layout above says
@@ -638,6 +681,29 @@ def copy_by_fours(a):
     a_d = cuda.to_device(np.ascontiguousarray(a, np.uint32))
     out = cuda.to_device(np.zeros(len(a) // 4 * 4, np.uint32))
     _copy_by_fours[-(-len(a) // 128), WARP](a_d, out)
+    return out.copy_to_host()
+
+
+_wait_all = CP_ASYNC_WAIT[0]      # (a kernel calls the intrinsic for its n by a name bound outside it)
+
+
+@cuda.jit
+def _lines_by_cp_async(a, out):
+    # one block of 32 threads: line l of a -> (cp.async, commit, wait, barrier) -> shared line 31 - l -> out line l
+    sm = cuda.shared.array(128, uint32, alignment=SHARED_ALIGN)
+    l = cuda.threadIdx.x
+    cp_async16(sm, 4 * (WARP - 1 - l), a, 4 * l)
+    cp_async_commit()
+    _wait_all()
+    cuda.syncthreads()
+    v0, v1, v2, v3 = load_shared_u32x4(sm, 4 * l)
+    store_u32x4(out, 4 * l, v0, v1, v2, v3)
+
+
+def lines_by_cp_async(a):
+    """uint32 [128] -> its 32 lines of four words in reverse order, copied global -> shared by ``cp_async16``."""
+    out = cuda.to_device(np.zeros(4 * WARP, np.uint32))
+    _lines_by_cp_async[1, WARP](cuda.to_device(np.asarray(a, np.uint32)), out)
     return out.copy_to_host()
 
 

@@ -99,6 +99,23 @@ def fragment_order(pairs: np.ndarray) -> np.ndarray:
     return p.reshape(*p.shape[:-1], -1, 4, 4).swapaxes(-1, -2).reshape(p.shape)
 
 
+def a_tile_index(T: int, K: int) -> np.ndarray:
+    """Where the tensor-core prefill over float16 weights (v23) keeps x's float16 pair (t, p) (token t, pair p = k / 2)
+    in its x16 buffer: int64 [T, K / 2] of word indices. Tokens go in blocks of 16 (an mma's rows; the buffer holds
+    ceil(T / 16) whole blocks) and each block's K-steps of 32 values of k in 256 words: per k16 slice s (pairs
+    8 s .. 8 s + 7 of the step) and lane (g, t') of the mma, the line [x(g, t'), x(g + 8, t'), x(g, t' + 4),
+    x(g + 8, t' + 4)] (pairs of the slice), the lane's A operand in the instruction's register order, at word
+    128 s + 4 (4 g + t')."""
+    if K % 32:
+        raise ValueError(f"a_tile_index: K={K} is not a multiple of 32")
+    t, p = np.meshgrid(np.arange(T), np.arange(K // 2), indexing="ij")
+    step, q = p // 16, p % 16                      # K-step, pair within it
+    s, w = q // 8, q % 8                           # k16 slice, pair within the slice
+    g, hi = t % 8, (t % 16) // 8                   # row in the mma's half, which half
+    line = 4 * g + w % 4
+    return ((t // 16) * (K // 32) + step) * 256 + 128 * s + 4 * line + 2 * (w // 4) + hi
+
+
 def quantize_x8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x [K] (K a multiple of 32) -> (q int8 [K], d float32 [K/32], s float32 [K/32]) per block of 32:
     d = max|x| / 127, q = rint(x * (1 / d)) (0 where d = 0), s = the block's sum of x. All in float32, in

@@ -741,26 +741,30 @@ def test_prefill_x16_refuses_an_unaligned_x():
 
 
 # --- v23: float16 weights decoded once, then a float16 GEMM (twenty-third session) ---------------------------
-def _pack(km, x, frag):
-    """x float32 [T, K] on the device as float16 pairs (uint32 [T K / 2]), in fragment order with ``frag``."""
+def _pack(km, x, tile):
+    """x float32 [T, K] on the device as float16 pairs: uint32 [T K / 2], or with ``tile`` v23's tile order
+    (``tile_words(T, K)`` words, the padding rows NaN: they must never reach a stored output)."""
     from numba import cuda
     T, K = x.shape
-    x16 = cuda.device_array(T * K // 2, np.uint32)
-    km.launch_pack_f16(cuda.to_device(x).reshape(T * K), x16, T * K, frag=frag)
+    x16 = cuda.to_device(np.full(km.tile_words(T, K) if tile else T * K // 2, 0x7E007E00, np.uint32))
+    km.launch_pack_f16(cuda.to_device(x).reshape(T * K), x16, T * K, tile_k=K if tile else 0)
     return x16
 
 
 @requires_cuda
-def test_pack_f16_fragment_order_moves_the_plain_pairs():
-    """``launch_pack_f16(frag=True)`` writes the same float16 pairs as the plain packing, each row's groups of 16
-    pairs permuted as ``ref.matmul.fragment_order`` says; counts that are not whole groups are refused."""
-    from ref.matmul import fragment_order
+def test_pack_f16_tile_order_moves_the_plain_pairs():
+    """``launch_pack_f16(tile_k=K)`` writes the same float16 pairs as the plain packing, each where
+    ``ref.matmul.a_tile_index`` says (tokens in blocks of 16, each K-step's pairs as the mma's A operands); K not a
+    multiple of 32, or a count that is not whole rows, is refused."""
+    from ref.matmul import a_tile_index
     km = _kernels()
-    x = np.random.default_rng(2).standard_normal((3, 96)).astype(np.float32)
-    plain, frag = (_pack(km, x, f).copy_to_host() for f in (False, True))
-    np.testing.assert_array_equal(frag, fragment_order(plain.reshape(3, 48)).reshape(-1))
-    with pytest.raises(ValueError, match="multiple of 32"):
-        km.launch_pack_f16(_pack(km, x, False), _pack(km, x, False), 48, frag=True)
+    T, K = 21, 96
+    x = np.random.default_rng(2).standard_normal((T, K)).astype(np.float32)
+    plain, tiled = (_pack(km, x, f).copy_to_host() for f in (False, True))
+    np.testing.assert_array_equal(tiled[a_tile_index(T, K)], plain.reshape(T, K // 2))
+    for k, n in ((80, 160), (96, 100)):
+        with pytest.raises(ValueError, match="tile order needs K a multiple of 32"):
+            km.launch_pack_f16(_pack(km, x, False), _pack(km, x, True), n, tile_k=k)
 
 
 @requires_cuda
@@ -816,7 +820,7 @@ def test_f16w_equals_v11_bit_for_bit(seed, gt, T, N, mode, split):
           "bias+residual": dict(bias=cuda.to_device(rng.standard_normal(N).astype(np.float32)), accumulate=True)}[mode]
     res = rng.standard_normal(T * N).astype(np.float32)
     outs = []
-    for x16, f16w in ((_pack(km, x, False), False), (_pack(km, x, True), True)):
+    for x16, f16w in ((_pack(km, x, False), False), (_pack(km, x, True), True)):   # (v23's padding rows: NaN)
         o = cuda.to_device(res)
         km.PrefillProduct(w, gt, K, mma=True, split=split, x16=True, f16w=f16w, **kw)(x16, o, T)
         outs.append(o.copy_to_host())
@@ -843,6 +847,9 @@ def test_f16w_qkv_one_launch_equals_v11():
         np.testing.assert_array_equal(b.copy_to_host(), a.copy_to_host())
     with pytest.raises(ValueError, match="x16"):
         km.PrefillQKV(mats, K, f16w=True)
+    if T % 16:                                     # x16 without the padding rows of its last block of 16 tokens
+        with pytest.raises(ValueError, match="whole blocks of 16 tokens"):
+            km.PrefillQKV(mats, K, x16=True, f16w=True)(_pack(km, x, False), got[1], T)
     w = cuda.to_device(random_weight(rng, GGMLType.F16, 4, 40))
     with pytest.raises(ValueError, match="multiple of 32, got K=40"):
         km.PrefillProduct(w, GGMLType.F16, 40, mma=True, x16=True, f16w=True)

@@ -84,6 +84,16 @@ def test_shared_and_global_16_byte_lines_keep_their_words():
 
 
 @requires_cuda
+def test_cp_async_lines_land_whole_after_the_wait():
+    """matmul v23's asynchronous copies: each 16-byte line lands whole where it was sent, visible to another thread
+    after the group's wait and a barrier."""
+    from numba_kernels.ptx import lines_by_cp_async
+
+    a = np.random.default_rng(6).integers(0, 2 ** 32, 128, dtype=np.uint64).astype(np.uint32)
+    np.testing.assert_array_equal(lines_by_cp_async(a), a.reshape(32, 4)[::-1].reshape(-1))
+
+
+@requires_cuda
 def test_shr_u32_is_a_32_bit_logical_shift():
     """The weight decoders' 32-bit shift: every shift amount, words with the top bit set (no sign comes in)."""
     from numba_kernels.ptx import shr_u32_all

@@ -56,7 +56,7 @@ tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured w
 
 ``LLAMA_BETA_PREFILL_F16W=1`` (``f16w``; opt-in, twenty-third session, not yet timed on a GPU): the products are
 matmul v23, each a launch that decodes its weight matrix once into a float16 scratch matrix (``matmul.f16w_scratch``,
-sized here for the largest product) and a float16 GEMM over it; x is then always packed, in v23's fragment order.
+sized here for the largest product) and a float16 GEMM over it; x is then always packed, in v23's tile order.
 Needs every product's K to be a multiple of 32 (``uses_f16w``); the same bits as v11 over x16.
 """
 from __future__ import annotations
@@ -133,9 +133,10 @@ class CudaPrefill:
         if self.f16w:                               # the scratch for the largest decoded weight matrix, made once
             matmul.f16w_scratch(memory.f16w_scratch_words(c))
         if self.x16:                                # the products' x as float16 pairs: [T, C/2], [T, nh hs/2], [T, F/2]
-            self.n16 = buf(chunk * c.dim // 2, np.uint32)
-            self.att16 = buf(chunk * c.n_heads * c.head_size // 2, np.uint32)
-            self.h16 = buf(chunk * c.ffn_dim // 2, np.uint32)
+            rows16 = -(-chunk // 16) * 16               # (v23's tile order holds whole blocks of 16 tokens)
+            self.n16 = buf(rows16 * c.dim // 2, np.uint32)
+            self.att16 = buf(rows16 * c.n_heads * c.head_size // 2, np.uint32)
+            self.h16 = buf(rows16 * c.ffn_dim // 2, np.uint32)
         self.logits = cuda.device_array((1, c.vocab_size), np.float32)                # [1, V]
         self.ids, self.start = buf(chunk, np.int32), buf(1, np.int32)                 # [T], first position
         self._ids_host = cuda.pinned_array(chunk, np.int32)
@@ -252,8 +253,8 @@ class CudaPrefill:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
         def pack(a, a16):                                                            # a16 = a as float16 pairs
-            return [("pack float16", lambda: matmul.launch_pack_f16(a, a16, 2 * a16.size, self.stream,
-                                                                                frag=self.f16w))] \
+            return [("pack float16", lambda: matmul.launch_pack_f16(a, a16, a.size, self.stream,
+                                                                    tile_k=a.size // T if self.f16w else 0))] \
                 if self.x16 else []
 
         n, att, h = (V.n16, V.att16, V.h16) if self.x16 else (V.n, V.att, V.h)      # the products' x
@@ -280,8 +281,9 @@ class CudaPrefill:
             flat = {name: getattr(self, name)[:T * width] for name, width in
                     (("ids", 1), ("x", c.dim), ("n", c.dim), ("q", nh * hs), ("k", nkv * hs), ("v", nkv * hs),
                      ("att", nh * hs), ("h", c.ffn_dim))}
-            if self.x16:                            # float16 pairs: half the words
-                flat.update({name: getattr(self, name)[:T * width // 2] for name, width in
+            if self.x16:                            # float16 pairs: half the words (v23: whole blocks of 16 tokens)
+                rows16 = -(-T // 16) * 16 if self.f16w else T
+                flat.update({name: getattr(self, name)[:rows16 * width // 2] for name, width in
                              (("n16", c.dim), ("att16", nh * hs), ("h16", c.ffn_dim))})
             views = self._views_by_tokens[T] = types.SimpleNamespace(
                 **flat, x2=flat["x"].reshape(T, c.dim), n2=flat["n"].reshape(T, c.dim),      # [T, C]
