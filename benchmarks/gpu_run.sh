@@ -91,7 +91,7 @@ for step in "$@"; do
             | grep -v -i warn | tail -14
         done
       done 2>&1 | tee "$OUT/f16w-prefill.txt"
-      timeout 240 python3 benchmarks/sweep_prefill_tiles.py 512 --v11 --v23 --chosen --x16 --splits=1,2 2>&1 \
+      timeout 300 python3 benchmarks/sweep_prefill_tiles.py 512 --v11 --v23 --chosen --x16 2>&1 \
         | grep -v -i warn | tee "$OUT/f16w-sweep.txt" ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do

@@ -127,29 +127,43 @@ def rope_kernel2(x, out, positions, ts, freq_scale, ff, has_ff, attn_factor, hal
 
 
 @cuda.jit(cache=JIT_CACHE)
-def rope_qk_append_kernel(q, k, v, k_cache, v_cache, pos, ts, freq_scale, ff, has_ff, attn_factor,
-                          half, neox):
+def rope_qk_append_kernel(q, k, v, k_cache, v_cache, heads_per_block, pos, ts, freq_scale, ff, has_ff,
+                          attn_factor, half, neox):
     # q: [T, nh, hs] rotated in place; k, v: [T, nkv, hs] read only; caches: [S_max, nkv, hs];
-    # token t sits at position pos[0] + t (decode: T = 1)
+    # token t sits at position pos[0] + t (decode: T = 1). Block (x, t): heads x HB .. x HB + HB - 1 of the
+    # nh query heads then nkv key/value heads, HB = heads_per_block; the angles of token t are computed once
+    # per block into a shared table (as v2), not once per head (``_cos_sin``'s running product is up to half
+    # multiplies long, the same for every head)
     ptx.allow_next_grid()                               # PDL (see ptx.py): the next launch may start;
     ptx.wait_previous_grid()                            # nothing another kernel writes is read before this
     nh, hs = q.shape[1], q.shape[2]
-    b = cuda.blockIdx.x                                 # nh query heads, then nkv key/value heads
+    nkv = k.shape[1]
     t = cuda.blockIdx.y                                 # the token
     p = pos[0] + t
+    cos_tab = cuda.shared.array(MAX_HALF, float32)
+    sin_tab = cuda.shared.array(MAX_HALF, float32)
+    for i in range(cuda.threadIdx.x, half, cuda.blockDim.x):
+        cos_tab[i], sin_tab[i] = _cos_sin(p, i, ts, freq_scale, ff, has_ff, attn_factor)
+    cuda.syncthreads()
+    b0 = cuda.blockIdx.x * heads_per_block
+    heads = min(heads_per_block, nh + nkv - b0)
+    slots = hs // 2
     row = k_cache[p:p + 1]                              # [1, nkv, hs]: cache row p, a view
-    for kk in range(cuda.threadIdx.x, hs // 2, cuda.blockDim.x):
+    for g in range(cuda.threadIdx.x, heads * slots, cuda.blockDim.x):   # (head, slot) of the block's heads
+        b = b0 + g // slots
+        kk = g % slots
         c, s = float32(0.0), float32(0.0)
         if kk < half:
-            c, s = _cos_sin(p, kk, ts, freq_scale, ff, has_ff, attn_factor)
+            c, s = cos_tab[kk], sin_tab[kk]
         if b < nh:
             _rotate_slot(q, q, t, b, kk, half, hs, neox, c, s)
         else:
             _rotate_slot(k[t:t + 1], row, 0, b - nh, kk, half, hs, neox, c, s)
-    if b >= nh:                                         # and the value row, unrotated
-        g = b - nh
-        for d in range(cuda.threadIdx.x, hs, cuda.blockDim.x):
-            v_cache[p, g, d] = v[t, g, d]
+    first_kv = max(b0, nh)                              # and the value rows of the block's k/v heads, unrotated
+    for g in range(cuda.threadIdx.x, max(b0 + heads - first_kv, 0) * hs, cuda.blockDim.x):
+        kv = first_kv - nh + g // hs
+        d = g % hs
+        v_cache[p, kv, d] = v[t, kv, d]
 
 # --8<-- [end:kernels]
 
@@ -181,12 +195,18 @@ def launch_v2(x, out, args, stream=0):
     rope_kernel2[T, block, stream](x, out, *args)       # one block per token
 
 
-def launch_qk_append(q, k, v, k_cache, v_cache, args, stream=0):
+QK_APPEND_HEADS = 8           # heads per block of rope_qk_append for prompts (one angle table serves them)
+
+
+def launch_qk_append(q, k, v, k_cache, v_cache, args, stream=0, heads_per_block=None):
+    """``rope_qk_append_kernel``: a block per (group of heads, token). ``heads_per_block``: default
+    QK_APPEND_HEADS for a prompt of 32 tokens or more (blocks enough to fill the GPU), 1 below (a decode step)."""
     T, nh, hs = q.shape
     nkv = k.shape[1]
-    block = 32 if hs <= 64 else 64 if hs <= 128 else 128  # threads >= pair slots (hs/2) for usual heads
-    grid = (nh + nkv, T)                                  # x: a q head or a k/v head, y: the token
-    rope_qk_append_kernel[grid, block, stream](q, k, v, k_cache, v_cache, *args)
+    hb = heads_per_block or (QK_APPEND_HEADS if T >= 32 else 1)
+    block = 32 if hs * hb <= 64 else 64 if hs * hb <= 128 else 128   # threads for the (head, slot) pairs
+    grid = (-(-(nh + nkv) // hb), T)                      # x: groups of q heads then k/v heads, y: the token
+    rope_qk_append_kernel[grid, block, stream](q, k, v, k_cache, v_cache, hb, *args)
 
 
 def _rot_dims(hs, rot_dims):

@@ -202,6 +202,32 @@ def test_rope_qk_append_equals_rope_then_kv_append(case):
 
 
 @requires_cuda
+@settings(deadline=None, max_examples=EXAMPLES)
+@given(qk_append_case(), st.sampled_from([2, 3, 8]))
+def test_rope_qk_append_head_groups_change_no_bit(case, heads_per_block):
+    """A block per group of heads (one angle table for the group; the prompt's launch) writes what a block per
+    head writes, bit for bit: q, the key and value cache rows, the rows around them untouched; the last group
+    may be partial and may hold both query and key/value heads."""
+    from numba import cuda
+
+    from numba_kernels import rope as kern
+
+    q, k, v, pos, base, p = case
+    T, nkv, hs = q.shape[0], k.shape[1], k.shape[2]
+    dpos = cuda.to_device(np.array([pos], np.int32))
+    got = []
+    for hb in (1, heads_per_block):
+        dq = cuda.to_device(q)
+        caches = [cuda.to_device(np.full((pos + T + 1, nkv, hs), -7.0, np.float32)) for _ in range(2)]
+        ff = None if p["freq_factors"] is None else cuda.to_device(p["freq_factors"])
+        args = kern.kernel_args(dq, dpos, base, hs, **{**p, "freq_factors": ff})
+        kern.launch_qk_append(dq, cuda.to_device(k), cuda.to_device(v), *caches, args, heads_per_block=hb)
+        got.append([dq.copy_to_host()] + [c.copy_to_host() for c in caches])
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(b, a)
+
+
+@requires_cuda
 def test_rope_qk_append_replays_with_new_position():
     """Same launch arguments, new position written to the device array: the next row is written at the
     new angle (a captured decode step replayed), the previous row stays."""
