@@ -3612,6 +3612,49 @@ def _check_x_layout(x_flat, who):
         raise ValueError(f"{who}: x must start at a 16-byte aligned address (v11 reads its rows 16 bytes at a time)")
 
 
+@cuda.jit(device=True, inline=True)
+def _x16_word(i, hk, tile_k):
+    """Where ``pack_f16_kernel`` puts pair i of x (rows of hk pairs): i itself, or with ``tile_k`` = 2 hk > 0
+    v23's tile order (``ref.matmul.a_tile_index``)."""
+    if not tile_k:
+        return i
+    t, p = i // hk, i % hk
+    q = p % 16
+    w = q % 8
+    return (((t // 16) * (tile_k // 32) + p // 16) * 256 + 128 * (q // 8) + 4 * (4 * (t % 8) + w % 4)
+            + 2 * (w // 4) + (t % 16) // 8)
+
+
+@cuda.jit(cache=JIT_CACHE)
+def norm_pack_f16_kernel(x, w, out, C, eps, tile_k):
+    """RMSNorm of row t of x [T, C] times w, written as float16 pairs (as ``pack_f16_kernel`` would write
+    ``rmsnorm.rmsnorm_kernel3``'s output: the same sum of squares, thread for thread, the same (x scale) w, the
+    same cvt.rn), so the prefill's products read their x16 from one launch instead of two. One block per row,
+    ``rmsnorm.threads_for(C)`` threads."""
+    t = cuda.blockIdx.x
+    warp_sums = cuda.shared.array(32, float32)
+    acc = float32(0.0)
+    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+        acc += x[t, j] * x[t, j]
+    total = _block_sum(acc, warp_sums)
+    scale = float32(1.0) / math.sqrt(total / float32(C) + eps)
+    hk = C // 2
+    for i in range(cuda.threadIdx.x, hk, cuda.blockDim.x):
+        y0 = (x[t, 2 * i] * scale) * w[2 * i]
+        y1 = (x[t, 2 * i + 1] * scale) * w[2 * i + 1]
+        out[_x16_word(t * hk + i, hk, tile_k)] = ptx.pack_f16x2(y0, y1)
+
+
+def launch_norm_pack_f16(x, w, eps, out_flat, stream=0, tile_k: int = 0) -> None:
+    """out_flat = the float16 pairs of RMSNorm(x [T, C]) w, plain or (``tile_k`` = C) in v23's tile order: what
+    ``rmsnorm.rmsnorm`` then ``launch_pack_f16`` write, bit for bit, in one launch."""
+    from numba_kernels.rmsnorm import threads_for
+    T, C = x.shape
+    if C % 2 or (tile_k and tile_k != C):
+        raise ValueError(f"norm_pack_f16: rows of {C} floats (even; tile_k must be C or 0, got {tile_k})")
+    norm_pack_f16_kernel[T, threads_for(C), stream](x, w, out_flat, C, np.float32(eps), int(tile_k))
+
+
 @cuda.jit(cache=JIT_CACHE)
 def pack_f16_kernel(x, n_pairs, tile_k, out):
     """out[i] = (x[2 i], x[2 i + 1]) rounded to a float16 pair (``ptx.pack_f16x2``: cvt.rn, the rounding v11's
@@ -3620,15 +3663,7 @@ def pack_f16_kernel(x, n_pairs, tile_k, out):
     A operands)."""
     i = cuda.grid(1)
     if i < n_pairs:
-        at = i
-        if tile_k:
-            hk = tile_k // 2
-            t, p = i // hk, i % hk
-            q = p % 16
-            w = q % 8
-            at = (((t // 16) * (tile_k // 32) + p // 16) * 256 + 128 * (q // 8) + 4 * (4 * (t % 8) + w % 4)
-                  + 2 * (w // 4) + (t % 16) // 8)
-        out[at] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
+        out[_x16_word(i, tile_k // 2, tile_k)] = ptx.pack_f16x2(x[2 * i], x[2 * i + 1])
 
 
 def launch_pack_f16(x_flat, out_flat, n: int, stream=0, threads: int = 256, tile_k: int = 0) -> None:

@@ -113,8 +113,10 @@ MMA_M, MMA_N, MMA_K = 16, 8, 16          # the shape of one mma.sync
 
 
 def _simulator_pack_f16x2(lo, hi):
-    """uint32 with float16(lo) in bits 0-15 and float16(hi) in bits 16-31 (round to nearest even)."""
-    pair = np.array([lo, hi], np.float32).astype(np.float16).view(np.uint16)
+    """uint32 with float16(lo) in bits 0-15 and float16(hi) in bits 16-31 (round to nearest even; past float16's
+    range +-inf, as cvt.rn gives)."""
+    with np.errstate(over="ignore"):
+        pair = np.array([lo, hi], np.float32).astype(np.float16).view(np.uint16)
     return np.uint32(int(pair[0]) | (int(pair[1]) << 16))
 
 

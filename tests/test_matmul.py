@@ -768,6 +768,33 @@ def test_pack_f16_tile_order_moves_the_plain_pairs():
 
 
 @requires_cuda
+@pytest.mark.parametrize("tile", [False, True])
+def test_norm_pack_f16_equals_rmsnorm_then_pack(tile):
+    """The prefill's RMSNorm writing float16 pairs (plain, or v23's tile order) equals ``rmsnorm.rmsnorm`` then
+    ``launch_pack_f16`` bit for bit: the same sum of squares per thread, the same products, the same cvt.rn; rows
+    long enough for several passes of the block, values past float16's range become inf in both."""
+    from numba import cuda
+
+    from numba_kernels import rmsnorm
+    km = _kernels()
+    rng = np.random.default_rng(5 + tile)
+    T, C = 3, 1088                                 # 1088 > 1024 threads: two passes over each row
+    x = rng.standard_normal((T, C)).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    w[:2] = 3e5                                    # -> beyond float16's largest
+    dx, dw = cuda.to_device(x), cuda.to_device(w)
+    n = rmsnorm.rmsnorm(dx, dw, 1e-5)
+    words = km.tile_words(T, C) if tile else T * C // 2
+    want, got = (cuda.to_device(np.zeros(words, np.uint32)) for _ in range(2))
+    km.launch_pack_f16(n.reshape(T * C), want, T * C, tile_k=C if tile else 0)
+    km.launch_norm_pack_f16(dx, dw, 1e-5, got, tile_k=C if tile else 0)
+    np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    assert np.isinf(got.copy_to_host().view(np.float16)).any()
+    with pytest.raises(ValueError, match="tile_k must be C"):
+        km.launch_norm_pack_f16(dx, dw, 1e-5, got, tile_k=64)
+
+
+@requires_cuda
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_f16w_rows_are_the_rounded_weights_in_fragment_order(swiglu):
     """v23's decode launch: W16 row r holds W's row (plain: min(r, N - 1); SwiGLU: tiles of BN rows, the gate rows

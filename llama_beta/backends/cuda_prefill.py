@@ -48,8 +48,9 @@ does, and so does a head size attention v8 lacks (v2 takes the position as a hos
 ``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs, which a small launch
 packs after each producer (RMSNorm's x', attention's output, the SwiGLU's h; ``matmul.launch_pack_f16``),
 instead of float32 x that every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half
-the bytes each of a product's row tiles reads, for four launches more per layer (after both norms, attention
-and the SwiGLU). "auto" (the default since the nineteenth session) takes it for models at least
+the bytes each of a product's row tiles reads, for two launches more per layer (after attention and the SwiGLU;
+the two RMSNorms write their output as float16 pairs themselves, ``matmul.launch_norm_pack_f16``, the same
+bits as the norm and then the packing). "auto" (the default since the nineteenth session) takes it for models at least
 ``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
 tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
 "1" always, "0" never. Fusing the packing into the producers is the next step.
@@ -238,6 +239,9 @@ class CudaPrefill:
         k_cache, v_cache = cache[0][i], cache[1][i]
 
         def norm(weight):                                                            # n = RMSNorm(x) w
+            if self.x16:                            # straight into float16 pairs (the products' x): one launch
+                return lambda: matmul.launch_norm_pack_f16(V.x2, weight, c.norm_eps, V.n16, self.stream,
+                                                           tile_k=c.dim if self.f16w else 0)
             return lambda: rmsnorm.rmsnorm(V.x2, weight, c.norm_eps, out=V.n2, stream=self.stream)
 
         def product(name, a, out):                                                   # out (+)= a W^T + b
@@ -262,12 +266,12 @@ class CudaPrefill:
             qkv = [("q/k/v", lambda: P["qkv"](n, (V.q, V.k, V.v), T, self.stream))]
         else:
             qkv = [("q", product("q", n, V.q)), ("k", product("k", n, V.k)), ("v", product("v", n, V.v))]
-        return [("rmsnorm", norm(L.attn_norm)), *pack(V.n, n),
+        return [("rmsnorm", norm(L.attn_norm)),                                      # (x16: packed inside)
                 *qkv,
                 ("rope+append", rope_append),
                 ("attention", attend), *pack(V.att, att),
                 ("w_o+residual", product("o", att, V.x)),                               # x += W_o att
-                ("rmsnorm", norm(L.ffn_norm)), *pack(V.n, n),
+                ("rmsnorm", norm(L.ffn_norm)),
                 ("gate/up+swiglu", product("gate_up", n, V.h)), *pack(V.h, h),          # h = silu(W_g n) W_u n
                 ("w_down+residual", product("down", h, V.x))]                           # x += W_down h
 
