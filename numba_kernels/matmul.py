@@ -324,6 +324,9 @@ V2_MIN_ROWS = 4096        # matvec uses v2 from this many rows up (measured: v1 
 R_WEIGHTS = 8 * R_ROWS    # decoded weights a lane of matvec_v2 holds per step
 STEP = 8 * WARP           # weights a warp decodes per step (8 per lane)
 SMEM_LIMIT = 48 * 1024    # shared memory a block may use without opting in
+OUT_F32, OUT_PAIRS, OUT_TILES = 0, 1, 2   # a prefill SwiGLU launch's output: float32, or the next product's x16
+#                                          (plain pairs, or v23's tile order): silu(g) u rounded by cvt.rn, as
+#                                          the packing would
 MAX_K_SHARED = (SMEM_LIMIT // 4) * 32 // 33 // 8 * 8   # largest K whose padded x fits (11 912)
 TT, TN, KC = 64, 64, 32   # matmul tile: tokens x rows x weights per step
 KC_PAD = KC + 1           # padded row of the decoded W tile (bank-conflict free)
@@ -3162,11 +3165,13 @@ class PrefillProduct:
     ``config``: one tile for every T (a PrefillConfig for v10, an MmaConfig for v11; default:
     ``prefill_config`` / ``mma_config`` of T). ``split``: v11's blocks per tile along K (default ``mma_split``).
     ``x16``: v11 reads x as float16 pairs (uint32 [T K / 2], ``launch_pack_f16``) instead of float32: the same
-    bits, half the bytes. Arguments are checked as ``matmul_prefill`` checks them. (The launch helpers above use
-    one too, so the kernel's arguments are spelled out in one place.)"""
+    bits, half the bytes. ``f16w``: v23 (W decoded once to a float16 scratch, then a GEMM; x16 in v23's tile
+    order). ``out16`` (SwiGLU pairs only): OUT_PAIRS / OUT_TILES, out_flat is uint32 and gets the next product's
+    x16 (plain pairs, or v23's tile order) instead of float32. Arguments are checked as ``matmul_prefill`` checks
+    them. (The launch helpers above use one too, so the kernel's arguments are spelled out in one place.)"""
 
     def __init__(self, w_raw, ggml_type, K, *, bias=None, accumulate=False, up=None, config=None, mma=None,
-                 split=None, x16=False, f16w=False):
+                 split=None, x16=False, f16w=False, out16=OUT_F32):
         gate_type = _check(w_raw, ggml_type, K)
         if not _is_device(w_raw) or (bias is not None and not _is_device(bias)):
             raise ValueError("PrefillProduct: the weight and bias must be device arrays")
@@ -3188,6 +3193,11 @@ class PrefillProduct:
         self.x16, self.f16w = bool(x16), bool(f16w)
         _check_x16(self.x16, self.mma, "PrefillProduct")
         _check_f16w(self.f16w, self.x16, K, "PrefillProduct")
+        self.out16 = int(out16)
+        if self.out16 and not (up is not None and self.mma and self.N % (32 if out16 == OUT_TILES else 2) == 0):
+            raise ValueError(f"PrefillProduct: float16-pair outputs (out16) are for a SwiGLU pair on the tensor cores "
+                             f"(v11, v23) of an even number of features (a multiple of 32 in v23's tile order), got "
+                             f"{self.N} features")
         self._config = None if config is None else (MmaConfig if self.mma else PrefillConfig)(*config)
         self._split = split                                               # v11 split-K (default: mma_split)
         self._by_tokens = {}                                              # T -> (kernel, grid, threads, extra)
@@ -3221,13 +3231,14 @@ class PrefillProduct:
             split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
             bn = mma_sizes(cfg)[1]
-            return (_gemm_kernel(cfg, self.swiglu, split), (by, bx, split), mma_sizes(cfg)[2],
+            return (_gemm_kernel(cfg, self.swiglu, split, None, self.out16), (by, bx, split), mma_sizes(cfg)[2],
                     _split_args(cfg, split, bx, by), (bx * bn, bn, f16w_scratch(bx * bn * self.K // 2), f16w_smem(cfg)))
         if self.mma:
             cfg = self._config or mma_config(T, self.N, self.K, self.swiglu)
             split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
-            return (_mma_kernel(*self._types, cfg, self.swiglu, split, self.x16), (bx, by, split), mma_sizes(cfg)[2],
+            return (_mma_kernel(*self._types, cfg, self.swiglu, split, self.x16, self.out16), (bx, by, split),
+                    mma_sizes(cfg)[2],
                     _split_args(cfg, split, bx, by), None)
         cfg = self._config or prefill_config(T, self.N, self.swiglu)
         return (_prefill_kernel(*self._types, cfg, self.swiglu), prefill_grid(cfg, T, self.N, self.swiglu),
@@ -3323,22 +3334,43 @@ def _check_mma_config(cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_epilogue(MI, NJ, BN, NTH, swiglu, split):
+def _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16=OUT_F32):
     """The end of a tensor-core tile (v11, v23), for warps of MI m16 x NJ n8 accumulator tiles in a block of NTH
     threads and BN tile rows: ``row_of(wc, j)`` (the tile row of the warp's n8-tile j, the SwiGLU pairing below),
     ``store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out)`` (the epilogues) and
-    ``finish_split(acc, ws, counters, last, z)`` (split-K: True in the block that adds the parts)."""
+    ``finish_split(acc, ws, counters, last, z)`` (split-K: True in the block that adds the parts). ``out16``
+    (SwiGLU only): out is uint32 and gets float16 pairs (lane (g, t) holds features 2t, 2t + 1 of a token: one
+    pair), plain [T, N / 2] or in v23's tile order (``_x16_word``)."""
     H = NJ // 2
     ACC = MI * NJ * 4
     SPLIT = split
+    if out16 and not swiglu:
+        raise ValueError("matmul: float16-pair outputs are for the SwiGLU launch")
 
     @cuda.jit(device=True, inline=True)
     def row_of(wc, j):
         return (j // H) * (BN // 2) + wc * (H * 8) + (j % H) * 8
 
     @cuda.jit(device=True, inline=True)
+    def store_pairs(acc, t0, n0, T, N, wr, wc, g, t, out):
+        # SwiGLU into float16 pairs: features n, n + 1 (n = 2t + ..., even; N even) of tokens g and g + 8
+        hk = N // 2
+        for i in range(MI):
+            for j in range(H):
+                for h in range(2):
+                    tok = int32(t0 + wr * MI * 16 + i * 16 + g + 8 * h)
+                    n = int32(n0 + row_of(wc, j) + 2 * t)
+                    if tok < T and n < N:
+                        m, u = (i * NJ + j) * 4 + 2 * h, (i * NJ + j + H) * 4 + 2 * h
+                        out[_x16_word(tok * hk + n // 2, hk, N if out16 == OUT_TILES else 0)] = ptx.pack_f16x2(
+                            _silu(acc[m]) * acc[u], _silu(acc[m + 1]) * acc[u + 1])
+
+    @cuda.jit(device=True, inline=True)
     def store(acc, t0, n0, T, N, wr, wc, g, t, bias, has_bias, accumulate, out):
         # lane (g, t) of tile (i, j) holds out[token g (+8), tile row 2t (+1)]; SwiGLU pairs tile j with j + H
+        if out16:
+            store_pairs(acc, t0, n0, T, N, wr, wc, g, t, out)
+            return
         for i in range(MI):
             for j in range(H if swiglu else NJ):
                 for r in range(4):
@@ -3386,7 +3418,7 @@ def _mma_epilogue(MI, NJ, BN, NTH, swiglu, split):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
+def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False, out16=OUT_F32):
     """v11's work for one output tile, as a device function ``tile(sm, last, x, T, K, wga, wgb, wua, wub, up_row0,
     N, bias, has_bias, accumulate, out, ws, counters, bx, by, z)`` (block (bx, by, z) of the product's grid;
     ``sm``: the block's shared uint32 [smem words], ``last``: shared int32 [1]), and the shared words it needs.
@@ -3415,7 +3447,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
     VROWS = NTH // QUADS                 # token rows between them
     SPLIT = split
 
-    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split)
+    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16)
 
     if x16:
         @cuda.jit(device=True, inline=True)
@@ -3555,10 +3587,10 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False):
 
 
 @functools.lru_cache(maxsize=None)
-def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1, x16=False):
+def _mma_kernel(gate_type, up_type, cfg, swiglu, split=1, x16=False, out16=OUT_F32):
     """v11 kernel: one product (or SwiGLU pair) per launch, grid (tiles along rows, along tokens, split); x
     float32 [T K], or float16 pairs uint32 [T K / 2] with ``x16``."""
-    tile, SMW = _mma_tile(gate_type, up_type, cfg, swiglu, split, x16)
+    tile, SMW = _mma_tile(gate_type, up_type, cfg, swiglu, split, x16, out16)
 
     @cuda.jit(cache=JIT_CACHE)
     def prefill_mma(x, T, K, wga, wgb, wua, wub, up_row0, N, bias, has_bias, accumulate, out, ws, counters):
@@ -3960,7 +3992,7 @@ def f16w_scratch(words: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_tile(cfg, swiglu, split=1, stages=None):
+def _gemm_tile(cfg, swiglu, split=1, stages=None, out16=OUT_F32):
     """v23's GEMM for one output tile as a device function ``tile(sm, last, x, T, K, w16, w_row0, N, bias,
     has_bias, accumulate, out, ws, counters, bx, by, z)``: x uint32 in tile order (``launch_pack_f16(...,
     tile_k=K)``) and W16 rows w_row0 + bx BN .. + BN (fragment order), out / bias / ws / counters and the tile
@@ -3981,7 +4013,7 @@ def _gemm_tile(cfg, swiglu, split=1, stages=None):
     LX, LW = 4 * BM // NTH, 4 * BN // NTH     # 16-byte lines a thread copies per K-step: of x, of W
     ACC, BQN, LINES = MI * NJ * 4, 4 * NJ, LX + LW   # registers: the sums, the B operand lines, line starts
     wait_ring = ptx.CP_ASYNC_WAIT[STAGES - 2]  # until the oldest step in flight has landed
-    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split)
+    row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16)
 
     @cuda.jit(device=True, inline=True)
     def line_starts(mb0, MB, K, wr0, at):
@@ -4063,11 +4095,11 @@ def _gemm_tile(cfg, swiglu, split=1, stages=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_kernel(cfg, swiglu, split=1, stages=None):
+def _gemm_kernel(cfg, swiglu, split=1, stages=None, out16=OUT_F32):
     """v23 GEMM, one product (or SwiGLU pair) per launch, ``f16w_smem(cfg, stages)`` bytes of dynamic shared
     memory. Grid (token tiles, row tiles, split): the blocks that run together share their W16 tile, so W16
     comes from DRAM about once and x (small) stays in L2."""
-    tile = _gemm_tile(cfg, swiglu, split, stages)
+    tile = _gemm_tile(cfg, swiglu, split, stages, out16)
 
     @cuda.jit(**_f16w_jit_options(cfg))
     def gemm_f16(x, T, K, w16, N, bias, has_bias, accumulate, out, ws, counters):

@@ -795,6 +795,37 @@ def test_norm_pack_f16_equals_rmsnorm_then_pack(tile):
 
 
 @requires_cuda
+@pytest.mark.parametrize("f16w", [False, True])
+def test_swiglu_writes_the_next_products_float16_pairs(f16w):
+    """The SwiGLU launch writing float16 pairs (out16: plain pairs, or v23's tile order; v11 and v23) equals its
+    float32 output packed by ``launch_pack_f16``, bit for bit, with a split along K; an odd feature count, a
+    count that is not whole groups of 32 for the tile order, or a plain product asking for pairs is refused."""
+    from numba import cuda
+    km = _kernels()
+    rng = np.random.default_rng(12 + f16w)
+    T, K = 21, 64
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    xa = _pack(km, x, f16w)
+    kw = dict(mma=True, x16=True, f16w=f16w, split=2)
+    for out16, F in ((km.OUT_PAIRS, 18), (km.OUT_TILES, 32)):
+        tile = out16 == km.OUT_TILES
+        wg, wu = (cuda.to_device(random_weight(rng, GGMLType.Q8_0, F, K)) for _ in range(2))
+        h = cuda.device_array(T * F, np.float32)
+        km.PrefillProduct(wg, GGMLType.Q8_0, K, up=(wu, GGMLType.Q8_0, 0), **kw)(xa, h, T)
+        want = cuda.to_device(np.zeros(km.tile_words(T, F) if tile else T * F // 2, np.uint32))
+        got = cuda.to_device(np.zeros(want.size, np.uint32))
+        km.launch_pack_f16(h, want, T * F, tile_k=F if tile else 0)
+        km.PrefillProduct(wg, GGMLType.Q8_0, K, up=(wu, GGMLType.Q8_0, 0), out16=out16, **kw)(xa, got, T)
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+    for out16, F in ((km.OUT_PAIRS, 17), (km.OUT_TILES, 18)):
+        w, w2 = (cuda.to_device(random_weight(rng, GGMLType.Q8_0, F, K)) for _ in range(2))
+        with pytest.raises(ValueError, match=f"got {F} features"):
+            km.PrefillProduct(w, GGMLType.Q8_0, K, up=(w2, GGMLType.Q8_0, 0), out16=out16, **kw)
+    with pytest.raises(ValueError, match="SwiGLU pair"):
+        km.PrefillProduct(wg, GGMLType.Q8_0, K, out16=km.OUT_PAIRS, mma=True, x16=True)
+
+
+@requires_cuda
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_f16w_rows_are_the_rounded_weights_in_fragment_order(swiglu):
     """v23's decode launch: W16 row r holds W's row (plain: min(r, N - 1); SwiGLU: tiles of BN rows, the gate rows

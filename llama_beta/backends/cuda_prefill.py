@@ -48,9 +48,9 @@ does, and so does a head size attention v8 lacks (v2 takes the position as a hos
 ``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs, which a small launch
 packs after each producer (RMSNorm's x', attention's output, the SwiGLU's h; ``matmul.launch_pack_f16``),
 instead of float32 x that every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half
-the bytes each of a product's row tiles reads, for two launches more per layer (after attention and the SwiGLU;
-the two RMSNorms write their output as float16 pairs themselves, ``matmul.launch_norm_pack_f16``, the same
-bits as the norm and then the packing). "auto" (the default since the nineteenth session) takes it for models at least
+the bytes each of a product's row tiles reads, for one launch more per layer (after attention; the two RMSNorms
+write their output as float16 pairs themselves, ``matmul.launch_norm_pack_f16``, and so does the SwiGLU launch,
+``PrefillProduct(out16=...)``: the same bits as the float32 values and then the packing). "auto" (the default since the nineteenth session) takes it for models at least
 ``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
 tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
 "1" always, "0" never. Fusing the packing into the producers is the next step.
@@ -149,13 +149,16 @@ class CudaPrefill:
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
         fast = dict(x16=self.x16, f16w=self.f16w)
+        # the SwiGLU launch writes W_down's x16 itself (no float32 h, no packing launch) where it can
+        self._h_out = (matmul.OUT_TILES if self.f16w else matmul.OUT_PAIRS) if self.x16 and c.ffn_dim % 32 == 0 \
+            else matmul.OUT_F32
         self._products = [dict(
             q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, **fast),
             k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, **fast),
             v=matmul.PrefillProduct(L.wv.raw, L.wv.ggml_type, L.wv.k, bias=L.wv.bias, **fast),
             o=matmul.PrefillProduct(L.wo.raw, L.wo.ggml_type, L.wo.k, bias=L.wo.bias, accumulate=True, **fast),
             gate_up=matmul.PrefillProduct(L.w_gate.raw, L.w_gate.ggml_type, L.w_gate.k,
-                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), **fast),
+                                          up=(L.w_up.raw, L.w_up.ggml_type, 0), out16=self._h_out, **fast),
             down=matmul.PrefillProduct(L.w_down.raw, L.w_down.ggml_type, L.w_down.k, bias=L.w_down.bias,
                                        accumulate=True, **fast),
         ) for L in model.weights.layers]
@@ -272,7 +275,8 @@ class CudaPrefill:
                 ("attention", attend), *pack(V.att, att),
                 ("w_o+residual", product("o", att, V.x)),                               # x += W_o att
                 ("rmsnorm", norm(L.ffn_norm)),
-                ("gate/up+swiglu", product("gate_up", n, V.h)), *pack(V.h, h),          # h = silu(W_g n) W_u n
+                ("gate/up+swiglu", product("gate_up", n, h if self._h_out else V.h)),  # h = silu(W_g n) W_u n
+                *([] if self._h_out else pack(V.h, h)),
                 ("w_down+residual", product("down", h, V.x))]                           # x += W_down h
 
     def _views(self, T: int):
