@@ -122,6 +122,7 @@ import numpy as np
 from numba import cuda, float32, int32, uint32, uint64
 
 from numba_kernels import ptx
+from numba_kernels.matmul import _x16_word
 from numba_kernels.rope import _args as _rope_args, _rot_dims, rope_element
 from numba_kernels.softmax import _warp_max, _warp_sum  # butterfly: every lane gets the result
 from numba_kernels.runtime import JIT_CACHE, install_simulator_shuffles, is_device as _is_device, kernel_time_us
@@ -1198,8 +1199,11 @@ def _flash_jit_options(hs: int, nt: int) -> dict:
 
 
 @functools.cache
-def _flash_kernel(HS: int, QW: int, KW: int, TN: int):
-    """v8 for head size HS: QW query strips x KW key slices of TN * 8 keys (the tile table: FLASH_TILES)."""
+def _flash_kernel(HS: int, QW: int, KW: int, TN: int, OUT16: int = 0):
+    """v8 for head size HS: QW query strips x KW key slices of TN * 8 keys (the tile table: FLASH_TILES).
+    ``OUT16``: out is uint32 and gets the W_o product's x16 instead of float32 (``matmul.OUT_PAIRS``: float16 pairs,
+    ``matmul.OUT_TILES``: in v23's tile order), the same values rounded by cvt.rn as ``launch_pack_f16``'s: the
+    finished rows go through shared memory, then a thread per pair packs and stores."""
     NW = QW * KW
     NT = 32 * NW
     BQ = FLASH_STRIP * QW          # queries per block
@@ -1412,7 +1416,23 @@ def _flash_kernel(HS: int, QW: int, KW: int, TN: int):
             l[i] = _row_sum8(l[i])
         if KW > 1:
             merge_strip(smem, qs, ks, ry, kx, m, l, o)
-        if ks == 0:
+        if OUT16:                                        # float16 pairs: the rows through shared memory (the
+            cuda.syncthreads()                           # Q tile's place, free now), then a thread per pair
+            if ks == 0:
+                for i in range(4):
+                    at = uint32(QSM + (qs * FLASH_STRIP + ry * 4 + i) * HS + kx)
+                    for c in range(DT):
+                        smem[at + uint32(8 * c)] = o[i * DT + c] / l[i]
+            cuda.syncthreads()
+            hk = uint32(nh32 * HS // 2)                  # pairs per token row
+            for e in range(tid, BQ * HS // 2, NT):
+                r = e // (HS // 2)
+                t = t0 + r
+                if t < T32:
+                    f = uint32(((t * nh32 + h) * HS) // 2 + e - r * (HS // 2))
+                    out[_x16_word(f, hk, 2 * hk if OUT16 == 2 else 0)] = ptx.pack_f16x2(
+                        smem[uint32(QSM + 2 * e)], smem[uint32(QSM + 2 * e + 1)])
+        elif ks == 0:
             for i in range(4):
                 t = row0 + i
                 if t < T32:
@@ -1526,9 +1546,11 @@ def flash_tiles(hs: int) -> tuple[int, int, int]:
     return FLASH_TILES[hs]
 
 
-def launch_prefill_flash(q, k_cache, v_cache, pos, out, stream=0, tiles=None):
+def launch_prefill_flash(q, k_cache, v_cache, pos, out, stream=0, tiles=None, out16=0):
     """v8: causal flash prefill. q, out: device [T, nh, hs]; caches: device [S_max, nkv, hs]; pos: device int32
-    [1], the position of q's first row (start_pos), read by the kernel; no allocation."""
+    [1], the position of q's first row (start_pos), read by the kernel; no allocation. ``out16``
+    (``matmul.OUT_PAIRS`` / ``OUT_TILES``): out is a flat uint32 buffer and gets the W_o product's x16, float16
+    pairs plain or in v23's tile order (``matmul.tile_words(T, nh hs)`` words)."""
     T, nh, hs = q.shape
     nkv = k_cache.shape[1]
     qw, kw, tn = tiles or flash_tiles(hs)
@@ -1541,7 +1563,7 @@ def launch_prefill_flash(q, k_cache, v_cache, pos, out, stream=0, tiles=None):
     # the keys 0 .. start_pos + min((n_tiles - y) bq, T) - 1. Blocks start in x-then-y order, so the longest
     # tiles of every head start first and the short ones fill the SMs at the end.
     grid = (nh, n_tiles)
-    _flash_kernel(hs, qw, kw, tn)[grid, 32 * qw * kw, stream](
+    _flash_kernel(hs, qw, kw, tn, int(out16))[grid, 32 * qw * kw, stream](
         q.reshape(q.size), k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size), T, nh, nkv,
         pos, out.reshape(out.size))
 

@@ -275,6 +275,32 @@ def test_flash_prefill_other_tiles(hs, tiles, T, start_pos):
 
 
 @requires_cuda
+@pytest.mark.parametrize("hs, tiles", [(64, (4, 1, 2)), (96, (1, 4, 1))])
+def test_flash_prefill_writes_the_next_products_float16_pairs(hs, tiles):
+    """v8 writing its output as float16 pairs (out16: plain, or v23's tile order with whole blocks of 16 tokens)
+    equals its float32 output packed by ``matmul.launch_pack_f16``, bit for bit: the pair's second value comes
+    from the next lane; with and without the merge of key slices."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+    from numba_kernels import matmul as km
+
+    T, nh, start = 21, 2, 7
+    q, kc, vc = make_case(11, T, 1, nh, hs, start, sharpness=2.0)
+    args = [cuda.to_device(a) for a in (q, kc, vc)]
+    pos = cuda.to_device(np.array([start], np.int32))
+    out = cuda.device_array(q.shape, np.float32)
+    ka.launch_prefill_flash(*args, pos, out, tiles=tiles)
+    K = nh * hs
+    for out16 in (km.OUT_PAIRS, km.OUT_TILES):
+        tile = out16 == km.OUT_TILES
+        want, got = (cuda.to_device(np.zeros(km.tile_words(T, K) if tile else T * K // 2, np.uint32)) for _ in "ab")
+        km.launch_pack_f16(out.reshape(T * K), want, T * K, tile_k=K if tile else 0)
+        ka.launch_prefill_flash(*args, pos, got, tiles=tiles, out16=out16)
+        np.testing.assert_array_equal(got.copy_to_host(), want.copy_to_host())
+
+
+@requires_cuda
 def test_flash_prefill_replays_with_new_position():
     """v8 reads the start position on the device: the very same launch arguments, only pos[0] changed in
     between (as in a replayed CUDA graph), give the reference's answer at each position."""

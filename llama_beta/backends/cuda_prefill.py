@@ -48,9 +48,9 @@ does, and so does a head size attention v8 lacks (v2 takes the position as a hos
 ``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs, which a small launch
 packs after each producer (RMSNorm's x', attention's output, the SwiGLU's h; ``matmul.launch_pack_f16``),
 instead of float32 x that every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half
-the bytes each of a product's row tiles reads, for one launch more per layer (after attention; the two RMSNorms
-write their output as float16 pairs themselves, ``matmul.launch_norm_pack_f16``, and so does the SwiGLU launch,
-``PrefillProduct(out16=...)``: the same bits as the float32 values and then the packing). "auto" (the default since the nineteenth session) takes it for models at least
+the bytes each of a product's row tiles reads. The producers write the pairs themselves (twenty-third session):
+the two RMSNorms (``matmul.launch_norm_pack_f16``), attention v8 and the SwiGLU launch (their ``out16``), the same
+bits as the float32 values packed afterwards; a packing launch remains only where they cannot (attention v2). "auto" (the default since the nineteenth session) takes it for models at least
 ``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
 tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
 "1" always, "0" never. Fusing the packing into the producers is the next step.
@@ -149,9 +149,11 @@ class CudaPrefill:
         self._views_by_tokens = {}                  # T -> the buffers' T-token views (``_views``)
         # the products of every layer, their weight views and tiles decided once
         fast = dict(x16=self.x16, f16w=self.f16w)
-        # the SwiGLU launch writes W_down's x16 itself (no float32 h, no packing launch) where it can
-        self._h_out = (matmul.OUT_TILES if self.f16w else matmul.OUT_PAIRS) if self.x16 and c.ffn_dim % 32 == 0 \
-            else matmul.OUT_F32
+        # the SwiGLU launch and attention write W_down's and W_o's x16 themselves (no float32 h or att, no packing
+        # launch) where they can: widths in whole groups of 32 (v23's tile order needs them; all real models have)
+        widths = (c.ffn_dim, c.n_heads * c.head_size)
+        self._h_out = (matmul.OUT_TILES if self.f16w else matmul.OUT_PAIRS) \
+            if self.x16 and all(w % 32 == 0 for w in widths) else matmul.OUT_F32
         self._products = [dict(
             q=matmul.PrefillProduct(L.wq.raw, L.wq.ggml_type, L.wq.k, bias=L.wq.bias, **fast),
             k=matmul.PrefillProduct(L.wk.raw, L.wk.ggml_type, L.wk.k, bias=L.wk.bias, **fast),
@@ -253,8 +255,13 @@ class CudaPrefill:
         def rope_append():                      # RoPE(q) in place; cache rows start.. = RoPE(k), v
             rope.launch_qk_append(V.q3, V.k3, V.v3, k_cache, v_cache, self._rope_args, stream=self.stream)
 
+        att_out16 = self._h_out if self._flash else matmul.OUT_F32                  # W_o's x16 straight from v8
+
         def attend():                                                                # att [T, nh, hs]
-            if self._flash:
+            if att_out16:
+                attention.launch_prefill_flash(V.q3, k_cache, v_cache, self.start, V.att16, stream=self.stream,
+                                               out16=att_out16)
+            elif self._flash:
                 attention.launch_prefill_flash(V.q3, k_cache, v_cache, self.start, V.att3, stream=self.stream)
             else:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
@@ -272,7 +279,7 @@ class CudaPrefill:
         return [("rmsnorm", norm(L.attn_norm)),                                      # (x16: packed inside)
                 *qkv,
                 ("rope+append", rope_append),
-                ("attention", attend), *pack(V.att, att),
+                ("attention", attend), *([] if att_out16 else pack(V.att, att)),
                 ("w_o+residual", product("o", att, V.x)),                               # x += W_o att
                 ("rmsnorm", norm(L.ffn_norm)),
                 ("gate/up+swiglu", product("gate_up", n, h if self._h_out else V.h)),  # h = silu(W_g n) W_u n
