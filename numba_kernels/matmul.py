@@ -3121,14 +3121,20 @@ def prefill_config(T, N, swiglu=False):
     SwiGLU -> 128 x 64 (32 gate + 32 up rows a tile: 608); 3072 rows -> 64 x 64 (384); 896 and 128
     rows -> 64 x 32 (224 and 32 blocks: the 128-row product is too small to fill the GPU; its 4 groups
     per block split K). The simulator gets SIM_PREFILL_CONFIG."""
+    return _largest_filling(PREFILL_AUTO, prefill_grid, PREFILL_BLOCKS_PER_SM, SIM_PREFILL_CONFIG, T, N, swiglu)
+
+
+def _largest_filling(configs, grid, blocks_per_sm, sim_config, T, N, swiglu):
+    """The first of ``configs`` (largest tile first) whose ``grid(cfg, T, N, swiglu)`` has at least
+    ``blocks_per_sm`` blocks per SM, else the last; ``sim_config`` in the simulator (no SMs to fill)."""
     sms = _sm_count()
     if not sms:
-        return SIM_PREFILL_CONFIG
-    for cfg in PREFILL_AUTO:
-        bx, by = prefill_grid(cfg, T, N, swiglu)
-        if bx * by >= PREFILL_BLOCKS_PER_SM * sms:
+        return sim_config
+    for cfg in configs:
+        bx, by = grid(cfg, T, N, swiglu)
+        if bx * by >= blocks_per_sm * sms:
             return cfg
-    return PREFILL_AUTO[-1]
+    return configs[-1]
 
 
 def launch_matmul_prefill(x, w_raw, ggml_type, K, out, bias=None, accumulate=False, config=None, stream=0,
@@ -3334,6 +3340,20 @@ def _check_mma_config(cfg):
 
 
 @functools.lru_cache(maxsize=None)
+def _mma_coords(WN, BM, BN, swiglu):
+    """Where a thread of a tensor-core tile (v11, v23; warps wm x WN) stands, as a device function ``coords(bx, by)``
+    -> (wr, wc, g, t, n0, t0): its warp's row and column in the block, its lane's group g and thread t in the mma
+    fragments, the tile's first output row (feature for SwiGLU) and first token."""
+    @cuda.jit(device=True, inline=True)
+    def coords(bx, by):
+        tid = int32(cuda.threadIdx.x)
+        warp, lane = tid // 32, tid % 32
+        return (warp // WN, warp % WN, lane // 4, lane % 4, int32(bx * (BN // 2 if swiglu else BN)),
+                int32(by * BM))
+    return coords
+
+
+@functools.lru_cache(maxsize=None)
 def _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16=OUT_F32):
     """The end of a tensor-core tile (v11, v23), for warps of MI m16 x NJ n8 accumulator tiles in a block of NTH
     threads and BN tile rows: ``row_of(wc, j)`` (the tile row of the warp's n8-tile j, the SwiGLU pairing below),
@@ -3448,6 +3468,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False, out16=OUT_F32
     SPLIT = split
 
     row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16)
+    coords = _mma_coords(WN, BM, BN, swiglu)
 
     if x16:
         @cuda.jit(device=True, inline=True)
@@ -3553,12 +3574,7 @@ def _mma_tile(gate_type, up_type, cfg, swiglu, split=1, x16=False, out16=OUT_F32
         acc = cuda.local.array(ACC, float32)
         xr = cuda.local.array(XR, XDT)
         wn = cuda.local.array(WN8, float32)
-        tid = int32(cuda.threadIdx.x)
-        warp, lane = tid // 32, tid % 32
-        wr, wc = warp // WN, warp % WN
-        g, t = lane // 4, lane % 4
-        n0 = int32(bx * (BN // 2 if swiglu else BN))
-        t0 = int32(by * BM)
+        wr, wc, g, t, n0, t0 = coords(bx, by)
         row, is_up = tile_row(n0, N, up_row0)         # the W row this thread decodes
         for m in range(ACC):
             acc[m] = float32(0.0)
@@ -3915,14 +3931,7 @@ def _check_f16w_config(cfg):
 def f16w_config(T, N, swiglu=False):
     """The v23 tile: the largest of F16W_CONFIGS whose grid has F16W_BLOCKS_PER_SM blocks per SM, else the
     smallest (``mma_split`` then splits long rows). The simulator: SIM_F16W_CONFIG."""
-    sms = _sm_count()
-    if not sms:
-        return SIM_F16W_CONFIG
-    for cfg in F16W_CONFIGS:
-        bx, by = mma_grid(cfg, T, N, swiglu)
-        if bx * by >= F16W_BLOCKS_PER_SM * sms:
-            return cfg
-    return F16W_CONFIGS[-1]
+    return _largest_filling(F16W_CONFIGS, mma_grid, F16W_BLOCKS_PER_SM, SIM_F16W_CONFIG, T, N, swiglu)
 
 
 def _f16w_jit_options(cfg):
@@ -4014,6 +4023,7 @@ def _gemm_tile(cfg, swiglu, split=1, stages=None, out16=OUT_F32):
     ACC, BQN, LINES = MI * NJ * 4, 4 * NJ, LX + LW   # registers: the sums, the B operand lines, line starts
     wait_ring = ptx.CP_ASYNC_WAIT[STAGES - 2]  # until the oldest step in flight has landed
     row_of, store, finish_split = _mma_epilogue(MI, NJ, BN, NTH, swiglu, split, out16)
+    coords = _mma_coords(WN, BM, BN, swiglu)
 
     @cuda.jit(device=True, inline=True)
     def line_starts(mb0, MB, K, wr0, at):
@@ -4056,12 +4066,7 @@ def _gemm_tile(cfg, swiglu, split=1, stages=None, out16=OUT_F32):
     def tile(sm, last, x, T, K, w16, w_row0, N, bias, has_bias, accumulate, out, ws, counters, bx, by, z):
         acc = cuda.local.array(ACC, float32)
         bq = cuda.local.array(BQN, uint32)
-        tid = int32(cuda.threadIdx.x)
-        warp, lane = tid // 32, tid % 32
-        wr, wc = warp // WN, warp % WN
-        g, t = lane // 4, lane % 4
-        n0 = int32(bx * (BN // 2 if swiglu else BN))
-        t0 = int32(by * BM)
+        wr, wc, g, t, n0, t0 = coords(bx, by)
         mb0, MB = int32(t0 // 16), int32((T + 15) // 16)   # the tile's first block of 16 tokens, the blocks of x
         wr0 = int32(w_row0 + bx * BN)                 # the tile's first W16 row
         for m in range(ACC):

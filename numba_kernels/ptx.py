@@ -310,20 +310,21 @@ else:
         cc = config.FORCE_CUDA_CC or cuda.get_current_device().compute_capability
         return tuple(cc) >= (9, 0)
 
-    def _statement(ptx_text):
-        """An intrinsic with no operands that emits ``ptx_text`` (kept in place: side effect, memory clobber)."""
+    def _statement(ptx_text, when=lambda: True):
+        """An intrinsic with no operands that emits ``ptx_text`` (kept in place: side effect, memory clobber), on
+        the GPUs where ``when()`` (evaluated as the kernel compiles) says it exists; nothing elsewhere."""
         @intrinsic
         def statement(typingctx):
             def codegen(context, builder, signature, args):
-                if _grid_dependency_control():
+                if when():
                     asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), ptx_text, "~{memory}", side_effect=True)
                     builder.call(asm, [])
                 return context.get_dummy_value()
             return types.void(), codegen
         return statement
 
-    allow_next_grid = _statement("griddepcontrol.launch_dependents;")
-    wait_previous_grid = _statement("griddepcontrol.wait;")
+    allow_next_grid = _statement("griddepcontrol.launch_dependents;", _grid_dependency_control)
+    wait_previous_grid = _statement("griddepcontrol.wait;", _grid_dependency_control)
 
     @intrinsic
     def shr_u32(typingctx, a, n):
@@ -528,19 +529,8 @@ else:
 
         return sig, codegen
 
-    def _always(ptx_text):
-        """An intrinsic with no operands that emits ``ptx_text`` on every GPU (side effect, memory clobber)."""
-        @intrinsic
-        def statement(typingctx):
-            def codegen(context, builder, signature, args):
-                asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), ptx_text, "~{memory}", side_effect=True)
-                builder.call(asm, [])
-                return context.get_dummy_value()
-            return types.void(), codegen
-        return statement
-
-    cp_async_commit = _always("cp.async.commit_group;")
-    CP_ASYNC_WAIT = tuple(_always(f"cp.async.wait_group {n};") for n in range(8))
+    cp_async_commit = _statement("cp.async.commit_group;")
+    CP_ASYNC_WAIT = tuple(_statement(f"cp.async.wait_group {n};") for n in range(8))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,6 +169,18 @@ def test_graph_replay_equals_direct_launches(tmp_path):
     graphed.close()
 
 
+def _assert_same_prefill(model, a, b):
+    """Prefills a and b of PROMPT give the same logits and cache rows, bit for bit; then both are closed."""
+    caches = model.new_cache(32), model.new_cache(32)
+    np.testing.assert_array_equal(a(PROMPT, 0, caches[0]), b(PROMPT, 0, caches[1]))
+    for which in (0, 1):
+        written = slice(0, len(PROMPT))                                # (rows past them were never written)
+        np.testing.assert_array_equal(caches[0][which].copy_to_host()[:, written],
+                                      caches[1][which].copy_to_host()[:, written])
+    a.close()
+    b.close()
+
+
 @requires_cuda
 @pytest.mark.parametrize("arch", ARCHS)
 def test_float16_packed_x_changes_no_bit(tmp_path, arch):
@@ -184,15 +196,7 @@ def test_float16_packed_x_changes_no_bit(tmp_path, arch):
     # the norms, attention v8 and the SwiGLU write float16 pairs themselves: a packing launch only after
     # attention v2 (head sizes v8 lacks, as this model's 16 in the simulator)
     assert names.count("pack float16") == (0 if packed._flash else 1) and names.count("rmsnorm") == 2
-    caches = model.new_cache(32), model.new_cache(32)
-    got, want = packed(PROMPT, 0, caches[0]), plain(PROMPT, 0, caches[1])
-    np.testing.assert_array_equal(got, want)
-    for which in (0, 1):
-        written = slice(0, len(PROMPT))                                # (rows past them were never written)
-        np.testing.assert_array_equal(caches[0][which].copy_to_host()[:, written],
-                                      caches[1][which].copy_to_host()[:, written])
-    packed.close()
-    plain.close()
+    _assert_same_prefill(model, packed, plain)
 
 
 @requires_cuda
@@ -209,15 +213,7 @@ def test_float16_weights_decoded_once_change_no_bit(tmp_path, arch, size):
     assert fast.f16w and fast.x16 and fast._products[0]["down"].f16w and fast._products[0]["qkv"].f16w
     assert not v11.f16w and not v11._products[0]["o"].f16w
     assert fast._flash or size is not FLASH_SIZE                 # (attention v8 writes the pairs itself)
-    caches = model.new_cache(32), model.new_cache(32)
-    got, want = fast(PROMPT, 0, caches[0]), v11(PROMPT, 0, caches[1])
-    np.testing.assert_array_equal(got, want)
-    for which in (0, 1):
-        written = slice(0, len(PROMPT))                                # (rows past them were never written)
-        np.testing.assert_array_equal(caches[0][which].copy_to_host()[:, written],
-                                      caches[1][which].copy_to_host()[:, written])
-    fast.close()
-    v11.close()
+    _assert_same_prefill(model, fast, v11)
 
 
 def test_f16w_needs_whole_32_weight_groups(monkeypatch):
