@@ -77,11 +77,14 @@ for step in "$@"; do
         --vocab .dev-model/vocab/ggml-vocab-phi-3.gguf --force -q
       timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | grep -v -i warn | tail -14 \
         | tee "$OUT/x16-prefill.txt" ;;
-    f16w)     # matmul v23 (LLAMA_BETA_PREFILL_F16W=1, twenty-third session, never timed): its GPU tests, the
+    f16w)     # matmul v23 (LLAMA_BETA_PREFILL_F16W=1, twenty-third session, never timed) and the session's fused
+      #          x16 producers (norm, attention v8, SwiGLU) and grouped RoPE heads: their GPU tests, the
       #          512-token prefill of both twins per launch kind, v11 (the default) and v23, side by side, then
       #          every prefill shape: v11's chosen tile (float32 and x16) against each v23 tile and its decode alone
-      LLAMA_BETA_JIT_CACHE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
-        tests/test_ptx.py tests/test_cuda_prefill.py -k "f16w or fragment or lines or float16_weights" 2>&1 | tail -4
+      LLAMA_BETA_JIT_CACHE=0 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
+        tests/test_ptx.py tests/test_cuda_prefill.py tests/test_attention.py tests/test_rope.py -k "f16w or \
+        fragment or lines or cp_async or tile_order or norm_pack or next_products or float16 or head_groups" \
+        2>&1 | tail -4
       for preset in phi3-mini qwen2.5-0.5b; do
         model=/tmp/$preset.gguf vocab=.dev-model/vocab/ggml-vocab-$([ $preset = phi3-mini ] && echo phi-3 || echo qwen2).gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset $preset --vocab $vocab --force -q
