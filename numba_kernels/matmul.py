@@ -3979,8 +3979,8 @@ def launch_f16w(views, types, up_row0, N, K, w16, w_row0, rows, BN, swiglu, stre
     """Queue ``_f16w_kernel``: ``rows`` W16 rows from w_row0 of ``w16`` (views = (wga, wgb, wua, wub) of the
     gate / plain and the up matrix, ``_views``; types their GGML types)."""
     n = rows * (K // 32)
-    _f16w_kernel(*types, BN, swiglu)[-(-n // F16W_THREADS), F16W_THREADS, stream](
-        *views, up_row0, N, K, w16, w_row0, rows)
+    kernel = _f16w_kernel(*types, BN if swiglu else 1, swiglu)    # (BN orders a SwiGLU pair's rows only)
+    kernel[-(-n // F16W_THREADS), F16W_THREADS, stream](*views, up_row0, N, K, w16, w_row0, rows)
 
 
 def f16w_words(N: int, K: int, parts: int = 1) -> int:
