@@ -4921,7 +4921,13 @@ def _check_mma_main(rng, sim):
             name = "x".join(map(str, mma_sizes(cfg or mma_config(T, N, K))[:2]))
             line += f"  {name} {err16:.1e} ({err32:.1e})"
             assert err16 < 1e-5, (gt.name, cfg)
-        print(line)
+        o23 = cuda.to_device(res)                  # v23: W decoded once, then the GEMM; v11's bits
+        PrefillProduct(cuda.to_device(w), gt, K, bias=cuda.to_device(b), accumulate=True, mma=True, x16=True,
+                       f16w=True, split=1)(_x16_tiles(x_d), o23.reshape(T * N), T)
+        o11 = cuda.to_device(res)
+        matmul_prefill(x_d, cuda.to_device(w), gt, K, o11, bias=cuda.to_device(b), accumulate=True, mma=True)
+        assert np.array_equal(o23.copy_to_host(), o11.copy_to_host()), (gt.name, "v23 differs from v11")
+        print(line + "  v23 = v11 bit for bit")
     wg, wu = random_weight(rng, GGMLType.Q5_0, N, K), random_weight(rng, GGMLType.Q6_K, N, K)
     Wg = _half(dequantize(wg, GGMLType.Q5_0, (N, K))).astype(np.float64)
     Wu = _half(dequantize(wu, GGMLType.Q6_K, (N, K))).astype(np.float64)
@@ -4935,11 +4941,19 @@ def _check_mma_main(rng, sim):
     assert err < 1e-5, "v11 swiglu"
 
 
+def _x16_tiles(x_d):
+    """Device float32 x [T, K] -> v23's x16 (float16 pairs in its tile order, whole blocks of 16 tokens)."""
+    T, K = x_d.shape
+    x16 = cuda.to_device(np.zeros(tile_words(T, K), np.uint32))      # (the padding rows: zeros)
+    launch_pack_f16(x_d.reshape(T * K), x16, T * K, tile_k=K)
+    return x16
+
+
 def _time_prefill_main(rng):
-    """TFLOP/s (2 T N K per product) of v3, v10 and v11 at T = PREFILL_T; SwiGLU: v3 = two launches."""
+    """TFLOP/s (2 T N K per product) of v3, v10, v11 and v23 at T = PREFILL_T; SwiGLU: v3 = two launches."""
     T = PREFILL_T
     print(f"\nmatmul prefill (T={T}) timings: v3 matmul_tiled, v10 matmul_prefill (its config: "
-          f"tile tokens x rows / micro-tile / groups), v11 on the tensor cores")
+          f"tile tokens x rows / micro-tile / groups), v11 on the tensor cores, v23 (decode + GEMM)")
     for name, kind, N, K, types in PREFILL_SHAPES:
         x_d = cuda.to_device(rng.standard_normal((T, K)).astype(np.float32))
         ws = [cuda.to_device(random_weight(rng, t, N, K)) for t in types]
@@ -4956,9 +4970,13 @@ def _time_prefill_main(rng):
             cfg = prefill_config(T, N)
         swiglu = kind == "swiglu"
         v11 = PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None, mma=True)
+        v23 = PrefillProduct(ws[0], types[0], K, up=(ws[1], types[1], 0) if swiglu else None, mma=True, x16=True,
+                             f16w=True)
+        x16 = _x16_tiles(x_d)
         flop = 2 * T * N * K * len(ws)
         line = f"  {name:20s} {N:6d}x{K:<5d} {'/'.join(t.name for t in types):9s}"
-        for v, launch in (("v3", v3), ("v10", v10), ("v11", lambda st: v11(x_d.reshape(T * K), o.reshape(T * N), T, st))):
+        for v, launch in (("v3", v3), ("v10", v10), ("v11", lambda st: v11(x_d.reshape(T * K), o.reshape(T * N), T, st)),
+                          ("v23", lambda st: v23(x16, o.reshape(T * N), T, st))):
             s = _time(launch, reps=5)
             line += f"  {v} {s * 1e6:8.1f} us {flop / s / 1e12:5.1f} TFLOP/s"
         mcfg = mma_config(T, N, K, swiglu)

@@ -162,7 +162,8 @@ def _simulator_mma_f16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
     cols = (_b_col(frags, 2 * t), _b_col(frags, 2 * t + 1))
     # products of float16 are exact in float64; the sum is rounded to float32 once (the hardware
     # accumulates in float32 in an order it does not document)
-    dot = [float(np.dot(rows[i].astype(np.float64), cols[j].astype(np.float64))) for i in (0, 1) for j in (0, 1)]
+    with np.errstate(invalid="ignore", over="ignore"):     # NaN and inf propagate, as on the GPU
+        dot = [float(np.dot(rows[i].astype(np.float64), cols[j].astype(np.float64))) for i in (0, 1) for j in (0, 1)]
     return tuple(np.float32(d + c) for d, c in zip(dot, (c0, c1, c2, c3)))
 
 
