@@ -119,7 +119,7 @@ import os
 import sys
 
 import numpy as np
-from numba import cuda, float32, int32, uint32, uint64
+from numba import config, cuda, float32, int32, uint32, uint64
 
 from numba_kernels import ptx
 from numba_kernels.matmul import _x16_word
@@ -1191,8 +1191,6 @@ def _row_sum8(v):
 
 def _flash_jit_options(hs: int, nt: int) -> dict:
     """cuda.jit options of v8: launch bounds where FLASH_BLOCKS_PER_SM asks (the simulator's jit takes none)."""
-    from numba import config
-
     blocks = FLASH_BLOCKS_PER_SM.get(hs)
     bounds = None if config.ENABLE_CUDASIM or blocks is None else (nt, blocks)
     return {"cache": JIT_CACHE, **({"launch_bounds": bounds} if bounds else {})}
@@ -1441,6 +1439,173 @@ def _flash_kernel(HS: int, QW: int, KW: int, TN: int, OUT16: int = 0):
                         out[at + uint32(8 * c)] = o[i * DT + c] / l[i]
 
     return prefill_flash
+
+
+# =============================================================================================
+# v9: flash prefill on the tensor cores (twenty-third session; opt-in, LLAMA_BETA_PREFILL_ATTN_MMA=1, not yet
+# timed). v8 runs both products on the CUDA cores in float32 (97 us a layer for Phi-3-mini at 512 tokens,
+# about 17 TFLOP/s). v9 runs them as mma.sync.m16n8k16 (``ptx.mma_f16``) with float16 operands and float32
+# sums, the online softmax in float32 between them, as llama.cpp's flash attention does (float16 K and V).
+#
+# A block of 4 warps owns 64 queries of one head (a warp 16: an m16 tile); per tile of 64 keys it stages
+# K as float16 pairs [key, HS / 2] (the B operand of S = Q K^T: a key's dims, k contiguous) and V transposed,
+# [HS, 32 key pairs] (the B operand of O += P V: for one dim, pairs of consecutive keys), rows padded by 4
+# words so the fragment loads of a warp hit 32 banks. Q's fragments stay in registers for the whole walk
+# (pre-scaled by log2(e) / sqrt(HS), so that the softmax is in base 2 as v8's). S's accumulators become P's A
+# operands without moving: lane (g, t) holds S[g, 2t..2t+1] and S[g + 8, ..] of each n8 group of keys, which
+# are exactly a0/a1 (keys of the even group) and a2/a3 (the odd group) of the next mma's k16 slice. Row max and
+# sum over the 4 lanes of a row by two xor shuffles. The output: lane (g, t) holds dims 2t, 2t + 1 of each n8
+# group: a float16 pair as it is (``OUT16``), or two floats.
+#
+# Numerics: q, k, v and p rounded to float16 (11 bits), products exact, sums in float32: against the float32
+# reference about 1e-3 of max |v| (tests/test_attention.py bounds it); not bit for bit v8.
+# =============================================================================================
+PREFILL_ATTN_MMA = os.environ.get("LLAMA_BETA_PREFILL_ATTN_MMA", "0") == "1"
+MMA_ATT_QUERIES = 64                 # queries per block (4 warps of 16)
+MMA_ATT_KEYS = 64                    # keys per staged tile
+
+
+def flash_mma_supported(hs: int) -> bool:
+    """v9 needs whole k16 slices of the head (hs a multiple of 16, at most 128: registers) and mma.sync."""
+    return hs % 16 == 0 and 16 <= hs <= 128 and (config.ENABLE_CUDASIM or cuda.is_available())
+
+
+@functools.cache
+def _flash_mma_kernel(HS: int, OUT16: int = 0):
+    """v9 for head size HS (see the section comment); ``OUT16`` as v8's."""
+    BQ, BK, NT = MMA_ATT_QUERIES, MMA_ATT_KEYS, 128
+    SL, NG, KG = HS // 16, HS // 8, BK // 8    # k16 slices of a head, n8 groups of O's dims, n8 groups of keys
+    KS = HS // 2 + 4                     # words per K row in shared memory (4 mod 32: conflict-free lanes)
+    VS = BK // 2 + 4                     # words per V^T row (one dim, BK / 2 key pairs)
+    KW, VW = BK * KS, HS * VS            # words of the K and V^T tiles
+    SMW = KW + VW
+    QF, SN, ON = 4 * SL, 4 * KG, 4 * NG  # registers: Q fragments, S (then P), O accumulators
+
+    @cuda.jit(device=True, inline=True)
+    def stage(k_flat, v_flat, row_stride, kv_col, j0, last, sm):
+        # keys j0 .. j0 + BK - 1 (past ``last``: its row again, masked later) into K [BK, HS/2] and V^T [HS, BK/2]
+        tid = cuda.threadIdx.x
+        for e in range(tid, BK * HS // 2, NT):
+            key, p = e // (HS // 2), e % (HS // 2)
+            at = uint32(min(j0 + key, last)) * row_stride + kv_col + uint32(2 * p)
+            sm[uint32(key * KS + p)] = ptx.pack_f16x2(k_flat[at], k_flat[at + uint32(1)])
+        for e in range(tid, BK // 2 * HS, NT):
+            kp, d = e // HS, e % HS
+            at = uint32(min(j0 + 2 * kp, last)) * row_stride + kv_col + uint32(d)
+            at2 = uint32(min(j0 + 2 * kp + 1, last)) * row_stride + kv_col + uint32(d)
+            sm[uint32(KW + d * VS + kp)] = ptx.pack_f16x2(v_flat[at], v_flat[at2])
+
+    @cuda.jit(**({} if config.ENABLE_CUDASIM else {"cache": JIT_CACHE, "launch_bounds": (NT, 2)}))
+    def prefill_flash_mma(q, k_flat, v_flat, T, nh, nkv, pos0, out):
+        # grid (nh, ceil(T / BQ)), 128 threads; block (h, y): head h, query tile n_tiles - 1 - y (longest first)
+        h = cuda.blockIdx.x
+        t0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * BQ
+        T32, start = int32(T), int32(pos0[0])
+        warp, lane = cuda.threadIdx.x // 32, cuda.threadIdx.x % 32
+        g, t = lane // 4, lane % 4
+        row_stride = uint32(nkv * HS)
+        kv_col = uint32(h // (nh // nkv) * HS)
+        sm = cuda.shared.array(SMW, uint32)
+        qf = cuda.local.array(QF, uint32)
+        s = cuda.local.array(SN, float32)
+        o = cuda.local.array(ON, float32)
+        m = cuda.local.array(2, float32)
+        l = cuda.local.array(2, float32)
+        scale = float32(LOG2E / math.sqrt(HS))
+        r0 = t0 + warp * 16 + g                              # this lane's query rows: r0, r0 + 8
+        qpos = cuda.local.array(2, int32)
+        for hh in range(2):
+            tq = min(r0 + 8 * hh, T32 - 1)                   # rows past T repeat the last (never stored)
+            qpos[hh] = start + tq
+            m[hh], l[hh] = float32(-math.inf), float32(0.0)
+            base = (uint32(tq) * uint32(nh) + uint32(h)) * uint32(HS)
+            for sl in range(SL):                             # a0/a1 (hh): dims 16 sl + 2t; a2/a3: + 8
+                d = uint32(16 * sl + 2 * t)
+                qf[4 * sl + hh] = ptx.pack_f16x2(q[base + d] * scale, q[base + d + uint32(1)] * scale)
+                qf[4 * sl + 2 + hh] = ptx.pack_f16x2(q[base + d + uint32(8)] * scale, q[base + d + uint32(9)] * scale)
+        for x in range(ON):
+            o[x] = float32(0.0)
+        last = start + min(t0 + BQ, T32) - 1                 # the block's last query position: its last key
+        for j0 in range(0, last + 1, BK):
+            cuda.syncthreads()                               # every warp is done with the previous tile
+            stage(k_flat, v_flat, row_stride, kv_col, j0, last, sm)
+            cuda.syncthreads()
+            for kg in range(KG):                             # S = Q K^T, key group kg: keys j0 + 8 kg + 2t (+1)
+                s[4 * kg], s[4 * kg + 1], s[4 * kg + 2], s[4 * kg + 3] = float32(0.0), float32(0.0), \
+                    float32(0.0), float32(0.0)
+                kr = uint32((8 * kg + g) * KS + t)
+                for sl in range(SL):
+                    s[4 * kg], s[4 * kg + 1], s[4 * kg + 2], s[4 * kg + 3] = ptx.mma_f16(
+                        qf[4 * sl], qf[4 * sl + 1], qf[4 * sl + 2], qf[4 * sl + 3], sm[kr + uint32(8 * sl)],
+                        sm[kr + uint32(8 * sl + 4)], s[4 * kg], s[4 * kg + 1], s[4 * kg + 2], s[4 * kg + 3])
+            for hh in range(2):                              # online softmax of rows g (hh 0) and g + 8 (hh 1)
+                mx = m[hh]
+                for kg in range(KG):
+                    for c in range(2):
+                        if j0 + 8 * kg + 2 * t + c > qpos[hh]:  # causal mask (and the keys past the last)
+                            s[4 * kg + 2 * hh + c] = float32(-math.inf)
+                        mx = max(mx, s[4 * kg + 2 * hh + c])
+                mx = max(mx, cuda.shfl_xor_sync(0xFFFFFFFF, mx, 1))
+                mx = max(mx, cuda.shfl_xor_sync(0xFFFFFFFF, mx, 2))
+                alpha = math.exp2(m[hh] - mx)                # 0 on the first tile (m = -inf; mx is finite: key 0)
+                m[hh] = mx
+                l[hh] *= alpha
+                for x in range(NG):
+                    o[4 * x + 2 * hh] *= alpha
+                    o[4 * x + 2 * hh + 1] *= alpha
+                for kg in range(KG):
+                    for c in range(2):
+                        p = math.exp2(s[4 * kg + 2 * hh + c] - mx)
+                        s[4 * kg + 2 * hh + c] = p
+                        l[hh] += p
+            for kk in range(KG // 2):                        # O += P V over k16 slices of keys (groups 2kk, 2kk+1)
+                a0 = ptx.pack_f16x2(s[8 * kk], s[8 * kk + 1])
+                a1 = ptx.pack_f16x2(s[8 * kk + 2], s[8 * kk + 3])
+                a2 = ptx.pack_f16x2(s[8 * kk + 4], s[8 * kk + 5])
+                a3 = ptx.pack_f16x2(s[8 * kk + 6], s[8 * kk + 7])
+                for x in range(NG):
+                    vr = uint32(KW + (8 * x + g) * VS + 8 * kk + t)
+                    o[4 * x], o[4 * x + 1], o[4 * x + 2], o[4 * x + 3] = ptx.mma_f16(
+                        a0, a1, a2, a3, sm[vr], sm[vr + uint32(4)], o[4 * x], o[4 * x + 1], o[4 * x + 2], o[4 * x + 3])
+        if OUT16:                                            # pairs through shared memory (the tiles' place):
+            cuda.syncthreads()                               # the block's rows [BQ, HS / 2] as float16 pairs,
+        for hh in range(2):                                  # then a thread per pair to its place in x16
+            tot = l[hh]
+            tot += cuda.shfl_xor_sync(0xFFFFFFFF, tot, 1)
+            tot += cuda.shfl_xor_sync(0xFFFFFFFF, tot, 2)
+            tq = r0 + 8 * hh
+            base = (uint32(tq) * uint32(nh) + uint32(h)) * uint32(HS)
+            for x in range(NG):                              # lane (g, t): dims 8x + 2t, + 1 of its two rows
+                y0, y1 = o[4 * x + 2 * hh] / tot, o[4 * x + 2 * hh + 1] / tot
+                if OUT16:
+                    sm[uint32((warp * 16 + g + 8 * hh) * (HS // 2) + 4 * x + t)] = ptx.pack_f16x2(y0, y1)
+                elif tq < T32:
+                    d = uint32(8 * x + 2 * t)
+                    out[base + d], out[base + d + uint32(1)] = y0, y1
+        if OUT16:
+            cuda.syncthreads()
+            hk = int32(nh * HS // 2)                         # pairs per token row
+            for e in range(cuda.threadIdx.x, BQ * HS // 2, NT):
+                r = e // (HS // 2)
+                if t0 + r < T32:
+                    f = int32(((t0 + r) * nh + h) * (HS // 2) + e - r * (HS // 2))
+                    out[_x16_word(f, hk, 2 * hk if OUT16 == 2 else 0)] = sm[e]
+
+    return prefill_flash_mma
+
+
+def launch_prefill_flash_mma(q, k_cache, v_cache, pos, out, stream=0, out16=0):
+    """v9: causal flash prefill on the tensor cores; arguments as ``launch_prefill_flash`` (v8)."""
+    T, nh, hs = q.shape
+    nkv = k_cache.shape[1]
+    if not flash_mma_supported(hs):
+        raise ValueError(f"attention v9: head size {hs} is not a multiple of 16 up to 128")
+    if T == 0:
+        return
+    grid = (nh, -(-T // MMA_ATT_QUERIES))          # as v8's: the head, then the query tile longest first
+    _flash_mma_kernel(hs, int(out16))[grid, 128, stream](
+        q.reshape(q.size), k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size), T, nh, nkv,
+        pos, out.reshape(out.size))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -234,6 +234,65 @@ def test_flash_prefill_matches_ref(case):
     assert_close(got, ref.attention_dense(q, kc, vc, case["start_pos"]), **tol(case["sharpness"]), name="v8 prefill")
 
 
+def _v9_atol(case, vc):
+    """v9's bound: q, k, v and p rounded to float16 (2^-11 relative each) move a weight by 2^-11 times its score
+    (which grows with the sharpness and sqrt(hs)) and a value by 2^-11 (measured in the simulator: 0.5 to 2.4 units
+    of 2^-11 max |v|, the bound 3 to 13)."""
+    return 2.0 ** -11 * (2 + case["sharpness"] * np.sqrt(case["hs"]) / 8) * float(np.nanmax(np.abs(vc)))
+
+
+@requires_cuda
+@settings(deadline=None, max_examples=1 if SIMULATOR else 40)    # (the simulator's mma: ~10 s an example)
+@given(flash_shapes())
+@example(dict(seed=1, T=1, nkv=1, kv_mul=7, hs=64, start_pos=0, sharpness=1.0))      # one query, one key, 7 heads
+@example(dict(seed=2, T=17, nkv=1, kv_mul=1, hs=128, start_pos=0, sharpness=8.0))    # one partial query tile
+@example(dict(seed=3, T=5, nkv=1, kv_mul=2, hs=96, start_pos=60, sharpness=1.0))     # the queries straddle keys 63|64
+@example(dict(seed=4, T=9, nkv=1, kv_mul=7, hs=64, start_pos=7, sharpness=1.0, kv_type=np.float16))  # f16 cache
+def test_flash_mma_prefill_matches_ref(case):
+    """v9 (tensor cores, float16 operands) equals the reference within the float16 rounding of its operands, for
+    the shapes of v8's test: T = 1, partial query tiles, start_pos > 0, head sizes 64/96/128, GQA ratios 1/2/7,
+    float32 and float16 caches; cache rows past the context hold NaN (a read past the last key fails)."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+
+    q, kc, vc = make_case(**case)
+    T, nh, hs = q.shape
+    args = [cuda.to_device(a) for a in (q, kc, vc)]
+    pos = cuda.to_device(np.array([case["start_pos"]], np.int32))
+    out = cuda.device_array(q.shape, np.float32)
+    ka.launch_prefill_flash_mma(*args, pos, out)
+    want = ref.attention_dense(q, kc, vc, case["start_pos"])
+    assert_close(out.copy_to_host(), want, atol=_v9_atol(case, vc[:case["start_pos"] + T]), rtol=0.0,
+                 name="v9 prefill")
+
+
+@requires_cuda
+def test_flash_mma_prefill_writes_the_next_products_float16_pairs():
+    """v9's float16-pair output (plain, or v23's tile order with whole blocks of 16 tokens) is its float32 output
+    packed by ``matmul.launch_pack_f16``, bit for bit; a head size v9 cannot take is refused."""
+    from numba import cuda
+
+    from numba_kernels import attention as ka
+    from numba_kernels import matmul as km
+
+    q, kc, vc = make_case(12, 21, 1, 2, 64, 3)
+    T, nh, hs = q.shape
+    args = [cuda.to_device(a) for a in (q, kc, vc)]
+    pos = cuda.to_device(np.array([3], np.int32))
+    out = cuda.device_array(q.shape, np.float32)
+    ka.launch_prefill_flash_mma(*args, pos, out)
+    K = nh * hs
+    for out16 in (km.OUT_PAIRS, km.OUT_TILES):
+        tile = out16 == km.OUT_TILES
+        pairs, packed = (cuda.to_device(np.zeros(km.tile_words(T, K) if tile else T * K // 2, np.uint32)) for _ in "ab")
+        km.launch_pack_f16(out.reshape(out.size), packed, out.size, tile_k=K if tile else 0)
+        ka.launch_prefill_flash_mma(*args, pos, pairs, out16=out16)
+        np.testing.assert_array_equal(pairs.copy_to_host(), packed.copy_to_host())
+    with pytest.raises(ValueError, match="head size 40"):
+        ka.launch_prefill_flash_mma(cuda.device_array((1, 1, 40), np.float32), *args[1:], pos, out)
+
+
 @requires_cuda
 @pytest.mark.parametrize("hs, kv_mul", [(64, 2), (128, 1)])
 def test_flash_prefill_first_query_sees_only_key_0(hs, kv_mul):

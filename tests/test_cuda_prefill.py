@@ -142,6 +142,28 @@ def test_chunk_near_the_end_of_the_cache_is_not_padded(tmp_path):
     assert_close(got, want, atol=tol, rtol=tol, name="prefill at the end of the cache")
 
 
+@requires_cuda
+@pytest.mark.parametrize("x16", [False, True])
+def test_tensor_core_attention_prefill_matches_the_readable_pass(tmp_path, monkeypatch, x16):
+    """LLAMA_BETA_PREFILL_ATTN_MMA (attention v9: float16 q, k, v and p on the tensor cores) in the prefill: the
+    last token's logits match the readable pass within the float16 rounding, with float32 x and with the
+    products' x16 written by v9 itself."""
+    from llama_beta.backends.cuda_prefill import CudaPrefill
+    from numba_kernels import attention
+
+    monkeypatch.setattr(attention, "PREFILL_ATTN_MMA", True)
+    model = _model(tmp_path, "qwen2", FLASH_SIZE)
+    prefill = CudaPrefill(model, chunk=16, use_graph=False, x16=x16)
+    assert prefill._attn_mma and prefill.x16 == x16
+    cache = model.new_cache(16)
+    got = prefill(PROMPT, 0, cache)
+    want = model.forward(PROMPT)[-1]
+    # tol: the float16 products' rounding (_logits_tol) plus attention's float16 operands, 2^-11 of the values
+    tol = _logits_tol(prefill) + 2e-3
+    assert_close(got, want, atol=tol, rtol=tol, name="prefill with attention v9")
+    prefill.close()
+
+
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU (the simulator runs the launches directly)")
 def test_graph_replay_equals_direct_launches(tmp_path):
     """Three prefills of one bucket (different prompts and start positions) into one cache: the first runs

@@ -55,6 +55,9 @@ bits as the float32 values packed afterwards; a packing launch remains only wher
 tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
 "1" always, "0" never. Fusing the packing into the producers is the next step.
 
+``LLAMA_BETA_PREFILL_ATTN_MMA=1`` (opt-in, twenty-third session, not yet timed): attention v9, the flash prefill
+on the tensor cores (float16 q, k, v and p; ``attention.launch_prefill_flash_mma``), where v8 would run.
+
 ``LLAMA_BETA_PREFILL_F16W=1`` (``f16w``; opt-in, twenty-third session, not yet timed on a GPU): the products are
 matmul v23, each a launch that decodes its weight matrix once into a float16 scratch matrix (``matmul.f16w_scratch``,
 sized here for the largest product) and a float16 GEMM over it; x is then always packed, in v23's tile order.
@@ -115,6 +118,8 @@ class CudaPrefill:
         c, p = model.config, model.rope
         self.model, self.chunk, self.bucket = model, chunk, bucket
         self._flash = attention.prefill_version(c.head_size) == "v8"
+        # attention v9 (tensor cores, float16 operands; opt-in LLAMA_BETA_PREFILL_ATTN_MMA=1) where it serves the head
+        self._attn_mma = attention.PREFILL_ATTN_MMA and self._flash and attention.flash_mma_supported(c.head_size)
         if use_graph is None:
             use_graph = graphs_supported() and os.environ.get("LLAMA_BETA_PREFILL_GRAPH", "1") != "0"
         # v2 attention takes the first position as a scalar, which a graph would freeze: no graph without v8
@@ -257,12 +262,13 @@ class CudaPrefill:
 
         att_out16 = self._h_out if self._flash else matmul.OUT_F32                  # W_o's x16 straight from v8
 
+        flash = attention.launch_prefill_flash_mma if self._attn_mma else attention.launch_prefill_flash
+
         def attend():                                                                # att [T, nh, hs]
             if att_out16:
-                attention.launch_prefill_flash(V.q3, k_cache, v_cache, self.start, V.att16, stream=self.stream,
-                                               out16=att_out16)
+                flash(V.q3, k_cache, v_cache, self.start, V.att16, stream=self.stream, out16=att_out16)
             elif self._flash:
-                attention.launch_prefill_flash(V.q3, k_cache, v_cache, self.start, V.att3, stream=self.stream)
+                flash(V.q3, k_cache, v_cache, self.start, V.att3, stream=self.stream)
             else:
                 attention.attention_prefill(V.q3, k_cache, v_cache, start, out=V.att3, stream=self.stream)
 
