@@ -78,20 +78,23 @@ for step in "$@"; do
       timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 | grep -v -i warn | tail -14 \
         | tee "$OUT/x16-prefill.txt" ;;
     f16w)     # matmul v23 (LLAMA_BETA_PREFILL_F16W=1, twenty-third session, never timed) and the session's fused
-      #          x16 producers (norm, attention v8, SwiGLU) and grouped RoPE heads: their GPU tests, the
-      #          512-token prefill of both twins per launch kind, v11 (the default) and v23, side by side, then
+      #          x16 producers (norm, attention v8, SwiGLU), grouped RoPE heads and attention v9
+      #          (LLAMA_BETA_PREFILL_ATTN_MMA=1): their GPU tests, the 512-token prefill of both twins per
+      #          launch kind with the defaults, v23, and v23 + attention v9, side by side, then
       #          every prefill shape: v11's chosen tile (float32 and x16) against each v23 tile and its decode alone
       LLAMA_BETA_JIT_CACHE=0 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_matmul.py \
         tests/test_ptx.py tests/test_cuda_prefill.py tests/test_attention.py tests/test_rope.py -k "f16w or \
-        fragment or lines or cp_async or tile_order or norm_pack or next_products or float16 or head_groups" \
+        fragment or lines or cp_async or tile_order or norm_pack or next_products or float16 or head_groups or \
+        flash_mma or tensor_core_attention" \
         2>&1 | tail -4
       for preset in phi3-mini qwen2.5-0.5b; do
         model=/tmp/$preset.gguf vocab=.dev-model/vocab/ggml-vocab-$([ $preset = phi3-mini ] && echo phi-3 || echo qwen2).gguf
         [ -f $model ] || python3 -m llama_beta.cli synth $model --preset $preset --vocab $vocab --force -q
-        for f in 0 1; do
-          echo "== $preset prefill-512, LLAMA_BETA_PREFILL_F16W=$f"
-          LLAMA_BETA_PREFILL_F16W=$f timeout 150 python3 benchmarks/profile_prefill.py $model 512 --no-cprofile 2>&1 \
-            | grep -v -i warn | tail -14
+        for f in "0 0" "1 0" "1 1"; do                # (v23, attention v9): off/off, on/off, on/on
+          read -r fw am <<< "$f"
+          echo "== $preset prefill-512, LLAMA_BETA_PREFILL_F16W=$fw LLAMA_BETA_PREFILL_ATTN_MMA=$am"
+          LLAMA_BETA_PREFILL_F16W=$fw LLAMA_BETA_PREFILL_ATTN_MMA=$am timeout 150 python3 benchmarks/profile_prefill.py \
+            $model 512 --no-cprofile 2>&1 | grep -v -i warn | tail -14
         done
       done 2>&1 | tee "$OUT/f16w-prefill.txt"
       timeout 300 python3 benchmarks/sweep_prefill_tiles.py 512 --v11 --v23 --chosen --x16 2>&1 \

@@ -1996,6 +1996,12 @@ def _check_versions(rng, sim: bool) -> None:
         got["v2 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start, version="v2") - expected).max()  # NumPy out
         if flash_supported(hs):
             got["v8 prefill"] = np.abs(attention_prefill(q, kc_d, vc_d, start, version="v8") - expected).max()
+        if flash_mma_supported(hs):                       # v9: float16 operands, its own bound below
+            o9 = cuda.device_array(q.shape, np.float32)
+            launch_prefill_flash_mma(cuda.to_device(q), kc_d, vc_d, cuda.to_device(np.array([start], np.int32)), o9)
+            err9 = np.abs(o9.copy_to_host() - expected).max()
+            print(f"  v9 prefill (float16 operands) max|diff| {err9:.2e}")
+            assert err9 < 8 * 2.0 ** -11 * np.abs(vc).max(), "v9 disagrees with ref beyond float16 rounding"
         if T == 1:
             got["v3 decode"] = np.abs(attention_decode(q, kc_d, vc_d, start + 1, version="v3") - expected).max()
             # v4, replayed: one workspace, only the device seq_len changes (the counters must come back to 0)
@@ -2114,7 +2120,7 @@ def _prefill_flops(nh, hs, T, start_pos=0) -> float:
 
 
 def _time_prefill(name, nh, nkv, hs, T, rng, start_pos=0, sweep=()) -> None:
-    """v2 and v8 (its default tiles, then the tile shapes in ``sweep``) at one shape: us and TFLOP/s."""
+    """v2, v8 (its default tiles, then the tile shapes in ``sweep``) and v9 at one shape: us and TFLOP/s."""
     S = start_pos + T
     q = cuda.to_device(rng.standard_normal((T, nh, hs), dtype=np.float32))
     kc = cuda.to_device(rng.standard_normal((S, nkv, hs), dtype=np.float32))
@@ -2128,6 +2134,8 @@ def _time_prefill(name, nh, nkv, hs, T, rng, start_pos=0, sweep=()) -> None:
         for tiles in [default] + [t for t in sweep if t != default and flash_supported(hs, t)]:
             label = f"v8 {tiles}" + (" (default)" if tiles == default else "")
             runs.append((label, lambda st, i, t=tiles: launch_prefill_flash(q, kc, vc, pos, out, st, tiles=t)))
+    if flash_mma_supported(hs):                                        # v9: the tensor cores, float16 operands
+        runs.append(("v9 (tensor cores)", lambda st, i: launch_prefill_flash_mma(q, kc, vc, pos, out, st)))
     for label, launch in runs:
         us = _time_us(launch, reps=20)
         print(f"prefill {name:<12} T={T:<4} start={start_pos:<4} {label:<24} {us:8.1f} us  "
@@ -2146,8 +2154,6 @@ def _time_prefill_all(rng) -> None:
 
 
 def _main() -> None:
-    from numba import config
-
     rng = np.random.default_rng(0)
     sim = bool(config.ENABLE_CUDASIM)
     if sim:  # the simulator lacks __syncwarp and the shuffles: the test suite's implementation supplies them
