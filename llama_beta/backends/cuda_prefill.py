@@ -45,15 +45,15 @@ whose arguments do not change between calls:
 ``LLAMA_BETA_PREFILL_GRAPH=0`` (or ``use_graph=False``) runs the launches directly; the simulator always
 does, and so does a head size attention v8 lacks (v2 takes the position as a host scalar).
 
-``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs, which a small launch
-packs after each producer (RMSNorm's x', attention's output, the SwiGLU's h; ``matmul.launch_pack_f16``),
-instead of float32 x that every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half
-the bytes each of a product's row tiles reads. The producers write the pairs themselves (twenty-third session):
-the two RMSNorms (``matmul.launch_norm_pack_f16``), attention v8 and the SwiGLU launch (their ``out16``), the same
-bits as the float32 values packed afterwards; a packing launch remains only where they cannot (attention v2). "auto" (the default since the nineteenth session) takes it for models at least
-``X16_MIN_DIM`` wide: on an H100 the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671
-tok/s; docs/benchmarks.md item 29); Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
-"1" always, "0" never. Fusing the packing into the producers is the next step.
+``LLAMA_BETA_PREFILL_X16`` (``x16``): the v11 products read their x as float16 pairs instead of float32 x that
+every tile rounds again as it stages it: the same bits (the same ``cvt.rn``), half the bytes each of a product's
+row tiles reads. Since the twenty-third session the producers write the pairs themselves: the two RMSNorms
+(``matmul.launch_norm_pack_f16``), attention v8 and the SwiGLU launch (their ``out16``), the same bits as the
+float32 values packed afterwards; a packing launch (``matmul.launch_pack_f16``) remains only after attention v2.
+"auto" (the default since the nineteenth session) takes it for models at least ``X16_MIN_DIM`` wide: on an H100
+the Phi-3 twin's 512-token prefill went from 93.9 to 90.3 ms (5,453 -> 5,671 tok/s; docs/benchmarks.md item 29),
+then with four packing launches a layer; Qwen2.5-0.5B's (896 wide) was not measured with it and keeps float32 x.
+"1" always, "0" never.
 
 ``LLAMA_BETA_PREFILL_ATTN_MMA=1`` (opt-in, twenty-third session, not yet timed): attention v9, the flash prefill
 on the tensor cores (float16 q, k, v and p; ``attention.launch_prefill_flash_mma``), where v8 would run.
