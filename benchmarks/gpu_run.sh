@@ -98,7 +98,10 @@ for step in "$@"; do
         done
       done 2>&1 | tee "$OUT/f16w-prefill.txt"
       timeout 300 python3 benchmarks/sweep_prefill_tiles.py 512 --v11 --v23 --chosen --x16 2>&1 \
-        | grep -v -i warn | tee "$OUT/f16w-sweep.txt" ;;
+        | grep -v -i warn | tee "$OUT/f16w-sweep.txt"
+      # then, if the sweep says another tile or split wins: the whole prefill with it, e.g.
+      # LLAMA_BETA_PREFILL_F16W=1 LLAMA_BETA_F16W_CONFIG=4,2,2,4 LLAMA_BETA_F16W_SPLIT=2 profile_prefill.py ...
+      ;;
     kernels)  # every kernel file's __main__: check against ref, then time
       for k in dequant embedding rmsnorm residual rope swiglu softmax sampling attention matmul ptx bpe; do
         [ -f "numba_kernels/$k.py" ] || continue

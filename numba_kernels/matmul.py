@@ -3234,7 +3234,7 @@ class PrefillProduct:
         counters) or v10, tile from the token count."""
         if self.f16w:
             cfg = self._config or f16w_config(T, self.N, self.swiglu)
-            split = self._split or mma_split(cfg, T, self.N, self.K, self.swiglu)
+            split = self._split or F16W_SPLIT or mma_split(cfg, T, self.N, self.K, self.swiglu)
             bx, by = mma_grid(cfg, T, self.N, self.swiglu)
             bn = mma_sizes(cfg)[1]
             return (_gemm_kernel(cfg, self.swiglu, split, None, self.out16), (by, bx, split), mma_sizes(cfg)[2],
@@ -3906,6 +3906,11 @@ F16W_STAGES = int(os.environ.get("LLAMA_BETA_F16W_STAGES", "4"))   # K-steps in 
 if F16W_STAGES not in range(2, 9):
     raise ValueError(f"LLAMA_BETA_F16W_STAGES: expected 2 to 8 buffers, got {F16W_STAGES}")
 F16W_BLOCKS_PER_SM = 1                        # f16w_config: the largest tile with at least this many blocks per SM
+# for the sweeps on a GPU (a whole prefill with one tile or split): LLAMA_BETA_F16W_CONFIG=wm,wn,mi,nj (K-steps of
+# 32) and LLAMA_BETA_F16W_SPLIT=n replace f16w_config's and mma_split's choices for every v23 product (the
+# one-launch Q/K/V has no split)
+F16W_CONFIG = tuple(int(v) for v in os.environ.get("LLAMA_BETA_F16W_CONFIG", "").split(",") if v) or None
+F16W_SPLIT = int(os.environ.get("LLAMA_BETA_F16W_SPLIT", "0"))
 F16W_THREADS = 256                            # the decode launch's block
 
 
@@ -3929,8 +3934,12 @@ def _check_f16w_config(cfg):
 
 
 def f16w_config(T, N, swiglu=False):
-    """The v23 tile: the largest of F16W_CONFIGS whose grid has F16W_BLOCKS_PER_SM blocks per SM, else the
-    smallest (``mma_split`` then splits long rows). The simulator: SIM_F16W_CONFIG."""
+    """The v23 tile: F16W_CONFIG if set, else the largest of F16W_CONFIGS whose grid has F16W_BLOCKS_PER_SM blocks
+    per SM, else the smallest (``mma_split`` then splits long rows). The simulator: SIM_F16W_CONFIG."""
+    if F16W_CONFIG:
+        cfg = MmaConfig(*F16W_CONFIG, 1)
+        _check_f16w_config(cfg)
+        return cfg
     return _largest_filling(F16W_CONFIGS, mma_grid, F16W_BLOCKS_PER_SM, SIM_F16W_CONFIG, T, N, swiglu)
 
 

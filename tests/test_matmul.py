@@ -886,6 +886,24 @@ def test_f16w_equals_v11_bit_for_bit(seed, gt, T, N, mode, split):
 
 
 @requires_cuda
+def test_f16w_tile_and_split_can_be_forced_for_a_sweep(monkeypatch):
+    """LLAMA_BETA_F16W_CONFIG / LLAMA_BETA_F16W_SPLIT (read at import into F16W_CONFIG / F16W_SPLIT) replace the
+    tile and split v23 would choose, for every product; a tile that does not tile is refused."""
+    km = _kernels()
+    monkeypatch.setattr(km, "F16W_CONFIG", (2, 2, 2, 2))
+    assert km.f16w_config(512, 9216) == km.MmaConfig(2, 2, 2, 2, 1)
+    monkeypatch.setattr(km, "F16W_CONFIG", (2, 2, 2, 3))
+    with pytest.raises(ValueError, match="does not tile"):
+        km.f16w_config(512, 9216)
+    monkeypatch.setattr(km, "F16W_CONFIG", None)
+    monkeypatch.setattr(km, "F16W_SPLIT", 4)
+    from numba import cuda
+    w = cuda.to_device(random_weight(np.random.default_rng(0), GGMLType.Q8_0, 8, 256))
+    product = km.PrefillProduct(w, GGMLType.Q8_0, 256, mma=True, x16=True, f16w=True)
+    assert product._launch_for(4)[1][2] == 4                    # grid z: the split
+
+
+@requires_cuda
 def test_f16w_qkv_one_launch_equals_v11():
     """v23's Q, K and V in one launch (three W16 stacked, each padded to whole tiles) equal v11's PrefillQKV bit
     for bit, each matrix its own type and bias; v23 without x16 or with K not a multiple of 32 is refused."""
