@@ -311,7 +311,7 @@ from ref.ggml import BLOCK_SIZES, GGMLType, row_bytes
 from ref.matmul import X8_K_MULTIPLE, X8Choice, x8_fits
 
 from numba_kernels import ptx
-from numba_kernels.rmsnorm import _block_sum
+from numba_kernels.rmsnorm import _block_sum, row_scale
 from numba_kernels.rope import _args as _rope_args, _cos_sin, _rot_dims
 from numba_kernels.runtime import JIT_CACHE, is_device as _is_device, kernel_time_us, launch_with_shared
 from numba_kernels.runtime import to_device as _device
@@ -3676,16 +3676,12 @@ def _x16_word(i, hk, tile_k):
 @cuda.jit(cache=JIT_CACHE)
 def norm_pack_f16_kernel(x, w, out, C, eps, tile_k):
     """RMSNorm of row t of x [T, C] times w, written as float16 pairs (as ``pack_f16_kernel`` would write
-    ``rmsnorm.rmsnorm_kernel3``'s output: the same sum of squares, thread for thread, the same (x scale) w, the
+    ``rmsnorm.rmsnorm_kernel3``'s output: the same scale (``rmsnorm.row_scale``), the same (x scale) w, the
     same cvt.rn), so the prefill's products read their x16 from one launch instead of two. One block per row,
     ``rmsnorm.threads_for(C)`` threads."""
     t = cuda.blockIdx.x
     warp_sums = cuda.shared.array(32, float32)
-    acc = float32(0.0)
-    for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
-        acc += x[t, j] * x[t, j]
-    total = _block_sum(acc, warp_sums)
-    scale = float32(1.0) / math.sqrt(total / float32(C) + eps)
+    scale = row_scale(x, t, C, eps, warp_sums)
     hk = C // 2
     for i in range(cuda.threadIdx.x, hk, cuda.blockDim.x):
         y0 = (x[t, 2 * i] * scale) * w[2 * i]

@@ -98,15 +98,22 @@ def _block_sum(v, warp_sums):
     return v
 
 
-@cuda.jit(cache=JIT_CACHE)
-def rmsnorm_kernel3(x, w, out, C, eps):
-    t = cuda.blockIdx.x                                 # one block per row
-    warp_sums = cuda.shared.array(WARP, float32)
+@cuda.jit(device=True, inline=True)
+def row_scale(x, t, C, eps, warp_sums):
+    """1 / sqrt(mean(x[t]^2) + eps) for row t, every thread of the block (one block per row) summing a strided
+    slice; the prefill's norm into float16 pairs (``matmul.norm_pack_f16_kernel``) shares it, so its bits."""
     acc = float32(0.0)
     for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
         acc += x[t, j] * x[t, j]
     total = _block_sum(acc, warp_sums)
-    scale = float32(1.0) / math.sqrt(total / float32(C) + eps)
+    return float32(1.0) / math.sqrt(total / float32(C) + eps)
+
+
+@cuda.jit(cache=JIT_CACHE)
+def rmsnorm_kernel3(x, w, out, C, eps):
+    t = cuda.blockIdx.x                                 # one block per row
+    warp_sums = cuda.shared.array(WARP, float32)
+    scale = row_scale(x, t, C, eps, warp_sums)
     for j in range(cuda.threadIdx.x, C, cuda.blockDim.x):
         out[t, j] = (x[t, j] * scale) * w[j]
 
